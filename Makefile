@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# TORCH_SPEC pins the torch build installed before the project; the default is the
+# release whose CPU wheel ships with this workplace. On a GPU machine, PyPI's wheel of
+# the same release is the CUDA build; override with e.g. `make test TORCH_SPEC=torch`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/promptmux demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

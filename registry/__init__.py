@@ -1,0 +1,41 @@
+"""promptmux registry: versioned soft prompts per task, stored as PEFT adapters."""
+
+from registry.errors import (
+    ConflictError,
+    IncompatiblePromptError,
+    InvalidArtifactError,
+    InvalidNameError,
+    NotFoundError,
+    PromptmuxError,
+)
+from registry.registry import Registry, VerifyResult, default_registry_uri
+from registry.schemas import (
+    BaseModelFingerprint,
+    GenerationParams,
+    PromptVersion,
+    RolloutSpec,
+    RolloutVariant,
+    TaskKind,
+    TaskRecord,
+    TaskSpec,
+)
+
+__all__ = [
+    "BaseModelFingerprint",
+    "ConflictError",
+    "GenerationParams",
+    "IncompatiblePromptError",
+    "InvalidArtifactError",
+    "InvalidNameError",
+    "NotFoundError",
+    "PromptVersion",
+    "PromptmuxError",
+    "Registry",
+    "RolloutSpec",
+    "RolloutVariant",
+    "TaskKind",
+    "TaskRecord",
+    "TaskSpec",
+    "VerifyResult",
+    "default_registry_uri",
+]

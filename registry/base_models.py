@@ -1,0 +1,143 @@
+"""Base models: resolve an id, load it the ordinary Hugging Face way, fingerprint it.
+
+Besides any Hugging Face model id or local path, a few *embedded* ids name small,
+randomly initialised models built from a config with a fixed seed and a byte-level
+`ByT5Tokenizer` (no vocabulary files). They exist so that everything — tests, the demo,
+benchmarks — runs offline; their outputs are meaningless. Each is built once, written
+with `save_pretrained` to the cache directory, and from then on loaded through
+`from_pretrained` like any other checkpoint.
+"""
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BloomConfig,
+    ByT5Tokenizer,
+    GPT2Config,
+    GraniteConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from registry.schemas import BaseModelFingerprint
+
+DEFAULT_BASE_MODEL = "tiny-random-llama"
+EMBEDDED_SEED = 0
+# Bump when an embedded recipe changes so stale cached builds are not reused.
+EMBEDDED_RECIPE_VERSION = 1
+_TOKENS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None}
+
+
+def _llama(vocab: int) -> PretrainedConfig:
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, **_TOKENS,
+    )
+
+
+def _gpt2(vocab: int) -> PretrainedConfig:
+    return GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024, **_TOKENS)
+
+
+def _bloom(vocab: int) -> PretrainedConfig:
+    return BloomConfig(vocab_size=vocab, hidden_size=64, n_layer=2, n_head=4, **_TOKENS)
+
+
+def _granite(vocab: int) -> PretrainedConfig:
+    return GraniteConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=4.0,
+        **_TOKENS,
+    )
+
+
+EMBEDDED_MODELS: dict[str, Callable[[int], PretrainedConfig]] = {
+    "tiny-random-llama": _llama,
+    "tiny-random-gpt2": _gpt2,
+    "tiny-random-bloom": _bloom,
+    "tiny-random-granite": _granite,
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PROMPTMUX_CACHE", Path.home() / ".cache" / "promptmux"))
+
+
+def resolve_model_path(model_id: str) -> str:
+    """Local path for an embedded id (built on first use); any other id is returned as is."""
+    if model_id not in EMBEDDED_MODELS:
+        return model_id
+    target = cache_dir() / "models" / f"{model_id}-r{EMBEDDED_RECIPE_VERSION}"
+    if not (target / "config.json").exists():
+        _build_embedded(model_id, target)
+    return str(target)
+
+
+def _build_embedded(model_id: str, target: Path) -> None:
+    tokenizer = ByT5Tokenizer()
+    config = EMBEDDED_MODELS[model_id](len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EMBEDDED_SEED)
+        model = AutoModelForCausalLM.from_config(config)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_tokenizer(model_id: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_id), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_id: str,
+    dtype: torch.dtype | str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM through `from_pretrained`, in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(model_id), dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return model.to(device).eval()
+
+
+def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:
+    """Fingerprint from the architecture and the input-embedding weights.
+
+    The embedding is hashed after rounding to bfloat16, so loading the same checkpoint in
+    float32 or bfloat16 gives the same fingerprint.
+    """
+    config = model.config.get_text_config()
+    embedding = model.get_input_embeddings().weight.detach()
+    canonical = embedding.to("cpu", torch.bfloat16).contiguous().view(torch.uint8).numpy().tobytes()
+    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return BaseModelFingerprint(
+        model_type=model.config.model_type,
+        architecture=architectures[0],
+        hidden_size=embedding.shape[1],
+        vocab_size=embedding.shape[0],
+        num_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        embedding_sha256=hashlib.sha256(canonical).hexdigest(),
+    )

@@ -1,0 +1,316 @@
+"""The `promptmux` command line.
+
+The root app lives here, in the package every other one depends on; `serving` and
+`tasks` contribute their sub-commands through the `promptmux.commands` entry-point
+group, so this package never imports them. Every command that touches the registry
+takes `--registry URI` (default `$PROMPTMUX_REGISTRY`, else a per-user directory).
+"""
+
+import functools
+import json
+import sys
+import warnings
+from importlib.metadata import entry_points
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+from transformers.utils import logging as transformers_logging
+
+from registry.errors import PromptmuxError
+from registry.registry import REGISTRY_ENV, Registry, default_registry_uri
+from registry.schemas import RolloutSpec, RolloutVariant
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+app = typer.Typer(
+    name="promptmux",
+    help="Multi-task soft-prompt registry and serving runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+RegistryOption = Annotated[
+    str,
+    typer.Option("--registry", envvar=REGISTRY_ENV, help="registry URI: a path or any fsspec URL", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON output")]
+BaseModelOption = Annotated[
+    str | None, typer.Option("--base-model", help="Hugging Face id, local path or embedded id (tiny-random-llama)")
+]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="allow model code from the checkpoint")]
+
+
+def open_registry(uri: str | None) -> Registry:
+    return Registry(uri or default_registry_uri())
+
+
+def print_json(payload: Any) -> None:
+    """Print JSON for scripts (pydantic models and lists of them are dumped in JSON mode)."""
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    elif isinstance(payload, list):
+        payload = [item.model_dump(mode="json") if isinstance(item, BaseModel) else item for item in payload]
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells wrap instead of being cut off on narrow terminals."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _metrics_summary(metrics: dict[str, Any]) -> str:
+    flat = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+    return ", ".join(f"{key}={value:.4g}" for key, value in list(flat.items())[:4])
+
+
+@registry_app.command("list")
+def list_tasks(registry: RegistryOption = "", as_json: JsonOption = False) -> None:
+    """List tasks with their versions, aliases and rollout."""
+    reg = open_registry(registry)
+    views = [reg.show(name) for name in reg.list_tasks()]
+    if as_json:
+        print_json([
+            {
+                "task": view.spec.name,
+                "kind": view.spec.kind.value,
+                "base_model": view.spec.base_model,
+                "versions": [v.manifest.version for v in view.versions],
+                "aliases": view.aliases,
+                "rollout": view.rollout.model_dump(mode="json") if view.rollout else None,
+            }
+            for view in views
+        ])
+        return
+    table = _table("task", "kind", "base model", "versions", "latest", "aliases", "rollout", title=f"registry {reg.uri}")
+    for view in views:
+        live = [v.manifest.version for v in view.versions if not v.archived]
+        table.add_row(
+            view.spec.name,
+            view.spec.kind.value,
+            view.spec.base_model,
+            str(len(view.versions)),
+            str(max(live)) if live else "-",
+            ", ".join(f"{name}→{version}" for name, version in sorted(view.aliases.items())) or "-",
+            _rollout_text(view.rollout),
+        )
+    console.print(table)
+
+
+def _rollout_text(rollout: RolloutSpec | None) -> str:
+    if rollout is None:
+        return "-"
+    total = sum(variant.weight for variant in rollout.variants)
+    return " / ".join(f"v{v.version}:{100 * v.weight / total:.0f}%" for v in rollout.variants)
+
+
+@registry_app.command("show")
+def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
+    """Show a task's spec, versions (aliases, sha256, metrics, directory URI) and rollout."""
+    view = open_registry(registry).show(task)
+    if as_json:
+        payload = view.model_dump(mode="json")
+        payload["versions"] = [
+            {
+                "version": v.manifest.version,
+                "aliases": v.aliases,
+                "archived": v.archived,
+                "sha256": v.manifest.sha256,
+                "metrics": v.manifest.metrics,
+                "uri": v.uri,
+                "manifest": v.manifest.model_dump(mode="json"),
+            }
+            for v in view.versions
+        ]
+        print_json(payload)
+        return
+    spec = view.spec
+    console.print(f"[bold]{spec.name}[/bold] ({spec.kind.value}) on {spec.base_model}")
+    console.print(f"template: {spec.template!r}")
+    if spec.labels:
+        console.print("labels: " + ", ".join(f"{k} → {v!r}" for k, v in spec.labels.items()))
+    console.print(f"rollout: {_rollout_text(view.rollout)}")
+    table = _table("version", "aliases", "tokens", "dtype", "created", "init", "metrics", "sha256", "note")
+    for v in view.versions:
+        m = v.manifest
+        table.add_row(
+            f"{m.version}{' (archived)' if v.archived else ''}",
+            ", ".join(v.aliases) or "-",
+            str(m.num_virtual_tokens),
+            m.dtype,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.init_method,
+            _metrics_summary(m.metrics) or "-",
+            m.sha256[:12],
+            m.note,
+        )
+    console.print(table)
+
+
+@registry_app.command("import")
+def import_adapter(
+    peft_dir: Annotated[str, typer.Argument(help="PEFT prompt-tuning / p-tuning adapter directory (path or URL)")],
+    task: Annotated[str, typer.Option("--task", help="task to register the prompt under")],
+    base_model: BaseModelOption = None,
+    note: Annotated[str, typer.Option(help="free-text note stored with the version")] = "",
+    trust_remote_code: TrustRemoteCode = False,
+    registry: RegistryOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register a PEFT adapter's soft prompt as the task's next version."""
+    from registry.base_models import fingerprint, load_model
+
+    reg = open_registry(registry)
+    model_id = base_model or (reg.get_task(task).spec.base_model if reg.has_task(task) else None)
+    if model_id is None:
+        model_id = _adapter_base_model(peft_dir)
+    model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
+    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note)
+    if as_json:
+        print_json({"task": task, "version": manifest.version, "uri": reg.version_uri(task, manifest.version)})
+    else:
+        console.print(f"registered {task} version {manifest.version}")
+
+
+def _adapter_base_model(peft_dir: str) -> str:
+    import fsspec
+
+    try:
+        with fsspec.open(f"{peft_dir.rstrip('/')}/adapter_config.json") as handle:
+            model_id = json.load(handle).get("base_model_name_or_path")
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise PromptmuxError(f"{peft_dir}: cannot read adapter_config.json ({exc})") from exc
+    if not model_id:
+        raise PromptmuxError("the adapter does not name its base model: pass --base-model")
+    return model_id
+
+
+@registry_app.command("export")
+def export(
+    task: str,
+    version: Annotated[str, typer.Argument(help="version number, alias or 'latest'")],
+    destination: Annotated[str, typer.Argument(help="directory to write the PEFT adapter to")],
+    registry: RegistryOption = "",
+) -> None:
+    """Write a version as a PEFT adapter directory (loadable with PeftModel.from_pretrained)."""
+    reg = open_registry(registry)
+    manifest = reg.resolve(task, version)
+    reg.export(task, manifest.version, destination)
+    console.print(f"exported {task} version {manifest.version} to {destination}")
+
+
+@registry_app.command("alias")
+def alias(
+    task: str,
+    name: Annotated[str, typer.Argument(help="alias name, e.g. production or staging")],
+    version: Annotated[str | None, typer.Argument(help="version number, or another alias to copy")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="remove the alias")] = False,
+    registry: RegistryOption = "",
+) -> None:
+    """Point an alias at a version (or --delete it)."""
+    reg = open_registry(registry)
+    if delete:
+        reg.delete_alias(task, name)
+        console.print(f"deleted alias {name} of {task}")
+        return
+    if version is None:
+        raise PromptmuxError("give the VERSION to point the alias at, or --delete")
+    target = reg.resolve(task, version).version
+    reg.set_alias(task, name, target)
+    console.print(f"{task}:{name} → version {target}")
+
+
+@registry_app.command("rollout")
+def rollout(
+    task: str,
+    split: Annotated[list[str] | None, typer.Argument(help="VERSION=WEIGHT pairs, e.g. 3=90 4=10")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the rollout")] = False,
+    sticky: Annotated[bool, typer.Option("--sticky/--no-sticky", help="same routing key, same variant")] = True,
+    registry: RegistryOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Set (or --clear, or show) a weighted traffic split between versions."""
+    reg = open_registry(registry)
+    if clear:
+        reg.clear_rollout(task)
+        console.print(f"cleared the rollout of {task}")
+        return
+    if split:
+        reg.set_rollout(task, RolloutSpec(variants=[_parse_variant(item) for item in split], sticky=sticky))
+    current = reg.rollout(task)
+    if as_json:
+        print_json(current.model_dump(mode="json") if current else None)
+    else:
+        console.print(f"{task} rollout: {_rollout_text(current)}")
+
+
+def _parse_variant(item: str) -> RolloutVariant:
+    version, sep, weight = item.partition("=")
+    try:
+        number, share = int(version), float(weight)
+    except ValueError:
+        sep = ""
+    if not sep:
+        raise PromptmuxError(f"invalid rollout entry {item!r}: expected VERSION=WEIGHT, e.g. 3=90")
+    return RolloutVariant(version=number, weight=share)
+
+
+@registry_app.command("archive")
+def archive(task: str, version: int, registry: RegistryOption = "") -> None:
+    """Archive a version (refused while an alias or the rollout points at it)."""
+    open_registry(registry).archive(task, version)
+    console.print(f"archived {task} version {version}")
+
+
+@registry_app.command("verify")
+def verify(
+    task: Annotated[str | None, typer.Argument(help="only this task")] = None,
+    registry: RegistryOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Re-hash every version and check aliases and rollouts; exit 1 if anything is wrong."""
+    results = open_registry(registry).verify(task)
+    bad = [r for r in results if not r.ok]
+    if as_json:
+        print_json([{"task": r.task, "version": r.version, "ok": r.ok, "problem": r.problem} for r in results])
+    else:
+        for r in bad:
+            err_console.print(f"[red]{r.task}@{r.version}: {r.problem}[/red]")
+        console.print(f"verified {len(results) - len(bad)} of {len(results)} entries, {len(bad)} problem(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+@functools.cache
+def _load_plugins() -> None:
+    for entry in entry_points(group="promptmux.commands"):
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
+
+
+def main() -> None:
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    _load_plugins()
+    try:
+        app()
+    except PromptmuxError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        err_console.print(f"[red]error:[/red] {problems}")
+        sys.exit(1)

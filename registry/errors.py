@@ -1,0 +1,29 @@
+"""Errors the registry raises. Every one carries a message meant for the user.
+
+The CLI and the HTTP layer turn `PromptmuxError` into a clean message (exit code 1 or
+an HTTP 4xx); anything else escaping is a bug.
+"""
+
+
+class PromptmuxError(Exception):
+    """Base of every user-facing promptmux error."""
+
+
+class InvalidNameError(PromptmuxError, ValueError):
+    """A task, alias or variant name does not match the safe name pattern."""
+
+
+class NotFoundError(PromptmuxError, LookupError):
+    """A task, version, alias or file does not exist."""
+
+
+class ConflictError(PromptmuxError):
+    """The operation clashes with the registry's current state (exists, in use, ...)."""
+
+
+class InvalidArtifactError(PromptmuxError, ValueError):
+    """A prompt tensor or adapter directory is malformed, corrupt or unsupported."""
+
+
+class IncompatiblePromptError(PromptmuxError, ValueError):
+    """A prompt does not fit the task's base model (hidden size, vocabulary, weights)."""

@@ -1,0 +1,31 @@
+"""Name validation: the only guard between user input and paths under the registry root.
+
+Task, alias and variant names become path components, so they are restricted to a
+pattern that can never contain a separator or start with a dot (no `..`, no hidden
+files), and to a bounded length.
+"""
+
+import re
+
+from registry.errors import InvalidNameError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+RESERVED_ALIASES = frozenset({"latest"})
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Return `name` unchanged if it is safe to use as a path component, else raise."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-64 characters of lower-case letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def validate_alias(name: str) -> str:
+    """Alias names: safe names that cannot be mistaken for a version number or `latest`."""
+    validate_name(name, "alias")
+    if name.isdigit() or name in RESERVED_ALIASES:
+        raise InvalidNameError(f"invalid alias {name!r}: it would be read as a version reference")
+    return name

@@ -1,0 +1,427 @@
+"""The registry: tasks, their immutable prompt versions, aliases and rollouts.
+
+Layout under the root (any fsspec URL)::
+
+    tasks/<task>/task.json                   TaskRecord (spec + base-model fingerprint)
+    tasks/<task>/versions/<n>/               a PEFT adapter directory + promptmux.json
+    tasks/<task>/aliases/<alias>.json        AliasRecord
+    tasks/<task>/rollout.json                RolloutSpec
+    tasks/<task>/archived/<n>                marker: version n is archived
+
+Versions are claimed lock-free (`Storage.publish_dir` refuses an existing directory, so
+concurrent writers retry with the next number); alias, rollout and archive edits take
+the task's lock because each checks the others (an alias may not point at an archived
+version, a version may not be archived while something points at it).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+
+from registry.artifact import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    PEFT_PROMPT_TYPES,
+    TENSOR_FILE,
+    check_fits,
+    decode_tensor,
+    dtype_name,
+    parse_peft_config,
+    tensor_sha256,
+    validate_prompt_tensor,
+    version_files,
+)
+from registry.errors import ConflictError, InvalidArtifactError, NotFoundError, PromptmuxError
+from registry.names import validate_alias, validate_name
+from registry.schemas import (
+    AliasRecord,
+    BaseModelFingerprint,
+    PromptVersion,
+    RolloutSpec,
+    TaskRecord,
+    TaskSpec,
+    TaskView,
+    VersionView,
+    utc_now,
+)
+from registry.storage import Storage, open_storage
+
+REGISTRY_ENV = "PROMPTMUX_REGISTRY"
+MAX_CLAIM_ATTEMPTS = 10_000
+
+
+def default_registry_uri() -> str:
+    """`$PROMPTMUX_REGISTRY`, else a per-user directory."""
+    configured = os.environ.get(REGISTRY_ENV)
+    if configured:
+        return configured
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return str(data_home / "promptmux" / "registry")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    task: str
+    version: int | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class Registry:
+    """Versioned soft prompts per task, on local disk or any fsspec URL."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.storage: Storage = open_storage(uri or default_registry_uri())
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri
+
+    # ------------------------------------------------------------------ tasks
+    def create_task(self, spec: TaskSpec, base_fingerprint: BaseModelFingerprint, exist_ok: bool = False) -> TaskRecord:
+        """Create a task; with `exist_ok`, return the existing one if its base model matches."""
+        rel = _task_rel(spec.name)
+        with self.storage.lock(f"{rel}/task"):
+            if self.storage.exists(f"{rel}/task.json"):
+                if not exist_ok:
+                    raise ConflictError(f"task {spec.name!r} already exists")
+                record = self.get_task(spec.name)
+                differences = record.base_fingerprint.differences(base_fingerprint)
+                if differences:
+                    raise ConflictError(
+                        f"task {spec.name!r} exists for another base model: " + "; ".join(differences)
+                    )
+                return record
+            record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
+            self.storage.write_bytes(f"{rel}/task.json", record.model_dump_json(indent=2).encode())
+            return record
+
+    def get_task(self, task: str) -> TaskRecord:
+        data = self._read_or_none(f"{_task_rel(task)}/task.json")
+        if data is None:
+            raise NotFoundError(f"unknown task {task!r}")
+        return TaskRecord.model_validate_json(data)
+
+    def has_task(self, task: str) -> bool:
+        return self.storage.exists(f"{_task_rel(task)}/task.json")
+
+    def list_tasks(self) -> list[str]:
+        return [name for name in self.storage.listdir("tasks") if self.has_task(name)]
+
+    # --------------------------------------------------------------- versions
+    def register(
+        self,
+        task: str,
+        embeddings: torch.Tensor,
+        base_fingerprint: BaseModelFingerprint,
+        *,
+        init_method: str = "random",
+        init_text: str | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        data_fingerprint: str | None = None,
+        parent_version: int | None = None,
+        note: str = "",
+    ) -> PromptVersion:
+        """Store `embeddings` as the task's next version and return its manifest."""
+        record = self.get_task(task)
+        tensor = validate_prompt_tensor(embeddings)
+        check_fits(tensor, base_fingerprint, record.base_fingerprint)
+        if parent_version is not None:
+            self.get_version(task, parent_version)
+        digest = tensor_sha256(tensor)
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            number = max(self._claimed_numbers(task), default=0) + 1
+            manifest = PromptVersion(
+                task=task,
+                version=number,
+                num_virtual_tokens=tensor.shape[0],
+                token_dim=tensor.shape[1],
+                dtype=dtype_name(tensor),
+                base_model=record.spec.base_model,
+                base_fingerprint=record.base_fingerprint,
+                init_method=init_method,
+                init_text=init_text,
+                training=training or {},
+                metrics=metrics or {},
+                data_fingerprint=data_fingerprint,
+                parent_version=parent_version,
+                note=note,
+                sha256=digest,
+            )
+            if self.storage.publish_dir(_version_rel(task, number), version_files(manifest, tensor)):
+                return manifest
+        raise ConflictError(f"could not claim a version number for task {task!r}")
+
+    def versions(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
+        self.get_task(task)
+        archived = self.archived_versions(task)
+        return [
+            self.get_version(task, number)
+            for number in self._version_numbers(task)
+            if include_archived or number not in archived
+        ]
+
+    def get_version(self, task: str, version: int) -> PromptVersion:
+        data = self._read_or_none(f"{_version_rel(task, version)}/{MANIFEST_FILE}")
+        if data is None:
+            self.get_task(task)
+            raise NotFoundError(f"task {task!r} has no version {version}")
+        return PromptVersion.model_validate_json(data)
+
+    def latest(self, task: str) -> PromptVersion:
+        archived = self.archived_versions(task)
+        live = [number for number in self._version_numbers(task) if number not in archived]
+        if not live:
+            self.get_task(task)
+            raise NotFoundError(f"task {task!r} has no active versions")
+        return self.get_version(task, max(live))
+
+    def resolve(self, task: str, ref: int | str | None = None) -> PromptVersion:
+        """A version by number, alias name, or `latest`/None."""
+        if ref is None or ref == "latest":
+            return self.latest(task)
+        if isinstance(ref, int) or ref.isdigit():
+            return self.get_version(task, int(ref))
+        aliases = self.aliases(task)
+        if ref not in aliases:
+            raise NotFoundError(f"task {task!r} has no alias {ref!r}")
+        return self.get_version(task, aliases[ref])
+
+    def version_uri(self, task: str, version: int) -> str:
+        return self.storage.url(_version_rel(task, version))
+
+    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, torch.Tensor]:
+        """Manifest and tensor of a version, checked against the manifest's sha256 and shape."""
+        manifest = self.get_version(task, version)
+        source = f"{task}@{version}"
+        tensor = decode_tensor(self.storage.read_bytes(f"{_version_rel(task, version)}/{TENSOR_FILE}"), source)
+        problem = _mismatch(manifest, tensor)
+        if problem:
+            raise InvalidArtifactError(f"{source}: {problem}")
+        return manifest, tensor
+
+    def archive(self, task: str, version: int) -> None:
+        """Retire a version: it stays loadable by number but is no longer `latest`."""
+        with self._task_lock(task):
+            self.get_version(task, version)
+            users = [f"alias {name!r}" for name, target in self.aliases(task).items() if target == version]
+            rollout = self.rollout(task)
+            if rollout and any(variant.version == version for variant in rollout.variants):
+                users.append("the rollout")
+            if users:
+                raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
+            self.storage.write_bytes(f"{_task_rel(task)}/archived/{version}", utc_now().isoformat().encode())
+
+    def archived_versions(self, task: str) -> set[int]:
+        return {int(name) for name in self.storage.listdir(f"{_task_rel(task)}/archived") if name.isdigit()}
+
+    # ------------------------------------------------------ aliases, rollouts
+    def aliases(self, task: str) -> dict[str, int]:
+        rel = f"{_task_rel(task)}/aliases"
+        result = {}
+        for filename in self.storage.listdir(rel):
+            if filename.endswith(".json") and not filename.startswith("."):
+                data = self._read_or_none(f"{rel}/{filename}")
+                if data is not None:
+                    result[filename.removesuffix(".json")] = AliasRecord.model_validate_json(data).version
+        return result
+
+    def set_alias(self, task: str, alias: str, version: int) -> None:
+        validate_alias(alias)
+        with self._task_lock(task):
+            self._check_servable(task, version)
+            record = AliasRecord(version=version)
+            self.storage.write_bytes(_alias_rel(task, alias), record.model_dump_json().encode())
+
+    def delete_alias(self, task: str, alias: str) -> None:
+        validate_alias(alias)
+        with self._task_lock(task):
+            if alias not in self.aliases(task):
+                raise NotFoundError(f"task {task!r} has no alias {alias!r}")
+            self.storage.remove(_alias_rel(task, alias))
+
+    def rollout(self, task: str) -> RolloutSpec | None:
+        data = self._read_or_none(f"{_task_rel(task)}/rollout.json")
+        return None if data is None else RolloutSpec.model_validate_json(data)
+
+    def set_rollout(self, task: str, spec: RolloutSpec) -> None:
+        with self._task_lock(task):
+            for variant in spec.variants:
+                self._check_servable(task, variant.version)
+            self.storage.write_bytes(f"{_task_rel(task)}/rollout.json", spec.model_dump_json(indent=2).encode())
+
+    def clear_rollout(self, task: str) -> None:
+        with self._task_lock(task):
+            if self.rollout(task) is None:
+                raise NotFoundError(f"task {task!r} has no rollout")
+            self.storage.remove(f"{_task_rel(task)}/rollout.json")
+
+    # ------------------------------------------------------------- reporting
+    def show(self, task: str) -> TaskView:
+        record = self.get_task(task)
+        aliases = self.aliases(task)
+        archived = self.archived_versions(task)
+        return TaskView(
+            spec=record.spec,
+            base_fingerprint=record.base_fingerprint,
+            versions=[
+                VersionView(
+                    manifest=manifest,
+                    aliases=sorted(name for name, target in aliases.items() if target == manifest.version),
+                    archived=manifest.version in archived,
+                    uri=self.version_uri(task, manifest.version),
+                )
+                for manifest in self.versions(task)
+            ],
+            aliases=aliases,
+            rollout=self.rollout(task),
+        )
+
+    def verify(self, task: str | None = None) -> list[VerifyResult]:
+        """Re-read every version (or one task's): parse, re-hash, compare with its manifest,
+        and check that aliases and rollouts point at existing versions."""
+        results: list[VerifyResult] = []
+        for name in [task] if task else self.list_tasks():
+            numbers = self._version_numbers(name)
+            for number in numbers:
+                results.append(VerifyResult(name, number, self._verify_version(name, number)))
+            targets = [(f"alias {alias!r}", v) for alias, v in self.aliases(name).items()]
+            rollout = self.rollout(name)
+            targets += [(f"rollout variant {r.name!r}", r.version) for r in (rollout.variants if rollout else [])]
+            for what, version in targets:
+                if version not in numbers:
+                    results.append(VerifyResult(name, None, f"{what} points at missing version {version}"))
+        return results
+
+    # ------------------------------------------------------- import / export
+    def import_peft(
+        self,
+        source: str,
+        task: str,
+        base_fingerprint: BaseModelFingerprint,
+        base_model: str,
+        note: str = "",
+    ) -> PromptVersion:
+        """Register the soft prompt of a PEFT prompt-tuning or p-tuning checkpoint directory
+        (local path or fsspec URL), creating the task (generation, `{input}`) if needed."""
+        fs, root = fsspec.core.url_to_fs(source)
+        root = root.rstrip("/")
+        config = parse_peft_config(_read_source(fs, f"{root}/{CONFIG_FILE}", source), source)
+        tensor_path = f"{root}/{TENSOR_FILE}"
+        if not fs.exists(tensor_path):
+            if fs.exists(f"{root}/adapter_model.bin"):
+                raise InvalidArtifactError(
+                    f"{source}: only a pickled adapter_model.bin was found; promptmux loads safetensors only "
+                    "(save the adapter with safe_serialization=True)"
+                )
+            raise InvalidArtifactError(f"{source}: no {TENSOR_FILE}")
+        tensor = decode_tensor(_read_source(fs, tensor_path, source), source)
+        declared = config.get("num_virtual_tokens")
+        if declared is not None and declared != tensor.shape[0]:
+            raise InvalidArtifactError(
+                f"{source}: adapter_config says {declared} virtual tokens but the tensor has {tensor.shape[0]}"
+            )
+        if self.has_task(task):
+            check_fits(tensor, base_fingerprint, self.get_task(task).base_fingerprint)
+        else:
+            check_fits(tensor, base_fingerprint, base_fingerprint)
+            self.create_task(TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
+        init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
+        return self.register(
+            task,
+            tensor,
+            base_fingerprint,
+            init_method=PEFT_PROMPT_TYPES[config["peft_type"]] + (f" ({init})" if init else ""),
+            init_text=config.get("prompt_tuning_init_text"),
+            training={"imported_from": source, "peft_type": config["peft_type"]},
+            note=note,
+        )
+
+    def export(self, task: str, version: int, destination: str) -> str:
+        """Write a version as a PEFT adapter directory at `destination` (path or fsspec URL)."""
+        manifest, tensor = self.load_prompt(task, version)
+        fs, root = fsspec.core.url_to_fs(destination)
+        root = root.rstrip("/")
+        if fs.exists(f"{root}/{CONFIG_FILE}") or fs.exists(f"{root}/{TENSOR_FILE}"):
+            raise ConflictError(f"{destination} already holds an adapter; choose an empty directory")
+        fs.makedirs(root, exist_ok=True)
+        for name, data in version_files(manifest, tensor).items():
+            fs.pipe_file(f"{root}/{name}", data)
+        return destination
+
+    # --------------------------------------------------------------- helpers
+    def _claimed_numbers(self, task: str) -> list[int]:
+        """Every version directory, including one a writer is still (or died) filling."""
+        return sorted(int(name) for name in self.storage.listdir(f"{_task_rel(task)}/versions") if name.isdigit())
+
+    def _version_numbers(self, task: str) -> list[int]:
+        """The visible versions: complete directories (a manifest is written last)."""
+        numbers = self._claimed_numbers(task)
+        if self.storage.atomic_publish:
+            return numbers
+        return [n for n in numbers if self.storage.exists(f"{_version_rel(task, n)}/{MANIFEST_FILE}")]
+
+    def _check_servable(self, task: str, version: int) -> None:
+        self.get_version(task, version)
+        if version in self.archived_versions(task):
+            raise ConflictError(f"version {version} of {task!r} is archived")
+
+    def _task_lock(self, task: str):  # noqa: ANN202 - a context manager
+        self.get_task(task)
+        return self.storage.lock(f"{_task_rel(task)}/meta")
+
+    def _read_or_none(self, rel: str) -> bytes | None:
+        try:
+            return self.storage.read_bytes(rel)
+        except NotFoundError:
+            return None
+
+    def _verify_version(self, task: str, version: int) -> str | None:
+        try:
+            manifest, _ = self.load_prompt(task, version)
+            parse_peft_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"), "")
+        except (PromptmuxError, ValueError) as exc:
+            return str(exc)
+        if manifest.version != version or manifest.task != task:
+            return f"manifest names {manifest.task}@{manifest.version}"
+        return None
+
+
+def _mismatch(manifest: PromptVersion, tensor: torch.Tensor) -> str | None:
+    if tensor_sha256(tensor) != manifest.sha256:
+        return "sha256 of the tensor does not match the manifest (the file was altered or corrupted)"
+    if tuple(tensor.shape) != (manifest.num_virtual_tokens, manifest.token_dim) or dtype_name(tensor) != manifest.dtype:
+        return (
+            f"tensor is {tuple(tensor.shape)} {dtype_name(tensor)}, manifest says "
+            f"({manifest.num_virtual_tokens}, {manifest.token_dim}) {manifest.dtype}"
+        )
+    return None
+
+
+def _read_source(fs: fsspec.AbstractFileSystem, path: str, source: str) -> bytes:
+    try:
+        return fs.cat_file(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise NotFoundError(f"{source}: {path.rsplit('/', 1)[-1]} not found") from exc
+
+
+def _task_rel(task: str) -> str:
+    return f"tasks/{validate_name(task, 'task name')}"
+
+
+def _version_rel(task: str, version: int) -> str:
+    if not isinstance(version, int) or version < 1:
+        raise NotFoundError(f"invalid version {version!r}: versions are positive integers")
+    return f"{_task_rel(task)}/versions/{version}"
+
+
+def _alias_rel(task: str, alias: str) -> str:
+    return f"{_task_rel(task)}/aliases/{alias}.json"

@@ -1,0 +1,184 @@
+"""Pydantic schemas of everything the registry stores or hands out.
+
+These are the on-disk formats (`task.json`, `promptmux.json`, alias and rollout files)
+and the objects the serving runtime and the task scripts exchange with the registry.
+"""
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from registry.names import validate_name
+
+INPUT_PLACEHOLDER = "{input}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskKind(str, Enum):
+    classification = "classification"
+    generation = "generation"
+
+
+class GenerationParams(_Schema):
+    """Decoding parameters; a task carries defaults and a request may override them."""
+
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    seed: int | None = None
+
+
+class TaskSpec(_Schema):
+    """What a task is: how inputs are templated, what it outputs, which base model it runs on."""
+
+    name: str
+    kind: TaskKind = TaskKind.generation
+    template: str = Field(INPUT_PLACEHOLDER, description="input template, e.g. 'Comment: {input}\\nSatisfaction:\\n'")
+    labels: dict[str, str] = Field(default_factory=dict, description="label -> verbalizer string (classification)")
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    base_model: str
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return validate_name(value, "task name")
+
+    @field_validator("template")
+    @classmethod
+    def _has_placeholder(cls, value: str) -> str:
+        if INPUT_PLACEHOLDER not in value:
+            raise ValueError(f"template must contain {INPUT_PLACEHOLDER}")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_match_kind(self) -> "TaskSpec":
+        if self.kind is TaskKind.classification:
+            if len(self.labels) < 2:
+                raise ValueError("a classification task needs at least two labels")
+            if any(not verbalizer for verbalizer in self.labels.values()):
+                raise ValueError("every label needs a non-empty verbalizer string")
+        elif self.labels:
+            raise ValueError("labels are only meaningful for classification tasks")
+        return self
+
+    def render(self, text: str) -> str:
+        """The model input for one request (plain substitution: braces in inputs are safe)."""
+        return self.template.replace(INPUT_PLACEHOLDER, text)
+
+
+class BaseModelFingerprint(_Schema):
+    """Identifies a base model well enough to tell whether a soft prompt was trained on it."""
+
+    model_type: str
+    architecture: str
+    hidden_size: int
+    vocab_size: int
+    num_layers: int
+    num_attention_heads: int
+    embedding_sha256: str = Field(description="sha256 of the input-embedding matrix rounded to bfloat16")
+
+    def differences(self, other: "BaseModelFingerprint") -> list[str]:
+        """Human-readable list of the fields that differ (empty when compatible)."""
+        return [
+            f"{field}: {getattr(self, field)!r} != {getattr(other, field)!r}"
+            for field in ("architecture", "hidden_size", "vocab_size", "embedding_sha256")
+            if getattr(self, field) != getattr(other, field)
+        ]
+
+
+class TaskRecord(_Schema):
+    """`task.json`: the spec plus the fingerprint of the base model every version must fit."""
+
+    spec: TaskSpec
+    base_fingerprint: BaseModelFingerprint
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class PromptVersion(_Schema):
+    """`promptmux.json`: the manifest of one immutable prompt version."""
+
+    task: str
+    version: int = Field(ge=1)
+    num_virtual_tokens: int = Field(ge=1)
+    token_dim: int = Field(ge=1)
+    dtype: str
+    base_model: str
+    base_fingerprint: BaseModelFingerprint
+    init_method: str = "random"
+    init_text: str | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: str | None = None
+    parent_version: int | None = None
+    created_at: datetime = Field(default_factory=utc_now)
+    note: str = ""
+    sha256: str = Field(description="sha256 of the raw tensor bytes (row-major, stored dtype)")
+
+
+class AliasRecord(_Schema):
+    version: int = Field(ge=1)
+    updated_at: datetime = Field(default_factory=utc_now)
+
+
+class RolloutVariant(_Schema):
+    version: int = Field(ge=1)
+    weight: float = Field(gt=0)
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _default_name(self) -> "RolloutVariant":
+        self.name = validate_name(self.name or f"v{self.version}", "variant name")
+        return self
+
+
+class RolloutSpec(_Schema):
+    """A weighted split of a task's traffic between versions.
+
+    With `sticky`, a request's routing key is hashed to pick its variant, so the same key
+    always lands on the same variant while the split is unchanged.
+    """
+
+    variants: list[RolloutVariant] = Field(min_length=1, max_length=16)
+    sticky: bool = True
+    updated_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "RolloutSpec":
+        versions = [variant.version for variant in self.variants]
+        if len(set(versions)) != len(versions):
+            raise ValueError("each version may appear in a rollout only once")
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be distinct")
+        return self
+
+
+class VersionView(_Schema):
+    """What `registry show` and the serving API report about a version."""
+
+    manifest: PromptVersion
+    aliases: list[str]
+    archived: bool
+    uri: str
+
+
+class TaskView(_Schema):
+    spec: TaskSpec
+    base_fingerprint: BaseModelFingerprint
+    versions: list[VersionView]
+    aliases: dict[str, int]
+    rollout: RolloutSpec | None
+

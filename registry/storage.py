@@ -1,0 +1,180 @@
+"""Where registry bytes live: any fsspec URL, with the atomicity each backend can give.
+
+Two guarantees matter to the registry:
+
+* `publish_dir` makes a whole version directory appear at once or not at all, and
+  refuses to replace one that exists (this is how concurrent writers get distinct
+  version numbers);
+* `write_bytes` replaces a small file (alias, rollout) so readers see the old or the
+  new content, never a mix.
+
+On a local filesystem both come from POSIX: files are written into a private staging
+directory, fsync'ed, and `rename`d into place; `rename` of a directory onto an existing
+non-empty one fails, which is the claim. Cross-process locks use `flock`.
+
+On object stores (s3://, gs://, memory://) a single object PUT is atomic but there is
+no rename and no cross-process lock. There a version is visible only once its manifest
+(written last) exists, and the claim of a version number is check-then-write under an
+in-process lock: run one writer per task at a time against an object store.
+"""
+
+import errno
+import fcntl
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from registry.errors import NotFoundError
+
+STAGING_DIR = ".staging"
+
+
+class Storage:
+    """fsspec storage with object-store semantics (see the module docstring)."""
+
+    atomic_publish = False
+
+    _locks: dict[str, threading.Lock] = {}
+    _locks_guard = threading.Lock()
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, uri: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.uri = uri.rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url(self, rel: str) -> str:
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"not found: {self.url(rel)}") from exc
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names of the entries directly under `rel` (empty when it does not exist)."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(rel), data)
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.fs.rm_file(self.path(rel))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"not found: {self.url(rel)}") from exc
+
+    def publish_dir(self, rel: str, files: dict[str, bytes]) -> bool:
+        """Create directory `rel` holding `files` (written in order, the last one makes it
+        visible). Returns False, writing nothing, when `rel` already exists."""
+        with self.lock(rel):
+            if self.exists(rel):
+                return False
+            for name, data in files.items():
+                self.fs.pipe_file(self.path(f"{rel}/{name}"), data)
+            return True
+
+    @contextmanager
+    def lock(self, rel: str) -> Iterator[None]:
+        key = self.url(rel)
+        with Storage._locks_guard:
+            lock = Storage._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+
+class LocalStorage(Storage):
+    """A directory on a POSIX filesystem: atomic renames and flock-based locks."""
+
+    atomic_publish = True
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return Path(self.path(rel)).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFoundError(f"not found: {self.url(rel)}") from exc
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            _write_synced(tmp, data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def publish_dir(self, rel: str, files: dict[str, bytes]) -> bool:
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(self.path(STAGING_DIR)) / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            for name, data in files.items():
+                _write_synced(staging / name, data)
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, target)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+            _fsync_dir(target.parent)
+            return True
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    @contextmanager
+    def lock(self, rel: str) -> Iterator[None]:
+        lock_path = Path(self.path(rel))
+        lock_path = lock_path.parent / f".{lock_path.name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with super().lock(rel), open(lock_path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_storage(uri: str) -> Storage:
+    """Storage for a local path or any fsspec URL."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return LocalStorage(fs, root, str(Path(root).resolve()))
+    return Storage(fs, root, uri)

@@ -1,0 +1,1 @@
+"""promptmux serving: one frozen base model, every task's soft prompt, mixed-task batches."""

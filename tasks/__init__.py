@@ -1,0 +1,1 @@
+"""promptmux tasks: create soft prompts for tasks and register them."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: small real models built from configs, and throw-away registries."""
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Embedded models are built once per test session into a private cache.
+os.environ.setdefault("PROMPTMUX_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test-models"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import torch  # noqa: E402
+
+from registry import BaseModelFingerprint, Registry, TaskSpec  # noqa: E402
+from registry.base_models import fingerprint, load_model  # noqa: E402
+from registry.cli import main  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def llama() -> torch.nn.Module:
+    return load_model("tiny-random-llama", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def llama_fp(llama: torch.nn.Module) -> BaseModelFingerprint:
+    return fingerprint(llama)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(str(tmp_path / "registry"))
+
+
+@pytest.fixture
+def task(registry: Registry, llama_fp: BaseModelFingerprint) -> str:
+    registry.create_task(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
+    return "sentiment"
+
+
+def random_prompt(rows: int = 4, cols: int = 128, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Run `promptmux ...` in-process through the real entry point (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["promptmux", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    yield run

@@ -1,0 +1,100 @@
+"""The `promptmux registry` commands, run through the real entry point."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import random_prompt
+
+from registry import Registry
+
+
+@pytest.fixture
+def filled(registry: Registry, task: str, llama_fp) -> Registry:
+    for seed in range(3):
+        registry.register(task, random_prompt(seed=seed), llama_fp, metrics={"accuracy": 0.6 + seed / 10})
+    return registry
+
+
+def test_list_and_show(cli, filled: Registry) -> None:
+    listed = cli("registry", "list", "--registry", filled.uri, "--json")
+    assert listed.code == 0
+    assert json.loads(listed.out) == [
+        {"task": "sentiment", "kind": "generation", "base_model": "tiny-random-llama", "versions": [1, 2, 3],
+         "aliases": {}, "rollout": None}
+    ]
+    table = cli("registry", "list", "--registry", filled.uri)
+    assert table.code == 0 and "sentiment" in table.out
+
+    assert cli("registry", "alias", "sentiment", "production", "2", "--registry", filled.uri).code == 0
+    shown = json.loads(cli("registry", "show", "sentiment", "--registry", filled.uri, "--json").out)
+    second = shown["versions"][1]
+    assert second["version"] == 2 and second["aliases"] == ["production"]
+    assert second["sha256"] == filled.get_version("sentiment", 2).sha256
+    assert second["metrics"] == {"accuracy": pytest.approx(0.7)}
+    assert Path(second["uri"]) == Path(filled.uri) / "tasks" / "sentiment" / "versions" / "2"
+    assert "sentiment (generation) on tiny-random-llama" in cli("registry", "show", "sentiment", "--registry", filled.uri).out
+
+
+def test_registry_from_environment(cli, filled: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMPTMUX_REGISTRY", filled.uri)
+    assert json.loads(cli("registry", "list", "--json").out)[0]["versions"] == [1, 2, 3]
+
+
+def test_alias_moves_copies_and_deletes(cli, filled: Registry) -> None:
+    uri = ("--registry", filled.uri)
+    assert cli("registry", "alias", "sentiment", "staging", "3", *uri).code == 0
+    assert cli("registry", "alias", "sentiment", "production", "staging", *uri).code == 0
+    assert filled.aliases("sentiment") == {"production": 3, "staging": 3}
+    assert cli("registry", "alias", "sentiment", "staging", "--delete", *uri).code == 0
+    assert filled.aliases("sentiment") == {"production": 3}
+
+
+def test_rollout_set_show_clear(cli, filled: Registry) -> None:
+    uri = ("--registry", filled.uri)
+    result = cli("registry", "rollout", "sentiment", "2=90", "3=10", *uri, "--json")
+    assert result.code == 0
+    assert [(v["version"], v["weight"]) for v in json.loads(result.out)["variants"]] == [(2, 90), (3, 10)]
+    assert "v2:90% / v3:10%" in cli("registry", "rollout", "sentiment", *uri).out
+    assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
+    assert filled.rollout("sentiment") is None
+
+
+def test_archive_and_verify(cli, filled: Registry) -> None:
+    uri = ("--registry", filled.uri)
+    assert cli("registry", "alias", "sentiment", "production", "1", *uri).code == 0
+    refused = cli("registry", "archive", "sentiment", "1", *uri)
+    assert refused.code == 1 and "in use by alias 'production'" in refused.err
+    assert cli("registry", "archive", "sentiment", "2", *uri).code == 0
+    assert filled.latest("sentiment").version == 3
+
+    verified = cli("registry", "verify", *uri, "--json")
+    assert verified.code == 0 and all(entry["ok"] for entry in json.loads(verified.out))
+    tensor = Path(filled.version_uri("sentiment", 3)) / "adapter_model.safetensors"
+    tensor.write_bytes(tensor.read_bytes()[:-4] + b"\0\0\0\0")
+    broken = cli("registry", "verify", *uri)
+    assert broken.code == 1 and "sentiment@3" in broken.err and "sha256" in broken.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("registry", "show", "missing"), "unknown task 'missing'"),
+        (("registry", "show", "../etc"), "invalid task name"),
+        (("registry", "alias", "sentiment", "production", "42"), "no version 42"),
+        (("registry", "alias", "sentiment", "Bad Alias", "1"), "invalid alias"),
+        (("registry", "alias", "sentiment", "production"), "give the VERSION"),
+        (("registry", "rollout", "sentiment", "2:50"), "expected VERSION=WEIGHT"),
+        (("registry", "rollout", "sentiment", "2=50", "2=50"), "only once"),
+        (("registry", "rollout", "sentiment", "2=-1"), "greater than 0"),
+        (("registry", "export", "sentiment", "9", "/tmp/x"), "no version 9"),
+        (("registry", "import", "/nonexistent", "--task", "t", "--base-model", "tiny-random-llama"), "not found"),
+    ],
+)
+def test_bad_input_gives_a_message_and_exit_1(cli, filled: Registry, args: tuple, message: str) -> None:
+    before = filled.verify()
+    result = cli(*args, "--registry", filled.uri)
+    assert result.code == 1, result.out
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert filled.verify() == before

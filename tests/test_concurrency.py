@@ -1,0 +1,74 @@
+"""Several processes writing one task at once, and writers killed mid-write."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from registry import BaseModelFingerprint, Registry, TaskSpec
+
+WRITER = """
+import json, sys, torch
+from registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant
+uri, fp, count, seed = sys.argv[1], BaseModelFingerprint.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+registry = Registry(uri)
+generator = torch.Generator().manual_seed(seed)
+print("ready", flush=True)
+for i in range(count):
+    manifest = registry.register("shared", torch.randn(8, fp.hidden_size, generator=generator), fp, note=f"{seed}-{i}")
+    print(manifest.version, flush=True)
+    if seed < 0:  # the crash test also edits aliases and rollouts between writes
+        registry.set_alias("shared", "production", manifest.version)
+        registry.set_rollout("shared", RolloutSpec(variants=[RolloutVariant(version=manifest.version, weight=1)]))
+"""
+
+
+def _writer(uri: str, fp: BaseModelFingerprint, count: int, seed: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, uri, fp.model_dump_json(), str(count), str(seed)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _shared_task(tmp_path: Path, fp: BaseModelFingerprint) -> Registry:
+    registry = Registry(str(tmp_path / "registry"))
+    registry.create_task(TaskSpec(name="shared", base_model="tiny-random-llama"), fp)
+    return registry
+
+
+def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+    registry = _shared_task(tmp_path, llama_fp)
+    writers = [_writer(registry.uri, llama_fp, 25, seed) for seed in range(8)]
+    claimed: list[int] = []
+    for writer in writers:
+        out, err = writer.communicate(timeout=600)
+        assert writer.returncode == 0, err
+        claimed += [int(line) for line in out.split()[1:]]
+    assert sorted(claimed) == list(range(1, 201))
+    versions = registry.versions("shared")
+    assert [v.version for v in versions] == list(range(1, 201))
+    assert sorted(v.note for v in versions) == sorted(f"{s}-{i}" for s in range(8) for i in range(25))
+    results = registry.verify("shared")
+    assert len(results) == 200 and all(r.ok for r in results)
+
+
+def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+    registry = _shared_task(tmp_path, llama_fp)
+    rng = random.Random(0)
+    for round_ in range(6):
+        writer = _writer(registry.uri, llama_fp, 10_000, -1 - round_)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=60)
+        results = registry.verify()
+        assert results and all(r.ok for r in results), [r.problem for r in results if not r.ok]
+        latest = registry.latest("shared").version
+        assert registry.aliases("shared")["production"] <= latest
+        assert json.loads(registry.rollout("shared").model_dump_json())["variants"][0]["version"] <= latest
+    assert registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp).version == latest + 1

@@ -1,0 +1,111 @@
+"""Version directories are PEFT adapters: import, load with PeftModel, export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+
+from registry import InvalidArtifactError, Registry
+from registry.base_models import load_model, load_tokenizer
+
+PROMPTMUX = [sys.executable, "-c", "from registry.cli import main; main()"]
+TEXTS = ["Comment: the groomer was lovely\nSatisfaction:\n", "hola"]
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    tokenizer = load_tokenizer("tiny-random-llama")
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _save_adapter(config, path: Path, seed: int = 3) -> torch.Tensor:
+    model = get_peft_model(load_model("tiny-random-llama", dtype="float32"), config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:  # the soft prompt (or p-tuning encoder): move it off its init
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    model.eval()
+    model.save_pretrained(path)
+    return _logits(model)
+
+
+def _import_cli(adapter: Path, registry_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PROMPTMUX, "registry", "import", str(adapter), "--task", "imported", "--registry", str(registry_dir), *extra],
+        capture_output=True, text=True, env={**os.environ}, timeout=300,
+    )
+
+
+def test_cli_import_then_peft_loads_identical_logits(tmp_path: Path) -> None:
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=7)
+    expected = _save_adapter(config, tmp_path / "adapter")
+    result = _import_cli(tmp_path / "adapter", tmp_path / "reg", "--base-model", "tiny-random-llama", "--json")
+    assert result.returncode == 0, result.stderr
+    imported = json.loads(result.stdout)
+    assert imported["version"] == 1
+
+    version_dir = imported["uri"]
+    assert sorted(os.listdir(version_dir)) == ["adapter_config.json", "adapter_model.safetensors", "promptmux.json"]
+    loaded = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), version_dir)
+    assert torch.equal(_logits(loaded), expected)
+
+    second = _import_cli(tmp_path / "adapter", tmp_path / "reg")  # base model taken from the task now
+    assert second.returncode == 0, second.stderr
+    assert "registered imported version 2" in second.stdout
+
+
+def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
+    config = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5, encoder_hidden_size=32)
+    expected = _save_adapter(config, tmp_path / "ptuning")
+    registry = Registry(str(tmp_path / "reg"))
+    base = load_model("tiny-random-llama", dtype="float32")
+    from registry.base_models import fingerprint
+
+    manifest = registry.import_peft(str(tmp_path / "ptuning"), "pt", fingerprint(base), base_model="tiny-random-llama")
+    assert manifest.init_method.startswith("imported-p-tuning")
+    loaded = PeftModel.from_pretrained(base, registry.version_uri("pt", manifest.version))
+    torch.testing.assert_close(_logits(loaded), expected, rtol=0, atol=1e-5)
+
+
+def test_export_writes_a_loadable_adapter(tmp_path: Path, registry: Registry, task: str, llama_fp) -> None:
+    from conftest import random_prompt
+
+    registry.register(task, random_prompt(rows=3), llama_fp)
+    registry.export(task, 1, str(tmp_path / "out"))
+    from_export = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), str(tmp_path / "out"))
+    from_registry = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), registry.version_uri(task, 1))
+    assert torch.equal(_logits(from_export), _logits(from_registry))
+    with pytest.raises(Exception, match="already holds an adapter"):
+        registry.export(task, 1, str(tmp_path / "out"))
+
+
+def test_unsupported_adapters_are_refused(tmp_path: Path, registry: Registry, llama_fp) -> None:
+    _save_adapter(PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4), tmp_path / "prefix")
+    with pytest.raises(InvalidArtifactError, match="PREFIX_TUNING"):
+        registry.import_peft(str(tmp_path / "prefix"), "x", llama_fp, "tiny-random-llama")
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    config = json.loads((tmp_path / "prefix" / "adapter_config.json").read_text())
+    (pickled / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "PROMPT_TUNING"}))
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(InvalidArtifactError, match="safetensors only"):
+        registry.import_peft(str(pickled), "x", llama_fp, "tiny-random-llama")
+    assert registry.list_tasks() == []
+
+
+def test_cli_refuses_incompatible_adapter_cleanly(tmp_path: Path) -> None:
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    model = get_peft_model(load_model("tiny-random-gpt2", dtype="float32"), config)
+    model.save_pretrained(tmp_path / "gpt2-adapter")
+    result = _import_cli(tmp_path / "gpt2-adapter", tmp_path / "reg", "--base-model", "tiny-random-llama")
+    assert result.returncode == 1
+    assert "token_dim 64 != base model hidden_size 128" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert Registry(str(tmp_path / "reg")).list_tasks() == []

@@ -1,0 +1,227 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_prompt
+from pydantic import ValidationError
+
+from registry import (
+    BaseModelFingerprint,
+    ConflictError,
+    IncompatiblePromptError,
+    InvalidArtifactError,
+    NotFoundError,
+    Registry,
+    RolloutSpec,
+    RolloutVariant,
+    TaskSpec,
+)
+
+
+def test_versions_increase_and_resolve(registry: Registry, task: str, llama_fp: BaseModelFingerprint) -> None:
+    first = registry.register(task, random_prompt(seed=1), llama_fp, metrics={"accuracy": 0.5})
+    second = registry.register(task, random_prompt(rows=6, seed=2), llama_fp, parent_version=1, note="longer")
+    assert (first.version, second.version) == (1, 2)
+    assert registry.resolve(task).version == 2
+    assert registry.resolve(task, "latest").version == 2
+    assert registry.resolve(task, 1).sha256 == first.sha256
+    assert registry.resolve(task, "1").metrics == {"accuracy": 0.5}
+    manifest, tensor = registry.load_prompt(task, 2)
+    assert manifest.parent_version == 1 and manifest.note == "longer"
+    assert torch.equal(tensor, random_prompt(rows=6, seed=2))
+    assert [v.version for v in registry.versions(task)] == [1, 2]
+
+
+def test_registered_versions_are_never_overwritten(registry: Registry, task: str, llama_fp) -> None:
+    registry.register(task, random_prompt(seed=1), llama_fp)
+    tensor_file = Path(registry.version_uri(task, 1)) / "adapter_model.safetensors"
+    before = tensor_file.read_bytes()
+    registry.register(task, random_prompt(seed=2), llama_fp)
+    assert tensor_file.read_bytes() == before
+    assert registry.storage.publish_dir(f"tasks/{task}/versions/1", {"x": b"y"}) is False
+    assert tensor_file.read_bytes() == before
+
+
+def test_aliases_and_rollouts(registry: Registry, task: str, llama_fp) -> None:
+    for seed in range(3):
+        registry.register(task, random_prompt(seed=seed), llama_fp)
+    registry.set_alias(task, "production", 1)
+    registry.set_alias(task, "staging", 3)
+    assert registry.resolve(task, "production").version == 1
+    registry.set_alias(task, "production", 2)
+    assert registry.aliases(task) == {"production": 2, "staging": 3}
+    registry.delete_alias(task, "staging")
+    assert registry.aliases(task) == {"production": 2}
+    with pytest.raises(NotFoundError, match="no alias 'staging'"):
+        registry.resolve(task, "staging")
+    with pytest.raises(NotFoundError, match="no version 9"):
+        registry.set_alias(task, "canary", 9)
+
+    spec = RolloutSpec(variants=[RolloutVariant(version=2, weight=90), RolloutVariant(version=3, weight=10)])
+    registry.set_rollout(task, spec)
+    stored = registry.rollout(task)
+    assert [(v.version, v.weight, v.name) for v in stored.variants] == [(2, 90, "v2"), (3, 10, "v3")]
+    registry.clear_rollout(task)
+    assert registry.rollout(task) is None
+    with pytest.raises(NotFoundError):
+        registry.clear_rollout(task)
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ([], "at least 1"),
+        ([{"version": 1, "weight": 1}, {"version": 1, "weight": 2}], "only once"),
+        ([{"version": 1, "weight": 0}], "greater than 0"),
+        ([{"version": 1, "weight": 1, "name": "../x"}], "invalid variant name"),
+    ],
+)
+def test_bad_rollouts_are_refused(variants: list, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RolloutSpec.model_validate({"variants": variants})
+
+
+def test_archive_is_refused_while_in_use(registry: Registry, task: str, llama_fp) -> None:
+    for seed in range(3):
+        registry.register(task, random_prompt(seed=seed), llama_fp)
+    registry.set_alias(task, "production", 3)
+    registry.set_rollout(task, RolloutSpec(variants=[RolloutVariant(version=2, weight=1)]))
+    with pytest.raises(ConflictError, match="alias 'production'"):
+        registry.archive(task, 3)
+    with pytest.raises(ConflictError, match="rollout"):
+        registry.archive(task, 2)
+    registry.set_alias(task, "production", 1)
+    registry.archive(task, 3)
+    assert registry.latest(task).version == 2
+    assert registry.resolve(task, 3).version == 3  # still loadable by number
+    with pytest.raises(ConflictError, match="archived"):
+        registry.set_alias(task, "staging", 3)
+    assert [v.version for v in registry.versions(task, include_archived=False)] == [1, 2]
+
+
+def test_task_creation(registry: Registry, llama_fp: BaseModelFingerprint) -> None:
+    spec = TaskSpec(
+        name="grooming", kind="classification", template="Comment: {input}\nSatisfaction:\n",
+        labels={"0": "0", "1": "1"}, base_model="tiny-random-llama",
+    )
+    registry.create_task(spec, llama_fp)
+    assert registry.get_task("grooming").spec == spec
+    assert registry.list_tasks() == ["grooming"]
+    with pytest.raises(ConflictError, match="already exists"):
+        registry.create_task(spec, llama_fp)
+    assert registry.create_task(spec, llama_fp, exist_ok=True).spec == spec
+    other = llama_fp.model_copy(update={"embedding_sha256": "0" * 64})
+    with pytest.raises(ConflictError, match="embedding_sha256"):
+        registry.create_task(spec, other, exist_ok=True)
+    with pytest.raises(NotFoundError, match="unknown task 'nope'"):
+        registry.latest("nope")
+    with pytest.raises(NotFoundError, match="no active versions"):
+        registry.latest("grooming")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"template": "no placeholder"}, "must contain"),
+        ({"kind": "classification", "labels": {"yes": "yes"}}, "at least two labels"),
+        ({"kind": "generation", "labels": {"a": "a", "b": "b"}}, "only meaningful"),
+        ({"kind": "regression"}, "classification"),
+    ],
+)
+def test_bad_task_specs_are_refused(spec: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        TaskSpec.model_validate({"name": "t", "base_model": "m", **spec})
+
+
+def test_template_substitution_is_literal() -> None:
+    spec = TaskSpec(name="t", base_model="m", template="Q: {input} {other}")
+    assert spec.render("a {input} b") == "Q: a {input} b {other}"
+
+
+@pytest.mark.parametrize(
+    "tensor, message",
+    [
+        (torch.randn(128), "2-D"),
+        (torch.randn(2, 4, 128), "2-D"),
+        (torch.ones(4, 128, dtype=torch.int64), "float32, bfloat16 or float16"),
+        (torch.full((4, 128), float("nan")), "NaN or Inf"),
+        (torch.full((4, 128), float("inf")), "NaN or Inf"),
+        (torch.empty(0, 128), "1..4096 virtual tokens"),
+        ([[0.0] * 128], "must be a tensor"),
+    ],
+)
+def test_malformed_tensors_are_refused(registry: Registry, task: str, llama_fp, tensor, message: str) -> None:
+    with pytest.raises(InvalidArtifactError, match=message):
+        registry.register(task, tensor, llama_fp)
+    assert registry.versions(task) == []
+
+
+def test_incompatible_prompts_are_refused_saying_what_differs(registry: Registry, task: str, llama_fp) -> None:
+    with pytest.raises(IncompatiblePromptError, match="token_dim 64 != base model hidden_size 128"):
+        registry.register(task, random_prompt(cols=64), llama_fp)
+    other_model = llama_fp.model_copy(update={"vocab_size": 50000, "embedding_sha256": "f" * 64})
+    with pytest.raises(IncompatiblePromptError, match="vocab_size: 384 != 50000.*embedding_sha256"):
+        registry.register(task, random_prompt(), other_model)
+    assert registry.versions(task) == []
+
+
+def test_bf16_prompts_keep_their_dtype(registry: Registry, task: str, llama_fp) -> None:
+    manifest = registry.register(task, random_prompt().to(torch.bfloat16), llama_fp)
+    assert manifest.dtype == "bfloat16"
+    assert registry.load_prompt(task, 1)[1].dtype == torch.bfloat16
+
+
+def test_verify_detects_altered_and_truncated_files(registry: Registry, task: str, llama_fp) -> None:
+    for seed in range(3):
+        registry.register(task, random_prompt(seed=seed), llama_fp)
+    registry.set_alias(task, "production", 3)
+    assert all(result.ok for result in registry.verify())
+
+    altered = Path(registry.version_uri(task, 1)) / "adapter_model.safetensors"
+    data = bytearray(altered.read_bytes())
+    data[-1] ^= 0x01
+    altered.write_bytes(bytes(data))
+    truncated = Path(registry.version_uri(task, 2)) / "adapter_model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    (Path(registry.version_uri(task, 3)) / "adapter_config.json").write_text("{not json")
+
+    problems = {result.version: result.problem for result in registry.verify() if not result.ok}
+    assert "sha256" in problems[1]
+    assert "not a readable safetensors file" in problems[2]
+    assert "not valid JSON" in problems[3]
+    with pytest.raises(InvalidArtifactError, match="sha256"):
+        registry.load_prompt(task, 1)
+
+
+def test_verify_reports_dangling_alias(registry: Registry, task: str, llama_fp) -> None:
+    registry.register(task, random_prompt(), llama_fp)
+    alias_file = Path(registry.uri) / "tasks" / task / "aliases" / "production.json"
+    alias_file.parent.mkdir(parents=True)
+    alias_file.write_text(json.dumps({"version": 7, "updated_at": "2026-01-01T00:00:00Z"}))
+    problems = [r.problem for r in registry.verify() if not r.ok]
+    assert problems == ["alias 'production' points at missing version 7"]
+
+
+def test_fsspec_memory_backend(llama_fp: BaseModelFingerprint) -> None:
+    registry = Registry("memory://promptmux-test-registry")
+    registry.create_task(TaskSpec(name="mem", base_model="tiny-random-llama"), llama_fp)
+    for seed in range(3):
+        registry.register("mem", random_prompt(seed=seed), llama_fp)
+    registry.set_alias("mem", "production", 2)
+    assert registry.resolve("mem", "production").version == 2
+    assert registry.version_uri("mem", 2) == "memory://promptmux-test-registry/tasks/mem/versions/2"
+    assert torch.equal(registry.load_prompt("mem", 3)[1], random_prompt(seed=2))
+    assert all(r.ok for r in registry.verify()) and len(registry.verify()) == 3
+    # a version directory without its manifest (a writer that died mid-upload) is invisible
+    registry.storage.write_bytes("tasks/mem/versions/4/adapter_model.safetensors", b"partial")
+    assert registry.latest("mem").version == 3
+    assert registry.register("mem", random_prompt(seed=9), llama_fp).version == 5
+
+
+def test_default_registry_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PROMPTMUX_REGISTRY", str(tmp_path / "from-env"))
+    assert Registry().uri == str(tmp_path / "from-env")
+    monkeypatch.delenv("PROMPTMUX_REGISTRY")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Registry().uri == str(tmp_path / "xdg" / "promptmux" / "registry")
