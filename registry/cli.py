@@ -23,7 +23,8 @@ from registry.errors import PromptmuxError
 from registry.registry import REGISTRY_ENV, Registry, default_registry_uri
 from registry.schemas import RolloutSpec, RolloutVariant
 
-console = Console()
+# Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
