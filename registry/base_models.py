@@ -64,8 +64,16 @@ def _granite(vocab: int) -> PretrainedConfig:
     )
 
 
+def _bench_llama(vocab: int) -> PretrainedConfig:
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048, **_TOKENS,
+    )
+
+
 EMBEDDED_MODELS: dict[str, Callable[[int], PretrainedConfig]] = {
     "tiny-random-llama": _llama,
+    "bench-random-llama": _bench_llama,
     "tiny-random-gpt2": _gpt2,
     "tiny-random-bloom": _bloom,
     "tiny-random-granite": _granite,

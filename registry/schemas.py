@@ -32,6 +32,7 @@ class GenerationParams(_Schema):
     """Decoding parameters; a task carries defaults and a request may override them."""
 
     max_new_tokens: int = Field(32, ge=1, le=4096)
+    min_new_tokens: int = Field(0, ge=0, le=4096, description="EOS is suppressed until this many tokens")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k filtering")

@@ -1,0 +1,106 @@
+"""`promptmux generate` (offline batch inference) and `promptmux bench ...`."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.progress import Progress
+from rich.table import Table
+
+from registry import PromptmuxError
+from registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, console, open_registry
+from serving.config import EngineConfig
+from serving.schemas import TaskRequest
+
+DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
+DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
+PinnedOption = Annotated[bool, typer.Option("--pinned-kv/--no-pinned-kv", help="reuse each prompt's precomputed KV")]
+
+
+def read_requests(path: Path) -> list[TaskRequest]:
+    """Parse a JSONL file of requests, refusing the whole file on the first bad line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise PromptmuxError(f"cannot read {path}: {exc.strerror}") from exc
+    requests = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(TaskRequest.model_validate_json(line))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+            raise PromptmuxError(f"{path} line {number}: {problems}") from exc
+    if not requests:
+        raise PromptmuxError(f"{path} holds no requests")
+    return requests
+
+
+def generate(
+    input_path: Annotated[Path, typer.Option("--input", help="JSONL: {task, input, version?, alias?, params?} per line")],
+    output_path: Annotated[Path, typer.Option("--output", help="JSONL results, one per input line, same order")],
+    base_model: BaseModelOption = None,
+    registry: RegistryOption = "",
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per mixed-task batch")] = 16,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    pinned_kv: PinnedOption = True,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
+    from serving.engine import Engine
+    from serving.runner import TaskRunner
+
+    requests = read_requests(input_path)
+    config = EngineConfig.model_validate({
+        **({"base_model": base_model} if base_model else {}),
+        "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
+        "max_batch_size": batch_size, "trust_remote_code": trust_remote_code,
+    })
+    reg = open_registry(registry)
+    engine = Engine(config, reg)
+    runner = TaskRunner(engine, reg)
+    failed = 0
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_path.open("w") as out, Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("generating", total=len(requests))
+        for start in range(0, len(requests), batch_size):
+            for result in runner.run(requests[start: start + batch_size]):
+                failed += result.error is not None
+                out.write(result.model_dump_json(exclude_none=True) + "\n")
+            progress.advance(bar, min(batch_size, len(requests) - start))
+    console.print(f"wrote {len(requests)} results to {output_path} ({failed} failed)")
+    if failed:
+        raise typer.Exit(1)
+
+
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, under a minute on 2 CPU cores")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+) -> None:
+    """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
+    from serving.bench_engine import run_engine_benchmark
+
+    report = run_engine_benchmark(quick=quick, device=device, dtype=dtype)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    print_ratios(report, f"bench engine ({report['config']['mode']}, {report['config']['device']})")
+
+
+def print_ratios(report: dict, title: str) -> None:
+    """The benchmark's ratios against their targets, as a table."""
+    table = Table(title=title)
+    for column in ("ratio", "measured", "target", "met"):
+        table.add_column(column)
+    for name, target in report["targets"].items():
+        table.add_row(name, f"{report[name]:.3f}", f"≥ {target}", "yes" if report[name] >= target else "NO")
+    console.print(table)

@@ -1,0 +1,37 @@
+"""Engine configuration: one pydantic object, shared by the CLI, the offline runner and Ray Serve."""
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.base_models import DEFAULT_BASE_MODEL
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = DEFAULT_BASE_MODEL
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    pinned_kv: bool = Field(True, description="precompute each prompt's KV once; off recomputes virtual tokens")
+    prompt_cache_mb: float = Field(1024.0, gt=0, description="device memory for prompt embeddings and their KV")
+    max_batch_size: int = Field(32, ge=1)
+    max_input_tokens: int = Field(2048, ge=1)
+    max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_dtype(self) -> torch.dtype:
+        """`auto`: bfloat16 on a GPU that supports it, else float32."""
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if self.resolved_device() == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32

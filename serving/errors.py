@@ -1,0 +1,7 @@
+"""Errors a request can cause; the HTTP layer maps them to 4xx responses."""
+
+from registry.errors import PromptmuxError
+
+
+class RequestError(PromptmuxError, ValueError):
+    """The request itself is invalid or exceeds a configured limit."""

@@ -1,0 +1,68 @@
+"""Requests and results of the engine (also the offline JSONL format)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.schemas import GenerationParams
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamsOverride(_Schema):
+    """Per-request decoding parameters; unset fields take the task's defaults."""
+
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    min_new_tokens: int | None = Field(None, ge=0, le=4096)
+    temperature: float | None = Field(None, ge=0.0, le=10.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    stop: list[str] | None = Field(None, max_length=16)
+    seed: int | None = None
+
+    def apply(self, defaults: GenerationParams) -> GenerationParams:
+        return defaults.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class TaskRequest(_Schema):
+    """One input for one task; the version comes from `version`, else `alias`, else the default route."""
+
+    task: str
+    input: str
+    version: int | None = Field(None, ge=1)
+    alias: str | None = None
+    params: ParamsOverride = Field(default_factory=ParamsOverride)
+
+
+class Usage(_Schema):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    virtual_tokens: int
+
+
+class GenerationOutput(_Schema):
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+class ClassificationOutput(_Schema):
+    label: str
+    probabilities: dict[str, float]
+    usage: Usage
+
+
+class TaskResult(_Schema):
+    """One line of `promptmux generate` output: what was asked, what served it, what came out."""
+
+    task: str
+    version: int | None
+    input: str
+    kind: Literal["generation", "classification"] | None
+    result: GenerationOutput | ClassificationOutput | None = None
+    error: str | None = None
