@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from registry.schemas import GenerationParams
 from serving.prompt_cache import CachedPrompt
 
 
@@ -28,6 +29,16 @@ from serving.prompt_cache import CachedPrompt
 class Row:
     prompt: CachedPrompt
     input_ids: list[int]
+
+
+@dataclass
+class GenerationRow(Row):
+    params: GenerationParams
+
+
+@dataclass
+class ClassificationRow(Row):
+    labels: dict[str, str]
 
 
 @dataclass

@@ -7,7 +7,7 @@
 * `pinned_kv_speedup`: classification throughput with each prompt's KV precomputed /
   recomputing the virtual tokens every request.
 
-Each pair is timed alternately, after a warm-up, and the medians are compared.
+Each pair is timed alternately (A B B A ...), after a warm-up, and the medians are compared.
 """
 
 import platform
@@ -24,7 +24,8 @@ from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.config import EngineConfig
-from serving.engine import ClassificationRow, Engine, GenerationRow
+from serving.batching import ClassificationRow, GenerationRow
+from serving.engine import Engine
 
 TARGETS = {"mixed_over_single": 0.95, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5}
 SIZES = {
@@ -49,9 +50,11 @@ def _side_by_side(pair: dict[str, Callable[[], object]], repeats: int, device: t
     for fn in pair.values():
         fn()
     timings: dict[str, list[float]] = {name: [] for name in pair}
+    order = list(pair)
     for _ in range(repeats):
-        for name, fn in pair.items():
-            timings[name].append(_timed(fn, device))
+        for name in order:
+            timings[name].append(_timed(pair[name], device))
+        order.reverse()  # ABBA: neither side always runs first
     return timings
 
 

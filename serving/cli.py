@@ -80,27 +80,50 @@ def generate(
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 
 
+QuickOption = Annotated[bool, typer.Option("--quick", help="small sizes, under a minute on 2 CPU cores")]
+JsonPathOption = Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")]
+
+
 @bench_app.command("engine")
 def bench_engine(
-    quick: Annotated[bool, typer.Option("--quick", help="small sizes, under a minute on 2 CPU cores")] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")] = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
 ) -> None:
     """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
     from serving.bench_engine import run_engine_benchmark
 
-    report = run_engine_benchmark(quick=quick, device=device, dtype=dtype)
+    publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype), "engine", json_path)
+
+
+@bench_app.command("scheduler")
+def bench_scheduler(
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
+) -> None:
+    """Continuous vs static batching: throughput ratio, latency and time to first token."""
+    from serving.bench_scheduler import run_scheduler_benchmark
+
+    report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype)
+    publish(report, "scheduler", json_path)
+    print_latencies(report, ["continuous", "static"])
+
+
+def publish(report: dict, name: str, json_path: Path | None) -> None:
+    """Write the report as JSON (if asked) and print its ratios against their targets."""
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
-    print_ratios(report, f"bench engine ({report['config']['mode']}, {report['config']['device']})")
-
-
-def print_ratios(report: dict, title: str) -> None:
-    """The benchmark's ratios against their targets, as a table."""
-    table = Table(title=title)
+    table = Table(title=f"bench {name} ({report['config']['mode']}, {report['config']['device']})")
     for column in ("ratio", "measured", "target", "met"):
         table.add_column(column)
-    for name, target in report["targets"].items():
-        table.add_row(name, f"{report[name]:.3f}", f"≥ {target}", "yes" if report[name] >= target else "NO")
+    for ratio, target in report["targets"].items():
+        table.add_row(ratio, f"{report[ratio]:.3f}", f"≥ {target}", "yes" if report[ratio] >= target else "NO")
+    console.print(table)
+
+
+def print_latencies(report: dict, modes: list[str]) -> None:
+    table = Table()
+    for column in ("mode", "tokens/s", "latency p50", "latency p99", "TTFT p50", "TTFT p99"):
+        table.add_column(column)
+    for mode in modes:
+        r = report[mode]
+        table.add_row(mode, f"{r['tokens_per_s']:.0f}", *(f"{r[k]:.2f} s" for k in
+                      ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s")))
     console.print(table)

@@ -19,7 +19,17 @@ class EngineConfig(BaseModel):
     trust_remote_code: bool = False
     pinned_kv: bool = Field(True, description="precompute each prompt's KV once; off recomputes virtual tokens")
     prompt_cache_mb: float = Field(1024.0, gt=0, description="device memory for prompt embeddings and their KV")
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int = Field(32, ge=1, description="most rows decoded together")
+    max_tokens_in_flight: int = Field(
+        65536, ge=1, description="KV budget: virtual + input + max_new tokens summed over running rows"
+    )
+    max_waiting: int = Field(256, ge=0, description="requests queued beyond the running batch; more are refused")
+    admit_fraction: float = Field(
+        0.5, gt=0, le=1, description="while rows run, admit newcomers only when this share of the batch is free"
+    )
+    max_admission_wait_steps: int = Field(
+        32, ge=0, description="...or all waiting fit, or this many decode steps passed since the last admission"
+    )
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 

@@ -5,3 +5,7 @@ from registry.errors import PromptmuxError
 
 class RequestError(PromptmuxError, ValueError):
     """The request itself is invalid or exceeds a configured limit."""
+
+
+class OverloadedError(PromptmuxError):
+    """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""

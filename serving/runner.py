@@ -6,7 +6,8 @@ request alone; the rest of the batch is served.
 """
 
 from registry import PromptmuxError, Registry, TaskKind, TaskRecord
-from serving.engine import ClassificationRow, Engine, GenerationRow
+from serving.batching import ClassificationRow, GenerationRow
+from serving.engine import Engine
 from serving.routing import resolve_version
 from serving.schemas import TaskRequest, TaskResult
 

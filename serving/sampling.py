@@ -2,15 +2,14 @@
 
 Each row carries its own parameters. Rows that decode greedily without a repetition
 penalty are picked together with one argmax; the others go through a
-`LogitsProcessorList` built for their parameters (minimum length, repetition penalty,
-then temperature, top-k, top-p: the order `generate` uses) and, when sampling, a per-row seeded generator,
+`LogitsProcessorList` built for their parameters (repetition penalty, then temperature,
+top-k, top-p: the order `generate` uses) and, when sampling, a per-row seeded generator,
 so a request's samples do not depend on what else is in the batch.
 """
 
 import torch
 from transformers import (
     LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -21,13 +20,10 @@ from registry.schemas import GenerationParams
 
 
 class RowSampler:
-    def __init__(self, params: GenerationParams, device: torch.device, prompt_length: int, eos_ids: set[int]) -> None:
+    def __init__(self, params: GenerationParams, device: torch.device) -> None:
         self.sampling = params.temperature > 0
+        self.min_new_tokens = params.min_new_tokens
         processors: list = []
-        if params.min_new_tokens > 0 and eos_ids:
-            processors.append(
-                MinNewTokensLengthLogitsProcessor(prompt_length, params.min_new_tokens, sorted(eos_ids), device=device)
-            )
         if params.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if self.sampling:
@@ -55,8 +51,20 @@ class RowSampler:
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
 
-def select_tokens(samplers: list[RowSampler], histories: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
-    """Next token of every row of a batch (`logits` [batch, vocab])."""
+def select_tokens(
+    samplers: list[RowSampler],
+    histories: list[torch.Tensor | None],
+    logits: torch.Tensor,
+    generated: list[int],
+    eos_ids: list[int],
+) -> torch.Tensor:
+    """Next token of every row of a batch (`logits` [batch, vocab]; `generated`: tokens each
+    row has so far). EOS is masked, for the whole batch at once, in rows still short of
+    their `min_new_tokens`."""
+    short = [b for b, (s, n) in enumerate(zip(samplers, generated)) if n < s.min_new_tokens]
+    if short and eos_ids:
+        logits = logits.clone()
+        logits[torch.tensor(short)[:, None], torch.tensor(eos_ids)[None, :]] = float("-inf")
     tokens = logits.argmax(-1)
     for b, sampler in enumerate(samplers):
         if not sampler.plain_greedy:

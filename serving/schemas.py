@@ -43,6 +43,15 @@ class Usage(_Schema):
     total_tokens: int
     virtual_tokens: int
 
+    @classmethod
+    def count(cls, prompt_tokens: int, completion_tokens: int, virtual_tokens: int) -> "Usage":
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            virtual_tokens=virtual_tokens,
+        )
+
 
 class GenerationOutput(_Schema):
     text: str

@@ -13,3 +13,14 @@ def test_bench_engine_quick_reports_the_three_ratios(cli, tmp_path: Path) -> Non
         assert key in report["targets"]
     assert len(report["timings_s"]["mixed"]) == report["config"]["repeats"]
     assert report["config"]["cls_virtual_tokens"] == 100 and report["machine"]["torch"]
+
+
+def test_bench_scheduler_quick_reports_both_modes(cli, tmp_path: Path) -> None:
+    result = cli("bench", "scheduler", "--quick", "--json", str(tmp_path / "out.json"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["continuous_over_static"] > 0 and "continuous_over_static" in result.out
+    for mode in ("continuous", "static"):
+        assert report[mode]["tokens"] == report["continuous"]["tokens"] > 0
+        assert report[mode]["latency_p99_s"] >= report[mode]["latency_p50_s"] > 0
+        assert report[mode]["ttft_p50_s"] > 0

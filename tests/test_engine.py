@@ -11,7 +11,8 @@ from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.batching import Row
 from serving.config import EngineConfig
-from serving.engine import ClassificationRow, Engine, GenerationRow
+from serving.batching import ClassificationRow, GenerationRow
+from serving.engine import Engine
 from serving.errors import RequestError
 
 ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite"]

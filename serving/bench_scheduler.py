@@ -1,0 +1,97 @@
+"""`promptmux bench scheduler`: continuous vs static batching on the same workload.
+
+Mixed tasks, max_new_tokens drawn uniformly from 8..128 (EOS suppressed so each request
+generates exactly that many), Poisson arrivals fast enough to keep a queue; the same
+trace replayed through the scheduler in continuous and in static mode, at the same
+maximum batch size, on the same model, in one run.
+"""
+
+import platform
+import random
+import statistics
+import tempfile
+import time
+
+import torch
+
+from registry import Registry, TaskSpec
+from registry.base_models import fingerprint, load_model
+from registry.schemas import GenerationParams
+from serving.batching import GenerationRow
+from serving.config import EngineConfig
+from serving.engine import Engine
+from serving.scheduler import RequestState, Scheduler
+
+TARGETS = {"continuous_over_static": 1.5}
+SIZES = {
+    "quick": {"base_model": "bench-random-llama", "requests": 96, "tasks": 8, "max_batch_size": 16,
+              "rate_per_s": 50.0, "new_tokens": [8, 128]},
+    "full": {"base_model": "bench-random-llama", "requests": 192, "tasks": 16, "max_batch_size": 16,
+             "rate_per_s": 50.0, "new_tokens": [8, 128]},
+}
+
+
+def _replay(engine: Engine, trace: list[tuple[float, GenerationRow]], static: bool) -> dict:
+    scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": len(trace)}), engine, static=static)
+    start = time.perf_counter()
+    pending = list(trace)
+    submitted: list[tuple[float, RequestState]] = []
+    while pending or scheduler.has_work():
+        now = time.perf_counter() - start
+        while pending and pending[0][0] <= now:
+            arrival, row = pending.pop(0)
+            submitted.append((start + arrival, scheduler.submit(row)))
+        if scheduler.has_work():
+            scheduler.step()
+        elif pending:
+            time.sleep(max(0.0, pending[0][0] - now))
+    end = max(state.finished_at for _, state in submitted)
+    latency = sorted(state.finished_at - arrival for arrival, state in submitted)
+    ttft = sorted(state.first_token_at - arrival for arrival, state in submitted)
+    tokens = sum(len(state.generated) for _, state in submitted)
+    return {
+        "tokens": tokens,
+        "makespan_s": end - start,
+        "tokens_per_s": tokens / (end - start),
+        "latency_p50_s": statistics.median(latency),
+        "latency_p99_s": latency[min(len(latency) - 1, int(0.99 * len(latency)))],
+        "ttft_p50_s": statistics.median(ttft),
+        "ttft_p99_s": ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
+    }
+
+
+def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
+    size = SIZES["quick" if quick else "full"]
+    base_model = size["base_model"]
+    config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"])
+    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
+    fp = fingerprint(load_model(base_model, dtype="float32"))
+    rng = random.Random(0)
+    generator = torch.Generator().manual_seed(0)
+    names = [f"task-{t:02d}" for t in range(size["tasks"])]
+    for name in names:
+        registry.create_task(TaskSpec(name=name, base_model=base_model), fp)
+        registry.register(name, torch.randn(rng.randint(8, 32), fp.hidden_size, generator=generator) * 0.5, fp)
+    engine = Engine(config, registry)
+    prompts = {name: engine.prompt(registry.latest(name)) for name in names}
+    low, high = size["new_tokens"]
+    trace, clock = [], 0.0
+    for _ in range(size["requests"]):
+        clock += rng.expovariate(size["rate_per_s"])
+        new = rng.randint(low, high)
+        ids = [rng.randint(3, 258) for _ in range(rng.randint(8, 32))]
+        row = GenerationRow(prompts[rng.choice(names)], ids, GenerationParams(max_new_tokens=new, min_new_tokens=new))
+        trace.append((clock, row))
+    _replay(engine, trace[: size["max_batch_size"]], static=False)  # warm-up
+    continuous = _replay(engine, trace, static=False)
+    static = _replay(engine, trace, static=True)
+    return {
+        "continuous_over_static": round(continuous["tokens_per_s"] / static["tokens_per_s"], 3),
+        "targets": TARGETS,
+        "continuous": continuous,
+        "static": static,
+        "config": {**size, "mode": "quick" if quick else "full", "device": str(engine.device),
+                   "dtype": str(engine.model.dtype).removeprefix("torch.")},
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if engine.device.type == "cuda" else None},
+    }

@@ -1,0 +1,77 @@
+"""The running decode batch: a KV cache, mask and positions that rows join and leave.
+
+Rows prefilled together join a running batch by left-padding the shorter of the two
+caches (and masks) to a common length and concatenating along the batch dimension.
+Rows that finish leave by index selection, after which columns that are padding for
+every remaining row are trimmed. Positions are per row, so padding never moves them.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from serving.batching import ModelInputs
+
+
+@dataclass
+class DecodeBatch:
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor
+
+    @classmethod
+    def from_prefill(cls, inputs: ModelInputs, output) -> "DecodeBatch":
+        return cls(output.past_key_values, inputs.attention_mask, inputs.next_positions, output.logits[:, -1])
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+    def merge(self, other: "DecodeBatch") -> None:
+        """Append `other`'s rows to this batch (one copy of each cache tensor)."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = _stack_left_aligned(mine.keys, theirs.keys, length)
+            mine.values = _stack_left_aligned(mine.values, theirs.values, length)
+        self.mask = _stack_left_aligned(self.mask, other.mask, length)
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+
+    def keep(self, indices: list[int]) -> None:
+        """Drop every row not in `indices`, then trim columns that are padding for all rows."""
+        index = torch.tensor(indices, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        used = self.mask.sum(0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+    def step_inputs(self, tokens: torch.Tensor, takes_position_ids: bool) -> dict:
+        """Arguments of the forward that feeds each row its latest token."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
+        kwargs = {"input_ids": tokens[:, None], "attention_mask": self.mask, "past_key_values": self.cache}
+        if takes_position_ids:
+            kwargs["position_ids"] = self.positions[:, None]
+        return kwargs
+
+    def advance(self, output) -> None:
+        self.cache, self.logits = output.past_key_values, output.logits[:, -1]
+        self.positions = self.positions + 1
+
+
+def _stack_left_aligned(first: torch.Tensor, second: torch.Tensor, length: int) -> torch.Tensor:
+    """Stack two `[batch, ..., seq]`-ordered tensors along batch, each right-aligned in a
+    sequence of `length` (padding on the left). The sequence axis is dim 2 of a cache
+    tensor `[batch, heads, seq, dim]` and dim 1 of a mask `[batch, seq]`."""
+    axis = 1 if first.dim() == 2 else 2
+    shape = list(first.shape)
+    shape[0], shape[axis] = first.shape[0] + second.shape[0], length
+    out = first.new_zeros(shape)
+    out[: first.shape[0]].narrow(axis, length - first.shape[axis], first.shape[axis]).copy_(first)
+    out[first.shape[0]:].narrow(axis, length - second.shape[axis], second.shape[axis]).copy_(second)
+    return out

@@ -1,0 +1,275 @@
+"""Iteration-level scheduling over mixed-task batches (continuous batching).
+
+At every step boundary the scheduler admits waiting requests in FIFO order (the head
+of the queue is never skipped, so nothing starves) while the running rows and the
+tokens they may hold stay within the limits, prefills the newcomers together and merges
+them into the running decode batch, picks one token for every row, and lets finished or
+cancelled rows leave at once. Past the waiting-queue bound a submit is refused.
+
+`static=True` gives the classic baseline (what `model.generate` on a batch does): a batch
+is admitted only into an empty engine and runs until its longest request ends, finished
+rows still occupying their slots. Classification jobs ride the same loop, all pending ones in one
+mixed batch, so the model is only ever driven from one thread.
+
+Everything here is synchronous; `async_engine` runs it on a thread and bridges events
+to asyncio.
+"""
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from serving.batching import ClassificationRow, GenerationRow
+from serving.config import EngineConfig
+from serving.decoding import DecodeBatch
+from serving.errors import OverloadedError, RequestError
+from serving.sampling import RowSampler, select_tokens
+from serving.schemas import ClassificationOutput, GenerationOutput, Usage
+
+
+@dataclass
+class StreamEvent:
+    """A piece of one request's output: new text and tokens; the last one carries the result."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    output: GenerationOutput | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class RequestState:
+    row: GenerationRow
+    on_event: Callable[[StreamEvent], None] | None = None
+    sampler: RowSampler | None = None
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+    cancelled: bool = False
+    emitted_chars: int = 0
+    submitted_at: float = field(default_factory=time.perf_counter)
+    submitted_step: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.row.prompt.num_virtual_tokens + len(self.row.input_ids) + self.row.params.max_new_tokens
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def cancel(self) -> None:
+        """Ask for the row to leave at the next step (a client went away)."""
+        self.cancelled = True
+
+    def output(self, decode: Callable[[list[int]], str]) -> GenerationOutput:
+        return GenerationOutput(
+            text=_cut_at_stop(decode(self.generated), self.row.params.stop)[0],
+            token_ids=self.generated,
+            finish_reason=self.finish_reason or "length",
+            usage=Usage.count(len(self.row.input_ids), len(self.generated), self.row.prompt.num_virtual_tokens),
+        )
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    found = [text.find(stop) for stop in stops if stop and stop in text]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+@dataclass(eq=False)
+class ClassificationJob:
+    rows: list[ClassificationRow]
+    on_done: Callable[[list[ClassificationOutput] | Exception], None]
+
+
+class Scheduler:
+    def __init__(self, limits: EngineConfig, engine, static: bool = False) -> None:  # noqa: ANN001 - an Engine
+        self.engine = engine
+        self.static = static
+        self.limits = limits
+        self.waiting: deque[RequestState] = deque()
+        self.jobs: deque[ClassificationJob] = deque()
+        self.running: list[RequestState] = []
+        self.batch: DecodeBatch | None = None
+        self.eos_order = sorted(engine.eos_ids)
+        self.steps = 0
+        self.last_admission_step = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ submitting
+    def submit(self, row: GenerationRow, on_event: Callable[[StreamEvent], None] | None = None) -> RequestState:
+        self.engine.check_params(row.params)
+        state = RequestState(row, on_event, submitted_step=self.steps)
+        if state.reserved_tokens > self.limits.max_tokens_in_flight:
+            raise RequestError(
+                f"request needs {state.reserved_tokens} tokens of KV; the limit is {self.limits.max_tokens_in_flight}"
+            )
+        with self._lock:
+            if len(self.waiting) >= self.limits.max_waiting:
+                raise OverloadedError(f"the engine's queue is full ({self.limits.max_waiting} waiting); retry later")
+            self.waiting.append(state)
+        return state
+
+    def submit_classification(self, job: ClassificationJob) -> None:
+        with self._lock:
+            self.jobs.append(job)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self.jobs)
+
+    def _admit(self) -> list[RequestState]:
+        with self._lock:
+            if self.running and (self.static or not self._admission_due()):
+                return []
+            in_flight = sum(state.reserved_tokens for state in self.running)
+            admitted: list[RequestState] = []
+            while self.waiting and len(self.running) + len(admitted) < self.limits.max_batch_size:
+                head = self.waiting[0]
+                if head.cancelled:
+                    self.waiting.popleft()
+                    continue
+                if in_flight + head.reserved_tokens > self.limits.max_tokens_in_flight:
+                    break
+                in_flight += head.reserved_tokens
+                admitted.append(self.waiting.popleft())
+            if admitted:
+                self.last_admission_step = self.steps
+            return admitted
+
+    def _admission_due(self) -> bool:
+        """Prefill newcomers in groups: each prefill is a forward that reads every weight, so
+        while rows are decoding, wait until `admit_fraction` of the batch is free (or all
+        that wait fit),
+        but never more than `max_admission_wait_steps` steps after the last admission (TGI's
+        waiting-tokens rule)."""
+        if not self.waiting:
+            return False
+        free = self.limits.max_batch_size - len(self.running)
+        group = math.ceil(self.limits.admit_fraction * self.limits.max_batch_size)
+        waited = self.steps - max(self.waiting[0].submitted_step, self.last_admission_step)
+        return free >= min(group, len(self.waiting)) or waited >= self.limits.max_admission_wait_steps
+
+    # --------------------------------------------------------------- running
+    def step(self) -> None:
+        """One iteration: classification jobs, admissions, one token for every running row."""
+        self._run_jobs()
+        newcomers = self._admit()
+        if newcomers:
+            self._prefill(newcomers)
+        if not self.running:
+            return
+        try:
+            self._decode()
+        except Exception as exc:  # a failed forward fails the rows in it, never the loop
+            self._fail(self.running, exc)
+            self.running, self.batch = [], None
+
+    def _run_jobs(self) -> None:
+        with self._lock:
+            jobs, self.jobs = list(self.jobs), deque()
+        if not jobs:
+            return
+        try:
+            outputs = self.engine.classify([row for job in jobs for row in job.rows])
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting callers
+            for job in jobs:
+                job.on_done(exc)
+            return
+        for job in jobs:
+            job.on_done(outputs[: len(job.rows)])
+            outputs = outputs[len(job.rows):]
+
+    def _prefill(self, newcomers: list[RequestState]) -> None:
+        try:
+            with torch.inference_mode():
+                inputs = self.engine.batch_inputs([state.row for state in newcomers])
+                fresh = DecodeBatch.from_prefill(inputs, self.engine.forward(inputs.kwargs, 1))
+        except Exception as exc:
+            self._fail(newcomers, exc)
+            return
+        for state in newcomers:
+            state.sampler = RowSampler(state.row.params, self.engine.device)
+        if self.batch is None:
+            self.batch = fresh
+        else:
+            self.batch.merge(fresh)
+        self.running += newcomers
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        self.steps += 1
+        states, batch = self.running, self.batch
+        histories = [
+            None if s.sampler.plain_greedy or s.done
+            else torch.tensor([s.row.input_ids + s.generated], device=self.engine.device)
+            for s in states
+        ]
+        tokens = select_tokens(
+            [s.sampler for s in states], histories, batch.logits, [len(s.generated) for s in states], self.eos_order
+        ).tolist()
+        keep = [j for j, (state, token) in enumerate(zip(states, tokens)) if not state.done and not self._accept(state, token)]
+        if not keep:
+            self.running, self.batch = [], None
+            return
+        if self.static:
+            # the classic baseline: finished rows stay in the batch, decoding padding,
+            # until its longest request ends
+            last = [s.generated[-1] if j in keep else self.engine.pad_id for j, s in enumerate(states)]
+        else:
+            if len(keep) < len(states):
+                self.running = [states[j] for j in keep]
+                batch.keep(keep)
+            last = [s.generated[-1] for s in self.running]
+        tokens_in = torch.tensor(last, device=self.engine.device)
+        batch.advance(self.engine.forward(batch.step_inputs(tokens_in, self.engine.takes_position_ids), 1))
+
+    def _accept(self, state: RequestState, token: int) -> bool:
+        """Record one token for a row and emit its delta; True when the row is finished."""
+        now = time.perf_counter()
+        state.first_token_at = state.first_token_at or now
+        if state.cancelled:
+            state.finish_reason, state.finished_at = "cancelled", now
+            return True
+        params = state.row.params
+        new = [] if token in self.engine.eos_ids else [token]
+        state.generated += new
+        if not new:
+            state.finish_reason = "stop"
+        elif len(state.generated) >= params.max_new_tokens:
+            state.finish_reason = "length"
+        text = ""
+        if params.stop or state.on_event is not None:
+            text, stopped = _cut_at_stop(self.engine.decode(state.generated), params.stop)
+            if stopped:
+                state.finish_reason = "stop"
+        if state.finish_reason:
+            state.finished_at = now
+        if state.on_event is not None:
+            self._emit(state, text, new)
+        return state.finish_reason is not None
+
+    def _emit(self, state: RequestState, text: str, new_tokens: list[int]) -> None:
+        """Send the text that is final: hold back what a stop string or an unfinished
+        character could still change."""
+        final = state.finish_reason is not None
+        if not final:
+            hold = max((len(stop) - 1 for stop in state.row.params.stop), default=0)
+            text = text.rstrip("\ufffd")
+            text = text[: max(len(text) - hold, state.emitted_chars)]
+        delta, state.emitted_chars = text[state.emitted_chars:], max(len(text), state.emitted_chars)
+        output = state.output(self.engine.decode) if final else None
+        state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output))
+
+    def _fail(self, states: list[RequestState], exc: Exception) -> None:
+        for state in states:
+            state.error, state.finished_at = str(exc) or type(exc).__name__, time.perf_counter()
+            if state.on_event is not None:
+                state.on_event(StreamEvent("", [], None, None, state.error))

@@ -1,0 +1,155 @@
+"""Continuous batching: any interleaving gives each request what it gets alone."""
+
+import asyncio
+import random
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+from test_engine import PROMPT_LENGTHS, fill_registry
+
+from registry.schemas import GenerationParams
+from serving.async_engine import AsyncEngine
+from serving.batching import GenerationRow
+from serving.config import EngineConfig
+from serving.engine import Engine
+from serving.errors import OverloadedError, RequestError
+from serving.scheduler import Scheduler
+
+WORDS = ["dog", "groomer", "gentle", "rude", "great", "price", "logistician", "poet", "act", "as"]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["pinned-kv", "embedding"])
+def engine(request, tmp_path_factory) -> Engine:
+    registry = fill_registry(tmp_path_factory.mktemp("sched"), "tiny-random-llama")
+    return Engine(EngineConfig(dtype="float32", pinned_kv=request.param, max_batch_size=4), registry)
+
+
+def random_rows(engine: Engine, rng: random.Random, count: int) -> list[GenerationRow]:
+    rows = []
+    for _ in range(count):
+        task = rng.choice(list(PROMPT_LENGTHS))
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
+        params = GenerationParams(
+            max_new_tokens=rng.randint(1, 16),
+            repetition_penalty=rng.choice([1.0, 1.0, 1.5]),
+            temperature=rng.choice([0.0, 0.0, 0.8]),
+            top_k=rng.choice([0, 20]),
+            seed=rng.randint(0, 1000),
+        )
+        rows.append(GenerationRow(engine.prompt(engine.registry.latest(task)), engine.encode(text), params))
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_interleavings_equal_each_request_alone(engine: Engine, seed: int) -> None:
+    rng = random.Random(seed)
+    rows = random_rows(engine, rng, 14)
+    alone = [engine.generate([row])[0] for row in rows]
+    scheduler = Scheduler(engine.config, engine)
+    pending, states, largest = list(rows), [], 0
+    while pending or scheduler.has_work():
+        for _ in range(rng.choice([0, 0, 1, 2, 3])):
+            if pending:
+                states.append(scheduler.submit(pending.pop(0)))
+        scheduler.step()
+        largest = max(largest, len(scheduler.running))
+    assert largest == engine.config.max_batch_size  # rows really shared batches
+    for state, expected in zip(states, alone):
+        assert state.output(engine.decode).token_ids == expected.token_ids
+        assert state.finish_reason == expected.finish_reason
+
+
+def test_admission_is_fifo_within_the_token_budget(engine: Engine) -> None:
+    rows = random_rows(engine, random.Random(5), 6)
+    budget = max(r.prompt.num_virtual_tokens + len(r.input_ids) + r.params.max_new_tokens for r in rows)
+    scheduler = Scheduler(engine.config.model_copy(update={"max_tokens_in_flight": budget}), engine)
+    states = [scheduler.submit(row) for row in rows]
+    admitted_order = []
+    while scheduler.has_work():
+        scheduler.step()
+        admitted_order += [s for s in scheduler.running if s not in admitted_order]
+        reserved = sum(s.reserved_tokens for s in scheduler.running)
+        assert reserved <= budget
+    assert admitted_order == states  # nobody overtook the head of the queue
+
+
+def test_overload_and_oversized_requests_are_refused(engine: Engine) -> None:
+    row = random_rows(engine, random.Random(3), 1)[0]
+    scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": 2}), engine)
+    scheduler.submit(row)
+    scheduler.submit(row)
+    with pytest.raises(OverloadedError, match="queue is full"):
+        scheduler.submit(row)
+    tight = Scheduler(engine.config.model_copy(update={"max_tokens_in_flight": 10}), engine)
+    with pytest.raises(RequestError, match="the limit is 10"):
+        tight.submit(row)
+
+
+def test_static_mode_admits_only_into_an_empty_batch(engine: Engine) -> None:
+    long_row, short_row = random_rows(engine, random.Random(9), 2)
+    long_row.params = GenerationParams(max_new_tokens=12, min_new_tokens=12)
+    scheduler = Scheduler(engine.config, engine, static=True)
+    first = scheduler.submit(long_row)
+    scheduler.step()
+    second = scheduler.submit(short_row)
+    while scheduler.has_work():
+        scheduler.step()
+        assert not (first in scheduler.running and second in scheduler.running)
+    assert second.first_token_at > first.finished_at
+
+
+def _stream_all(async_engine: AsyncEngine, row: GenerationRow) -> list:
+    async def collect() -> list:
+        return [event async for event in async_engine.stream(row)]
+
+    return asyncio.run(collect())
+
+
+def test_streaming_deltas_add_up_to_the_result(engine: Engine) -> None:
+    async_engine = AsyncEngine(engine)
+    try:
+        rows = random_rows(engine, random.Random(4), 3)
+        for row in rows:
+            events = _stream_all(async_engine, row)
+            final = events[-1]
+            assert final.finish_reason in ("stop", "length") and final.output is not None
+            assert "".join(e.text for e in events) == final.output.text
+            assert [t for e in events for t in e.token_ids] == final.output.token_ids
+            assert final.output.token_ids == engine.generate([row])[0].token_ids
+        free = engine.generate([rows[0]])[0]
+        stop = free.text[-1]
+        rows[0].params = rows[0].params.model_copy(update={"stop": [stop], "temperature": 0.0})
+        events = _stream_all(async_engine, rows[0])
+        assert stop not in "".join(e.text for e in events) and events[-1].finish_reason == "stop"
+    finally:
+        async_engine.shutdown()
+
+
+def test_cancelling_a_stream_frees_its_row(engine: Engine) -> None:
+    async_engine = AsyncEngine(engine)
+    long_params = GenerationParams(max_new_tokens=1000, min_new_tokens=1000)
+    rows = random_rows(engine, random.Random(6), 2)
+    leaving = GenerationRow(rows[0].prompt, rows[0].input_ids, long_params)
+    staying = rows[1]
+
+    async def scenario() -> None:
+        other = asyncio.create_task(async_engine.generate(staying))
+        async with aclosing(async_engine.stream(leaving)) as stream:
+            async for _ in stream:
+                state = next((s for s in async_engine.scheduler.running if s.row is leaving), None)
+                if state is not None:
+                    break
+        for _ in range(500):
+            if state.finish_reason:
+                break
+            await asyncio.sleep(0.01)
+        assert state.finish_reason == "cancelled" and len(state.generated) < 1000
+        assert state not in async_engine.scheduler.running
+        assert (await other).token_ids == engine.generate([staying])[0].token_ids
+
+    try:
+        asyncio.run(scenario())
+        assert async_engine.scheduler.batch is None or async_engine.scheduler.batch.size == len(async_engine.scheduler.running)
+    finally:
+        async_engine.shutdown()
