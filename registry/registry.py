@@ -165,7 +165,7 @@ class Registry:
         archived = self.archived_versions(task)
         return [
             self.get_version(task, number)
-            for number in self._version_numbers(task)
+            for number in self.version_numbers(task)
             if include_archived or number not in archived
         ]
 
@@ -178,7 +178,7 @@ class Registry:
 
     def latest(self, task: str) -> PromptVersion:
         archived = self.archived_versions(task)
-        live = [number for number in self._version_numbers(task) if number not in archived]
+        live = [number for number in self.version_numbers(task) if number not in archived]
         if not live:
             self.get_task(task)
             raise NotFoundError(f"task {task!r} has no active versions")
@@ -290,7 +290,7 @@ class Registry:
         and check that aliases and rollouts point at existing versions."""
         results: list[VerifyResult] = []
         for name in [task] if task else self.list_tasks():
-            numbers = self._version_numbers(name)
+            numbers = self.version_numbers(name)
             for number in numbers:
                 results.append(VerifyResult(name, number, self._verify_version(name, number)))
             targets = [(f"alias {alias!r}", v) for alias, v in self.aliases(name).items()]
@@ -362,7 +362,7 @@ class Registry:
         """Every version directory, including one a writer is still (or died) filling."""
         return sorted(int(name) for name in self.storage.listdir(f"{_task_rel(task)}/versions") if name.isdigit())
 
-    def _version_numbers(self, task: str) -> list[int]:
+    def version_numbers(self, task: str) -> list[int]:
         """The visible versions: complete directories (a manifest is written last)."""
         numbers = self._claimed_numbers(task)
         if self.storage.atomic_publish:

@@ -8,7 +8,8 @@ step and its memory is released.
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import aclosing
 
 from serving.batching import ClassificationRow, GenerationRow
 from serving.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
@@ -17,10 +18,43 @@ from serving.schemas import ClassificationOutput, GenerationOutput
 IDLE_WAIT_S = 0.5
 
 
+class EngineFailure(RuntimeError):
+    """The engine failed while running a request (not the request's fault)."""
+
+
+class EventStream:
+    """One request's events. Leaving early (`aclose`, e.g. a client that went away)
+    cancels the request; its row leaves the batch at the next step."""
+
+    def __init__(self, state: RequestState, queue: "asyncio.Queue[StreamEvent]") -> None:
+        self.state = state
+        self._queue = queue
+        self._ended = False
+
+    def __aiter__(self) -> "EventStream":
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        self._ended = bool(event.finish_reason or event.error)
+        return event
+
+    async def aclose(self) -> None:
+        if not self.state.done:
+            self.state.cancel()
+
+
 class AsyncEngine:
-    def __init__(self, engine, static: bool = False) -> None:  # noqa: ANN001 - serving.engine.Engine
+    def __init__(
+        self,
+        engine,  # noqa: ANN001 - serving.engine.Engine
+        static: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.engine = engine
-        self.scheduler = Scheduler(engine.config, engine, static=static)
+        self.scheduler = Scheduler(engine.config, engine, static=static, on_step=on_step)
         self._wake = threading.Event()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="promptmux-engine", daemon=True)
@@ -39,29 +73,24 @@ class AsyncEngine:
         self._wake.set()
         self._thread.join(timeout=30)
 
-    async def stream(self, row: GenerationRow) -> AsyncIterator[StreamEvent]:
-        """Events of one request as they are produced; raises RequestError/OverloadedError on submit."""
+    def submit(self, row: GenerationRow, stream: bool = True) -> "EventStream":
+        """Queue a request now (raising RequestError or OverloadedError at once) and return
+        its events (every delta, or with `stream=False` only the last) as an async
+        iterator. Call from a running event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        state: RequestState = self.scheduler.submit(row, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+        state = self.scheduler.submit(row, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event), stream)
         self._wake.set()
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if event.finish_reason or event.error:
-                    return
-        finally:
-            if not state.done:
-                state.cancel()
+        return EventStream(state, queue)
 
     async def generate(self, row: GenerationRow) -> GenerationOutput:
-        async for event in self.stream(row):
-            if event.error:
-                raise RuntimeError(event.error)
-            if event.output is not None:
-                return event.output
-        raise RuntimeError("the request ended without a result")
+        async with aclosing(self.submit(row, stream=False)) as events:
+            async for event in events:
+                if event.error:
+                    raise EngineFailure(event.error)
+                if event.output is not None:
+                    return event.output
+        raise EngineFailure("the request ended without a result")
 
     async def classify(self, rows: list[ClassificationRow]) -> list[ClassificationOutput]:
         """Classify on the loop thread, batched with every other pending classification."""

@@ -77,6 +77,33 @@ def generate(
         raise typer.Exit(1)
 
 
+def serve_command(
+    base_model: BaseModelOption = None,
+    registry: RegistryOption = "",
+    host: Annotated[str, typer.Option(help="address the HTTP proxy listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="Serve replicas, each holding the base model once")] = 1,
+    replica_cpus: Annotated[float, typer.Option(min=0.01, help="CPUs reserved per replica")] = 0.5,
+    replica_gpus: Annotated[float, typer.Option(min=0, help="GPUs per replica")] = 0,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    pinned_kv: PinnedOption = True,
+    max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    refresh_interval: Annotated[float, typer.Option(min=0.1, help="seconds between registry refreshes")] = 2.0,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM shuts both down."""
+    from serving.local_cluster import run_local
+    from serving.settings import ServeSettings
+
+    engine = {"device": device, "dtype": dtype, "pinned_kv": pinned_kv, "max_batch_size": max_batch_size,
+              "trust_remote_code": trust_remote_code, **({"base_model": base_model} if base_model else {})}
+    settings = ServeSettings.model_validate({
+        "registry": open_registry(registry).uri, "engine": engine, "refresh_interval_s": refresh_interval,
+    })
+    run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+
+
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 
 
@@ -106,6 +133,18 @@ def bench_scheduler(
     print_latencies(report, ["continuous", "static"])
 
 
+@bench_app.command("http")
+def bench_http(
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
+) -> None:
+    """The same mixed-task workload through HTTP (Ray Serve) vs the service in-process."""
+    from serving.bench_http import run_http_benchmark
+
+    report = run_http_benchmark(quick=quick, device=device, dtype=dtype)
+    publish(report, "http", json_path)
+    print_latencies(report, ["http", "engine"])
+
+
 def publish(report: dict, name: str, json_path: Path | None) -> None:
     """Write the report as JSON (if asked) and print its ratios against their targets."""
     if json_path:
@@ -118,12 +157,12 @@ def publish(report: dict, name: str, json_path: Path | None) -> None:
     console.print(table)
 
 
-def print_latencies(report: dict, modes: list[str]) -> None:
+def print_latencies(report: dict, sides: list[str]) -> None:
+    """Throughput and latency percentiles of each side (time to first token where measured)."""
+    keys = [k for k in ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s") if k in report[sides[0]]]
     table = Table()
-    for column in ("mode", "tokens/s", "latency p50", "latency p99", "TTFT p50", "TTFT p99"):
+    for column in ("side", "tokens/s", *(k.removesuffix("_s").replace("_", " ") for k in keys)):
         table.add_column(column)
-    for mode in modes:
-        r = report[mode]
-        table.add_row(mode, f"{r['tokens_per_s']:.0f}", *(f"{r[k]:.2f} s" for k in
-                      ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s")))
+    for side in sides:
+        table.add_row(side, f"{report[side]['tokens_per_s']:.0f}", *(f"{report[side][k]:.2f} s" for k in keys))
     console.print(table)

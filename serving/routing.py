@@ -1,19 +1,153 @@
-"""Which prompt version serves a request.
+"""Which prompt version serves a request, from a cached view of the registry.
 
-An explicit version wins, then an alias, then the task's `production` alias, then the
-latest version.
+Precedence: an explicit version, then an alias, then the task's rollout, then its
+`production` alias, then its latest version. A rollout with a routing key hashes
+(task, key) to a point in [0, 1): the same key lands on the same variant on every
+replica while the split is unchanged; without a key the pick is weighted random.
+
+The view is rebuilt from the registry on `refresh()`. Each routed version is validated
+first (`validate`, e.g. loading it into the engine's prompt cache); one that fails is
+logged and counted, and the route that would have moved to it stays where it was.
 """
 
-from registry import PromptVersion, Registry
+import hashlib
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "production"
 
 
-def resolve_version(registry: Registry, task: str, version: int | None = None, alias: str | None = None) -> PromptVersion:
-    if version is not None:
-        return registry.get_version(task, version)
-    if alias is not None:
-        return registry.resolve(task, alias)
-    if DEFAULT_ALIAS in registry.aliases(task):
-        return registry.resolve(task, DEFAULT_ALIAS)
-    return registry.latest(task)
+@dataclass(frozen=True)
+class Route:
+    manifest: PromptVersion
+    variant: str
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    record: TaskRecord
+    versions: dict[int, PromptVersion]
+    aliases: dict[str, int]
+    rollout: RolloutSpec | None
+    latest: int | None
+    archived: frozenset[int] = frozenset()
+
+
+def sticky_point(task: str, key: str) -> float:
+    """A stable point in [0, 1) for (task, routing key), identical on every replica."""
+    digest = hashlib.sha256(f"{task}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def pick_variant(rollout: RolloutSpec, task: str, routing_key: str | None, rng: random.Random) -> int:
+    point = sticky_point(task, routing_key) if routing_key and rollout.sticky else rng.random()
+    total = sum(variant.weight for variant in rollout.variants)
+    cumulative = 0.0
+    for index, variant in enumerate(rollout.variants):
+        cumulative += variant.weight / total
+        if point < cumulative:
+            return index
+    return len(rollout.variants) - 1
+
+
+@dataclass
+class RegistryView:
+    registry: Registry
+    validate: Callable[[PromptVersion], object] = lambda manifest: None
+    on_rejected: Callable[[PromptVersion, str], None] = lambda manifest, problem: None
+    entries: dict[str, TaskEntry] = field(default_factory=dict)
+    rejected: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    accepted: set[tuple[str, int, str]] = field(default_factory=set)
+    _rng: random.Random = field(default_factory=random.Random)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ---------------------------------------------------------------- routing
+    def task(self, name: str) -> TaskEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFoundError(f"unknown task {name!r}")
+        return entry
+
+    def route(self, task: str, version: int | None = None, alias: str | None = None,
+              routing_key: str | None = None) -> Route:
+        entry = self.task(task)
+        if version is not None:
+            return Route(self._manifest(entry, version), f"v{version}")
+        if alias is not None:
+            if alias not in entry.aliases:
+                raise NotFoundError(f"task {task!r} has no alias {alias!r}")
+            return Route(self._manifest(entry, entry.aliases[alias]), alias)
+        if entry.rollout is not None:
+            with self._lock:
+                chosen = entry.rollout.variants[pick_variant(entry.rollout, task, routing_key, self._rng)]
+            return Route(self._manifest(entry, chosen.version), chosen.name)
+        if DEFAULT_ALIAS in entry.aliases:
+            return Route(self._manifest(entry, entry.aliases[DEFAULT_ALIAS]), DEFAULT_ALIAS)
+        if entry.latest is None:
+            raise NotFoundError(f"task {task!r} has no servable version")
+        return Route(self._manifest(entry, entry.latest), "latest")
+
+    def _manifest(self, entry: TaskEntry, version: int) -> PromptVersion:
+        manifest = entry.versions.get(version)
+        if manifest is None:
+            raise NotFoundError(f"task {entry.record.spec.name!r} has no version {version}")
+        problem = self.rejected.get((manifest.task, manifest.version, manifest.sha256))
+        if problem is not None:
+            raise NotFoundError(f"{manifest.task}@{manifest.version} is not servable: {problem}")
+        return manifest
+
+    # --------------------------------------------------------------- refresh
+    def refresh(self) -> None:
+        """Rebuild every task's entry from the registry; a task that cannot be read keeps its old one."""
+        entries = {}
+        for name in self.registry.list_tasks():
+            try:
+                entries[name] = self._load(name, self.entries.get(name))
+            except PromptmuxError as exc:
+                log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, exc)
+                if name in self.entries:
+                    entries[name] = self.entries[name]
+        self.entries = entries
+
+    def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
+        record = self.registry.get_task(name)
+        known = previous.versions if previous else {}
+        versions = {v: known[v] if v in known else self.registry.get_version(name, v)
+                    for v in self.registry.version_numbers(name)}
+        archived = frozenset(self.registry.archived_versions(name))
+        newest_first = sorted((v for v in versions if v not in archived), reverse=True)
+        latest = next((v for v in newest_first if self._servable(versions[v])), None)
+        aliases = {}
+        for alias, target in self.registry.aliases(name).items():
+            if target in versions and self._servable(versions[target]):
+                aliases[alias] = target
+            elif previous and alias in previous.aliases:
+                aliases[alias] = previous.aliases[alias]
+        rollout = self.registry.rollout(name)
+        if rollout and not all(v.version in versions and self._servable(versions[v.version]) for v in rollout.variants):
+            rollout = previous.rollout if previous else None
+        return TaskEntry(record, versions, aliases, rollout, latest, archived)
+
+    def _servable(self, manifest: PromptVersion) -> bool:
+        """Validate a routed version once; remember the verdict (versions are immutable)."""
+        key = (manifest.task, manifest.version, manifest.sha256)
+        if key in self.accepted:
+            return True
+        if key in self.rejected:
+            return False
+        try:
+            self.validate(manifest)
+        except PromptmuxError as exc:
+            self.rejected[key] = str(exc)
+            log.error("refusing %s@%s: %s", manifest.task, manifest.version, exc)
+            self.on_rejected(manifest, str(exc))
+            return False
+        self.accepted.add(key)
+        return True

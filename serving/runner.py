@@ -1,53 +1,42 @@
-"""Task-level requests on top of the engine: route, template, batch generation and
-classification rows of any tasks together, and report per-request results or errors.
+"""Offline task-level inference on top of the engine (`promptmux generate`).
 
-A bad request (unknown task, input too long, ...) becomes an error result for that
-request alone; the rest of the batch is served.
+Generation and classification rows of any tasks are batched together; a bad request
+(unknown task, input too long, ...) becomes an error result for that request alone.
 """
 
-from registry import PromptmuxError, Registry, TaskKind, TaskRecord
+from registry import PromptmuxError, Registry, TaskKind
 from serving.batching import ClassificationRow, GenerationRow
 from serving.engine import Engine
-from serving.routing import resolve_version
+from serving.requests import prepare
+from serving.routing import RegistryView
 from serving.schemas import TaskRequest, TaskResult
 
 
 class TaskRunner:
     def __init__(self, engine: Engine, registry: Registry) -> None:
         self.engine = engine
-        self.registry = registry
-        self._tasks: dict[str, TaskRecord] = {}
-
-    def _task(self, name: str) -> TaskRecord:
-        if name not in self._tasks:
-            self._tasks[name] = self.registry.get_task(name)
-        return self._tasks[name]
+        self.view = RegistryView(registry)
+        self.view.refresh()
 
     def run(self, requests: list[TaskRequest]) -> list[TaskResult]:
-        results: list[TaskResult | None] = [None] * len(requests)
-        generation: list[tuple[int, GenerationRow]] = []
-        classification: list[tuple[int, ClassificationRow]] = []
-        for i, request in enumerate(requests):
+        results: list[TaskResult] = []
+        generation: list[tuple[TaskResult, GenerationRow]] = []
+        classification: list[tuple[TaskResult, ClassificationRow]] = []
+        for request in requests:
             try:
-                spec = self._task(request.task).spec
-                manifest = resolve_version(self.registry, request.task, request.version, request.alias)
-                prompt = self.engine.prompt(manifest)
-                ids = self.engine.encode(spec.render(request.input))
-                if spec.kind is TaskKind.classification:
-                    classification.append((i, ClassificationRow(prompt, ids, spec.labels)))
-                else:
-                    params = request.params.apply(spec.generation)
-                    self.engine.check_params(params)
-                    generation.append((i, GenerationRow(prompt, ids, params)))
-                results[i] = TaskResult(
-                    task=request.task, version=manifest.version, input=request.input, kind=spec.kind.value
-                )
+                route = self.view.route(request.task, request.version, request.alias, request.routing_key)
+                spec = self.view.task(request.task).record.spec
+                prepared = prepare(self.engine, spec, route, request.input, request.params)
             except PromptmuxError as exc:
-                results[i] = TaskResult(
-                    task=request.task, version=None, input=request.input, kind=None, error=str(exc)
-                )
-        for (i, _), output in zip(generation, self.engine.generate([row for _, row in generation])):
-            results[i].result = output
-        for (i, _), output in zip(classification, self.engine.classify([row for _, row in classification])):
-            results[i].result = output
+                results.append(TaskResult(task=request.task, input=request.input, error=str(exc)))
+                continue
+            result = TaskResult(task=request.task, input=request.input, version=prepared.version,
+                                variant=prepared.variant, kind=prepared.kind.value)
+            results.append(result)
+            queue = classification if prepared.kind is TaskKind.classification else generation
+            queue.append((result, prepared.row))
+        for (result, _), output in zip(generation, self.engine.generate([row for _, row in generation])):
+            result.result = output
+        for (result, _), output in zip(classification, self.engine.classify([row for _, row in classification])):
+            result.result = output
         return results

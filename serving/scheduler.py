@@ -47,6 +47,7 @@ class StreamEvent:
 class RequestState:
     row: GenerationRow
     on_event: Callable[[StreamEvent], None] | None = None
+    stream: bool = True
     sampler: RowSampler | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -91,10 +92,17 @@ class ClassificationJob:
 
 
 class Scheduler:
-    def __init__(self, limits: EngineConfig, engine, static: bool = False) -> None:  # noqa: ANN001 - an Engine
+    def __init__(
+        self,
+        limits: EngineConfig,
+        engine,  # noqa: ANN001 - serving.engine.Engine (which builds schedulers itself)
+        static: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.static = static
         self.limits = limits
+        self.on_step = on_step
         self.waiting: deque[RequestState] = deque()
         self.jobs: deque[ClassificationJob] = deque()
         self.running: list[RequestState] = []
@@ -105,9 +113,12 @@ class Scheduler:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ submitting
-    def submit(self, row: GenerationRow, on_event: Callable[[StreamEvent], None] | None = None) -> RequestState:
+    def submit(
+        self, row: GenerationRow, on_event: Callable[[StreamEvent], None] | None = None, stream: bool = True
+    ) -> RequestState:
+        """Queue a request. `on_event` gets every delta when `stream`, else only the final event."""
         self.engine.check_params(row.params)
-        state = RequestState(row, on_event, submitted_step=self.steps)
+        state = RequestState(row, on_event, stream, submitted_step=self.steps)
         if state.reserved_tokens > self.limits.max_tokens_in_flight:
             raise RequestError(
                 f"request needs {state.reserved_tokens} tokens of KV; the limit is {self.limits.max_tokens_in_flight}"
@@ -207,6 +218,8 @@ class Scheduler:
     def _decode(self) -> None:
         self.steps += 1
         states, batch = self.running, self.batch
+        if self.on_step is not None:
+            self.on_step(len(states))
         histories = [
             None if s.sampler.plain_greedy or s.done
             else torch.tensor([s.row.input_ids + s.generated], device=self.engine.device)
@@ -246,13 +259,13 @@ class Scheduler:
         elif len(state.generated) >= params.max_new_tokens:
             state.finish_reason = "length"
         text = ""
-        if params.stop or state.on_event is not None:
+        if params.stop or (state.on_event is not None and state.stream):
             text, stopped = _cut_at_stop(self.engine.decode(state.generated), params.stop)
             if stopped:
                 state.finish_reason = "stop"
         if state.finish_reason:
             state.finished_at = now
-        if state.on_event is not None:
+        if state.on_event is not None and (state.stream or state.finish_reason):
             self._emit(state, text, new)
         return state.finish_reason is not None
 

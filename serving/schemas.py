@@ -28,12 +28,14 @@ class ParamsOverride(_Schema):
 
 
 class TaskRequest(_Schema):
-    """One input for one task; the version comes from `version`, else `alias`, else the default route."""
+    """One input for one task; the version comes from `version`, else `alias`, else the
+    task's rollout (sticky on `routing_key`), else its `production` alias, else the latest."""
 
     task: str
     input: str
     version: int | None = Field(None, ge=1)
     alias: str | None = None
+    routing_key: str | None = Field(None, max_length=256)
     params: ParamsOverride = Field(default_factory=ParamsOverride)
 
 
@@ -70,8 +72,9 @@ class TaskResult(_Schema):
     """One line of `promptmux generate` output: what was asked, what served it, what came out."""
 
     task: str
-    version: int | None
     input: str
-    kind: Literal["generation", "classification"] | None
+    version: int | None = None
+    variant: str | None = None
+    kind: Literal["generation", "classification"] | None = None
     result: GenerationOutput | ClassificationOutput | None = None
     error: str | None = None

@@ -24,3 +24,12 @@ def test_bench_scheduler_quick_reports_both_modes(cli, tmp_path: Path) -> None:
         assert report[mode]["tokens"] == report["continuous"]["tokens"] > 0
         assert report[mode]["latency_p99_s"] >= report[mode]["latency_p50_s"] > 0
         assert report[mode]["ttft_p50_s"] > 0
+
+
+def test_bench_http_quick_compares_http_with_the_engine(cli, tmp_path: Path) -> None:
+    result = cli("bench", "http", "--quick", "--json", str(tmp_path / "out.json"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["http_over_engine"] > 0 and "http_over_engine" in result.out
+    assert report["http"]["tokens"] == report["engine"]["tokens"] > 0
+    assert report["http"]["latency_p99_s"] >= report["http"]["latency_p50_s"] > 0

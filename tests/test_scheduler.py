@@ -101,7 +101,7 @@ def test_static_mode_admits_only_into_an_empty_batch(engine: Engine) -> None:
 
 def _stream_all(async_engine: AsyncEngine, row: GenerationRow) -> list:
     async def collect() -> list:
-        return [event async for event in async_engine.stream(row)]
+        return [event async for event in async_engine.submit(row)]
 
     return asyncio.run(collect())
 
@@ -135,7 +135,7 @@ def test_cancelling_a_stream_frees_its_row(engine: Engine) -> None:
 
     async def scenario() -> None:
         other = asyncio.create_task(async_engine.generate(staying))
-        async with aclosing(async_engine.stream(leaving)) as stream:
+        async with aclosing(async_engine.submit(leaving)) as stream:
             async for _ in stream:
                 state = next((s for s in async_engine.scheduler.running if s.row is leaving), None)
                 if state is not None:

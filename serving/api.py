@@ -1,0 +1,97 @@
+"""HTTP request and response bodies (the OpenAPI schema of the serving API)."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.schemas import ParamsOverride, Usage
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskBody(_Body):
+    task: str = Field(min_length=1, max_length=64)
+    input: str | None = None
+    inputs: list[str] | None = Field(None, min_length=1)
+    version: int | None = Field(None, ge=1)
+    alias: str | None = Field(None, min_length=1, max_length=64)
+    routing_key: str | None = Field(None, max_length=256, description="sticky A/B assignment key")
+
+    @model_validator(mode="after")
+    def _one_of_input_inputs(self) -> "TaskBody":
+        if (self.input is None) == (self.inputs is None):
+            raise ValueError("give exactly one of 'input' or 'inputs'")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if self.input is not None else list(self.inputs or [])
+
+
+class GenerateBody(TaskBody):
+    params: ParamsOverride = Field(default_factory=ParamsOverride)
+    stream: bool = False
+
+
+class ClassifyBody(TaskBody):
+    pass
+
+
+class Served(BaseModel):
+    task: str
+    version: int
+    variant: str
+
+
+class GenerateOutput(Served):
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    usage: Usage
+
+
+class ClassifyOutput(Served):
+    index: int
+    label: str
+    probabilities: dict[str, float]
+    usage: Usage
+
+
+class GenerateResponse(BaseModel):
+    outputs: list[GenerateOutput]
+
+
+class ClassifyResponse(BaseModel):
+    outputs: list[ClassifyOutput]
+
+
+class CompletionBody(BaseModel):
+    """OpenAI `POST /v1/completions`; `model` is `task`, `task@3` or `task:alias`, `user` the routing key."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=140)
+    prompt: str | list[str]
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=10.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    user: str | None = Field(None, max_length=256)
+    n: Literal[1] = 1
+    echo: Literal[False] = False
+    logprobs: None = None
+    best_of: Literal[1] | None = None
+
+    def params(self) -> ParamsOverride:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ParamsOverride(max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              stop=stop, seed=self.seed)
+
+
+class ErrorBody(BaseModel):
+    error: dict[str, Any]

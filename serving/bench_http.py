@@ -1,0 +1,137 @@
+"""`promptmux bench http`: the same mixed-task workload through HTTP (Ray Serve, concurrent
+clients) and through the service called in-process, side by side in one run.
+
+Both sides go through `PromptmuxService` (routing, templating, the continuous-batching
+engine) with the same concurrency; the HTTP side adds the client, the Serve proxy and
+the replica hop. There are more clients than batch slots, so both sides keep a queue
+and the engine stays busy. The in-process side runs first and is released before Ray
+starts.
+"""
+
+import asyncio
+import gc
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+
+import httpx
+import torch
+
+from registry import GenerationParams, Registry, TaskSpec
+from registry.base_models import fingerprint, load_model
+from serving.api import GenerateBody
+from serving.config import EngineConfig
+from serving.service import PromptmuxService
+from serving.settings import ServeSettings
+
+TARGETS = {"http_over_engine": 0.8}
+SIZES = {
+    "quick": {"base_model": "bench-random-llama", "requests": 48, "tasks": 8, "concurrency": 32, "max_batch_size": 16,
+              "new_tokens": [32, 96]},
+    "full": {"base_model": "bench-random-llama", "requests": 192, "tasks": 16, "concurrency": 32, "max_batch_size": 16,
+             "new_tokens": [32, 96]},
+}
+
+
+def _bodies(size: dict) -> list[dict]:
+    rng = random.Random(0)
+    words = ["dog", "groomer", "gentle", "price", "poet", "chef", "meeting", "logistician", "kind", "late"]
+    bodies = []
+    for i in range(size["requests"]):
+        new = rng.randint(*size["new_tokens"])
+        bodies.append({"task": f"task-{rng.randrange(size['tasks']):02d}", "routing_key": f"user-{i}",
+                       "input": " ".join(rng.choices(words, k=rng.randint(3, 12))),
+                       "params": {"max_new_tokens": new, "min_new_tokens": new}})
+    return bodies
+
+
+async def _drive(bodies: list[dict], concurrency: int, send) -> dict:  # noqa: ANN001 - async callable
+    latencies: list[float] = []
+    tokens = 0
+    queue = list(enumerate(bodies))
+
+    async def worker() -> None:
+        nonlocal tokens
+        while queue:
+            _, body = queue.pop(0)
+            start = time.perf_counter()
+            produced = await send(body)
+            latencies.append(time.perf_counter() - start)
+            tokens += produced
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"requests": len(bodies), "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed,
+            "latency_p50_s": statistics.median(latencies),
+            "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+
+
+def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
+    import ray
+    from ray import serve
+
+    from serving.deployment import PromptmuxDeployment
+
+    size = SIZES["quick" if quick else "full"]
+    base_model = size["base_model"]
+    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
+    fp = fingerprint(load_model(base_model, dtype="float32"))
+    generator = torch.Generator().manual_seed(0)
+    for t in range(size["tasks"]):
+        name = f"task-{t:02d}"
+        registry.create_task(TaskSpec(name=name, base_model=base_model, generation=GenerationParams()), fp)
+        registry.register(name, torch.randn(random.Random(t).randint(8, 32), fp.hidden_size, generator=generator), fp)
+    settings = ServeSettings(registry=registry.uri, engine=EngineConfig(
+        base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"]))
+    bodies = _bodies(size)
+
+    service = PromptmuxService(settings)
+
+    async def direct(body: dict) -> int:
+        request = GenerateBody.model_validate(body)
+        outputs = await service.generate(service.prepare(request, None, request.params), "bench")
+        return sum(o.usage.completion_tokens for o in outputs)
+
+    asyncio.run(_drive(bodies[: size["concurrency"]], size["concurrency"], direct))  # warm-up
+    engine_side = asyncio.run(_drive(bodies, size["concurrency"], direct))
+    service_device = str(service.engine.device)
+    service.shutdown()
+    del service
+    gc.collect()
+
+    port = 8000 + random.Random().randrange(1000)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deployment = PromptmuxDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 2})
+        serve.run(deployment.bind(settings.model_dump(mode="json")), name="promptmux-bench", route_prefix="/")
+
+        async def over_http() -> dict:
+            limits = httpx.Limits(max_connections=size["concurrency"])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300, limits=limits) as client:
+                async def send(body: dict) -> int:
+                    response = await client.post("/v1/generate", json=body)
+                    response.raise_for_status()
+                    return sum(o["usage"]["completion_tokens"] for o in response.json()["outputs"])
+
+                await _drive(bodies[: size["concurrency"]], size["concurrency"], send)  # warm-up
+                return await _drive(bodies, size["concurrency"], send)
+
+        http_side = asyncio.run(over_http())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {
+        "http_over_engine": round(http_side["tokens_per_s"] / engine_side["tokens_per_s"], 3),
+        "targets": TARGETS,
+        "http": http_side,
+        "engine": engine_side,
+        "config": {**size, "mode": "quick" if quick else "full", "device": service_device, "replicas": 1},
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+    }

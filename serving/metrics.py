@@ -1,0 +1,46 @@
+"""Prometheus metrics of one serving replica, in a registry of its own."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from serving.prompt_cache import PromptCache
+
+ROUTE = ["task", "version", "variant"]
+
+
+class PromptCacheCollector(Collector):
+    """Reads the prompt cache's counters at scrape time."""
+
+    def __init__(self, cache: PromptCache) -> None:
+        self.cache = cache
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        stats = self.cache.stats()
+        for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
+            yield CounterMetricFamily(f"promptmux_prompt_cache_{name}", f"prompt cache {name}", value=value)
+
+
+class ServingMetrics:
+    def __init__(self, cache: PromptCache) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("promptmux_requests", "requests by route and outcome",
+                                ["endpoint", *ROUTE, "status"], registry=self.registry)
+        self.errors = Counter("promptmux_errors", "requests refused or failed, by HTTP status",
+                              ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("promptmux_request_latency_seconds", "time to the full answer",
+                                 ["endpoint", *ROUTE], registry=self.registry,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.tokens = Counter("promptmux_tokens", "prompt and completion tokens", [*ROUTE, "kind"],
+                              registry=self.registry)
+        self.batch_size = Histogram("promptmux_batch_rows", "rows in each decode step", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.rejected_versions = Counter("promptmux_rejected_versions", "versions refused as corrupt or incompatible",
+                                         ["task", "version"], registry=self.registry)
+        self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",
+                                 registry=self.registry)
+        self.cache_bytes.set_function(lambda: cache.stats().bytes)
+        self.registry.register(PromptCacheCollector(cache))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

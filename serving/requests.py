@@ -1,0 +1,31 @@
+"""From a routed task-level input to an engine row: template, tokenize, resolve params."""
+
+from dataclasses import dataclass
+
+from registry import TaskKind, TaskSpec
+from serving.batching import ClassificationRow, GenerationRow
+from serving.engine import Engine
+from serving.routing import Route
+from serving.schemas import ParamsOverride
+
+
+@dataclass
+class Prepared:
+    task: str
+    version: int
+    variant: str
+    kind: TaskKind
+    row: GenerationRow | ClassificationRow
+
+
+def prepare(engine: Engine, spec: TaskSpec, route: Route, text: str, params: ParamsOverride | None = None) -> Prepared:
+    """Everything that can fail for one input fails here, before it joins a batch."""
+    prompt = engine.prompt(route.manifest)
+    ids = engine.encode(spec.render(text))
+    if spec.kind is TaskKind.classification:
+        row: GenerationRow | ClassificationRow = ClassificationRow(prompt, ids, spec.labels)
+    else:
+        resolved = (params or ParamsOverride()).apply(spec.generation)
+        engine.check_params(resolved)
+        row = GenerationRow(prompt, ids, resolved)
+    return Prepared(spec.name, route.manifest.version, route.variant, spec.kind, row)

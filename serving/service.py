@@ -1,0 +1,162 @@
+"""The serving runtime of one replica, independent of Ray: engine, routing, live registry
+refresh, metrics. The FastAPI app (`serving.app`) exposes it; Ray Serve hosts it.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import torch
+
+from registry import Registry, TaskKind
+from serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
+from serving.async_engine import AsyncEngine, EventStream
+from serving.engine import Engine
+from serving.errors import RequestError
+from serving.metrics import ServingMetrics
+from serving.requests import Prepared, prepare
+from serving.routing import RegistryView
+from serving.scheduler import StreamEvent
+from serving.schemas import GenerationOutput, ParamsOverride, Usage
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class PromptmuxService:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self.engine = Engine(settings.engine, self.registry)
+        self.metrics = ServingMetrics(self.engine.prompts)
+        self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected)
+        self.view.refresh()
+        self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
+        self._stopped = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
+        self._refresher.start()
+
+    def _rejected(self, manifest, problem: str) -> None:  # noqa: ANN001 - PromptVersion
+        self.metrics.rejected_versions.labels(manifest.task, str(manifest.version)).inc()
+
+    def _refresh_loop(self) -> None:
+        while not self._stopped.wait(self.settings.refresh_interval_s):
+            try:
+                self.view.refresh()
+            except Exception:  # keep serving the last good view whatever the registry does
+                log.exception("registry refresh failed; keeping the previous routes")
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        self.async_engine.shutdown()
+
+    # ------------------------------------------------------------- requests
+    def prepare(self, body: TaskBody, kind: TaskKind | None, params: ParamsOverride | None = None) -> list[Prepared]:
+        """Route once per request and prepare every input; refuse the wrong kind of task
+        (`kind=None` accepts both)."""
+        texts = body.texts
+        if len(texts) > self.settings.max_inputs_per_request:
+            raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
+        entry = self.view.task(body.task)
+        spec = entry.record.spec
+        if kind is not None and spec.kind is not kind:
+            other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
+            raise RequestError(f"task {body.task!r} is a {spec.kind.value} task: use {other}")
+        route = self.view.route(body.task, body.version, body.alias, body.routing_key)
+        return [prepare(self.engine, spec, route, text, params) for text in texts]
+
+    def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
+        labels = (item.task, str(item.version), item.variant)
+        self.metrics.requests.labels(endpoint, *labels, "ok").inc()
+        self.metrics.latency.labels(endpoint, *labels).observe(time.perf_counter() - started)
+        self.metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+
+    async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
+        started = time.perf_counter()
+        outputs = await asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
+        for item, output in zip(items, outputs):
+            self.record(endpoint, item, output.usage, started)
+        return list(outputs)
+
+    async def classify(self, items: list[Prepared], endpoint: str) -> ClassifyResponse:
+        started = time.perf_counter()
+        outputs = await self.async_engine.classify([item.row for item in items])
+        served = []
+        for index, (item, output) in enumerate(zip(items, outputs)):
+            self.record(endpoint, item, output.usage, started)
+            served.append(ClassifyOutput(index=index, task=item.task, version=item.version, variant=item.variant,
+                                         label=output.label, probabilities=output.probabilities, usage=output.usage))
+        return ClassifyResponse(outputs=served)
+
+    async def generate_response(self, items: list[Prepared]) -> GenerateResponse:
+        outputs = await self.generate(items, "generate")
+        return GenerateResponse(outputs=[
+            GenerateOutput(index=i, task=item.task, version=item.version, variant=item.variant, text=o.text,
+                           token_ids=o.token_ids, finish_reason=o.finish_reason, usage=o.usage)
+            for i, (item, o) in enumerate(zip(items, outputs))
+        ])
+
+    def open_streams(self, items: list[Prepared]) -> list[EventStream]:
+        """Submit every input now, so overload or limits are refused before a response starts."""
+        streams: list[EventStream] = []
+        try:
+            for item in items:
+                streams.append(self.async_engine.submit(item.row))
+        except Exception:
+            for stream in streams:
+                stream.state.cancel()
+            raise
+        return streams
+
+    async def merged_events(
+        self, items: list[Prepared], streams: list[EventStream], endpoint: str
+    ) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """(index, event) from every input's stream as they come; leaving early cancels them all."""
+        started = time.perf_counter()
+        queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
+
+        async def pump(index: int, stream: EventStream) -> None:
+            async with aclosing(stream):
+                async for event in stream:
+                    await queue.put((index, event))
+
+        pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+        try:
+            remaining = len(streams)
+            while remaining:
+                index, event = await queue.get()
+                if event.output is not None:
+                    self.record(endpoint, items[index], event.output.usage, started)
+                remaining -= bool(event.finish_reason or event.error)
+                yield index, event
+        finally:
+            for task in pumps:
+                task.cancel()
+
+    # ------------------------------------------------------------- introspection
+    def task_summary(self, name: str, detail: bool = False) -> dict:
+        entry = self.view.task(name)
+        spec = entry.record.spec
+        summary = {
+            "task": name, "kind": spec.kind.value, "base_model": spec.base_model, "template": spec.template,
+            "labels": spec.labels, "versions": sorted(entry.versions), "archived": sorted(entry.archived),
+            "latest": entry.latest, "aliases": entry.aliases,
+            "rollout": entry.rollout.model_dump(mode="json") if entry.rollout else None,
+        }
+        if detail:
+            loaded = self.engine.prompts.stats().loaded
+            summary["loaded"] = [key for key in loaded if key.split("@")[0] == name]
+            summary["rejected"] = {f"{t}@{v}": problem for (t, v, _), problem in self.view.rejected.items() if t == name}
+            summary["manifests"] = [m.model_dump(mode="json") for _, m in sorted(entry.versions.items())]
+        return summary
+
+    def health(self) -> dict:
+        return {"status": "ok", "base_model": self.settings.engine.base_model, "device": str(self.engine.device),
+                "dtype": str(self.engine.model.dtype).removeprefix("torch."), "pinned_kv": self.engine.pinned_kv,
+                "torch_threads": torch.get_num_threads(),
+                "tasks": len(self.view.entries)}
+

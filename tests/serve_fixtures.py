@@ -1,0 +1,55 @@
+"""A local Ray cluster with the promptmux deployment, for end-to-end HTTP tests."""
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from registry import GenerationParams, Registry, TaskSpec
+from registry.base_models import fingerprint, load_model
+
+BASE = "tiny-random-llama"
+SPECS = [
+    TaskSpec(name="act-as", template="Act as: {input}\nPrompt:", base_model=BASE,
+             generation=GenerationParams(max_new_tokens=6)),
+    TaskSpec(name="summarize", template="Summary of {input}:", base_model=BASE,
+             generation=GenerationParams(max_new_tokens=5, repetition_penalty=1.3)),
+    TaskSpec(name="grooming", kind="classification", template="Comment: {input}\nSatisfaction:\n",
+             labels={"0": "0", "1": "1"}, base_model=BASE),
+]
+
+
+def build_registry(path: Path) -> Registry:
+    registry = Registry(str(path))
+    fp = fingerprint(load_model(BASE, dtype="float32"))
+    generator = torch.Generator().manual_seed(3)
+    for spec, lengths in zip(SPECS, ([4, 9, 6], [7], [5, 8])):
+        registry.create_task(spec, fp)
+        for n in lengths:
+            registry.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
+    return registry
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.1):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

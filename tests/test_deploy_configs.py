@@ -1,0 +1,66 @@
+"""deploy/: the Serve config is what Ray accepts and builds promptmux; the KubeRay manifest embeds it."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_fixtures import build_registry, free_port, healthy, wait_until
+
+from serving.deployment import build
+from serving.settings import ServeSettings
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_serve_yaml_is_a_valid_ray_serve_config_for_the_builder() -> None:
+    config = ServeDeploySchema.model_validate(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
+    app = config.applications[0]
+    assert app.import_path == "serving.deployment:build"
+    deployment = app.deployments[0]
+    assert deployment.autoscaling_config["max_replicas"] >= 1
+    assert deployment.ray_actor_options.num_gpus == 1
+    settings = ServeSettings.model_validate(app.args)
+    assert settings.engine.device == "cuda" and settings.engine.dtype == "bfloat16"
+    assert build(app.args) is not None
+
+
+def test_rayservice_manifest_embeds_a_valid_serve_config() -> None:
+    manifest = yaml.safe_load((DEPLOY / "rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService"
+    embedded = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    ServeSettings.model_validate(embedded.applications[0].args)
+    worker = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_ray_serve_run_starts_the_config_on_this_cpu_machine(tmp_path: Path) -> None:
+    """`serve run` (Ray's own CLI) on deploy/serve.yaml, with only the GPU-specific values
+    swapped for this machine: a local registry, the embedded model, no GPU."""
+    config = yaml.safe_load((DEPLOY / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    app = config["applications"][0]
+    app["args"]["registry"] = build_registry(tmp_path / "registry").uri
+    app["args"]["engine"].update(base_model="tiny-random-llama", device="cpu", dtype="float32")
+    app["deployments"][0]["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}
+    app["deployments"][0]["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).parent / "serve"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(DEPLOY.parent)}
+    process = subprocess.Popen([str(serve_cli), "run", str(tmp_path / "serve.yaml")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is not None or healthy(url), timeout=240, interval=0.5)
+        assert process.poll() is None, process.stdout.read()
+        response = httpx.post(f"{url}/v1/classify", json={"task": "grooming", "input": "Lovely"}, timeout=60)
+        assert response.status_code == 200 and response.json()["outputs"][0]["label"] in ("0", "1")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=120)

@@ -1,0 +1,243 @@
+"""End to end over real HTTP: Ray Serve on a local cluster, two replicas, live registry edits."""
+
+import asyncio
+import collections
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+from serve_fixtures import BASE, build_registry, free_port, wait_until
+
+from registry import Registry, RolloutSpec, RolloutVariant
+from serving.batching import GenerationRow
+from serving.config import EngineConfig
+from serving.deployment import PromptmuxDeployment
+from serving.engine import Engine
+from serving.settings import ServeSettings
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> tuple[str, Registry]:
+    registry = build_registry(tmp_path_factory.mktemp("serve") / "registry")
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = ServeSettings(registry=registry.uri, engine=EngineConfig(base_model=BASE, max_batch_size=16),
+                             refresh_interval_s=0.5, max_inputs_per_request=8)
+    app = PromptmuxDeployment.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5})
+    serve.run(app.bind(settings.model_dump(mode="json")), name="promptmux", route_prefix="/")
+    yield f"http://127.0.0.1:{port}", registry
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(served) -> Engine:
+    return Engine(EngineConfig(base_model=BASE, dtype="float32"), served[1])
+
+
+def post(url: str, path: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=60)
+
+
+async def burst(url: str, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        return await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+
+
+def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) -> None:
+    url, registry = served
+    words = ["a poet", "a chef", "the meeting", "a long day", "They were kind", "Rude staff", "x", "a logistician"]
+    requests = []
+    for i in range(24):
+        text = words[i % len(words)]
+        task = ("act-as", "summarize", "grooming")[i % 3]
+        path = "/v1/classify" if task == "grooming" else "/v1/generate"
+        requests.append((path, {"task": task, "input": text, "version": 1 if task == "act-as" else None}))
+    responses = asyncio.run(burst(url, requests))
+    assert [r.status_code for r in responses] == [200] * 24
+    for (path, body), response in zip(requests, responses):
+        output = response.json()["outputs"][0]
+        assert output["task"] == body["task"]
+        entry = registry.get_task(body["task"]).spec
+        manifest = registry.get_version(body["task"], output["version"])
+        ids = reference.encode(entry.render(body["input"]))
+        if path == "/v1/generate":
+            expected = reference.generate([GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
+            assert output["token_ids"] == expected.token_ids
+        else:
+            assert output["label"] in ("0", "1") and sum(output["probabilities"].values()) == pytest.approx(1)
+    replicas = {r.headers["x-promptmux-replica"] for r in responses}
+    assert len(replicas) == 2, "both replicas serve every kind of task"
+
+
+def _wait_for_route(url: str, task: str, key: str, expected) -> None:  # noqa: ANN001
+    wait_until(lambda: all(httpx.get(f"{url}/v1/tasks/{task}").json()[key] == expected for _ in range(6)), timeout=20)
+
+
+def test_sticky_rollout_split_and_proportions(served) -> None:
+    url, registry = served
+    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
+                                                         RolloutVariant(version=2, weight=50)]))
+    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollout("act-as").model_dump_json()))
+    requests = [("/v1/generate", {"task": "act-as", "input": "hi", "routing_key": f"user-{k}",
+                                  "params": {"max_new_tokens": 1}}) for k in range(400)]
+    seen: dict[str, set] = collections.defaultdict(set)
+    replicas_per_key: dict[str, set] = collections.defaultdict(set)
+    for _ in range(2):
+        for (_, body), response in zip(requests, asyncio.run(burst(url, requests))):
+            assert response.status_code == 200
+            seen[body["routing_key"]].add(response.json()["outputs"][0]["variant"])
+            replicas_per_key[body["routing_key"]].add(response.headers["x-promptmux-replica"])
+    assert all(len(variants) == 1 for variants in seen.values())
+    share = sum(variants == {"v1"} for variants in seen.values()) / len(seen)
+    assert 0.40 <= share <= 0.60
+    assert any(len(replicas) == 2 for replicas in replicas_per_key.values()), "keys crossed replicas and kept variants"
+
+    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=90),
+                                                         RolloutVariant(version=3, weight=10)]))
+    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollout("act-as").model_dump_json()))
+    unkeyed = [("/v1/generate", {"task": "act-as", "input": "hi", "params": {"max_new_tokens": 1}})] * 300
+    variants = collections.Counter(r.json()["outputs"][0]["variant"] for r in asyncio.run(burst(url, unkeyed)))
+    assert set(variants) == {"v1", "v3"} and 10 <= variants["v3"] <= 55
+    registry.clear_rollout("act-as")
+    _wait_for_route(url, "act-as", "rollout", None)
+
+
+def test_live_promote_and_rollback_while_requests_flow(served) -> None:
+    url, registry = served
+    registry.set_alias("summarize", "production", 1)
+    body = {"task": "summarize", "input": "the day", "params": {"max_new_tokens": 2}}
+    wait_until(lambda: post(url, "/v1/generate", body).json()["outputs"][0]["variant"] == "production", timeout=20)
+    fp = registry.get_task("summarize").base_fingerprint
+    new = registry.register("summarize", registry.load_prompt("summarize", 1)[1] * 0.5, fp, parent_version=1)
+    stop, observed = time.monotonic() + 60, []
+
+    async def flow(until_version: int) -> float:
+        start = time.monotonic()
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            while time.monotonic() < stop:
+                responses = await asyncio.gather(*(client.post("/v1/generate", json=body) for _ in range(4)))
+                assert all(r.status_code == 200 for r in responses)
+                versions = {r.json()["outputs"][0]["version"] for r in responses}
+                observed.append(versions)
+                if versions == {until_version}:
+                    return time.monotonic() - start
+        raise AssertionError("the alias move never reached the deployment")
+
+    registry.set_alias("summarize", "production", new.version)
+    assert asyncio.run(flow(new.version)) < 5.0
+    registry.set_alias("summarize", "production", 1)
+    assert asyncio.run(flow(1)) < 5.0
+    registry.delete_alias("summarize", "production")
+
+
+def test_corrupt_new_version_is_refused_and_traffic_stays(served) -> None:
+    url, registry = served
+    registry.set_alias("grooming", "production", 2)
+    body = {"task": "grooming", "input": "Lovely", "routing_key": "k"}
+    wait_until(lambda: post(url, "/v1/classify", body).json()["outputs"][0]["version"] == 2, timeout=20)
+    fp = registry.get_task("grooming").base_fingerprint
+    bad = registry.register("grooming", registry.load_prompt("grooming", 2)[1] + 1, fp)
+    tensor_file = Path(registry.version_uri("grooming", bad.version)) / "adapter_model.safetensors"
+    data = bytearray(tensor_file.read_bytes())
+    data[-3] ^= 0xFF
+    tensor_file.write_bytes(bytes(data))
+    registry.set_alias("grooming", "production", bad.version)
+    wait_until(lambda: f"grooming@{bad.version}" in httpx.get(f"{url}/v1/tasks/grooming").json()["rejected"], timeout=20)
+    for _ in range(10):
+        response = post(url, "/v1/classify", body)
+        assert response.status_code == 200 and response.json()["outputs"][0]["version"] == 2
+    pinned = post(url, "/v1/classify", {**body, "version": bad.version})
+    assert pinned.status_code == 404 and "sha256" in pinned.json()["error"]["message"]
+    metrics = wait_until(lambda: [line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                                  if line.startswith("promptmux_rejected_versions_total")
+                                  and f'version="{bad.version}"' in line])
+    assert metrics
+
+
+def test_openai_client_plain_and_streaming(served) -> None:
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    model_ids = {model.id for model in client.models.list()}
+    assert {"act-as", "summarize", "grooming"} <= model_ids
+    plain = client.completions.create(model="act-as@2", prompt="a poet", max_tokens=4, user="alice")
+    assert plain.choices[0].finish_reason in ("stop", "length") and plain.usage.completion_tokens <= 4
+    assert plain.model_extra["promptmux"] == {"task": "act-as", "version": 2, "variant": "v2"}
+    chunks = list(client.completions.create(model="act-as@2", prompt="a poet", max_tokens=4, user="alice", stream=True))
+    assert "".join(chunk.choices[0].text for chunk in chunks) == plain.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    label = client.completions.create(model="grooming", prompt="Lovely groomer")
+    assert label.choices[0].text in ("0", "1")
+    with pytest.raises(openai.NotFoundError, match="unknown task"):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
+    url, _ = served
+    post(url, "/v1/generate", {"task": "act-as", "input": "m", "version": 2, "params": {"max_new_tokens": 1}})
+    text = wait_until(lambda: (t := httpx.get(f"{url}/metrics").text) and 'version="2"' in t and t)
+    for name in ("promptmux_requests_total", "promptmux_request_latency_seconds_bucket", "promptmux_tokens_total",
+                 "promptmux_prompt_cache_hits_total", "promptmux_prompt_cache_misses_total",
+                 "promptmux_prompt_cache_evictions_total", "promptmux_batch_rows_bucket"):
+        assert name in text, name
+    assert any(line.startswith("promptmux_requests_total") and 'variant="v2"' in line for line in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/v1/generate", {"task": "nope", "input": "x"}, 404, "unknown task 'nope'"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "version": 99}, 404, "no version 99"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "alias": "canary"}, 404, "no alias 'canary'"),
+        ("/v1/generate", {"task": "../etc", "input": "x"}, 404, "unknown task '../etc'"),
+        ("/v1/generate", {"task": "act-as"}, 422, "exactly one of 'input' or 'inputs'"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "inputs": ["y"]}, 422, "exactly one"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"top_p": 3}}, 422, "params.top_p"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "surprise": 1}, 422, "surprise"),
+        ("/v1/generate", {"task": "act-as", "input": "x" * 5000}, 400, "the limit is 2048"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 2000}}, 400, "exceeds the limit"),
+        ("/v1/generate", {"task": "act-as", "inputs": ["x"] * 9}, 400, "the limit is 8 per request"),
+        ("/v1/generate", {"task": "grooming", "input": "x"}, 400, "use /v1/classify"),
+        ("/v1/classify", {"task": "act-as", "input": "x"}, 400, "use /v1/generate"),
+        ("/v1/completions", {"model": "act-as@0", "prompt": "x"}, 404, "positive integer"),
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "n": 2}, 422, "n"),
+        ("/v1/completions", {"model": "act-as", "prompt": [1, 2]}, 422, "prompt"),
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(served, path: str, body: dict, status: int, message: str) -> None:
+    response = post(served[0], path, body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_malformed_json_and_unknown_routes(served) -> None:
+    url, _ = served
+    response = httpx.post(f"{url}/v1/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["message"]
+    assert httpx.get(f"{url}/v1/tasks/nope").status_code == 404
+    assert httpx.get(f"{url}/v1/tasks").json()["tasks"][0]["task"] == "act-as"
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+def test_streaming_generate_sends_server_sent_events(served) -> None:
+    url, _ = served
+    body = {"task": "act-as", "inputs": ["a poet", "a chef"], "version": 1, "stream": True,
+            "params": {"max_new_tokens": 5}}
+    with httpx.stream("POST", f"{url}/v1/generate", json=body, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    events = [json.loads(line) for line in lines[:-1]]
+    plain = post(url, "/v1/generate", {**body, "stream": False}).json()["outputs"]
+    for index in (0, 1):
+        mine = [e for e in events if e["index"] == index]
+        assert "".join(e["text"] for e in mine) == plain[index]["text"]
+        assert [t for e in mine for t in e["token_ids"]] == plain[index]["token_ids"]
+        assert mine[-1]["finish_reason"] == plain[index]["finish_reason"] and mine[-1]["usage"]
