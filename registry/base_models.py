@@ -154,3 +154,13 @@ def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:
         num_attention_heads=config.num_attention_heads,
         embedding_sha256=hashlib.sha256(canonical).hexdigest(),
     )
+
+
+def encode_input(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a model input as promptmux feeds it everywhere (training, evaluation,
+    serving): the tokenizer's special tokens, minus a trailing EOS that some tokenizers
+    (T5/ByT5) append, since the model is to continue after the input."""
+    ids = tokenizer(text, add_special_tokens=True).input_ids
+    if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return ids

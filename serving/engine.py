@@ -12,7 +12,7 @@ import logging
 import torch
 
 from registry import IncompatiblePromptError, PromptVersion, Registry
-from registry.base_models import fingerprint, load_model, load_tokenizer
+from registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
 from registry.schemas import GenerationParams
 from serving.batching import (
     ClassificationRow,
@@ -95,9 +95,7 @@ class Engine:
     # ----------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
         """Token ids of a rendered input (a trailing EOS some tokenizers append is dropped)."""
-        ids = self.tokenizer(text, add_special_tokens=True).input_ids
-        if ids and ids[-1] in self.eos_ids and len(ids) > 1:
-            ids = ids[:-1]
+        ids = encode_input(self.tokenizer, text)
         if not ids:
             raise RequestError("the input is empty after tokenization")
         if len(ids) > self.config.max_input_tokens:
