@@ -62,5 +62,10 @@ def test_ray_serve_run_starts_the_config_on_this_cpu_machine(tmp_path: Path) -> 
         response = httpx.post(f"{url}/v1/classify", json={"task": "grooming", "input": "Lovely"}, timeout=60)
         assert response.status_code == 200 and response.json()["outputs"][0]["label"] in ("0", "1")
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.communicate(timeout=120)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C does to `serve run`
+        try:
+            process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
