@@ -5,6 +5,8 @@ Every failure a request can cause is answered with a 4xx and a message; overload
 503 and `Retry-After`. A 500 means a bug.
 """
 
+import asyncio
+import hmac
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import (
     ConflictError,
@@ -29,13 +32,13 @@ from registry import (
     TaskKind,
 )
 from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
-from serving.errors import OverloadedError, RequestError
+from serving.errors import OverloadedError, RequestError, RequestTimeout
 from serving.requests import Prepared
 from serving.service import PromptmuxService
 
 log = logging.getLogger(__name__)
 STATUS = [
-    (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (RequestError, 400),
+    (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (RequestTimeout, 504), (RequestError, 400),
     (IncompatiblePromptError, 409), (InvalidArtifactError, 409), (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
@@ -65,11 +68,36 @@ def build_app(service: PromptmuxService) -> FastAPI:
     app = FastAPI(title="promptmux", description="Multi-task soft-prompt serving on one frozen base model.")
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
+    settings = service.settings
+    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
+
     @app.middleware("http")
-    async def name_the_replica(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette middleware
-        response = await call_next(request)
+    async def guard(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette middleware
+        """Bearer token (when configured) and body size, checked before any body is parsed."""
+        response = await refusal(request) or await call_next(request)
         response.headers["x-promptmux-replica"] = replica
         return response
+
+    async def refusal(request: Request) -> JSONResponse | None:
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if token is not None and path != "/healthz":
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
+                return error(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            too_big = not declared.isdigit() or int(declared) > settings.max_body_bytes
+        else:
+            too_big = len(await request.body()) > settings.max_body_bytes
+        if too_big:
+            return error(request, 413, f"request body over the limit of {settings.max_body_bytes} bytes")
+        return None
+
+    async def within_deadline(work):  # noqa: ANN001, ANN202 - an awaitable and its result
+        try:
+            return await asyncio.wait_for(work, settings.request_timeout_s)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the request took longer than {settings.request_timeout_s:g} s") from exc
 
     def endpoint_of(request: Request) -> str:
         route = request.scope.get("route")
@@ -84,6 +112,10 @@ def build_app(service: PromptmuxService) -> FastAPI:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         return error(request, status, str(exc), headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,7 +137,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
     async def generate(body: GenerateBody):  # noqa: ANN202 - JSON or an event stream
         items = service.prepare(body, TaskKind.generation, body.params)
         if not body.stream:
-            return await service.generate_response(items)
+            return await within_deadline(service.generate_response(items))
 
         async def events() -> AsyncIterator[dict]:
             async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
@@ -115,7 +147,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyBody) -> ClassifyResponse:
-        return await service.classify(service.prepare(body, TaskKind.classification), "classify")
+        return await within_deadline(service.classify(service.prepare(body, TaskKind.classification), "classify"))
 
     # ------------------------------------------------------------ OpenAI
     @app.post("/v1/completions")
@@ -133,14 +165,14 @@ def build_app(service: PromptmuxService) -> FastAPI:
                     "promptmux": {"task": served.task, "version": served.version, "variant": served.variant}}
 
         if items[0].kind is TaskKind.classification:
-            labels = (await service.classify(items, "completions")).outputs
+            labels = (await within_deadline(service.classify(items, "completions"))).outputs
             choices = [{"index": o.index, "text": o.label, "finish_reason": "stop", "logprobs": None} for o in labels]
             usage = sum_usage([o.usage.model_dump() for o in labels])
             if body.stream:
                 return sse(_one([envelope(choices, items)]))
             return {**envelope(choices, items), "usage": usage}
         if not body.stream:
-            outputs = await service.generate(items, "completions")
+            outputs = await within_deadline(service.generate(items, "completions"))
             choices = [{"index": i, "text": o.text, "finish_reason": o.finish_reason, "logprobs": None}
                        for i, o in enumerate(outputs)]
             return {**envelope(choices, items), "usage": sum_usage([o.usage.model_dump() for o in outputs])}

@@ -23,8 +23,8 @@ from peft import PeftModel
 from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
-from serving.config import EngineConfig
 from serving.batching import ClassificationRow, GenerationRow
+from serving.config import EngineConfig
 from serving.engine import Engine
 
 TARGETS = {"mixed_over_single": 0.95, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5}

@@ -71,6 +71,22 @@ async def _drive(bodies: list[dict], concurrency: int, send) -> dict:  # noqa: A
             "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
+def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -> tuple[dict, str]:
+    """The workload through the service called directly; the service is released on return."""
+    service = PromptmuxService(settings)
+
+    async def direct(body: dict) -> int:
+        request = GenerateBody.model_validate(body)
+        outputs = await service.generate(service.prepare(request, None, request.params), "bench")
+        return sum(o.usage.completion_tokens for o in outputs)
+
+    try:
+        asyncio.run(_drive(bodies[:concurrency], concurrency, direct))  # warm-up
+        return asyncio.run(_drive(bodies, concurrency, direct)), str(service.engine.device)
+    finally:
+        service.shutdown()
+
+
 def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
     import ray
     from ray import serve
@@ -90,18 +106,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -
         base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"]))
     bodies = _bodies(size)
 
-    service = PromptmuxService(settings)
-
-    async def direct(body: dict) -> int:
-        request = GenerateBody.model_validate(body)
-        outputs = await service.generate(service.prepare(request, None, request.params), "bench")
-        return sum(o.usage.completion_tokens for o in outputs)
-
-    asyncio.run(_drive(bodies[: size["concurrency"]], size["concurrency"], direct))  # warm-up
-    engine_side = asyncio.run(_drive(bodies, size["concurrency"], direct))
-    service_device = str(service.engine.device)
-    service.shutdown()
-    del service
+    engine_side, service_device = _in_process(settings, bodies, size["concurrency"])
     gc.collect()
 
     port = 8000 + random.Random().randrange(1000)
@@ -110,7 +115,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = PromptmuxDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 2})
-        serve.run(deployment.bind(settings.model_dump(mode="json")), name="promptmux-bench", route_prefix="/")
+        serve.run(deployment.bind(settings.replica_args()), name="promptmux-bench", route_prefix="/")
 
         async def over_http() -> dict:
             limits = httpx.Limits(max_connections=size["concurrency"])

@@ -33,4 +33,4 @@ class PromptmuxDeployment:
 def build(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / `serve deploy` (`import_path: serving.deployment:build`);
     `args` are `ServeSettings` fields."""
-    return PromptmuxDeployment.bind(ServeSettings.model_validate(args).model_dump(mode="json"))
+    return PromptmuxDeployment.bind(ServeSettings.model_validate(args).replica_args())

@@ -9,3 +9,7 @@ class RequestError(PromptmuxError, ValueError):
 
 class OverloadedError(PromptmuxError):
     """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""
+
+
+class RequestTimeout(PromptmuxError):
+    """The request ran past the configured per-request timeout (HTTP 504)."""

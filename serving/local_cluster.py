@@ -32,7 +32,7 @@ def run_local(
         deployment = PromptmuxDeployment.options(
             num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus}
         )
-        serve.run(deployment.bind(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(deployment.bind(settings.replica_args()), name=APP_NAME, route_prefix="/", blocking=False)
         console.print(f"promptmux serving {settings.engine.base_model} from {settings.registry} "
                       f"on http://{host}:{port} ({replicas} replica(s)); Ctrl-C to stop", highlight=False)
         stop.wait()

@@ -115,8 +115,10 @@ class PromptmuxService:
     async def merged_events(
         self, items: list[Prepared], streams: list[EventStream], endpoint: str
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
-        """(index, event) from every input's stream as they come; leaving early cancels them all."""
+        """(index, event) from every input's stream as they come; leaving early cancels them
+        all, and so does the per-request timeout (after an error event)."""
         started = time.perf_counter()
+        deadline = started + self.settings.request_timeout_s
         queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
 
         async def pump(index: int, stream: EventStream) -> None:
@@ -128,7 +130,12 @@ class PromptmuxService:
         try:
             remaining = len(streams)
             while remaining:
-                index, event = await queue.get()
+                try:
+                    index, event = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
+                except TimeoutError:
+                    timeout = self.settings.request_timeout_s
+                    yield 0, StreamEvent("", [], error=f"the request took longer than {timeout:g} s")
+                    return
                 if event.output is not None:
                     self.record(endpoint, items[index], event.output.usage, started)
                 remaining -= bool(event.finish_reason or event.error)

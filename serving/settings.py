@@ -1,6 +1,6 @@
 """Settings of a serving replica: one pydantic-settings object (env prefix `PROMPTMUX_`)."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry import default_registry_uri
@@ -14,3 +14,15 @@ class ServeSettings(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     refresh_interval_s: float = Field(2.0, gt=0, le=300, description="how often registry edits are picked up")
     max_inputs_per_request: int = Field(32, ge=1, le=1024)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are refused with 413")
+    request_timeout_s: float = Field(300.0, gt=0, description="a request still running after this gets 504")
+    api_token: SecretStr | None = Field(
+        None, description="if set, every endpoint but /healthz requires `Authorization: Bearer <token>`"
+    )
+
+    def replica_args(self) -> dict:
+        """JSON-ready fields for the replicas' constructor (the token in clear: pydantic masks it)."""
+        args = self.model_dump(mode="json")
+        if self.api_token is not None:
+            args["api_token"] = self.api_token.get_secret_value()
+        return args

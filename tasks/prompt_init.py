@@ -1,12 +1,8 @@
-"""Initial soft prompts, made by PEFT's own prompt-tuning initialisers.
-
-A fresh `PromptTuningConfig` on the base model gives exactly the tensor PEFT training
-would start from (`random`, `text` from an init text, or `sample-vocab`).
+"""The PEFT prompt-tuning configuration a task's training starts from: `random`, `text`
+(from an init text, tokenized by the base model's own tokenizer) or `sample-vocab`.
 """
 
-import torch
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-from transformers import PreTrainedModel
+from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
 from registry.base_models import resolve_model_path
 
@@ -28,13 +24,3 @@ def prompt_config(
         tokenizer_name_or_path=resolve_model_path(base_model) if method == "text" else None,
     )
 
-
-def initial_prompt(
-    model: PreTrainedModel, base_model: str, num_virtual_tokens: int, method: str = "text", init_text: str | None = None
-) -> torch.Tensor:
-    """The `[num_virtual_tokens, hidden]` tensor PEFT initialises a soft prompt with.
-
-    Like any PEFT wrapping, this freezes the base model's parameters.
-    """
-    peft_model = get_peft_model(model, prompt_config(base_model, num_virtual_tokens, method, init_text))
-    return peft_model.get_prompt_embedding_to_save("default").detach().clone()

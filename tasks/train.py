@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
@@ -81,8 +82,6 @@ class _Trainer:
         self.base = load_model(config.base_model, torch.float32, device, config.trust_remote_code)
         self.fingerprint = fingerprint(self.base)
         self.init_text = config.init_text or default_init_text(spec)
-        from peft import get_peft_model
-
         self.model = get_peft_model(
             self.base, prompt_config(config.base_model, config.num_virtual_tokens, config.init, self.init_text)
         )

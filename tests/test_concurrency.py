@@ -72,3 +72,29 @@ def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseMod
         assert registry.aliases("shared")["production"] <= latest
         assert json.loads(registry.rollout("shared").model_dump_json())["variants"][0]["version"] <= latest
     assert registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp).version == latest + 1
+
+
+EDITOR = """
+import sys
+from registry import Registry, RolloutSpec, RolloutVariant
+registry, worker = Registry(sys.argv[1]), int(sys.argv[2])
+for j in range(5):
+    registry.set_alias("shared", f"w{worker}-a{j}", 1 + (worker + j) % 3)
+    registry.set_rollout("shared", RolloutSpec(variants=[RolloutVariant(version=1 + worker % 3, weight=worker + 1)]))
+"""
+
+
+def test_concurrent_alias_and_rollout_edits_lose_nothing(tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+    registry = _shared_task(tmp_path, llama_fp)
+    for seed in range(3):
+        registry.register("shared", torch.randn(4, llama_fp.hidden_size, generator=torch.Generator().manual_seed(seed)),
+                          llama_fp)
+    editors = [subprocess.Popen([sys.executable, "-c", EDITOR, registry.uri, str(w)], stderr=subprocess.PIPE, text=True)
+               for w in range(6)]
+    for editor in editors:
+        assert editor.wait(timeout=300) == 0, editor.stderr.read()
+    aliases = registry.aliases("shared")
+    assert aliases == {f"w{w}-a{j}": 1 + (w + j) % 3 for w in range(6) for j in range(5)}
+    (variant,) = registry.rollout("shared").variants
+    assert (variant.version, variant.weight) in {(1 + w % 3, w + 1) for w in range(6)}
+    assert all(result.ok for result in registry.verify())

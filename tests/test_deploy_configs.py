@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import yaml
 from ray.serve.schema import ServeDeploySchema
-
 from serve_fixtures import build_registry, free_port, healthy, wait_until
 
 from serving.deployment import build

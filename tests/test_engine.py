@@ -9,9 +9,8 @@ from peft_reference import peft_generate, peft_logprobs, peft_model
 from registry import IncompatiblePromptError, Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
-from serving.batching import Row
+from serving.batching import ClassificationRow, GenerationRow, Row
 from serving.config import EngineConfig
-from serving.batching import ClassificationRow, GenerationRow
 from serving.engine import Engine
 from serving.errors import RequestError
 

@@ -109,3 +109,52 @@ def test_cli_refuses_incompatible_adapter_cleanly(tmp_path: Path) -> None:
     assert "token_dim 64 != base model hidden_size 128" in result.stderr
     assert "Traceback" not in result.stderr
     assert Registry(str(tmp_path / "reg")).list_tasks() == []
+
+
+def _raw_safetensors(header: bytes, payload: bytes = b"") -> bytes:
+    return len(header).to_bytes(8, "little") + header + payload
+
+
+@pytest.mark.parametrize(
+    "tensor_file, message",
+    [
+        ((2**40).to_bytes(8, "little") + b"{}", "not a readable safetensors file"),
+        (_raw_safetensors(b'{"prompt_embeddings":{"dtype":"F32","shape":[4,128],"data_offsets":[0,2048]}}', b"\0" * 16),
+         "not a readable safetensors file"),
+        (b"\x80\x04\x95pickle", "not a readable safetensors file"),
+    ],
+)
+def test_hostile_tensor_files_are_refused_at_import(tmp_path: Path, registry: Registry, llama_fp, tensor_file: bytes,
+                                                    message: str) -> None:
+    adapter = tmp_path / "hostile"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM"}))
+    (adapter / "adapter_model.safetensors").write_bytes(tensor_file)
+    with pytest.raises(InvalidArtifactError, match=message):
+        registry.import_peft(str(adapter), "hostile", llama_fp, "tiny-random-llama")
+    assert registry.list_tasks() == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_adapters_are_refused_at_import(tmp_path: Path, registry: Registry, llama_fp, value: float) -> None:
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "nan"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}))
+    tensor = torch.zeros(4, 128)
+    tensor[2, 5] = value
+    save_file({"prompt_embeddings": tensor}, adapter / "adapter_model.safetensors")
+    with pytest.raises(InvalidArtifactError, match="NaN or Inf"):
+        registry.import_peft(str(adapter), "nan", llama_fp, "tiny-random-llama")
+
+
+def test_a_version_replaced_at_rest_with_a_hostile_header_is_refused_at_load(registry: Registry, task: str,
+                                                                             llama_fp) -> None:
+    from conftest import random_prompt
+
+    registry.register(task, random_prompt(), llama_fp)
+    (Path(registry.version_uri(task, 1)) / "adapter_model.safetensors").write_bytes((2**40).to_bytes(8, "little"))
+    with pytest.raises(InvalidArtifactError, match="not a readable safetensors file"):
+        registry.load_prompt(task, 1)
+    assert "not a readable safetensors file" in registry.verify()[0].problem

@@ -3,7 +3,6 @@
 import asyncio
 import random
 from contextlib import aclosing
-from pathlib import Path
 
 import pytest
 from test_engine import PROMPT_LENGTHS, fill_registry

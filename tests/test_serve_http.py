@@ -3,6 +3,8 @@
 import asyncio
 import collections
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -10,7 +12,11 @@ import httpx
 import openai
 import pytest
 import ray
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from ray import serve
+from schemathesis import GenerationMode
 from serve_fixtures import BASE, build_registry, free_port, wait_until
 
 from registry import Registry, RolloutSpec, RolloutVariant
@@ -27,10 +33,14 @@ def served(tmp_path_factory) -> tuple[str, Registry]:
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = ServeSettings(registry=registry.uri, engine=EngineConfig(base_model=BASE, max_batch_size=16),
-                             refresh_interval_s=0.5, max_inputs_per_request=8)
+    settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.5, max_inputs_per_request=8,
+                             engine=EngineConfig(base_model=BASE, max_batch_size=16, max_new_tokens=64))
     app = PromptmuxDeployment.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5})
-    serve.run(app.bind(settings.model_dump(mode="json")), name="promptmux", route_prefix="/")
+    serve.run(app.bind(settings.replica_args()), name="promptmux", route_prefix="/")
+    tight = ServeSettings(registry=registry.uri, api_token="s3cret", max_body_bytes=2048, request_timeout_s=1.0,
+                          engine=EngineConfig(base_model=BASE, max_batch_size=1, max_waiting=1))
+    app = PromptmuxDeployment.options(name="tight", num_replicas=1, ray_actor_options={"num_cpus": 0.25})
+    serve.run(app.bind(tight.replica_args()), name="tight", route_prefix="/tight")
     yield f"http://127.0.0.1:{port}", registry
     serve.shutdown()
     ray.shutdown()
@@ -201,7 +211,7 @@ def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
         ("/v1/generate", {"task": "act-as", "input": "x", "params": {"top_p": 3}}, 422, "params.top_p"),
         ("/v1/generate", {"task": "act-as", "input": "x", "surprise": 1}, 422, "surprise"),
         ("/v1/generate", {"task": "act-as", "input": "x" * 5000}, 400, "the limit is 2048"),
-        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 2000}}, 400, "exceeds the limit"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 200}}, 400, "exceeds the limit"),
         ("/v1/generate", {"task": "act-as", "inputs": ["x"] * 9}, 400, "the limit is 8 per request"),
         ("/v1/generate", {"task": "grooming", "input": "x"}, 400, "use /v1/classify"),
         ("/v1/classify", {"task": "act-as", "input": "x"}, 400, "use /v1/generate"),
@@ -241,3 +251,135 @@ def test_streaming_generate_sends_server_sent_events(served) -> None:
         assert "".join(e["text"] for e in mine) == plain[index]["text"]
         assert [t for e in mine for t in e["token_ids"]] == plain[index]["token_ids"]
         assert mine[-1]["finish_reason"] == plain[index]["finish_reason"] and mine[-1]["usage"]
+
+
+AUTH = {"authorization": "Bearer s3cret"}
+
+
+def test_bearer_token_guards_every_endpoint_but_health(served) -> None:
+    url = f"{served[0]}/tight"
+    body = {"task": "grooming", "input": "Lovely"}
+    assert httpx.post(f"{url}/v1/classify", json=body).status_code == 401
+    wrong = httpx.post(f"{url}/v1/classify", json=body, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/metrics").status_code == 401
+    assert httpx.post(f"{url}/v1/classify", json=body, headers=AUTH).status_code == 200
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_oversized_bodies_are_refused_with_413(served) -> None:
+    url = f"{served[0]}/tight"
+    big = {"task": "grooming", "input": "x" * 4000}
+    response = httpx.post(f"{url}/v1/classify", json=big, headers=AUTH)
+    assert response.status_code == 413 and "limit of 2048 bytes" in response.json()["error"]["message"]
+    chunked = httpx.post(f"{url}/v1/classify", content=iter([json.dumps(big).encode()]),
+                         headers={**AUTH, "content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_overload_answers_503_with_retry_after(served) -> None:
+    url = f"{served[0]}/tight"
+    body = {"task": "act-as", "input": "busy", "params": {"max_new_tokens": 40, "min_new_tokens": 40}}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH) as client:
+            return await asyncio.gather(*(client.post("/v1/generate", json=body) for _ in range(12)))
+
+    responses = asyncio.run(flood())
+    statuses = collections.Counter(r.status_code for r in responses)
+    print(f"overload: statuses {dict(statuses)}")
+    assert statuses[503] >= 1 and statuses[200] >= 1 and set(statuses) <= {200, 503, 504}
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and "queue is full" in refused.json()["error"]["message"]
+
+
+def test_requests_past_their_timeout_get_504_and_free_their_row(served) -> None:
+    url = f"{served[0]}/tight"
+    slow = {"task": "act-as", "input": "slow", "params": {"max_new_tokens": 1000, "min_new_tokens": 1000}}
+    started = time.monotonic()
+    response = httpx.post(f"{url}/v1/generate", json=slow, headers=AUTH, timeout=60)
+    assert response.status_code == 504 and "longer than 1 s" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 5
+    quick = {"task": "grooming", "input": "after"}  # the cancelled row no longer holds the single slot
+    assert httpx.post(f"{url}/v1/classify", json=quick, headers=AUTH, timeout=10).status_code == 200
+    fast = {"task": "act-as", "input": "fast", "params": {"max_new_tokens": 2}}
+    assert httpx.post(f"{url}/v1/generate", json=fast, headers=AUTH, timeout=10).status_code == 200
+
+
+def test_fuzzing_every_endpoint_from_the_openapi_schema_gives_no_5xx(served) -> None:
+    url = served[0]
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    statuses: collections.Counter = collections.Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=30, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def no_server_error(case) -> None:  # noqa: ANN001 - a schemathesis Case
+                response = case.call(base_url=url, timeout=60)
+                statuses[response.status_code] += 1
+                assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
+                if response.status_code >= 400:
+                    assert response.json()["error"]["message"]
+
+            try:
+                no_server_error()
+            except Unsatisfiable:  # nothing invalid can be generated for an operation without inputs
+                assert mode is GenerationMode.NEGATIVE
+    print(f"fuzzing: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
+    assert sum(statuses.values()) > 200 and not any(code >= 500 for code in statuses)
+    assert any(400 <= code < 500 for code in statuses) and statuses[200] > 0
+
+
+def test_inputs_and_tokens_never_reach_the_logs(served) -> None:
+    url = served[0]
+    secret = "private-input-7f3a9c"
+    assert post(url, "/v1/classify", {"task": "grooming", "input": secret}).status_code == 200
+    assert post(url, "/v1/generate", {"task": "nope", "input": secret}).status_code == 404
+    logs = Path("/tmp/ray/session_latest/logs")  # every Ray process of this cluster logs here
+    assert any(logs.rglob("*replica*"))
+    leaked = [p.name for p in logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_killed_replica_is_replaced_and_clients_with_one_retry_succeed(served) -> None:
+    url, _ = served
+    body = {"task": "grooming", "input": "steady load"}
+    before = {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"] for _ in range(30)}
+    assert len(before) == 2
+    victim = int(sorted(before)[0].rsplit(":", 1)[1])
+
+    async def load() -> list[str]:
+        outcomes: list[str] = []
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            async def one(i: int) -> None:
+                for attempt in range(2):  # one retry
+                    try:
+                        response = await client.post("/v1/classify", json=body)
+                        if response.status_code == 200:
+                            outcomes.append("ok")
+                            return
+                    except httpx.HTTPError:
+                        pass
+                outcomes.append("failed")
+
+            async def waves() -> None:
+                for wave in range(20):
+                    await asyncio.gather(*(one(wave * 10 + k) for k in range(10)))
+                    await asyncio.sleep(0.05)
+
+            async def kill() -> None:
+                await asyncio.sleep(0.5)
+                os.kill(victim, signal.SIGKILL)
+
+            await asyncio.gather(waves(), kill())
+        return outcomes
+
+    outcomes = asyncio.run(load())
+    print(f"replica kill: {outcomes.count('ok')} of {len(outcomes)} succeeded with one retry")
+    assert len(outcomes) == 200 and outcomes.count("ok") / len(outcomes) >= 0.99
+    replaced = wait_until(lambda: (now := {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"]
+                                           for _ in range(30)}) and len(now) == 2 and now != before and now,
+                          timeout=120, interval=1)
+    assert len(replaced) == 2
