@@ -14,11 +14,13 @@ ever read through safetensors: no pickle, no `torch.load`.
 
 import hashlib
 import json
+import os
 
 import torch
 from peft import PromptTuningConfig, TaskType
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
 from registry.errors import IncompatiblePromptError, InvalidArtifactError
@@ -68,12 +70,30 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
 
 def decode_tensor(data: bytes, source: str) -> torch.Tensor:
     """Parse safetensors bytes holding a prompt; refuse anything else with a clear error."""
-    if len(data) > MAX_TENSOR_FILE_BYTES:
-        raise InvalidArtifactError(f"{source}: {len(data)} bytes is larger than any soft prompt")
+    _check_size(len(data), source)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise InvalidArtifactError(f"{source}: not a readable safetensors file ({exc})") from exc
+    return _prompt_from(tensors, source)
+
+
+def read_tensor_file(path: str, source: str) -> torch.Tensor:
+    """Like `decode_tensor` for a local file, memory-mapped by safetensors instead of read whole."""
+    _check_size(os.path.getsize(path), source)
+    try:
+        tensors = load_safetensors_file(path)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise InvalidArtifactError(f"{source}: not a readable safetensors file ({exc})") from exc
+    return _prompt_from(tensors, source)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_TENSOR_FILE_BYTES:
+        raise InvalidArtifactError(f"{source}: {size} bytes is larger than any soft prompt")
+
+
+def _prompt_from(tensors: dict[str, torch.Tensor], source: str) -> torch.Tensor:
     if TENSOR_KEY not in tensors:
         raise InvalidArtifactError(f"{source}: no '{TENSOR_KEY}' tensor (found {sorted(tensors)})")
     return validate_prompt_tensor(tensors[TENSOR_KEY])

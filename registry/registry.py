@@ -31,6 +31,7 @@ from registry.artifact import (
     decode_tensor,
     dtype_name,
     parse_peft_config,
+    read_tensor_file,
     tensor_sha256,
     validate_prompt_tensor,
     version_files,
@@ -201,8 +202,12 @@ class Registry:
     def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, torch.Tensor]:
         """Manifest and tensor of a version, checked against the manifest's sha256 and shape."""
         manifest = self.get_version(task, version)
-        source = f"{task}@{version}"
-        tensor = decode_tensor(self.storage.read_bytes(f"{_version_rel(task, version)}/{TENSOR_FILE}"), source)
+        source, rel = f"{task}@{version}", f"{_version_rel(task, version)}/{TENSOR_FILE}"
+        local = self.storage.local_path(rel)
+        if local is not None and os.path.isfile(local):
+            tensor = read_tensor_file(local, source)
+        else:
+            tensor = decode_tensor(self.storage.read_bytes(rel), source)
         problem = _mismatch(manifest, tensor)
         if problem:
             raise InvalidArtifactError(f"{source}: {problem}")

@@ -75,6 +75,10 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         self.fs.pipe_file(self.path(rel), data)
 
+    def local_path(self, rel: str) -> str | None:
+        """A filesystem path for `rel`, where the storage has one (then files can be memory-mapped)."""
+        return None
+
     def remove(self, rel: str) -> None:
         try:
             self.fs.rm_file(self.path(rel))
@@ -110,6 +114,9 @@ class LocalStorage(Storage):
             return Path(self.path(rel)).read_bytes()
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise NotFoundError(f"not found: {self.url(rel)}") from exc
+
+    def local_path(self, rel: str) -> str | None:
+        return self.path(rel)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = Path(self.path(rel))
