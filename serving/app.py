@@ -13,7 +13,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,7 @@ from registry import (
 from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
 from serving.errors import OverloadedError, RequestError, RequestTimeout
 from serving.requests import Prepared
+from serving.scheduler import StreamEvent
 from serving.service import PromptmuxService
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ STATUS = [
     (IncompatiblePromptError, 409), (InvalidArtifactError, 409), (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
+T = TypeVar("T")
 
 
 def parse_model(model: str) -> tuple[str, int | None, str | None]:
@@ -93,7 +96,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
             return error(request, 413, f"request body over the limit of {settings.max_body_bytes} bytes")
         return None
 
-    async def within_deadline(work):  # noqa: ANN001, ANN202 - an awaitable and its result
+    async def within_deadline(work: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(work, settings.request_timeout_s)
         except TimeoutError as exc:
@@ -217,7 +220,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
     return app
 
 
-def stream_event(item: Prepared, index: int, event) -> dict:  # noqa: ANN001 - a StreamEvent
+def stream_event(item: Prepared, index: int, event: StreamEvent) -> dict:
     payload = {"index": index, "task": item.task, "version": item.version, "variant": item.variant,
                "text": event.text, "token_ids": event.token_ids, "finish_reason": event.finish_reason}
     if event.output is not None:

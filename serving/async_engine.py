@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import aclosing
 
 from serving.batching import ClassificationRow, GenerationRow
+from serving.engine import Engine
 from serving.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
 from serving.schemas import ClassificationOutput, GenerationOutput
 
@@ -49,7 +50,7 @@ class EventStream:
 class AsyncEngine:
     def __init__(
         self,
-        engine,  # noqa: ANN001 - serving.engine.Engine
+        engine: "Engine",
         static: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import torch
@@ -48,7 +49,7 @@ def _bodies(size: dict) -> list[dict]:
     return bodies
 
 
-async def _drive(bodies: list[dict], concurrency: int, send) -> dict:  # noqa: ANN001 - async callable
+async def _drive(bodies: list[dict], concurrency: int, send: Callable[[dict], Awaitable[int]]) -> dict:
     latencies: list[float] = []
     tokens = 0
     queue = list(enumerate(bodies))

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from serving.decoding import DecodeBatch
 from serving.errors import OverloadedError, RequestError
 from serving.sampling import RowSampler, select_tokens
 from serving.schemas import ClassificationOutput, GenerationOutput, Usage
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Scheduler:
     def __init__(
         self,
         limits: EngineConfig,
-        engine,  # noqa: ANN001 - serving.engine.Engine (which builds schedulers itself)
+        engine: "Engine",  # serving.engine builds schedulers itself, hence the deferred import
         static: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:

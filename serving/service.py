@@ -11,7 +11,7 @@ from contextlib import aclosing
 
 import torch
 
-from registry import Registry, TaskKind
+from registry import PromptVersion, Registry, TaskKind
 from serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
 from serving.async_engine import AsyncEngine, EventStream
 from serving.engine import Engine
@@ -39,7 +39,7 @@ class PromptmuxService:
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
         self._refresher.start()
 
-    def _rejected(self, manifest, problem: str) -> None:  # noqa: ANN001 - PromptVersion
+    def _rejected(self, manifest: PromptVersion, problem: str) -> None:
         self.metrics.rejected_versions.labels(manifest.task, str(manifest.version)).inc()
 
     def _refresh_loop(self) -> None:
