@@ -291,6 +291,16 @@ def verify(
         raise typer.Exit(1)
 
 
+@registry_app.command("gc")
+def gc(
+    older_than: Annotated[float, typer.Option("--older-than", min=0, help="seconds; younger leftovers are kept")] = 3600,
+    registry: RegistryOption = "",
+) -> None:
+    """Delete staging leftovers of writers that were killed mid-write."""
+    removed = open_registry(registry).collect_garbage(older_than)
+    console.print(f"removed {removed} stale staging director{'y' if removed == 1 else 'ies'}")
+
+
 @functools.cache
 def _load_plugins() -> None:
     for entry in entry_points(group="promptmux.commands"):

@@ -306,6 +306,11 @@ class Registry:
                     results.append(VerifyResult(name, None, f"{what} points at missing version {version}"))
         return results
 
+    def collect_garbage(self, older_than_s: float = 3600.0) -> int:
+        """Remove what writers killed mid-write left in staging (never visible to readers);
+        only leftovers older than `older_than_s`, so writers still at work are untouched."""
+        return self.storage.remove_stale_staging(older_than_s)
+
     # ------------------------------------------------------- import / export
     def import_peft(
         self,

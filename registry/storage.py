@@ -23,6 +23,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,10 @@ class Storage:
                 self.fs.pipe_file(self.path(f"{rel}/{name}"), data)
             return True
 
+    def remove_stale_staging(self, older_than_s: float) -> int:
+        """Delete staging leftovers of writers that died mid-write; object stores have none."""
+        return 0
+
     @contextmanager
     def lock(self, rel: str) -> Iterator[None]:
         key = self.url(rel)
@@ -149,6 +154,14 @@ class LocalStorage(Storage):
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def remove_stale_staging(self, older_than_s: float) -> int:
+        staging = Path(self.path(STAGING_DIR))
+        cutoff = time.time() - older_than_s
+        stale = [entry for entry in staging.iterdir() if entry.stat().st_mtime < cutoff] if staging.is_dir() else []
+        for entry in stale:
+            shutil.rmtree(entry, ignore_errors=True)
+        return len(stale)
 
     @contextmanager
     def lock(self, rel: str) -> Iterator[None]:

@@ -1,6 +1,7 @@
 """Several processes writing one task at once, and writers killed mid-write."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -98,3 +99,19 @@ def test_concurrent_alias_and_rollout_edits_lose_nothing(tmp_path: Path, llama_f
     (variant,) = registry.rollout("shared").variants
     assert (variant.version, variant.weight) in {(1 + w % 3, w + 1) for w in range(6)}
     assert all(result.ok for result in registry.verify())
+
+
+def test_gc_removes_only_stale_staging_leftovers(cli, tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+    registry = _shared_task(tmp_path, llama_fp)
+    registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp)
+    staging = Path(registry.uri) / ".staging"
+    old, fresh = staging / "dead-writer", staging / "busy-writer"
+    for leftover in (old, fresh):
+        leftover.mkdir(parents=True)
+        (leftover / "adapter_model.safetensors").write_bytes(b"partial")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    result = cli("registry", "gc", "--registry", registry.uri)
+    assert result.code == 0 and "removed 1 stale staging directory" in result.out
+    assert not old.exists() and fresh.exists()
+    assert [v.version for v in registry.versions("shared")] == [1]
