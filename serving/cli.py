@@ -108,39 +108,45 @@ bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side
 
 
 QuickOption = Annotated[bool, typer.Option("--quick", help="small sizes, under a minute on 2 CPU cores")]
+BenchModelOption = Annotated[
+    str | None, typer.Option("--base-model", help="model to measure (default: bench-random-llama), e.g. smollm2-135m-instruct")
+]
 JsonPathOption = Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")]
 
 
 @bench_app.command("engine")
 def bench_engine(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    base_model: BenchModelOption = None,
 ) -> None:
     """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
     from serving.bench_engine import run_engine_benchmark
 
-    publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype), "engine", json_path)
+    publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "engine", json_path)
 
 
 @bench_app.command("scheduler")
 def bench_scheduler(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    base_model: BenchModelOption = None,
 ) -> None:
     """Continuous vs static batching: throughput ratio, latency and time to first token."""
     from serving.bench_scheduler import run_scheduler_benchmark
 
-    report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype)
+    report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "scheduler", json_path)
     print_latencies(report, ["continuous", "static"])
 
 
 @bench_app.command("http")
 def bench_http(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto"
+    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    base_model: BenchModelOption = None,
 ) -> None:
     """The same mixed-task workload through HTTP (Ray Serve) vs the service in-process."""
     from serving.bench_http import run_http_benchmark
 
-    report = run_http_benchmark(quick=quick, device=device, dtype=dtype)
+    report = run_http_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "http", json_path)
     print_latencies(report, ["http", "engine"])
 
@@ -149,12 +155,17 @@ def publish(report: dict, name: str, json_path: Path | None) -> None:
     """Write the report as JSON (if asked) and print its ratios against their targets."""
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
-    table = Table(title=f"bench {name} ({report['config']['mode']}, {report['config']['device']})")
+    config, machine = report["config"], report["machine"]
+    table = Table(title=f"bench {name} ({config['mode']}, {config['base_model']}, {config['device']})")
     for column in ("ratio", "measured", "target", "met"):
         table.add_column(column)
     for ratio, target in report["targets"].items():
         table.add_row(ratio, f"{report[ratio]:.3f}", f"≥ {target}", "yes" if report[ratio] >= target else "NO")
     console.print(table)
+    quiet = "[red]BUSY: other processes were loading the CPU; timings are not comparable[/red]" if machine["busy_before"] \
+        else "quiet"
+    console.print(f"load average before {machine['load_average_before']}, after {machine['load_average_after']} "
+                  f"({machine['cpu_cores']} cores, {machine['cpu_threads']} torch threads): {quiet}")
 
 
 def print_latencies(report: dict, sides: list[str]) -> None:

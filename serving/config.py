@@ -1,5 +1,6 @@
 """Engine configuration: one pydantic object, shared by the CLI, the offline runner and Ray Serve."""
 
+import os
 from typing import Literal
 
 import torch
@@ -30,6 +31,10 @@ class EngineConfig(BaseModel):
     max_admission_wait_steps: int = Field(
         32, ge=0, description="...or all waiting fit, or this many decode steps passed since the last admission"
     )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads on a CPU (default: $OMP_NUM_THREADS, which Ray sets from a replica's "
+        "num_cpus, else the CPUs this process may run on)"
+    )
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 
@@ -37,6 +42,14 @@ class EngineConfig(BaseModel):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def resolved_cpu_threads(self) -> int:
+        """More threads than the CPUs a process is given make torch's OpenMP workers stall on each other."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+            return int(os.environ["OMP_NUM_THREADS"])
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def resolved_dtype(self) -> torch.dtype:
         """`auto`: bfloat16 on a GPU that supports it, else float32."""

@@ -36,6 +36,8 @@ class Engine:
     def __init__(self, config: EngineConfig, registry: Registry) -> None:
         self.config = config
         self.registry = registry
+        if config.resolved_device() == "cpu":
+            torch.set_num_threads(config.resolved_cpu_threads())
         self.model = load_model(
             config.base_model, config.resolved_dtype(), config.resolved_device(), config.trust_remote_code
         )

@@ -1,18 +1,19 @@
 """`promptmux train`: train, evaluate and register a task's soft prompt."""
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
-from registry import PromptmuxError, TaskKind, TaskSpec
+from registry import PromptmuxError, TaskKind
 from registry.base_models import DEFAULT_BASE_MODEL
 from registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, console, open_registry, print_json
+from tasks.config import TrainConfig
 from tasks.data import examples, fingerprint_files, load_records, split
-from tasks.train import TrainConfig, train_task
+from tasks.report import print_report
+from tasks.spec_file import read_fields, resolve
+from tasks.train import train_task
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -24,68 +25,80 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def load_spec(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PromptmuxError(f"cannot read task spec {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PromptmuxError(f"task spec {path} must be a mapping of TaskSpec fields")
-    return data
+def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=help_text, show_default=False, **kwargs)
+
+
+def _help(field: str) -> str:
+    info = TrainConfig.model_fields[field]
+    return f"{info.description} [default: {info.default}]"
 
 
 def train(
     data: Annotated[Path, typer.Option("--data", help="training data: .json, .jsonl, .csv or a saved datasets dir")],
-    spec_file: Annotated[Path | None, typer.Option("--spec", help="task spec (YAML/JSON TaskSpec)")] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="task spec (YAML/JSON TaskSpec, optional training: section)")] = None,
     task: Annotated[str | None, typer.Option("--task", help="task name (overrides the spec's)")] = None,
     kind: Annotated[TaskKind | None, typer.Option("--kind")] = None,
     template: Annotated[str | None, typer.Option(help="input template with {input}")] = None,
     labels: Annotated[str | None, typer.Option(help="labels, e.g. 0,1 or pos=positive,neg=negative")] = None,
-    input_field: Annotated[str, typer.Option("--input-field")] = "input",
-    target_field: Annotated[str, typer.Option("--target-field")] = "output",
+    input_field: Annotated[str | None, _option("--input-field", "record field holding the input [default: input]")] = None,
+    target_field: Annotated[str | None, _option("--target-field", "record field holding the target [default: output]")] = None,
+    input_pattern: Annotated[str | None, _option("--input-pattern", "regex with one group: the part of the input the "
+                                                 "task sees")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval-data", help="held-out data (else --eval-fraction)")] = None,
     eval_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.2,
     limit: Annotated[int | None, typer.Option(min=1, help="use only the first N training records")] = None,
     base_model: BaseModelOption = None,
     registry: RegistryOption = "",
-    init: Annotated[str, typer.Option(help="random, text or sample-vocab")] = "text",
-    init_text: Annotated[str | None, typer.Option("--init-text")] = None,
-    num_virtual_tokens: Annotated[int, typer.Option("--num-virtual-tokens", min=1)] = 20,
-    lr: Annotated[float, typer.Option(min=0.0)] = 3e-2,
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1)] = 1,
-    max_input_tokens: Annotated[int, typer.Option("--max-input-tokens", min=1)] = 256,
-    max_output_tokens: Annotated[int, typer.Option("--max-output-tokens", min=1)] = 64,
-    seed: int = 42,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    init: Annotated[str | None, _option("--init", _help("init"))] = None,
+    init_text: Annotated[str | None, _option("--init-text", _help("init_text"))] = None,
+    num_virtual_tokens: Annotated[int | None, _option("--num-virtual-tokens", _help("num_virtual_tokens"), min=1)] = None,
+    lr: Annotated[float | None, _option("--lr", _help("lr"), min=0.0)] = None,
+    lr_scheduler: Annotated[str | None, _option("--lr-scheduler", _help("lr_scheduler"))] = None,
+    epochs: Annotated[int | None, _option("--epochs", _help("epochs"), min=1)] = None,
+    batch_size: Annotated[int | None, _option("--batch-size", _help("batch_size"), min=1)] = None,
+    grad_accum: Annotated[int | None, _option("--grad-accum", _help("grad_accum"), min=1)] = None,
+    validation_fraction: Annotated[float | None, _option("--validation-fraction", _help("validation_fraction"))] = None,
+    early_stopping_patience: Annotated[int | None, _option("--early-stopping-patience",
+                                                           _help("early_stopping_patience"), min=0)] = None,
+    max_input_tokens: Annotated[int | None, _option("--max-input-tokens", _help("max_input_tokens"), min=1)] = None,
+    max_output_tokens: Annotated[int | None, _option("--max-output-tokens", _help("max_output_tokens"), min=1)] = None,
+    bf16: Annotated[bool | None, _option("--bf16", _help("bf16"))] = None,
+    seed: Annotated[int | None, _option("--seed", _help("seed"))] = None,
+    device: Annotated[str | None, _option("--device", "auto, cuda or cpu [default: auto]")] = None,
     alias: Annotated[str | None, typer.Option(help="point this alias at the new version")] = None,
-    note: str = "",
+    note: Annotated[str, typer.Option(help="free-text note stored with the version")] = "",
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="learning curve and metrics")] = None,
     trust_remote_code: TrustRemoteCode = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary")] = False,
 ) -> None:
-    """Train a soft prompt with PEFT prompt tuning, compare it with the base model, register it."""
-    fields = load_spec(spec_file) if spec_file else {}
-    overrides = {"name": task, "kind": kind, "template": template, "base_model": base_model,
-                 "labels": parse_labels(labels) if labels else None}
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    fields.setdefault("base_model", DEFAULT_BASE_MODEL)
-    if "name" not in fields:
+    """Train a soft prompt with PEFT prompt tuning, compare it with the base model, register it.
+
+    Training settings come from the spec file's `training:` section and record fields from
+    its `data:` section; flags override both.
+    """
+    fields = read_fields(spec_file) if spec_file else {}
+    if task is None and "name" not in fields:
         raise PromptmuxError("name the task with --task or a --spec file")
-    spec = TaskSpec.model_validate(fields)
-    config = TrainConfig(
-        base_model=spec.base_model, num_virtual_tokens=num_virtual_tokens, init=init, init_text=init_text, lr=lr,
-        epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_input_tokens=max_input_tokens,
-        max_output_tokens=max_output_tokens, seed=seed, device=device, trust_remote_code=trust_remote_code,
+    spec, data_fields, config = resolve(
+        {"base_model": DEFAULT_BASE_MODEL, **fields},
+        {"name": task, "kind": kind, "template": template, "base_model": base_model,
+         "labels": parse_labels(labels) if labels else None},
+        {"input_field": input_field, "target_field": target_field, "input_pattern": input_pattern},
+        {"init": init, "init_text": init_text, "num_virtual_tokens": num_virtual_tokens, "lr": lr,
+         "lr_scheduler": lr_scheduler, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
+         "validation_fraction": validation_fraction, "early_stopping_patience": early_stopping_patience,
+         "max_input_tokens": max_input_tokens, "max_output_tokens": max_output_tokens, "bf16": bf16, "seed": seed,
+         "device": device, "trust_remote_code": trust_remote_code or None},
+        str(spec_file or "the task"),
     )
-    train_set = examples(load_records(data), input_field, target_field, data, limit)
+    train_set = examples(load_records(data), data_fields, data, limit)
     files = [data]
     if eval_data:
-        held_out = examples(load_records(eval_data), input_field, target_field, eval_data)
+        held_out = examples(load_records(eval_data), data_fields, eval_data)
         files.append(eval_data)
     else:
-        train_set, held_out = split(train_set, eval_fraction, seed)
+        train_set, held_out = split(train_set, eval_fraction, config.seed)
     reg = open_registry(registry)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = train_task(spec, train_set, held_out, config, reg, out, fingerprint_files(files), alias, note)
@@ -95,6 +108,4 @@ def train(
         print_json(summary)
         return
     console.print(f"registered {spec.name} version {result.manifest.version}; learning curve {result.curve_png}")
-    headline = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
-    console.print(json.dumps(headline, indent=2))
-
+    print_report(spec, result.metrics)

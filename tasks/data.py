@@ -5,8 +5,11 @@ import csv
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from registry import PromptmuxError
 
@@ -52,16 +55,53 @@ def _load_saved_dataset(path: Path) -> list[dict]:
     return [dict(row) for row in dataset]
 
 
-def examples(records: list[dict], input_field: str, target_field: str, source: Path, limit: int | None = None) -> list[Example]:
+class DataFields(BaseModel):
+    """Which fields of a record are the input and the target, and what part of the input
+    the task sees: a spec file's `data:` section, or the CLI's flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_field: str = "input"
+    target_field: str = "output"
+    input_pattern: str | None = Field(
+        None, description="regular expression with one group: the part of the input field the task sees "
+        "(e.g. the comment inside an already templated prompt, so that clients send the comment alone)"
+    )
+
+    @field_validator("input_pattern")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                groups = re.compile(value).groups
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+            if groups != 1:
+                raise ValueError(f"needs exactly one group, has {groups}")
+        return value
+
+
+def examples(records: list[dict], fields: DataFields, source: Path, limit: int | None = None) -> list[Example]:
     """Pull the two named fields out of every record, refusing records without them."""
     if not records:
         raise DataError(f"{source}: no records")
     chosen = records[:limit] if limit else records
+    pattern = re.compile(fields.input_pattern, re.DOTALL) if fields.input_pattern else None
+    found = []
     for number, record in enumerate(chosen, 1):
-        if not isinstance(record, dict) or input_field not in record or target_field not in record:
-            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{source} record {number}: needs fields {input_field!r} and {target_field!r}, has {fields}")
-    return [Example(str(r[input_field]), str(r[target_field])) for r in chosen]
+        if not isinstance(record, dict) or fields.input_field not in record or fields.target_field not in record:
+            names = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{source} record {number}: needs fields {fields.input_field!r} and "
+                            f"{fields.target_field!r}, has {names}")
+        text = str(record[fields.input_field])
+        if pattern:
+            match = pattern.search(text)
+            if match is None:
+                raise DataError(f"{source} record {number}: input_pattern {fields.input_pattern!r} does not match "
+                                f"{text[:80]!r}")
+            text = match.group(1).strip()
+        found.append(Example(text, str(record[fields.target_field])))
+    return found
 
 
 def fingerprint_files(paths: list[Path]) -> str:

@@ -1,20 +1,27 @@
-"""`promptmux demo` (`make demo`): the whole product on the embedded model, in minutes.
+"""`promptmux demo` (`make demo`): the whole product on a real model, in minutes.
 
-Trains three small tasks on the project's own example data (`tasks/examples/data`),
-registers them, trains a second version of one and splits its traffic 50/50, starts the
-serving runtime (`promptmux serve`, a local Ray cluster), sends a burst of mixed-task
-requests with routing keys, prints what served each one and the per-variant counters
-from `/metrics`, and shuts everything down.
+On SmolLM2-135M-Instruct (real weights, built offline from its GGUF package), the demo
+reproduces the watsonx seed's comparison (dog-grooming reviews: tuned prompt vs the
+untuned model, accuracy and macro F1 on the 116 test reviews), trains a generation task
+and shows real text before and after tuning, trains a second version of the classifier
+and splits its traffic 50/50, starts the serving runtime (`promptmux serve`, a local Ray
+cluster), sends a burst of mixed-task requests with routing keys, prints what served each
+one and the per-variant counters from `/metrics`, and shuts everything down.
+
+Training runs on subsets and a single epoch so that all of it fits in a few minutes on
+two CPU cores; the demo prints what it used. The full runs are `tasks/examples/`.
 """
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -22,42 +29,81 @@ import httpx
 import typer
 from rich.table import Table
 
-from registry import GenerationParams, Registry, RolloutSpec, RolloutVariant, TaskSpec
-from registry.base_models import DEFAULT_BASE_MODEL
+from registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
+from registry.base_models import resolve_model_path
 from registry.cli import console
-from tasks.data import examples, fingerprint_files, load_records, split
-from tasks.train import TrainConfig, train_task
+from tasks.config import TrainConfig
+from tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
+from tasks.report import print_report
+from tasks.spec_file import example
+from tasks.train import train_task
 
 DATA = Path(__file__).resolve().parent / "examples" / "data"
-DEMO_TASKS = [
-    (TaskSpec(name="review-satisfaction", kind="classification", template="Review: {input}\nSatisfied:",
-              labels={"0": "no", "1": "yes"}, base_model=DEFAULT_BASE_MODEL,
-              description="Was the pet owner satisfied with the groomer?"),
-     "reviews.jsonl", "review", "satisfied"),
-    (TaskSpec(name="ticket-priority", kind="classification", template="Ticket: {input}\nPriority:",
-              labels={"low": "low", "high": "high"}, base_model=DEFAULT_BASE_MODEL,
-              description="How urgent is this support ticket?"),
-     "tickets.jsonl", "ticket", "priority"),
-    (TaskSpec(name="act-as", template="I want you to act as {input}.\nPrompt:", base_model=DEFAULT_BASE_MODEL,
-              generation=GenerationParams(max_new_tokens=24, repetition_penalty=1.5),
-              description="I want you to act as"),
-     "roles.jsonl", "act", "prompt"),
-]
+DEMO_MODEL = "smollm2-135m-instruct"
+SEED_DOG_GROOMING = Path("dog_grooming")
+# The watsonx seed's own figures (Granite-13B, 116 test reviews), printed for comparison.
+SEED_TABLE = {"tuned": (0.983, 0.983), "base": (0.931, 0.930)}
+# The demo's time budget: one epoch, two validation passes, no early stopping.
+SHORT_RUN = {"epochs": 1, "evals_per_epoch": 2, "early_stopping_patience": 0}
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    spec: TaskSpec
+    config: TrainConfig
+    train: list[Example]
+    held_out: list[Example]
+    data_files: list[Path]
+    source: str
+    seed_test: bool = False
+
+
+def _dog_grooming(base_model: str, seed_data: Path, train_size: int) -> DemoTask:
+    """The example spec (`tasks/examples/dog-grooming.yaml`) on the seed's reviews, else on
+    the project's own."""
+    spec, fields, config = example("dog-grooming", base_model=base_model)
+    config = config.model_copy(update=SHORT_RUN)
+    folder = seed_data / SEED_DOG_GROOMING
+    train_file, test_file = folder / "dog_grooming_reviews_train_data.json", folder / "dog_grooming_reviews_test_data.json"
+    if test_file.exists():
+        reviews = examples(load_records(train_file), fields, train_file)
+        # The file is ordered (mostly satisfied reviews first): a random subset keeps its balance.
+        train = random.Random(0).sample(reviews, min(train_size, len(reviews)))
+        test = examples(load_records(test_file), fields, test_file)
+        return DemoTask(spec, config, train, test, [train_file, test_file],
+                        f"{folder} (a random {len(train)} of its {len(reviews)} training reviews)", seed_test=True)
+    path = DATA / "reviews.jsonl"
+    train, test = split(examples(load_records(path), DataFields(input_field="review", target_field="satisfied"), path),
+                        0.25, seed=0)
+    console.print(f"[yellow]{test_file} not found: using the project's own example reviews instead[/yellow]")
+    return DemoTask(spec, config, train, test, [path], "tasks/examples/data/reviews.jsonl")
+
+
+def _act_as(base_model: str) -> DemoTask:
+    """The example spec (`tasks/examples/act-as.yaml`) on the project's own roles."""
+    spec, fields, config = example("act-as", base_model=base_model)
+    path = DATA / "roles.jsonl"
+    train, test = split(examples(load_records(path), fields, path), 0.2, seed=0)
+    return DemoTask(spec, config.model_copy(update={**SHORT_RUN, "epochs": 6}), train, test, [path],
+                    "tasks/examples/data/roles.jsonl")
+
+
 INPUTS = {
-    "review-satisfaction": ["Lovely groomer, my dog looks great", "They lost my dog's leash", "Fast and friendly"],
-    "ticket-priority": ["The site is down for all users", "Please fix a typo in the footer"],
+    "dog-grooming": ["Lovely groomer, my dog looks great", "They lost my dog's leash and were rude about it",
+                     "Fast, friendly and fairly priced"],
     "act-as": ["a travel guide", "a chess coach", "a logistician"],
 }
 
 
-def _train(reg: Registry, spec: TaskSpec, data: str, input_field: str, target_field: str, seed: int,
-           out: Path, alias: str | None = None) -> int:
-    path = DATA / data
-    train_set, held_out = split(examples(load_records(path), input_field, target_field, path), 0.25, seed)
-    config = TrainConfig(base_model=spec.base_model, num_virtual_tokens=8, epochs=3, batch_size=8, seed=seed,
-                         init_text=spec.description, max_output_tokens=24)
-    result = train_task(spec, train_set, held_out, config, reg, out / f"{spec.name}-{seed}",
-                        fingerprint_files([path]), alias=alias, console=console)
+def _train(reg: Registry, task: DemoTask, out: Path, alias: str | None = None, seed: int | None = None) -> int:
+    config = task.config if seed is None else task.config.model_copy(update={"seed": seed})
+    console.print(f"[bold]{task.spec.name}[/bold]: {len(task.train)} training examples from {task.source}, "
+                  f"{len(task.held_out)} held out; {config.num_virtual_tokens} virtual tokens, {config.epochs} epoch(s), "
+                  f"lr {config.lr}, seed {config.seed}")
+    result = train_task(task.spec, task.train, task.held_out, config, reg, out / f"{task.spec.name}-{config.seed}",
+                        fingerprint_files(task.data_files), alias=alias, console=console)
+    print_report(task.spec, result.metrics, console)
+    console.print(f"registered {task.spec.name} version {result.manifest.version}")
     return result.manifest.version
 
 
@@ -105,32 +151,39 @@ async def _burst(port: int) -> list[dict]:
 def demo(
     registry: Annotated[str | None, typer.Option("--registry", help="registry to fill (default: a new temporary one)")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port for the demo server (default: a free one)")] = None,
+    base_model: Annotated[str, typer.Option("--base-model", help="base model to tune and serve")] = DEMO_MODEL,
+    seed_data: Annotated[Path, typer.Option("--seed-data", help="folder holding the seed tutorials' data")] = Path(
+        "../shared/data"),
+    train_size: Annotated[int, typer.Option("--train-size", min=8, help="dog-grooming training reviews used")] = 160,
 ) -> None:
-    """Train three tasks, roll out a second version 50/50, serve them, send mixed traffic."""
+    """Tune a real model for two tasks, compare with the untuned model, roll out a second
+    version 50/50, serve everything from one base model, send mixed traffic."""
     started = time.monotonic()
     reg = Registry(registry or tempfile.mkdtemp(prefix="promptmux-demo-"))
     runs = Path(tempfile.mkdtemp(prefix="promptmux-demo-runs-"))
-    console.rule(f"promptmux demo: registry {reg.uri}, base model {DEFAULT_BASE_MODEL} (random weights: outputs are noise)")
-    for spec, data, input_field, target_field in DEMO_TASKS:
-        version = _train(reg, spec, data, input_field, target_field, seed=1, out=runs, alias="production")
-        console.print(f"registered {spec.name} version {version}")
-    spec, data, input_field, target_field = DEMO_TASKS[0]
-    second = _train(reg, spec, data, input_field, target_field, seed=2, out=runs)
-    first = reg.aliases(spec.name)["production"]
-    reg.set_rollout(spec.name, RolloutSpec(variants=[RolloutVariant(version=first, weight=50),
-                                                     RolloutVariant(version=second, weight=50)]))
-    console.print(f"{spec.name}: rollout v{first} 50% / v{second} 50%; learning curves under {runs}")
+    console.rule(f"promptmux demo: base model {base_model}, registry {reg.uri}")
+    with console.status(f"preparing {base_model} (built once from its package, then cached)"):
+        resolve_model_path(base_model)
+    grooming, act_as = _dog_grooming(base_model, seed_data, train_size), _act_as(base_model)
+    first = _train(reg, grooming, runs, "production")
+    if grooming.seed_test:
+        console.print(_seed_table(reg.get_version("dog-grooming", first).metrics))
+    _train(reg, act_as, runs, "production")
+    second = _train(reg, grooming, runs, seed=7)
+    reg.set_rollout("dog-grooming", RolloutSpec(variants=[RolloutVariant(version=first, weight=50),
+                                                          RolloutVariant(version=second, weight=50)]))
+    console.print(f"dog-grooming: rollout v{first} 50% / v{second} 50%; learning curves under {runs}")
 
     port = port or _free_port()
     console.rule(f"starting the serving runtime on http://127.0.0.1:{port}")
-    server = _start_server(reg, DEFAULT_BASE_MODEL, port)
+    server = _start_server(reg, base_model, port)
     try:
         results = asyncio.run(_burst(port))
         table = Table(title=f"{len(results)} mixed-task requests")
         for column in ("task", "routing key", "version", "variant", "output", "latency"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for r in results:
-            output = r.get("label") or repr(r.get("text", ""))[:40]
+            output = f"{r['label']} (p={r['probabilities'][r['label']]:.2f})" if "label" in r else repr(r["text"])[:60]
             table.add_row(r["task"], r["routing_key"], str(r["version"]), r["variant"], output, f"{r['latency_ms']:.0f} ms")
         console.print(table)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -142,3 +195,14 @@ def demo(
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=120)
     console.print(f"demo finished in {time.monotonic() - started:.0f} s; server stopped (exit code {server.returncode})")
+
+
+def _seed_table(metrics: dict) -> Table:
+    table = Table(title="dog grooming, 116 test reviews: promptmux on SmolLM2-135M vs the watsonx seed on Granite-13B")
+    for column in ("model", "accuracy", "macro F1"):
+        table.add_column(column)
+    table.add_row("SmolLM2-135M + tuned prompt", f"{metrics['accuracy']:.3f}", f"{metrics['macro_f1']:.3f}")
+    table.add_row("SmolLM2-135M untuned", f"{metrics['base_accuracy']:.3f}", f"{metrics['base_macro_f1']:.3f}")
+    table.add_row("Granite-13B + tuned prompt (seed)", *map(str, SEED_TABLE["tuned"]))
+    table.add_row("Granite-13B untuned (seed)", *map(str, SEED_TABLE["base"]))
+    return table

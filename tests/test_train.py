@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA
+from peft import PeftModel
+from transformers import TrainerState
 
-from registry import Registry
-from tasks.data import DataError, Example, examples, fingerprint_files, load_records, split
+from registry import Registry, TaskSpec
+from registry.base_models import load_model, load_tokenizer
+from tasks.config import TrainConfig
+from tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
+from tasks.encoding import TaskEncoder
+from tasks.evaluate import Evaluator
+from tasks.fit import COLLAPSE_RATIO, curve_from_history
 from tasks.scores import classification_report
+from tasks.train import train_task
 
 DOG = SHARED_DATA / "dog_grooming"
 PROMPTS_CSV = SHARED_DATA / "awesome_chatgpt_prompts" / "prompts.csv"
@@ -38,13 +46,17 @@ def test_classification_training_compares_tuned_and_base(cli, tmp_path: Path) ->
     png = Path(summary["learning_curve"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     curve = json.loads(Path(summary["metrics_json"]).read_text())["curve"]
-    assert len(curve["train_loss"]) == 45 and len(curve["eval_loss"]) >= 2
+    # 353 reviews: 35 held back for validation, 318 trained on in batches of 8.
+    assert manifest.metrics["train_examples"] == 318 and manifest.metrics["validation_examples"] == 35
+    assert len(curve["train_loss"]) == 40 and curve["eval_step"][0] == 0 and len(curve["eval_loss"]) >= 2
+    assert manifest.metrics["best_validation_loss"] == min(curve["eval_loss"])
     assert Registry(str(registry)).aliases("dog-grooming") == {"staging": summary["version"]}
 
 
 def test_generation_example_reports_loss_and_perplexity_before_and_after(cli, tmp_path: Path) -> None:
     registry = Registry(str(tmp_path / "registry"))
-    args = ("train", "--spec", str(EXAMPLES / "act-as.yaml"), "--data", str(PROMPTS_CSV), "--limit", "50",
+    args = ("train", "--spec", str(EXAMPLES / "act-as.yaml"), "--base-model", "tiny-random-llama",
+            "--data", str(PROMPTS_CSV), "--limit", "50",
             "--input-field", "act", "--target-field", "prompt", "--epochs", "2", "--num-virtual-tokens", "4",
             "--max-output-tokens", "48", "--registry", registry.uri, "--output-dir", str(tmp_path / "run"), "--json")
     first = cli(*args)
@@ -83,14 +95,16 @@ def test_data_formats(tmp_path: Path) -> None:
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "d.csv").write_text("q,a\na,1\nb,0\n")
     for name in ("d.jsonl", "d.json", "d.csv"):
-        assert examples(load_records(tmp_path / name), "q", "a", tmp_path / name) == [Example("a", "1"), Example("b", "0")]
+        assert examples(load_records(tmp_path / name), DataFields(input_field="q", target_field="a"), tmp_path / name) == [
+            Example("a", "1"), Example("b", "0")]
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(DataError, match="unsupported format"):
         load_records(tmp_path / "d.txt")
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(DataError, match="cannot parse"):
         load_records(tmp_path / "bad.json")
-    assert len(examples(load_records(PROMPTS_CSV), "act", "prompt", PROMPTS_CSV, limit=50)) == 50
+    assert len(examples(load_records(PROMPTS_CSV), DataFields(input_field="act", target_field="prompt"), PROMPTS_CSV,
+                        limit=50)) == 50
     assert fingerprint_files([tmp_path / "d.csv"]) == hashlib.sha256(b"q,a\na,1\nb,0\n").hexdigest()
     train, held_out = split([Example(str(i), "x") for i in range(10)], 0.2, seed=1)
     assert len(held_out) == 2 and not set(train) & set(held_out)
@@ -104,3 +118,91 @@ def test_classification_report() -> None:
     f1_a, f1_b, f1_c = 2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 * 1 / 1.5
     assert report["macro_f1"] == pytest.approx((f1_a + f1_b + f1_c) / 3)
     assert report["confusion_matrix"]["rows_gold_cols_predicted"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_spec_training_section_sets_the_run_and_flags_override_it(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: grooming\nkind: classification\nlabels: {'0': 'no', '1': 'yes'}\nbase_model: tiny-random-llama\n"
+                    "training:\n  num_virtual_tokens: 5\n  epochs: 1\n  lr: 0.01\n  batch_size: 16\n")
+    registry = Registry(str(tmp_path / "registry"))
+    result = cli("train", "--spec", str(spec), "--data", str(DOG / "dog_grooming_reviews_test_data.json"),
+                 "--lr", "0.02", "--registry", registry.uri, "--output-dir", str(tmp_path / "run"))
+    assert result.code == 0, result.err
+    manifest = registry.get_version("grooming", 1)
+    assert manifest.num_virtual_tokens == 5
+    assert (manifest.training["epochs"], manifest.training["lr"], manifest.training["batch_size"]) == (1, 0.02, 16)
+    for shown in ("tuned prompt", "untuned base model", "confusion matrix", "best checkpoint at step"):
+        assert shown in result.out
+
+    spec.write_text(spec.read_text() + "  learning_rate: 0.5\n")
+    typo = cli("train", "--spec", str(spec), "--data", str(DOG / "dog_grooming_reviews_test_data.json"),
+               "--registry", registry.uri, "--output-dir", str(tmp_path / "run2"))
+    assert typo.code == 1 and "learning_rate" in typo.err and "Traceback" not in typo.err
+    assert len(registry.versions("grooming")) == 1
+
+
+def test_early_stopping_registers_the_best_checkpoint_not_the_last(tmp_path: Path) -> None:
+    """A learning rate far too high makes validation loss climb after the first steps:
+    training stops early and the registered prompt is the one with the best validation loss."""
+    train = examples(load_records(DOG / "dog_grooming_reviews_train_data.json"), DataFields(), DOG)[:160]
+    held_out = train[:16]
+    spec = TaskSpec(name="grooming", kind="classification", labels={"0": "0", "1": "1"}, base_model="tiny-random-llama")
+    config = TrainConfig(base_model="tiny-random-llama", lr=5.0, epochs=4, evals_per_epoch=4, early_stopping_patience=2,
+                         num_virtual_tokens=4, init="random", seed=3)
+    registry = Registry(str(tmp_path / "registry"))
+    result = train_task(spec, train, held_out, config, registry, tmp_path / "run", "data")
+    curve = json.loads(result.metrics_json.read_text())["curve"]
+    assert result.metrics["stopped_early"] and curve["step"][-1] < 4 * 18
+    best = min(curve["eval_loss"])
+    assert curve["eval_step"][curve["eval_loss"].index(best)] == result.metrics["best_step"] < curve["step"][-1]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    _, validation = split(train, config.validation_fraction, config.seed)
+    model = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"),
+                                      registry.version_uri("grooming", result.manifest.version)).eval()
+    encoder = TaskEncoder(spec, load_tokenizer("tiny-random-llama"), config.max_input_tokens, config.max_output_tokens)
+    assert Evaluator(model, encoder, "", 8).eval_loss(validation) == pytest.approx(best, rel=1e-4)
+
+
+def test_collapsing_training_loss_is_warned_about() -> None:
+    def state(train_losses: list[float], eval_losses: list[float]) -> TrainerState:
+        history = [{"step": i + 1, "loss": loss} for i, loss in enumerate(train_losses)]
+        history += [{"step": 10 * i, "eval_loss": loss} for i, loss in enumerate(eval_losses)]
+        return TrainerState(log_history=history, global_step=len(train_losses))
+
+    memorised = curve_from_history(state([1.0] * 10 + [0.004] * 20, [0.9, 0.7, 0.8, 0.9]), planned_steps=30)
+    assert len(memorised.warnings) == 1 and "memorises" in memorised.warnings[0]
+    assert 0.7 > COLLAPSE_RATIO * 0.004 and memorised.best_step == 10 and not memorised.stopped_early
+    learning = curve_from_history(state([1.0] * 10 + [0.3] * 20, [0.9, 0.4, 0.35, 0.33]), planned_steps=40)
+    assert learning.warnings == [] and learning.best_step == 30 and learning.stopped_early
+
+
+def test_dog_grooming_example_spec_reads_the_comment_of_every_seed_record() -> None:
+    """The seed's test inputs carry an instruction its training inputs lack; the example
+    spec's input_pattern gives the task the comment alone in both."""
+    import yaml
+
+    spec_file = yaml.safe_load((EXAMPLES / "dog-grooming.yaml").read_text())
+    fields = DataFields.model_validate(spec_file["data"])
+    spec = TaskSpec.model_validate({k: v for k, v in spec_file.items() if k not in ("data", "training")})
+    TrainConfig.model_validate({**spec_file["training"], "base_model": spec.base_model})
+    for name, count in (("dog_grooming_reviews_train_data.json", 353), ("dog_grooming_reviews_test_data.json", 116)):
+        found = examples(load_records(DOG / name), fields, DOG / name)
+        assert len(found) == count and {e.target for e in found} == set(spec.labels)
+        assert not any("Comment" in e.input or "Satisf" in e.input or "Extract" in e.input for e in found)
+    with pytest.raises(ValueError, match="exactly one group"):
+        DataFields(input_pattern="no group")
+
+
+def test_held_out_data_unlike_the_training_data_is_warned_about(tmp_path: Path) -> None:
+    """The watsonx seed's failure in miniature: the cue that separates the training data
+    means the opposite in the held-out data. Validation (drawn from the training data)
+    looks perfect; the held-out loss does not, and the run says so."""
+    train = [Example("a" * (3 + i % 5), "0") if i % 2 else Example("b" * (3 + i % 5), "1") for i in range(80)]
+    held_out = [Example("a" * 4, "1"), Example("b" * 4, "0")] * 4
+    spec = TaskSpec(name="cue", kind="classification", labels={"0": "0", "1": "1"}, base_model="tiny-random-llama")
+    config = TrainConfig(base_model="tiny-random-llama", lr=0.3, epochs=6, num_virtual_tokens=8, init="random",
+                         early_stopping_patience=0)
+    result = train_task(spec, train, held_out, config, Registry(str(tmp_path / "registry")), tmp_path / "run", "data")
+    assert result.metrics["best_validation_loss"] < 0.1 < 1.0 < result.metrics["eval_loss_after"]
+    assert any("held-out data differs from the training data" in w for w in result.metrics["warnings"])

@@ -1,0 +1,62 @@
+"""Examples as token ids, exactly as the serving engine will see them.
+
+A training sequence is the rendered input (`encode_input`, the same function the engine
+uses) followed by its target: the label's verbalizer for classification, the target text
+and EOS for generation. Only the target tokens carry a loss. A generation target is
+written as the model would continue the input: after a space when the template ends in
+none ("Prompt:" + " Suggest ..."), so the prompt is not tuned towards word pieces that
+never follow a colon.
+"""
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from registry import TaskKind, TaskSpec
+from registry.base_models import encode_input
+from tasks.data import DataError, Example
+
+IGNORE = -100
+
+
+class TaskEncoder:
+    def __init__(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_input_tokens: int,
+                 max_output_tokens: int) -> None:
+        self.spec, self.tokenizer = spec, tokenizer
+        self.max_input_tokens, self.max_output_tokens = max_input_tokens, max_output_tokens
+        self.verbalizers = {label: self.text_ids(v) for label, v in spec.labels.items()}
+
+    def text_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if not ids:
+            raise DataError(f"{text!r} tokenizes to nothing")
+        return ids
+
+    def input_ids(self, text: str, prefix: str = "") -> list[int]:
+        return encode_input(self.tokenizer, prefix + self.spec.render(text))[-self.max_input_tokens:]
+
+    def sequence(self, example: Example) -> tuple[list[int], int]:
+        """(input + target ids, number of target tokens at the end)."""
+        if self.spec.kind is TaskKind.classification:
+            target = self.verbalizers[example.target]
+        else:
+            separated = self.spec.template.endswith((" ", "\n")) or example.target[:1].isspace()
+            text = example.target if separated else f" {example.target}"
+            target = self.text_ids(text)[: self.max_output_tokens] + [self.tokenizer.eos_token_id]
+        return self.input_ids(example.input) + target, len(target)
+
+    def training_item(self, example: Example) -> dict[str, list[int]]:
+        ids, n_target = self.sequence(example)
+        return {"input_ids": ids, "labels": [IGNORE] * (len(ids) - n_target) + ids[len(ids) - n_target:]}
+
+    def collate(self, items: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Right-pad a batch: `input_ids`, `attention_mask`, `labels` all `[B, longest]`."""
+        width = max(len(item["input_ids"]) for item in items)
+        ids = torch.full((len(items), width), self.tokenizer.pad_token_id)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE)
+        for b, item in enumerate(items):
+            n = len(item["input_ids"])
+            ids[b, :n] = torch.tensor(item["input_ids"])
+            mask[b, :n] = 1
+            labels[b, :n] = torch.tensor(item["labels"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,101 @@
+"""Held-out evaluation of a prompt-tuned model, before and after tuning.
+
+Classification: every label's verbalizer is scored by log-probability after the input;
+"before" is the untuned base model prompted with the template and the init text (the
+watsonx tutorial's comparison). Generation: held-out loss and perplexity, and sample
+generations (the PEFT tutorial's check).
+"""
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from peft import PeftModel
+
+from registry import TaskKind
+from tasks.data import Example
+from tasks.encoding import TaskEncoder
+from tasks.scores import classification_report
+
+SAMPLES = 3
+
+
+class Evaluator:
+    def __init__(self, model: PeftModel, encoder: TaskEncoder, init_text: str, batch_size: int) -> None:
+        self.model, self.encoder, self.init_text, self.batch_size = model, encoder, init_text, batch_size
+
+    @torch.no_grad()
+    def _logits(self, sequences: list[list[int]], base_only: bool) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of the chunk's first sequence, logits `[B, longest, vocab]` of its input positions)."""
+        for start in range(0, len(sequences), self.batch_size):
+            batch = self.encoder.collate([{"input_ids": s, "labels": s} for s in sequences[start: start + self.batch_size]])
+            del batch["labels"]
+            batch = {k: v.to(self.model.device) for k, v in batch.items()}
+            with self.model.disable_adapter() if base_only else contextlib.nullcontext():
+                logits = self.model(**batch).logits
+            yield start, logits[:, -batch["input_ids"].shape[1]:].float()  # drop the virtual-token positions
+
+    def target_logprob_sums(self, sequences: list[tuple[list[int], int]], base_only: bool = False) -> list[float]:
+        """Sum of the log-probabilities of each sequence's last `n` (target) tokens."""
+        sums = []
+        for start, logits in self._logits([ids for ids, _ in sequences], base_only):
+            for b, (ids, n) in enumerate(sequences[start: start + len(logits)]):
+                logprobs = torch.log_softmax(logits[b, len(ids) - n - 1: len(ids) - 1], -1)
+                sums.append(float(logprobs[torch.arange(n), torch.tensor(ids[len(ids) - n:])].sum()))
+        return sums
+
+    def eval_loss(self, examples: list[Example]) -> float:
+        sequences = [self.encoder.sequence(e) for e in examples]
+        return -sum(self.target_logprob_sums(sequences)) / sum(n for _, n in sequences)
+
+    def label_scores(self, examples: list[Example], base_only: bool) -> list[list[float]]:
+        """Log-probability of every label's verbalizer per example. Single-token verbalizers
+        need one forward per input; longer ones one per (input, label)."""
+        labels, verbalizers = list(self.encoder.verbalizers), self.encoder.verbalizers
+        prefix = f"{self.init_text}\n" if base_only else ""
+        inputs = [self.encoder.input_ids(e.input, prefix) for e in examples]
+        if all(len(v) == 1 for v in verbalizers.values()):
+            scores = []
+            for start, logits in self._logits(inputs, base_only):
+                for b, ids in enumerate(inputs[start: start + len(logits)]):
+                    row = torch.log_softmax(logits[b, len(ids) - 1], -1)
+                    scores.append([float(row[verbalizers[label][0]]) for label in labels])
+        else:
+            flat = self.target_logprob_sums(
+                [(ids + verbalizers[label], len(verbalizers[label])) for ids in inputs for label in labels], base_only
+            )
+            scores = [flat[i * len(labels): (i + 1) * len(labels)] for i in range(len(inputs))]
+        return scores
+
+    @torch.no_grad()
+    def samples(self, examples: list[Example]) -> list[dict]:
+        warnings.filterwarnings("ignore", message="Position ids are not supported")  # PEFT's, harmless here
+        params, tokenizer = self.encoder.spec.generation, self.encoder.tokenizer
+        outputs = []
+        for example in examples[:SAMPLES]:
+            ids = torch.tensor([self.encoder.input_ids(example.input)], device=self.model.device)
+            generated = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                max_new_tokens=min(params.max_new_tokens, self.encoder.max_output_tokens),
+                repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
+            )
+            text = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+            outputs.append({"input": example.input, "output": text})
+        return outputs
+
+    def evaluate(self, examples: list[Example], stage: str) -> dict:
+        if self.encoder.spec.kind is TaskKind.classification:
+            base_only, labels = stage == "before", list(self.encoder.verbalizers)
+            scores = self.label_scores(examples, base_only)
+            predicted = [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
+            report = classification_report([e.target for e in examples], predicted, labels)
+            # The training loss on the held-out set: what the validation loss is compared with.
+            gold = [(row[labels.index(e.target)], len(self.encoder.verbalizers[e.target])) for row, e in zip(scores, examples)]
+            loss = -sum(score for score, _ in gold) / sum(n for _, n in gold)
+            return {"base_model" if base_only else "tuned": report, f"eval_loss_{stage}": loss}
+        loss = self.eval_loss(examples)
+        return {f"eval_loss_{stage}": loss, f"perplexity_{stage}": math.exp(min(loss, 50.0)),
+                f"samples_{stage}": self.samples(examples)}
+

@@ -1,0 +1,50 @@
+"""A task spec file: the `TaskSpec` fields, plus how to read its data (`data:`) and how to
+train it (`training:`). `tasks/examples/*.yaml` are such files; `promptmux train --spec`
+and the demo read them, and flags or callers override any part.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from registry import PromptmuxError, TaskSpec
+from tasks.config import TrainConfig
+from tasks.data import DataFields
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+def read_fields(path: Path) -> dict[str, Any]:
+    try:
+        fields = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PromptmuxError(f"cannot read task spec {path}: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise PromptmuxError(f"task spec {path} must be a mapping of TaskSpec fields")
+    return fields
+
+
+def resolve(fields: dict[str, Any], task: dict[str, Any], data: dict[str, Any], training: dict[str, Any],
+            source: str = "the task spec") -> tuple[TaskSpec, DataFields, TrainConfig]:
+    """Merge a spec file's sections with overrides (None values leave a field alone)."""
+    fields = dict(fields)
+    data_section, training_section = fields.pop("data", None) or {}, fields.pop("training", None) or {}
+
+    def merged(section: dict, overrides: dict) -> dict:
+        return {**section, **{k: v for k, v in overrides.items() if v is not None}}
+
+    try:
+        spec = TaskSpec.model_validate(merged(fields, task))
+        return (spec, DataFields.model_validate(merged(data_section, data)),
+                TrainConfig.model_validate({**merged(training_section, training), "base_model": spec.base_model}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise PromptmuxError(f"{source}: {problems}") from exc
+
+
+def example(name: str, **task: Any) -> tuple[TaskSpec, DataFields, TrainConfig]:
+    """One of `tasks/examples/NAME.yaml`, with TaskSpec overrides (e.g. `base_model`)."""
+    path = EXAMPLES / f"{name}.yaml"
+    return resolve(read_fields(path), task, {}, {}, str(path))
