@@ -43,7 +43,7 @@ RegistryOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON output")]
 BaseModelOption = Annotated[
-    str | None, typer.Option("--base-model", help="Hugging Face id, local path or embedded id (tiny-random-llama)")
+    str | None, typer.Option("--base-model", help="Hugging Face id, local path or embedded id (tiny-random-llama, smollm2-135m-instruct)")
 ]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="allow model code from the checkpoint")]
 

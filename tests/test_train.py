@@ -142,13 +142,14 @@ def test_spec_training_section_sets_the_run_and_flags_override_it(cli, tmp_path:
 
 
 def test_early_stopping_registers_the_best_checkpoint_not_the_last(tmp_path: Path) -> None:
-    """A learning rate far too high makes validation loss climb after the first steps:
-    training stops early and the registered prompt is the one with the best validation loss."""
+    """A constant learning rate far too high makes the validation loss turn up after a few
+    passes: training stops at the first pass without improvement (patience 1), and the
+    registered prompt is the one with the best validation loss, not the last one."""
     train = examples(load_records(DOG / "dog_grooming_reviews_train_data.json"), DataFields(), DOG)[:160]
     held_out = train[:16]
     spec = TaskSpec(name="grooming", kind="classification", labels={"0": "0", "1": "1"}, base_model="tiny-random-llama")
-    config = TrainConfig(base_model="tiny-random-llama", lr=5.0, epochs=4, evals_per_epoch=4, early_stopping_patience=2,
-                         num_virtual_tokens=4, init="random", seed=3)
+    config = TrainConfig(base_model="tiny-random-llama", lr=1.0, lr_scheduler="constant", epochs=4, evals_per_epoch=4,
+                         early_stopping_patience=1, num_virtual_tokens=4, init="random", seed=3)
     registry = Registry(str(tmp_path / "registry"))
     result = train_task(spec, train, held_out, config, registry, tmp_path / "run", "data")
     curve = json.loads(result.metrics_json.read_text())["curve"]
