@@ -2,6 +2,7 @@
 
 from registry.errors import (
     ConflictError,
+    CorruptFileError,
     IncompatiblePromptError,
     InvalidArtifactError,
     InvalidNameError,
@@ -23,6 +24,7 @@ from registry.schemas import (
 __all__ = [
     "BaseModelFingerprint",
     "ConflictError",
+    "CorruptFileError",
     "GenerationParams",
     "IncompatiblePromptError",
     "InvalidArtifactError",

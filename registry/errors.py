@@ -27,3 +27,8 @@ class InvalidArtifactError(PromptmuxError, ValueError):
 
 class IncompatiblePromptError(PromptmuxError, ValueError):
     """A prompt does not fit the task's base model (hidden size, vocabulary, weights)."""
+
+
+class CorruptFileError(PromptmuxError):
+    """A registry file (task.json, a manifest, an alias or rollout file) cannot be parsed;
+    the message names the file, and so the task."""

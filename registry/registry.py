@@ -17,10 +17,11 @@ version, a version may not be archived while something points at it).
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import torch
+from pydantic import BaseModel, ValidationError
 
 from registry.artifact import (
     CONFIG_FILE,
@@ -36,7 +37,7 @@ from registry.artifact import (
     validate_prompt_tensor,
     version_files,
 )
-from registry.errors import ConflictError, InvalidArtifactError, NotFoundError, PromptmuxError
+from registry.errors import ConflictError, CorruptFileError, InvalidArtifactError, NotFoundError, PromptmuxError
 from registry.names import validate_alias, validate_name
 from registry.schemas import (
     AliasRecord,
@@ -53,6 +54,7 @@ from registry.storage import Storage, open_storage
 
 REGISTRY_ENV = "PROMPTMUX_REGISTRY"
 MAX_CLAIM_ATTEMPTS = 10_000
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 def default_registry_uri() -> str:
@@ -105,10 +107,11 @@ class Registry:
             return record
 
     def get_task(self, task: str) -> TaskRecord:
-        data = self._read_or_none(f"{_task_rel(task)}/task.json")
+        rel = f"{_task_rel(task)}/task.json"
+        data = self._read_or_none(rel)
         if data is None:
             raise NotFoundError(f"unknown task {task!r}")
-        return TaskRecord.model_validate_json(data)
+        return self._parse(TaskRecord, data, rel)
 
     def has_task(self, task: str) -> bool:
         return self.storage.exists(f"{_task_rel(task)}/task.json")
@@ -171,11 +174,12 @@ class Registry:
         ]
 
     def get_version(self, task: str, version: int) -> PromptVersion:
-        data = self._read_or_none(f"{_version_rel(task, version)}/{MANIFEST_FILE}")
+        rel = f"{_version_rel(task, version)}/{MANIFEST_FILE}"
+        data = self._read_or_none(rel)
         if data is None:
             self.get_task(task)
             raise NotFoundError(f"task {task!r} has no version {version}")
-        return PromptVersion.model_validate_json(data)
+        return self._parse(PromptVersion, data, rel)
 
     def latest(self, task: str) -> PromptVersion:
         archived = self.archived_versions(task)
@@ -230,20 +234,28 @@ class Registry:
 
     # ------------------------------------------------------ aliases, rollouts
     def aliases(self, task: str) -> dict[str, int]:
+        return {alias: record.version for alias, record in self.alias_records(task).items()}
+
+    def alias_records(self, task: str) -> dict[str, AliasRecord]:
         rel = f"{_task_rel(task)}/aliases"
         result = {}
         for filename in self.storage.listdir(rel):
             if filename.endswith(".json") and not filename.startswith("."):
                 data = self._read_or_none(f"{rel}/{filename}")
                 if data is not None:
-                    result[filename.removesuffix(".json")] = AliasRecord.model_validate_json(data).version
+                    result[filename.removesuffix(".json")] = self._parse(AliasRecord, data, f"{rel}/{filename}")
         return result
 
     def set_alias(self, task: str, alias: str, version: int) -> None:
         validate_alias(alias)
         with self._task_lock(task):
             self._check_servable(task, version)
-            record = AliasRecord(version=version)
+            current = self.alias_records(task).get(alias)
+            if current is None or current.version == version:
+                previous = current.previous if current else None
+            else:
+                previous = current.version
+            record = AliasRecord(version=version, previous=previous)
             self.storage.write_bytes(_alias_rel(task, alias), record.model_dump_json().encode())
 
     def delete_alias(self, task: str, alias: str) -> None:
@@ -254,8 +266,9 @@ class Registry:
             self.storage.remove(_alias_rel(task, alias))
 
     def rollout(self, task: str) -> RolloutSpec | None:
-        data = self._read_or_none(f"{_task_rel(task)}/rollout.json")
-        return None if data is None else RolloutSpec.model_validate_json(data)
+        rel = f"{_task_rel(task)}/rollout.json"
+        data = self._read_or_none(rel)
+        return None if data is None else self._parse(RolloutSpec, data, rel)
 
     def set_rollout(self, task: str, spec: RolloutSpec) -> None:
         with self._task_lock(task):
@@ -264,8 +277,9 @@ class Registry:
             self.storage.write_bytes(f"{_task_rel(task)}/rollout.json", spec.model_dump_json(indent=2).encode())
 
     def clear_rollout(self, task: str) -> None:
+        """Remove the rollout file, also one that cannot be parsed any more."""
         with self._task_lock(task):
-            if self.rollout(task) is None:
+            if not self.storage.exists(f"{_task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
             self.storage.remove(f"{_task_rel(task)}/rollout.json")
 
@@ -298,8 +312,12 @@ class Registry:
             numbers = self.version_numbers(name)
             for number in numbers:
                 results.append(VerifyResult(name, number, self._verify_version(name, number)))
-            targets = [(f"alias {alias!r}", v) for alias, v in self.aliases(name).items()]
-            rollout = self.rollout(name)
+            try:
+                targets = [(f"alias {alias!r}", v) for alias, v in self.aliases(name).items()]
+                rollout = self.rollout(name)
+            except CorruptFileError as exc:
+                results.append(VerifyResult(name, None, str(exc)))
+                continue
             targets += [(f"rollout variant {r.name!r}", r.version) for r in (rollout.variants if rollout else [])]
             for what, version in targets:
                 if version not in numbers:
@@ -387,6 +405,13 @@ class Registry:
     def _task_lock(self, task: str):  # noqa: ANN202 - a context manager
         self.get_task(task)
         return self.storage.lock(f"{_task_rel(task)}/meta")
+
+    def _parse(self, schema: type[SchemaT], data: bytes, rel: str) -> SchemaT:
+        try:
+            return schema.model_validate_json(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:3])
+            raise CorruptFileError(f"{self.uri.rstrip('/')}/{rel} is corrupt ({problems})") from exc
 
     def _read_or_none(self, rel: str) -> bytes | None:
         try:

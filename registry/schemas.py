@@ -6,13 +6,15 @@ and the objects the serving runtime and the task scripts exchange with the regis
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry.names import validate_name
 
 INPUT_PLACEHOLDER = "{input}"
+MIN_TEMPERATURE = 1e-2
+MIN_REPETITION_PENALTY = 1e-2
 
 
 def utc_now() -> datetime:
@@ -28,17 +30,43 @@ class TaskKind(str, Enum):
     generation = "generation"
 
 
+def _zero_or_usable(value: float) -> float:
+    if 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+    return value
+
+
+# The bounds are what the sampler can compute with: a temperature or repetition penalty near
+# zero turns logits into infinities, and torch seeds are 64-bit. Request overrides
+# (`serving.schemas.ParamsOverride`) use the same types.
+MaxNewTokens = Annotated[int, Field(ge=1, le=4096)]
+MinNewTokens = Annotated[int, Field(ge=0, le=4096, description="EOS is suppressed until this many tokens")]
+Temperature = Annotated[float, Field(ge=0.0, le=10.0, description=f"0 means greedy decoding; else at least {MIN_TEMPERATURE}"),
+                        AfterValidator(_zero_or_usable)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=0, le=1_000_000, description="0 disables top-k filtering")]
+RepetitionPenalty = Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)]
+StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=16)]
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="sampling seed (64-bit unsigned)")]
+
+
 class GenerationParams(_Schema):
     """Decoding parameters; a task carries defaults and a request may override them."""
 
-    max_new_tokens: int = Field(32, ge=1, le=4096)
-    min_new_tokens: int = Field(0, ge=0, le=4096, description="EOS is suppressed until this many tokens")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy decoding")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    stop: list[str] = Field(default_factory=list, max_length=16)
-    seed: int | None = None
+    max_new_tokens: MaxNewTokens = 32
+    min_new_tokens: MinNewTokens = 0
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    stop: StopStrings = Field(default_factory=list)
+    seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenerationParams":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
+        return self
 
 
 class TaskSpec(_Schema):
@@ -131,6 +159,10 @@ class PromptVersion(_Schema):
 
 class AliasRecord(_Schema):
     version: int = Field(ge=1)
+    previous: int | None = Field(
+        None, ge=1, description="the version the alias pointed at before its last move: servers fall back to it, "
+        "declared as such, while `version` fails validation"
+    )
     updated_at: datetime = Field(default_factory=utc_now)
 
 

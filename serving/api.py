@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.schemas import ParamsOverride, Usage
+from serving.schemas import ParamsOverride, Text, Usage
 
 
 class _Body(BaseModel):
@@ -12,12 +12,12 @@ class _Body(BaseModel):
 
 
 class TaskBody(_Body):
-    task: str = Field(min_length=1, max_length=64)
-    input: str | None = None
-    inputs: list[str] | None = Field(None, min_length=1)
+    task: Text = Field(min_length=1, max_length=64)
+    input: Text | None = None
+    inputs: list[Text] | None = Field(None, min_length=1)
     version: int | None = Field(None, ge=1)
-    alias: str | None = Field(None, min_length=1, max_length=64)
-    routing_key: str | None = Field(None, max_length=256, description="sticky A/B assignment key")
+    alias: Text | None = Field(None, min_length=1, max_length=64)
+    routing_key: Text | None = Field(None, max_length=256, description="sticky A/B assignment key")
 
     @model_validator(mode="after")
     def _one_of_input_inputs(self) -> "TaskBody":
@@ -73,15 +73,15 @@ class CompletionBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=140)
-    prompt: str | list[str]
+    model: Text = Field(min_length=1, max_length=140)
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=10.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
-    user: str | None = Field(None, max_length=256)
+    user: Text | None = Field(None, max_length=256)
     n: Literal[1] = 1
     echo: Literal[False] = False
     logprobs: None = None

@@ -33,15 +33,17 @@ from registry import (
     TaskKind,
 )
 from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
-from serving.errors import OverloadedError, RequestError, RequestTimeout
+from serving.errors import EngineUnavailable, OverloadedError, RequestError, RequestTimeout, RouteUnavailable
 from serving.requests import Prepared
 from serving.scheduler import StreamEvent
 from serving.service import PromptmuxService
 
 log = logging.getLogger(__name__)
 STATUS = [
-    (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (RequestTimeout, 504), (RequestError, 400),
-    (IncompatiblePromptError, 409), (InvalidArtifactError, 409), (ConflictError, 409), (PromptmuxError, 400),
+    (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (EngineUnavailable, 503),
+    (RouteUnavailable, 503),
+    (RequestTimeout, 504), (RequestError, 400), (IncompatiblePromptError, 409), (InvalidArtifactError, 409),
+    (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
 T = TypeVar("T")
@@ -196,7 +198,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
         for name in sorted(service.view.entries):
             entry = service.view.entries[name]
             created = int(entry.record.created_at.timestamp())
-            ids = [name, *(f"{name}:{alias}" for alias in sorted(entry.aliases))]
+            ids = [name, *(f"{name}:{alias}" for alias in sorted(entry.aliases.keys() | entry.broken.keys()))]
             data += [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"} for model_id in ids]
         return {"object": "list", "data": data}
 

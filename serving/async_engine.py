@@ -7,16 +7,20 @@ step and its memory is released.
 """
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from contextlib import aclosing
 
 from serving.batching import ClassificationRow, GenerationRow
 from serving.engine import Engine
+from serving.errors import EngineUnavailable
 from serving.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
 from serving.schemas import ClassificationOutput, GenerationOutput
 
 IDLE_WAIT_S = 0.5
+DEAD = "the engine loop has stopped; this replica is being replaced, retry"
+log = logging.getLogger(__name__)
 
 
 class EngineFailure(RuntimeError):
@@ -58,16 +62,32 @@ class AsyncEngine:
         self.scheduler = Scheduler(engine.config, engine, static=static, on_step=on_step)
         self._wake = threading.Event()
         self._stopped = False
+        self._dead = False
         self._thread = threading.Thread(target=self._loop, name="promptmux-engine", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stopped:
-            if not self.scheduler.has_work():
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
-                continue
-            self.scheduler.step()
+        try:
+            while not self._stopped:
+                if not self.scheduler.has_work():
+                    self._wake.wait(IDLE_WAIT_S)
+                    self._wake.clear()
+                    continue
+                try:
+                    self.scheduler.step()
+                except Exception as exc:  # a bug in a step fails the rows in flight, never the loop
+                    log.exception("engine step failed; failing the %d running rows", len(self.scheduler.running))
+                    self.scheduler.fail_running(exc)
+        finally:
+            if not self._stopped:  # the thread is dying: nothing queued may wait for it
+                self._dead = True
+                log.critical("the engine loop died; failing every request and reporting unhealthy")
+                self.scheduler.fail_everything(EngineUnavailable(DEAD))
+
+    def check_alive(self) -> None:
+        """Raise once the loop thread has died: the replica can serve nothing and must be replaced."""
+        if self._dead or (not self._thread.is_alive() and not self._stopped):
+            raise EngineUnavailable(DEAD)
 
     def shutdown(self) -> None:
         self._stopped = True
@@ -78,6 +98,7 @@ class AsyncEngine:
         """Queue a request now (raising RequestError or OverloadedError at once) and return
         its events (every delta, or with `stream=False` only the last) as an async
         iterator. Call from a running event loop."""
+        self.check_alive()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         state = self.scheduler.submit(row, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event), stream)
@@ -88,6 +109,7 @@ class AsyncEngine:
         async with aclosing(self.submit(row, stream=False)) as events:
             async for event in events:
                 if event.error:
+                    self.check_alive()
                     raise EngineFailure(event.error)
                 if event.output is not None:
                     return event.output
@@ -95,6 +117,7 @@ class AsyncEngine:
 
     async def classify(self, rows: list[ClassificationRow]) -> list[ClassificationOutput]:
         """Classify on the loop thread, batched with every other pending classification."""
+        self.check_alive()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 

@@ -24,6 +24,10 @@ class PromptmuxDeployment:
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook, returns the ASGI app
         return build_app(self.service)
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose engine loop died is replaced."""
+        self.service.health()
+
     def __del__(self) -> None:
         service = getattr(self, "service", None)
         if service is not None:

@@ -13,3 +13,11 @@ class OverloadedError(PromptmuxError):
 
 class RequestTimeout(PromptmuxError):
     """The request ran past the configured per-request timeout (HTTP 504)."""
+
+
+class EngineUnavailable(PromptmuxError):
+    """The engine's loop has stopped: this replica serves nothing until it is replaced (HTTP 503)."""
+
+
+class RouteUnavailable(PromptmuxError):
+    """The version a request would be served by is known but not servable (HTTP 503)."""

@@ -37,6 +37,10 @@ class ServingMetrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.rejected_versions = Counter("promptmux_rejected_versions", "versions refused as corrupt or incompatible",
                                          ["task", "version"], registry=self.registry)
+        self.broken_aliases = Gauge("promptmux_broken_alias", "1 while an alias points at a version that fails "
+                                    "validation", ["task", "alias"], registry=self.registry)
+        self.unreadable_tasks = Gauge("promptmux_unreadable_task", "1 while a task's registry files cannot be read "
+                                      "(it keeps its last good routes)", ["task"], registry=self.registry)
         self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",
                                  registry=self.registry)
         self.cache_bytes.set_function(lambda: cache.stats().bytes)

@@ -7,17 +7,26 @@ replica while the split is unchanged; without a key the pick is weighted random.
 
 The view is rebuilt from the registry on `refresh()`. Each routed version is validated
 first (`validate`, e.g. loading it into the engine's prompt cache); one that fails is
-logged and counted, and the route that would have moved to it stays where it was.
+logged and counted, and is tried again after `retry_rejected_s` (a file restored at rest
+is served again). An alias whose version fails validation never silently reroutes:
+* if the registry records the version it pointed at before its last move, and that one
+  is servable, requests that would use the alias are served by it under the variant
+  `<alias>-fallback` (every replica, old or new, reads the same record);
+* otherwise (say a corrupt `production` at start-up) they get `RouteUnavailable` (HTTP
+  503) naming the alias, the version and the problem;
+either way the alias is reported broken (`on_broken`) until its version validates.
 """
 
 import hashlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
+from serving.errors import RouteUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,8 @@ class TaskEntry:
     rollout: RolloutSpec | None
     latest: int | None
     archived: frozenset[int] = frozenset()
+    broken: dict[str, int] = field(default_factory=dict)  # alias -> its unservable version
+    fallbacks: dict[str, int] = field(default_factory=dict)  # broken alias -> its servable previous version
 
 
 def sticky_point(task: str, key: str) -> float:
@@ -62,6 +73,10 @@ class RegistryView:
     registry: Registry
     validate: Callable[[PromptVersion], object] = lambda manifest: None
     on_rejected: Callable[[PromptVersion, str], None] = lambda manifest, problem: None
+    on_unreadable: Callable[[str, str | None], None] = lambda task, problem: None
+    on_broken: Callable[[str, str, int | None], None] = lambda task, alias, version: None
+    retry_rejected_s: float = 30.0
+    rejected_at: dict[tuple[str, int, str], float] = field(default_factory=dict)
     entries: dict[str, TaskEntry] = field(default_factory=dict)
     rejected: dict[tuple[str, int, str], str] = field(default_factory=dict)
     accepted: set[tuple[str, int, str]] = field(default_factory=set)
@@ -81,18 +96,33 @@ class RegistryView:
         if version is not None:
             return Route(self._manifest(entry, version), f"v{version}")
         if alias is not None:
-            if alias not in entry.aliases:
+            route = self._alias_route(entry, alias)
+            if route is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
-            return Route(self._manifest(entry, entry.aliases[alias]), alias)
+            return route
         if entry.rollout is not None:
             with self._lock:
                 chosen = entry.rollout.variants[pick_variant(entry.rollout, task, routing_key, self._rng)]
             return Route(self._manifest(entry, chosen.version), chosen.name)
-        if DEFAULT_ALIAS in entry.aliases:
-            return Route(self._manifest(entry, entry.aliases[DEFAULT_ALIAS]), DEFAULT_ALIAS)
+        route = self._alias_route(entry, DEFAULT_ALIAS)
+        if route is not None:
+            return route
         if entry.latest is None:
             raise NotFoundError(f"task {task!r} has no servable version")
         return Route(self._manifest(entry, entry.latest), "latest")
+
+    def _alias_route(self, entry: TaskEntry, alias: str) -> Route | None:
+        """The alias's route, its declared fallback, a refusal if it is broken, or None if there is no such alias."""
+        if alias in entry.aliases:
+            return Route(self._manifest(entry, entry.aliases[alias]), alias)
+        if alias in entry.fallbacks:
+            return Route(self._manifest(entry, entry.fallbacks[alias]), f"{alias}-fallback")
+        if alias in entry.broken:
+            manifest = entry.versions[entry.broken[alias]]
+            problem = self.rejected.get((manifest.task, manifest.version, manifest.sha256), "not servable")
+            raise RouteUnavailable(f"{manifest.task}:{alias} points at version {manifest.version}, which is not "
+                                   f"servable ({problem}); fix the version or move the alias")
+        return None
 
     def _manifest(self, entry: TaskEntry, version: int) -> PromptVersion:
         manifest = entry.versions.get(version)
@@ -105,15 +135,21 @@ class RegistryView:
 
     # --------------------------------------------------------------- refresh
     def refresh(self) -> None:
-        """Rebuild every task's entry from the registry; a task that cannot be read keeps its old one."""
+        """Rebuild every task's entry from the registry. A task that cannot be read keeps its
+        previous entry (none, if it never could be read) and is reported by name through
+        `on_unreadable(task, problem)`; `on_unreadable(task, None)` once it reads again.
+        Every other task refreshes normally."""
         entries = {}
         for name in self.registry.list_tasks():
             try:
                 entries[name] = self._load(name, self.entries.get(name))
             except PromptmuxError as exc:
                 log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, exc)
+                self.on_unreadable(name, str(exc))
                 if name in self.entries:
                     entries[name] = self.entries[name]
+            else:
+                self.on_unreadable(name, None)
         self.entries = entries
 
     def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
@@ -124,30 +160,39 @@ class RegistryView:
         archived = frozenset(self.registry.archived_versions(name))
         newest_first = sorted((v for v in versions if v not in archived), reverse=True)
         latest = next((v for v in newest_first if self._servable(versions[v])), None)
-        aliases = {}
-        for alias, target in self.registry.aliases(name).items():
-            if target in versions and self._servable(versions[target]):
-                aliases[alias] = target
-            elif previous and alias in previous.aliases:
-                aliases[alias] = previous.aliases[alias]
+        aliases, broken, fallbacks = {}, {}, {}
+        for alias, pointer in self.registry.alias_records(name).items():
+            if pointer.version not in versions:
+                continue
+            if self._servable(versions[pointer.version]):
+                aliases[alias] = pointer.version
+                continue
+            broken[alias] = pointer.version
+            if pointer.previous in versions and self._servable(versions[pointer.previous]):
+                fallbacks[alias] = pointer.previous
+        for alias in (previous.broken if previous else {}).keys() | broken.keys():
+            self.on_broken(name, alias, broken.get(alias))
         rollout = self.registry.rollout(name)
         if rollout and not all(v.version in versions and self._servable(versions[v.version]) for v in rollout.variants):
             rollout = previous.rollout if previous else None
-        return TaskEntry(record, versions, aliases, rollout, latest, archived)
+        return TaskEntry(record, versions, aliases, rollout, latest, archived, broken, fallbacks)
 
     def _servable(self, manifest: PromptVersion) -> bool:
         """Validate a routed version once; remember the verdict (versions are immutable)."""
         key = (manifest.task, manifest.version, manifest.sha256)
         if key in self.accepted:
             return True
-        if key in self.rejected:
+        if key in self.rejected and time.monotonic() - self.rejected_at[key] < self.retry_rejected_s:
             return False
         try:
             self.validate(manifest)
         except PromptmuxError as exc:
-            self.rejected[key] = str(exc)
-            log.error("refusing %s@%s: %s", manifest.task, manifest.version, exc)
-            self.on_rejected(manifest, str(exc))
+            if key not in self.rejected:
+                log.error("refusing %s@%s: %s", manifest.task, manifest.version, exc)
+                self.on_rejected(manifest, str(exc))
+            self.rejected[key], self.rejected_at[key] = str(exc), time.monotonic()
             return False
+        if self.rejected.pop(key, None) is not None:
+            log.warning("%s@%s validates again; serving it", manifest.task, manifest.version)
         self.accepted.add(key)
         return True

@@ -57,16 +57,21 @@ def select_tokens(
     logits: torch.Tensor,
     generated: list[int],
     eos_ids: list[int],
-) -> torch.Tensor:
+) -> tuple[list[int], dict[int, Exception]]:
     """Next token of every row of a batch (`logits` [batch, vocab]; `generated`: tokens each
-    row has so far). EOS is masked, for the whole batch at once, in rows still short of
-    their `min_new_tokens`."""
+    row has so far), and the rows whose own processors failed, with their errors: a row's
+    failure is its own, and the other rows keep their tokens. EOS is masked, for the whole
+    batch at once, in rows still short of their `min_new_tokens`."""
     short = [b for b, (s, n) in enumerate(zip(samplers, generated)) if n < s.min_new_tokens]
     if short and eos_ids:
         logits = logits.clone()
         logits[torch.tensor(short)[:, None], torch.tensor(eos_ids)[None, :]] = float("-inf")
-    tokens = logits.argmax(-1)
+    tokens = logits.argmax(-1).tolist()
+    failures: dict[int, Exception] = {}
     for b, sampler in enumerate(samplers):
         if not sampler.plain_greedy:
-            tokens[b] = sampler.pick(histories[b], logits[b: b + 1])[0]
-    return tokens
+            try:
+                tokens[b] = int(sampler.pick(histories[b], logits[b: b + 1])[0])
+            except Exception as exc:  # noqa: BLE001 - the row fails alone
+                failures[b] = exc
+    return tokens, failures

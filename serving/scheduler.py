@@ -203,6 +203,16 @@ class Scheduler:
             outputs = outputs[len(job.rows):]
 
     def _prefill(self, newcomers: list[RequestState]) -> None:
+        ready = []
+        for state in newcomers:  # a row whose sampler cannot be built fails alone, before the forward
+            try:
+                state.sampler = RowSampler(state.row.params, self.engine.device)
+                ready.append(state)
+            except Exception as exc:  # noqa: BLE001 - handed to the request
+                self._fail([state], exc)
+        if not ready:
+            return
+        newcomers = ready
         try:
             with torch.inference_mode():
                 inputs = self.engine.batch_inputs([state.row for state in newcomers])
@@ -210,8 +220,6 @@ class Scheduler:
         except Exception as exc:
             self._fail(newcomers, exc)
             return
-        for state in newcomers:
-            state.sampler = RowSampler(state.row.params, self.engine.device)
         if self.batch is None:
             self.batch = fresh
         else:
@@ -229,10 +237,12 @@ class Scheduler:
             else torch.tensor([s.row.input_ids + s.generated], device=self.engine.device)
             for s in states
         ]
-        tokens = select_tokens(
+        tokens, failures = select_tokens(
             [s.sampler for s in states], histories, batch.logits, [len(s.generated) for s in states], self.eos_order
-        ).tolist()
-        keep = [j for j, (state, token) in enumerate(zip(states, tokens)) if not state.done and not self._accept(state, token)]
+        )
+        for j, exc in failures.items():
+            self._fail([states[j]], exc)
+        keep = [j for j, (state, token) in enumerate(zip(states, tokens)) if not state.done and not self._accept_alone(state, token)]
         if not keep:
             self.running, self.batch = [], None
             return
@@ -247,6 +257,14 @@ class Scheduler:
             last = [s.generated[-1] for s in self.running]
         tokens_in = torch.tensor(last, device=self.engine.device)
         batch.advance(self.engine.forward(batch.step_inputs(tokens_in, self.engine.takes_position_ids), 1))
+
+    def _accept_alone(self, state: RequestState, token: int) -> bool:
+        """`_accept`, failing only this row if recording its token fails."""
+        try:
+            return self._accept(state, token)
+        except Exception as exc:  # noqa: BLE001 - the row fails alone
+            self._fail([state], exc)
+            return True
 
     def _accept(self, state: RequestState, token: int) -> bool:
         """Record one token for a row and emit its delta; True when the row is finished."""
@@ -284,6 +302,20 @@ class Scheduler:
         delta, state.emitted_chars = text[state.emitted_chars:], max(len(text), state.emitted_chars)
         output = state.output(self.engine.decode) if final else None
         state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output))
+
+    def fail_everything(self, exc: Exception) -> None:
+        """Fail every request the loop holds: running, waiting and classification jobs."""
+        self.fail_running(exc)
+        with self._lock:
+            waiting, jobs, self.waiting, self.jobs = list(self.waiting), list(self.jobs), deque(), deque()
+        self._fail(waiting, exc)
+        for job in jobs:
+            job.on_done(exc)
+
+    def fail_running(self, exc: Exception) -> None:
+        """Fail every running row and drop the decode batch (after an unexpected error in a step)."""
+        self._fail([state for state in self.running if not state.done], exc)
+        self.running, self.batch = [], None
 
     def _fail(self, states: list[RequestState], exc: Exception) -> None:
         for state in states:

@@ -1,30 +1,57 @@
 """Requests and results of the engine (also the offline JSONL format)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from registry.schemas import GenerationParams
+from registry.schemas import (
+    GenerationParams,
+    MaxNewTokens,
+    MinNewTokens,
+    RepetitionPenalty,
+    Seed,
+    StopStrings,
+    Temperature,
+    TopK,
+    TopP,
+)
+from serving.errors import RequestError
 
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ParamsOverride(_Schema):
-    """Per-request decoding parameters; unset fields take the task's defaults."""
+def _encodable(value: str) -> str:
+    """JSON may carry lone surrogates (`"\\ud800"`); no tokenizer or hash can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"invalid Unicode: a lone surrogate at position {exc.start}") from exc
+    return value
 
-    max_new_tokens: int | None = Field(None, ge=1, le=4096)
-    min_new_tokens: int | None = Field(None, ge=0, le=4096)
-    temperature: float | None = Field(None, ge=0.0, le=10.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    stop: list[str] | None = Field(None, max_length=16)
-    seed: int | None = None
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class ParamsOverride(_Schema):
+    """Per-request decoding parameters; unset fields take the task's defaults. Each field
+    has `GenerationParams`' bounds; cross-field rules are checked on the merged result."""
+
+    max_new_tokens: MaxNewTokens | None = None
+    min_new_tokens: MinNewTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    stop: StopStrings | None = None
+    seed: Seed | None = None
 
     def apply(self, defaults: GenerationParams) -> GenerationParams:
-        return defaults.model_copy(update=self.model_dump(exclude_none=True))
+        try:
+            return GenerationParams.model_validate({**defaults.model_dump(), **self.model_dump(exclude_none=True)})
+        except ValidationError as exc:
+            raise RequestError("params: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
 
 
 class TaskRequest(_Schema):
@@ -32,10 +59,10 @@ class TaskRequest(_Schema):
     task's rollout (sticky on `routing_key`), else its `production` alias, else the latest."""
 
     task: str
-    input: str
+    input: Text
     version: int | None = Field(None, ge=1)
     alias: str | None = None
-    routing_key: str | None = Field(None, max_length=256)
+    routing_key: Text | None = Field(None, max_length=256)
     params: ParamsOverride = Field(default_factory=ParamsOverride)
 
 

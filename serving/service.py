@@ -32,7 +32,9 @@ class PromptmuxService:
         self.registry = Registry(settings.registry)
         self.engine = Engine(settings.engine, self.registry)
         self.metrics = ServingMetrics(self.engine.prompts)
-        self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected)
+        self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected,
+                                 on_unreadable=self._unreadable, on_broken=self._broken,
+                                 retry_rejected_s=settings.retry_rejected_s)
         self.view.refresh()
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
         self._stopped = threading.Event()
@@ -41,6 +43,14 @@ class PromptmuxService:
 
     def _rejected(self, manifest: PromptVersion, problem: str) -> None:
         self.metrics.rejected_versions.labels(manifest.task, str(manifest.version)).inc()
+
+    def _broken(self, task: str, alias: str, version: int | None) -> None:
+        if version is not None:
+            log.error("alias %s:%s points at version %s, which is not servable", task, alias, version)
+        self.metrics.broken_aliases.labels(task, alias).set(0 if version is None else 1)
+
+    def _unreadable(self, task: str, problem: str | None) -> None:
+        self.metrics.unreadable_tasks.labels(task).set(0 if problem is None else 1)
 
     def _refresh_loop(self) -> None:
         while not self._stopped.wait(self.settings.refresh_interval_s):
@@ -162,6 +172,8 @@ class PromptmuxService:
         return summary
 
     def health(self) -> dict:
+        """Raises `EngineUnavailable` (HTTP 503, and a failed Serve health check) once the engine loop is dead."""
+        self.async_engine.check_alive()
         return {"status": "ok", "base_model": self.settings.engine.base_model, "device": str(self.engine.device),
                 "dtype": str(self.engine.model.dtype).removeprefix("torch."), "pinned_kv": self.engine.pinned_kv,
                 "torch_threads": torch.get_num_threads(),

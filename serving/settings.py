@@ -13,6 +13,9 @@ class ServeSettings(BaseSettings):
     registry: str = Field(default_factory=default_registry_uri, description="registry URI: a path or fsspec URL")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     refresh_interval_s: float = Field(2.0, gt=0, le=300, description="how often registry edits are picked up")
+    retry_rejected_s: float = Field(
+        30.0, gt=0, description="a version refused as corrupt is validated again after this long (restored files serve again)"
+    )
     max_inputs_per_request: int = Field(32, ge=1, le=1024)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are refused with 413")
     request_timeout_s: float = Field(300.0, gt=0, description="a request still running after this gets 504")

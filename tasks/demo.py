@@ -176,9 +176,11 @@ def demo(
 
     port = port or _free_port()
     console.rule(f"starting the serving runtime on http://127.0.0.1:{port}")
-    server = _start_server(reg, base_model, port)
+    with console.status("starting Ray, one Serve replica and its copy of the base model"):
+        server = _start_server(reg, base_model, port)
     try:
-        results = asyncio.run(_burst(port))
+        with console.status("sending the requests"):
+            results = asyncio.run(_burst(port))
         table = Table(title=f"{len(results)} mixed-task requests")
         for column in ("task", "routing key", "version", "variant", "output", "latency"):
             table.add_column(column, overflow="fold")

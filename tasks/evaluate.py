@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 from peft import PeftModel
+from rich.console import Console
+from rich.progress import track
 
 from registry import TaskKind
 from tasks.data import Example
@@ -23,13 +25,17 @@ SAMPLES = 3
 
 
 class Evaluator:
-    def __init__(self, model: PeftModel, encoder: TaskEncoder, init_text: str, batch_size: int) -> None:
+    def __init__(self, model: PeftModel, encoder: TaskEncoder, init_text: str, batch_size: int,
+                 console: Console | None = None) -> None:
         self.model, self.encoder, self.init_text, self.batch_size = model, encoder, init_text, batch_size
+        self.console = console or Console(stderr=True)
 
     @torch.no_grad()
     def _logits(self, sequences: list[list[int]], base_only: bool) -> Iterator[tuple[int, torch.Tensor]]:
         """(index of the chunk's first sequence, logits `[B, longest, vocab]` of its input positions)."""
-        for start in range(0, len(sequences), self.batch_size):
+        side = "untuned base model" if base_only else "soft prompt"
+        starts = range(0, len(sequences), self.batch_size)
+        for start in track(starts, f"scoring {len(sequences)} sequences ({side})", console=self.console, transient=True):
             batch = self.encoder.collate([{"input_ids": s, "labels": s} for s in sequences[start: start + self.batch_size]])
             del batch["labels"]
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
@@ -74,7 +80,7 @@ class Evaluator:
         warnings.filterwarnings("ignore", message="Position ids are not supported")  # PEFT's, harmless here
         params, tokenizer = self.encoder.spec.generation, self.encoder.tokenizer
         outputs = []
-        for example in examples[:SAMPLES]:
+        for example in track(examples[:SAMPLES], "generating sample outputs", console=self.console, transient=True):
             ids = torch.tensor([self.encoder.input_ids(example.input)], device=self.model.device)
             generated = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,

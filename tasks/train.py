@@ -98,7 +98,7 @@ def train_task(
     if existing and existing.base_fingerprint.differences(base_fingerprint):
         raise DataError(f"task {spec.name!r} is registered for another base model ({existing.spec.base_model})")
     fit_set, validation = split(train, config.validation_fraction, config.seed)
-    evaluator = Evaluator(model, encoder, init_text, config.batch_size)
+    evaluator = Evaluator(model, encoder, init_text, config.batch_size, console)
     started = time.time()
     model.eval()
     before = evaluator.evaluate(held_out, "before")

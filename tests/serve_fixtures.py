@@ -1,14 +1,21 @@
 """A local Ray cluster with the promptmux deployment, for end-to-end HTTP tests."""
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import torch
+import uvicorn
 
 from registry import GenerationParams, Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
+from serving.app import build_app
+from serving.service import PromptmuxService
+from serving.settings import ServeSettings
 
 BASE = "tiny-random-llama"
 SPECS = [
@@ -53,3 +60,20 @@ def healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def serve_locally(settings: ServeSettings) -> Iterator[tuple[str, PromptmuxService]]:
+    """The real app of one replica over real HTTP (uvicorn on a loopback port), without Ray:
+    for tests that reach into the replica to inject a fault."""
+    service = PromptmuxService(settings)
+    server = uvicorn.Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=30)
+        yield f"http://127.0.0.1:{server.config.port}", service
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.shutdown()

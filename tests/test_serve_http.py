@@ -219,12 +219,37 @@ def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
         ("/v1/completions", {"model": "act-as", "prompt": "x", "n": 2}, 422, "n"),
         ("/v1/completions", {"model": "act-as", "prompt": [1, 2]}, 422, "prompt"),
         ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+        # values the sampler cannot compute with: refused at the edge, naming the field
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"temperature": 1.0, "seed": 2**64}}, 422,
+         "params.seed"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"seed": -1}}, 422, "params.seed"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"temperature": 1.0, "repetition_penalty": 1e-39}},
+         422, "params.repetition_penalty"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"temperature": 1e-30}}, 422, "params.temperature"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"min_new_tokens": 9, "max_new_tokens": 3}}, 400,
+         "min_new_tokens (9) exceeds max_new_tokens (3)"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"min_new_tokens": 60}}, 400,
+         "min_new_tokens (60) exceeds max_new_tokens (6)"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"stop": [""]}}, 422, "params.stop.0"),
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "seed": 2**70}, 422, "seed"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(served, path: str, body: dict, status: int, message: str) -> None:
     response = post(served[0], path, body)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/generate", b'{"task": "act-as", "input": "a\\ud800b"}'),
+    ("/v1/classify", b'{"task": "grooming", "inputs": ["fine", "a\\udfffb"]}'),
+    ("/v1/completions", b'{"model": "act-as", "prompt": "a\\ud800b"}'),
+    ("/v1/generate", b'{"task": "act-as", "input": "fine", "routing_key": "\\ud800"}'),
+])
+def test_lone_surrogates_get_422_naming_the_field(served, path: str, body: bytes) -> None:
+    response = httpx.post(f"{served[0]}{path}", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 422, response.text
+    assert "lone surrogate" in response.json()["error"]["message"]
 
 
 def test_malformed_json_and_unknown_routes(served) -> None:
