@@ -8,8 +8,9 @@ and splits its traffic 50/50, starts the serving runtime (`promptmux serve`, a l
 cluster), sends a burst of mixed-task requests with routing keys, prints what served each
 one and the per-variant counters from `/metrics`, and shuts everything down.
 
-Training runs on subsets and a single epoch so that all of it fits in a few minutes on
-two CPU cores; the demo prints what it used. The full runs are `tasks/examples/`.
+Training runs on subsets with short schedules (one epoch of 160 reviews for dog grooming)
+so that all of it fits in a few minutes on two CPU cores; the demo prints what it used.
+The full runs are `tasks/examples/`, with their figures in `docs/quality.md`.
 """
 
 import asyncio
@@ -205,6 +206,6 @@ def _seed_table(metrics: dict) -> Table:
         table.add_column(column)
     table.add_row("SmolLM2-135M + tuned prompt", f"{metrics['accuracy']:.3f}", f"{metrics['macro_f1']:.3f}")
     table.add_row("SmolLM2-135M untuned", f"{metrics['base_accuracy']:.3f}", f"{metrics['base_macro_f1']:.3f}")
-    table.add_row("Granite-13B + tuned prompt (seed)", *map(str, SEED_TABLE["tuned"]))
-    table.add_row("Granite-13B untuned (seed)", *map(str, SEED_TABLE["base"]))
+    table.add_row("Granite-13B + tuned prompt (seed)", *(f"{v:.3f}" for v in SEED_TABLE["tuned"]))
+    table.add_row("Granite-13B untuned (seed)", *(f"{v:.3f}" for v in SEED_TABLE["base"]))
     return table
