@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
-from registry.errors import PromptmuxError
+from registry.errors import PromptmuxError, describe
 from registry.registry import REGISTRY_ENV, Registry, default_registry_uri
 from registry.schemas import RolloutSpec, RolloutVariant
 
@@ -322,6 +322,6 @@ def main() -> None:
         err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        problems = describe(exc.errors())
         err_console.print(f"[red]error:[/red] {problems}")
         sys.exit(1)

@@ -1,8 +1,19 @@
-"""Errors the registry raises. Every one carries a message meant for the user.
+"""Errors the registry raises, and how a validation error reads. Every one carries a
+message meant for the user.
 
 The CLI and the HTTP layer turn `PromptmuxError` into a clean message (exit code 1 or
 an HTTP 4xx); anything else escaping is a bug.
 """
+
+
+from typing import Any
+
+
+def describe(errors: list[dict[str, Any]], whole: str = "value", skip: int = 0, limit: int | None = None) -> str:
+    """`field.path: message; ...` for the `errors()` of a pydantic (or FastAPI) validation
+    error; `skip` drops leading location parts (FastAPI's "body"), `whole` names an error
+    about the object as a whole."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'][skip:])) or whole}: {e['msg']}" for e in errors[:limit])
 
 
 class PromptmuxError(Exception):

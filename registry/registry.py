@@ -37,7 +37,7 @@ from registry.artifact import (
     validate_prompt_tensor,
     version_files,
 )
-from registry.errors import ConflictError, CorruptFileError, InvalidArtifactError, NotFoundError, PromptmuxError
+from registry.errors import ConflictError, CorruptFileError, InvalidArtifactError, NotFoundError, PromptmuxError, describe
 from registry.names import validate_alias, validate_name
 from registry.schemas import (
     AliasRecord,
@@ -410,7 +410,7 @@ class Registry:
         try:
             return schema.model_validate_json(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:3])
+            problems = describe(exc.errors(), "file", limit=3)
             raise CorruptFileError(f"{self.uri.rstrip('/')}/{rel} is corrupt ({problems})") from exc
 
     def _read_or_none(self, rel: str) -> bytes | None:

@@ -32,6 +32,7 @@ from registry import (
     PromptmuxError,
     TaskKind,
 )
+from registry.errors import describe
 from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
 from serving.errors import EngineUnavailable, OverloadedError, RequestError, RequestTimeout, RouteUnavailable
 from serving.requests import Prepared
@@ -124,12 +125,12 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        problems = describe(exc.errors(), "body", skip=1)
         return error(request, 422, problems or "invalid request body")
 
     @app.exception_handler(ValidationError)
     async def invalid_value(request: Request, exc: ValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+        problems = describe(exc.errors())
         return error(request, 422, problems)
 
     @app.exception_handler(Exception)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from registry import PromptmuxError
 from registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, console, open_registry
+from registry.errors import describe
 from serving.config import EngineConfig
 from serving.schemas import TaskRequest
 
@@ -32,7 +33,7 @@ def read_requests(path: Path) -> list[TaskRequest]:
         try:
             requests.append(TaskRequest.model_validate_json(line))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+            problems = describe(exc.errors(), "line")
             raise PromptmuxError(f"{path} line {number}: {problems}") from exc
     if not requests:
         raise PromptmuxError(f"{path} holds no requests")

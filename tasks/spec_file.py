@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from registry import PromptmuxError, TaskSpec
+from registry.errors import describe
 from tasks.config import TrainConfig
 from tasks.data import DataFields
 
@@ -40,8 +41,7 @@ def resolve(fields: dict[str, Any], task: dict[str, Any], data: dict[str, Any], 
         return (spec, DataFields.model_validate(merged(data_section, data)),
                 TrainConfig.model_validate({**merged(training_section, training), "base_model": spec.base_model}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        raise PromptmuxError(f"{source}: {problems}") from exc
+        raise PromptmuxError(f"{source}: {describe(exc.errors())}") from exc
 
 
 def example(name: str, **task: Any) -> tuple[TaskSpec, DataFields, TrainConfig]:
