@@ -23,7 +23,7 @@ from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.batching import ClassificationRow, GenerationRow
-from serving.bench_machine import load_average, machine_report
+from serving.bench_machine import load_average, machine_report, workload
 from serving.config import EngineConfig
 from serving.engine import Engine
 
@@ -61,7 +61,7 @@ def _side_by_side(pair: dict[str, Callable[[], object]], repeats: int, device: t
 def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", base_model: str | None = None) -> dict:
     warnings.filterwarnings("ignore", message="Position ids are not supported")
     load_before = load_average()
-    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
+    size = workload(SIZES, quick, base_model)
     base_model, tasks, batch = size["base_model"], size["tasks"], size["batch"]
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=batch)
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))

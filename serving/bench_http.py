@@ -23,7 +23,7 @@ import torch
 from registry import GenerationParams, Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from serving.api import GenerateBody
-from serving.bench_machine import load_average, machine_report
+from serving.bench_machine import load_average, machine_report, workload
 from serving.config import EngineConfig
 from serving.service import PromptmuxService
 from serving.settings import ServeSettings
@@ -95,7 +95,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     from serving.deployment import PromptmuxDeployment
 
     load_before = load_average()
-    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
+    size = workload(SIZES, quick, base_model)
     base_model = size["base_model"]
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
     fp = fingerprint(load_model(base_model, dtype="float32"))

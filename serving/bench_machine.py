@@ -14,6 +14,11 @@ import torch
 BUSY_LOAD_PER_CORE = 0.5
 
 
+def workload(sizes: dict[str, dict], quick: bool, base_model: str | None) -> dict:
+    """A benchmark's `quick` or `full` sizes, measured on `base_model` when one is given."""
+    return {**sizes["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 

@@ -17,7 +17,7 @@ from registry import Registry, TaskSpec
 from registry.base_models import fingerprint, load_model
 from registry.schemas import GenerationParams
 from serving.batching import GenerationRow
-from serving.bench_machine import load_average, machine_report
+from serving.bench_machine import load_average, machine_report, workload
 from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.scheduler import RequestState, Scheduler
@@ -62,7 +62,7 @@ def _replay(engine: Engine, trace: list[tuple[float, GenerationRow]], static: bo
 
 def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", base_model: str | None = None) -> dict:
     load_before = load_average()
-    size = {**SIZES["quick" if quick else "full"], **({"base_model": base_model} if base_model else {})}
+    size = workload(SIZES, quick, base_model)
     base_model = size["base_model"]
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"])
     registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
