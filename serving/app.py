@@ -5,16 +5,13 @@ Every failure a request can cause is answered with a 4xx and a message; overload
 503 and `Retry-After`. A 500 means a bug.
 """
 
-import asyncio
-import hmac
 import json
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +32,7 @@ from registry import (
 from registry.errors import describe
 from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
 from serving.errors import EngineUnavailable, OverloadedError, RequestError, RequestTimeout, RouteUnavailable
+from serving.guard import Guard
 from serving.requests import Prepared
 from serving.scheduler import StreamEvent
 from serving.service import PromptmuxService
@@ -47,7 +45,6 @@ STATUS = [
     (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
-T = TypeVar("T")
 
 
 def parse_model(model: str) -> tuple[str, int | None, str | None]:
@@ -71,39 +68,16 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 def build_app(service: PromptmuxService) -> FastAPI:
+    settings = service.settings
     app = FastAPI(title="promptmux", description="Multi-task soft-prompt serving on one frozen base model.")
     replica = f"{socket.gethostname()}:{os.getpid()}"
-
-    settings = service.settings
     token = settings.api_token.get_secret_value().encode() if settings.api_token else None
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette middleware
-        """Bearer token (when configured) and body size, checked before any body is parsed."""
-        response = await refusal(request) or await call_next(request)
-        response.headers["x-promptmux-replica"] = replica
-        return response
+    def refuse(request: Request, status: int, message: str, headers: dict[str, str] | None) -> JSONResponse:
+        return error(request, status, message, headers)
 
-    async def refusal(request: Request) -> JSONResponse | None:
-        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if token is not None and path != "/healthz":
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
-                return error(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            too_big = not declared.isdigit() or int(declared) > settings.max_body_bytes
-        else:
-            too_big = len(await request.body()) > settings.max_body_bytes
-        if too_big:
-            return error(request, 413, f"request body over the limit of {settings.max_body_bytes} bytes")
-        return None
-
-    async def within_deadline(work: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(work, settings.request_timeout_s)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"the request took longer than {settings.request_timeout_s:g} s") from exc
+    app.add_middleware(Guard, in_flight=service.in_flight, refuse=refuse, replica=replica, token=token,
+                       max_body_bytes=settings.max_body_bytes)
 
     def endpoint_of(request: Request) -> str:
         route = request.scope.get("route")
@@ -111,13 +85,14 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     def error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
         service.metrics.errors.labels(endpoint_of(request), str(status)).inc()
+        if status == 503:
+            headers = {"Retry-After": RETRY_AFTER_S, **(headers or {})}
         return JSONResponse({"error": {"message": message, "status": status}}, status_code=status, headers=headers)
 
     @app.exception_handler(PromptmuxError)
     async def promptmux_error(request: Request, exc: PromptmuxError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
-        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
-        return error(request, status, str(exc), headers)
+        return error(request, status, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -143,7 +118,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
     async def generate(body: GenerateBody):  # noqa: ANN202 - JSON or an event stream
         items = service.prepare(body, TaskKind.generation, body.params)
         if not body.stream:
-            return await within_deadline(service.generate_response(items))
+            return await service.generate_response(items)
 
         async def events() -> AsyncIterator[dict]:
             async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
@@ -153,7 +128,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyBody) -> ClassifyResponse:
-        return await within_deadline(service.classify(service.prepare(body, TaskKind.classification), "classify"))
+        return await service.classify(service.prepare(body, TaskKind.classification), "classify")
 
     # ------------------------------------------------------------ OpenAI
     @app.post("/v1/completions")
@@ -171,14 +146,14 @@ def build_app(service: PromptmuxService) -> FastAPI:
                     "promptmux": {"task": served.task, "version": served.version, "variant": served.variant}}
 
         if items[0].kind is TaskKind.classification:
-            labels = (await within_deadline(service.classify(items, "completions"))).outputs
+            labels = (await service.classify(items, "completions")).outputs
             choices = [{"index": o.index, "text": o.label, "finish_reason": "stop", "logprobs": None} for o in labels]
             usage = sum_usage([o.usage.model_dump() for o in labels])
             if body.stream:
                 return sse(_one([envelope(choices, items)]))
             return {**envelope(choices, items), "usage": usage}
         if not body.stream:
-            outputs = await within_deadline(service.generate(items, "completions"))
+            outputs = await service.generate(items, "completions")
             choices = [{"index": i, "text": o.text, "finish_reason": o.finish_reason, "logprobs": None}
                        for i, o in enumerate(outputs)]
             return {**envelope(choices, items), "usage": sum_usage([o.usage.model_dump() for o in outputs])}

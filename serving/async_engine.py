@@ -63,12 +63,16 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._stopped = False
         self._dead = False
+        self._closed: str | None = None
         self._thread = threading.Thread(target=self._loop, name="promptmux-engine", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         try:
             while not self._stopped:
+                if self._closed is not None and self.scheduler.has_work():
+                    self.scheduler.fail_everything(EngineUnavailable(self._closed))
+                    continue
                 if not self.scheduler.has_work():
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
@@ -85,9 +89,18 @@ class AsyncEngine:
                 self.scheduler.fail_everything(EngineUnavailable(DEAD))
 
     def check_alive(self) -> None:
-        """Raise once the loop thread has died: the replica can serve nothing and must be replaced."""
+        """Raise once the engine is closed, or once the loop thread has died: the replica can
+        serve nothing and must be replaced."""
+        if self._closed is not None:
+            raise EngineUnavailable(self._closed)
         if self._dead or (not self._thread.is_alive() and not self._stopped):
             raise EngineUnavailable(DEAD)
+
+    def close(self, reason: str) -> None:
+        """End every request the engine holds, now and from now on, with `EngineUnavailable(reason)`.
+        Done on the loop thread, between two steps."""
+        self._closed = reason
+        self._wake.set()
 
     def shutdown(self) -> None:
         self._stopped = True

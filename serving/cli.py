@@ -91,9 +91,13 @@ def serve_command(
     pinned_kv: PinnedOption = True,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     refresh_interval: Annotated[float, typer.Option(min=0.1, help="seconds between registry refreshes")] = 2.0,
+    drain_timeout: Annotated[
+        float | None, typer.Option(min=0, help="on Ctrl-C or SIGTERM, seconds requests in flight may take to "
+                                   "finish [default: 30]")
+    ] = None,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
-    """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM shuts both down."""
+    """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
     from serving.local_cluster import run_local
     from serving.settings import ServeSettings
 
@@ -101,6 +105,7 @@ def serve_command(
               "trust_remote_code": trust_remote_code, **({"base_model": base_model} if base_model else {})}
     settings = ServeSettings.model_validate({
         "registry": open_registry(registry).uri, "engine": engine, "refresh_interval_s": refresh_interval,
+        **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
 

@@ -3,26 +3,96 @@
 The task travels in the request body, never as a Serve multiplexed model id: Serve would
 split batches by that id, and mixing tasks in one batch is the point. Batching is the
 engine's own continuous batching, so requests go straight to it (no `@serve.batch`).
+
+Draining: `promptmux serve` sets a `DrainSignal` actor on SIGTERM. Every replica waits on
+it, drains its service (new requests 503, requests in flight finish within the grace
+period) and reports back, and only then is Serve shut down. Under `serve run` or KubeRay,
+Ray Serve's own `graceful_shutdown_timeout_s` (set from `drain_timeout_s`) waits for the
+requests in flight of a replica it stops.
 """
 
+import asyncio
+import logging
 from typing import Any
 
+import ray
 from ray import serve
+from ray.exceptions import RayError, TaskCancelledError
 from ray.serve import Application
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.app import build_app
 from serving.service import PromptmuxService
 from serving.settings import ServeSettings
 
+DRAIN_NAMESPACE = "promptmux"
+log = logging.getLogger(__name__)
+
+
+class DisconnectsAsMessages:
+    """Ray Serve (2.60) raises `TaskCancelledError` from an ASGI `receive` when its proxy has
+    cancelled a request whose client went away. ASGI's word for that is an `http.disconnect`
+    message; without it Starlette answers the vanished client with a 500 and a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_or_disconnect() -> Message:
+            try:
+                return await receive()
+            except TaskCancelledError:
+                return {"type": "http.disconnect"}
+
+        await self.app(scope, receive_or_disconnect, send)
+
+
+@ray.remote(num_cpus=0)
+class DrainSignal:
+    """Set once, by `promptmux serve` on SIGTERM; replicas wait on it and report when drained."""
+
+    def __init__(self) -> None:
+        self._started = asyncio.Event()
+        self._grace_s = 0.0
+        self._drained: set[str] = set()
+
+    async def wait(self) -> float:
+        """Returns the grace period once draining starts."""
+        await self._started.wait()
+        return self._grace_s
+
+    async def start(self, grace_s: float) -> None:
+        self._grace_s = grace_s
+        self._started.set()
+
+    async def drained(self, replica: str) -> None:
+        self._drained.add(replica)
+
+    async def drained_count(self) -> int:
+        return len(self._drained)
+
 
 @serve.deployment(name="promptmux", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress()
 class PromptmuxDeployment:
-    def __init__(self, settings: dict[str, Any]) -> None:
+    async def __init__(self, settings: dict[str, Any], drain_signal: str | None = None) -> None:
         self.service = PromptmuxService(ServeSettings.model_validate(settings))
+        self._drainer = None
+        if drain_signal is not None:
+            self._drainer = asyncio.create_task(self._drain_on(ray.get_actor(drain_signal, namespace=DRAIN_NAMESPACE)))
+
+    async def _drain_on(self, signal: "ray.actor.ActorHandle") -> None:
+        try:
+            grace_s = await signal.wait.remote()
+            await self.service.drain(grace_s)
+            await signal.drained.remote(serve.get_replica_context().replica_id.unique_id)
+        except RayError:  # the command that owns the signal is gone; Serve's own shutdown applies
+            log.warning("drain signal lost; relying on Ray Serve's graceful shutdown")
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook, returns the ASGI app
-        return build_app(self.service)
+        app = build_app(self.service)
+        app.add_middleware(DisconnectsAsMessages)
+        return app
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose engine loop died is replaced."""
@@ -37,4 +107,6 @@ class PromptmuxDeployment:
 def build(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / `serve deploy` (`import_path: serving.deployment:build`);
     `args` are `ServeSettings` fields."""
-    return PromptmuxDeployment.bind(ServeSettings.model_validate(args).replica_args())
+    settings = ServeSettings.model_validate(args)
+    deployment = PromptmuxDeployment.options(graceful_shutdown_timeout_s=settings.drain_timeout_s)
+    return deployment.bind(settings.replica_args())

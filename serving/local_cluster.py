@@ -1,17 +1,34 @@
 """`promptmux serve`: a local Ray cluster with Serve, running until Ctrl-C or SIGTERM.
 
-On either signal Serve and the Ray cluster this process started are shut down, so no
-Ray process outlives the command.
+The first signal drains: replicas refuse new requests (503 with `Retry-After`) and let
+those in flight finish within `drain_timeout_s`; streams still running then end with an
+error event. Only then are Serve and the Ray cluster this process started shut down, so
+no Ray process outlives the command. A second signal skips the rest of the drain.
 """
 
 import os
 import signal
 import threading
+import time
 
 from registry.cli import console
 from serving.settings import ServeSettings
 
 APP_NAME = "promptmux"
+DRAIN_SIGNAL = "promptmux-drain"
+DRAIN_MARGIN_S = 10.0  # past the grace period: ending the streams still running and flushing them
+
+
+def init_ray(num_cpus: int, **options: object) -> None:
+    """`ray.init` for promptmux: no dashboard, no token warning, and the proxy's own errors
+    as JSON bodies (`serving.proxy_errors`, installed through Ray Serve's proxy callback)."""
+    import ray
+
+    from serving.proxy_errors import CALLBACK, CALLBACK_ENV
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, **options)
 
 
 def run_local(
@@ -20,22 +37,35 @@ def run_local(
     import ray
     from ray import serve
 
-    from serving.deployment import PromptmuxDeployment
+    from serving.deployment import DRAIN_NAMESPACE, DrainSignal, PromptmuxDeployment
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, configure_logging=False)
-    stop = threading.Event()
+    init_ray(max(2, os.cpu_count() or 2))
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        (hurry if stop.is_set() else stop).set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     try:
+        drain = DrainSignal.options(name=DRAIN_SIGNAL, namespace=DRAIN_NAMESPACE).remote()
         serve.start(http_options={"host": host, "port": port})
         deployment = PromptmuxDeployment.options(
-            num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus}
+            num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
+            graceful_shutdown_timeout_s=settings.drain_timeout_s,
         )
-        serve.run(deployment.bind(settings.replica_args()), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(deployment.bind(settings.replica_args(), DRAIN_SIGNAL), name=APP_NAME, route_prefix="/",
+                  blocking=False)
         console.print(f"promptmux serving {settings.engine.base_model} from {settings.registry} "
                       f"on http://{host}:{port} ({replicas} replica(s)); Ctrl-C to stop", highlight=False)
         stop.wait()
+        console.print(f"draining: new requests get 503; requests in flight have {settings.drain_timeout_s:g} s "
+                      "to finish (signal again to stop now)")
+        ray.get(drain.start.remote(settings.drain_timeout_s))
+        deadline = time.monotonic() + settings.drain_timeout_s + DRAIN_MARGIN_S
+        while ray.get(drain.drained_count.remote()) < replicas and time.monotonic() < deadline:
+            if hurry.wait(0.1):
+                break
     finally:
         console.print("shutting down Serve and the local Ray cluster")
         try:

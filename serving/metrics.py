@@ -39,6 +39,9 @@ class ServingMetrics:
                                          ["task", "version"], registry=self.registry)
         self.broken_aliases = Gauge("promptmux_broken_alias", "1 while an alias points at a version that fails "
                                     "validation", ["task", "alias"], registry=self.registry)
+        self.broken_variants = Gauge("promptmux_broken_rollout_variant", "1 while a rollout variant's version fails "
+                                     "validation (its share is served as `<variant>-fallback`)", ["task", "variant"],
+                                     registry=self.registry)
         self.unreadable_tasks = Gauge("promptmux_unreadable_task", "1 while a task's registry files cannot be read "
                                       "(it keeps its last good routes)", ["task"], registry=self.registry)
         self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",

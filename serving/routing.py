@@ -15,6 +15,11 @@ is served again). An alias whose version fails validation never silently reroute
 * otherwise (say a corrupt `production` at start-up) they get `RouteUnavailable` (HTTP
   503) naming the alias, the version and the problem;
 either way the alias is reported broken (`on_broken`) until its version validates.
+A rollout variant whose version fails validation is treated alike: requests that land on
+it are served as the task would be without the rollout (its `production` alias, else its
+latest version) under the variant `<variant>-fallback`, or get a 503 naming the variant
+when that is not servable either; the other variants keep their share, and the variant is
+reported broken (`on_broken_variant`) until its version validates.
 """
 
 import hashlib
@@ -49,6 +54,7 @@ class TaskEntry:
     archived: frozenset[int] = frozenset()
     broken: dict[str, int] = field(default_factory=dict)  # alias -> its unservable version
     fallbacks: dict[str, int] = field(default_factory=dict)  # broken alias -> its servable previous version
+    broken_variants: dict[str, int] = field(default_factory=dict)  # rollout variant -> its unservable version
 
 
 def sticky_point(task: str, key: str) -> float:
@@ -75,6 +81,7 @@ class RegistryView:
     on_rejected: Callable[[PromptVersion, str], None] = lambda manifest, problem: None
     on_unreadable: Callable[[str, str | None], None] = lambda task, problem: None
     on_broken: Callable[[str, str, int | None], None] = lambda task, alias, version: None
+    on_broken_variant: Callable[[str, str, int | None], None] = lambda task, variant, version: None
     retry_rejected_s: float = 30.0
     rejected_at: dict[tuple[str, int, str], float] = field(default_factory=dict)
     entries: dict[str, TaskEntry] = field(default_factory=dict)
@@ -100,15 +107,25 @@ class RegistryView:
             if route is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
             return route
-        if entry.rollout is not None:
-            with self._lock:
-                chosen = entry.rollout.variants[pick_variant(entry.rollout, task, routing_key, self._rng)]
+        if entry.rollout is None:
+            return self._default_route(entry)
+        with self._lock:
+            chosen = entry.rollout.variants[pick_variant(entry.rollout, task, routing_key, self._rng)]
+        if chosen.name not in entry.broken_variants:
             return Route(self._manifest(entry, chosen.version), chosen.name)
+        try:
+            return Route(self._default_route(entry).manifest, f"{chosen.name}-fallback")
+        except (NotFoundError, RouteUnavailable) as exc:
+            raise RouteUnavailable(f"{task} rollout variant {chosen.name} (version {chosen.version}) is not servable, "
+                                   f"and neither is the task without its rollout: {exc}") from exc
+
+    def _default_route(self, entry: TaskEntry) -> Route:
+        """The route without a rollout: the `production` alias, else the latest version."""
         route = self._alias_route(entry, DEFAULT_ALIAS)
         if route is not None:
             return route
         if entry.latest is None:
-            raise NotFoundError(f"task {task!r} has no servable version")
+            raise NotFoundError(f"task {entry.record.spec.name!r} has no servable version")
         return Route(self._manifest(entry, entry.latest), "latest")
 
     def _alias_route(self, entry: TaskEntry, alias: str) -> Route | None:
@@ -170,12 +187,21 @@ class RegistryView:
             broken[alias] = pointer.version
             if pointer.previous in versions and self._servable(versions[pointer.previous]):
                 fallbacks[alias] = pointer.previous
-        for alias in (previous.broken if previous else {}).keys() | broken.keys():
-            self.on_broken(name, alias, broken.get(alias))
+        self._report_changes(name, previous.broken if previous else {}, broken, self.on_broken)
         rollout = self.registry.rollout(name)
-        if rollout and not all(v.version in versions and self._servable(versions[v.version]) for v in rollout.variants):
-            rollout = previous.rollout if previous else None
-        return TaskEntry(record, versions, aliases, rollout, latest, archived, broken, fallbacks)
+        broken_variants = {v.name: v.version for v in (rollout.variants if rollout else [])
+                           if v.version not in versions or not self._servable(versions[v.version])}
+        self._report_changes(name, previous.broken_variants if previous else {}, broken_variants,
+                             self.on_broken_variant)
+        return TaskEntry(record, versions, aliases, rollout, latest, archived, broken, fallbacks, broken_variants)
+
+    @staticmethod
+    def _report_changes(task: str, before: dict[str, int], now: dict[str, int],
+                        report: Callable[[str, str, int | None], None]) -> None:
+        """Report each alias or variant that broke (its version) or healed (None) since the last refresh."""
+        for name in before.keys() | now.keys():
+            if before.get(name) != now.get(name):
+                report(task, name, now.get(name))
 
     def _servable(self, manifest: PromptVersion) -> bool:
         """Validate a routed version once; remember the verdict (versions are immutable)."""

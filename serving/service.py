@@ -6,8 +6,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
+from typing import TypeVar
 
 import torch
 
@@ -15,7 +16,7 @@ from registry import PromptVersion, Registry, TaskKind
 from serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
 from serving.async_engine import AsyncEngine, EventStream
 from serving.engine import Engine
-from serving.errors import RequestError
+from serving.errors import RequestError, RequestTimeout
 from serving.metrics import ServingMetrics
 from serving.requests import Prepared, prepare
 from serving.routing import RegistryView
@@ -24,6 +25,19 @@ from serving.schemas import GenerationOutput, ParamsOverride, Usage
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+DRAIN_POLL_S = 0.05
+DRAIN_FLUSH_S = 5.0
+CUT_AT_DEADLINE = "the server shut down before this request finished; retry"
+
+
+class InFlight:
+    """Requests between their first byte in and their last byte out (counted by the HTTP
+    layer), and whether new ones are refused because the replica is draining."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
 
 
 class PromptmuxService:
@@ -34,9 +48,11 @@ class PromptmuxService:
         self.metrics = ServingMetrics(self.engine.prompts)
         self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected,
                                  on_unreadable=self._unreadable, on_broken=self._broken,
+                                 on_broken_variant=self._broken_variant,
                                  retry_rejected_s=settings.retry_rejected_s)
         self.view.refresh()
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
+        self.in_flight = InFlight()
         self._stopped = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
         self._refresher.start()
@@ -48,6 +64,12 @@ class PromptmuxService:
         if version is not None:
             log.error("alias %s:%s points at version %s, which is not servable", task, alias, version)
         self.metrics.broken_aliases.labels(task, alias).set(0 if version is None else 1)
+
+    def _broken_variant(self, task: str, variant: str, version: int | None) -> None:
+        if version is not None:
+            log.error("rollout variant %s of %s is version %s, which is not servable; its share falls back",
+                      variant, task, version)
+        self.metrics.broken_variants.labels(task, variant).set(0 if version is None else 1)
 
     def _unreadable(self, task: str, problem: str | None) -> None:
         self.metrics.unreadable_tasks.labels(task).set(0 if problem is None else 1)
@@ -62,6 +84,22 @@ class PromptmuxService:
     def shutdown(self) -> None:
         self._stopped.set()
         self.async_engine.shutdown()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests (the HTTP layer answers 503), let those in flight finish for up
+        to `grace_s`, then end the rest: streams with an error event, the others with 503."""
+        self.in_flight.draining = True
+        log.warning("draining: %d requests in flight, %g s to finish", self.in_flight.count, grace_s)
+        await self._until_idle(grace_s)
+        if self.in_flight.count:
+            log.warning("drain deadline: ending the %d requests still in flight", self.in_flight.count)
+            self.async_engine.close(CUT_AT_DEADLINE)
+            await self._until_idle(DRAIN_FLUSH_S)
+
+    async def _until_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight.count and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
 
     # ------------------------------------------------------------- requests
     def prepare(self, body: TaskBody, kind: TaskKind | None, params: ParamsOverride | None = None) -> list[Prepared]:
@@ -80,21 +118,41 @@ class PromptmuxService:
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
         labels = (item.task, str(item.version), item.variant)
-        self.metrics.requests.labels(endpoint, *labels, "ok").inc()
+        self.count(endpoint, [item], "ok")
         self.metrics.latency.labels(endpoint, *labels).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
 
+    def count(self, endpoint: str, items: list[Prepared], status: str) -> None:
+        """Count requests by outcome: ok, cancelled (the client went away), timeout (504)."""
+        for item in items:
+            self.metrics.requests.labels(endpoint, item.task, str(item.version), item.variant, status).inc()
+
+    async def within_deadline(self, work: Awaitable[T], endpoint: str, items: list[Prepared]) -> T:
+        """`work` under the per-request timeout; a request that does not finish is counted
+        as timed out (and raises `RequestTimeout`, HTTP 504) or as cancelled."""
+        timeout = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await work
+        except TimeoutError as exc:
+            self.count(endpoint, items, "timeout")
+            raise RequestTimeout(f"the request took longer than {timeout:g} s") from exc
+        except asyncio.CancelledError:
+            self.count(endpoint, items, "cancelled")
+            raise
+
     async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
         started = time.perf_counter()
-        outputs = await asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
+        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
+        outputs = await self.within_deadline(work, endpoint, items)
         for item, output in zip(items, outputs):
             self.record(endpoint, item, output.usage, started)
         return list(outputs)
 
     async def classify(self, items: list[Prepared], endpoint: str) -> ClassifyResponse:
         started = time.perf_counter()
-        outputs = await self.async_engine.classify([item.row for item in items])
+        outputs = await self.within_deadline(self.async_engine.classify([item.row for item in items]), endpoint, items)
         served = []
         for index, (item, output) in enumerate(zip(items, outputs)):
             self.record(endpoint, item, output.usage, started)
@@ -137,19 +195,26 @@ class PromptmuxService:
                     await queue.put((index, event))
 
         pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+        unfinished = set(range(len(streams)))
         try:
-            remaining = len(streams)
-            while remaining:
+            while unfinished:
                 try:
                     index, event = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
                 except TimeoutError:
+                    self.count(endpoint, [items[i] for i in unfinished], "timeout")
                     timeout = self.settings.request_timeout_s
                     yield 0, StreamEvent("", [], error=f"the request took longer than {timeout:g} s")
                     return
                 if event.output is not None:
                     self.record(endpoint, items[index], event.output.usage, started)
-                remaining -= bool(event.finish_reason or event.error)
+                if event.error:
+                    self.count(endpoint, [items[index]], "error")
+                if event.finish_reason or event.error:
+                    unfinished.discard(index)
                 yield index, event
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
+            self.count(endpoint, [items[i] for i in unfinished], "cancelled")
+            raise
         finally:
             for task in pumps:
                 task.cancel()
@@ -172,8 +237,10 @@ class PromptmuxService:
         return summary
 
     def health(self) -> dict:
-        """Raises `EngineUnavailable` (HTTP 503, and a failed Serve health check) once the engine loop is dead."""
-        self.async_engine.check_alive()
+        """Raises `EngineUnavailable` (HTTP 503, and a failed Serve health check) once the engine loop is
+        dead; a draining replica ends on purpose and is not reported for replacement."""
+        if not self.in_flight.draining:
+            self.async_engine.check_alive()
         return {"status": "ok", "base_model": self.settings.engine.base_model, "device": str(self.engine.device),
                 "dtype": str(self.engine.model.dtype).removeprefix("torch."), "pinned_kv": self.engine.pinned_kv,
                 "torch_threads": torch.get_num_threads(),

@@ -19,6 +19,10 @@ class ServeSettings(BaseSettings):
     max_inputs_per_request: int = Field(32, ge=1, le=1024)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are refused with 413")
     request_timeout_s: float = Field(300.0, gt=0, description="a request still running after this gets 504")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on shutdown, how long requests in flight may take to finish (Ray Serve's "
+        "graceful_shutdown_timeout_s); streams still running then end with an error event"
+    )
     api_token: SecretStr | None = Field(
         None, description="if set, every endpoint but /healthz requires `Authorization: Bearer <token>`"
     )

@@ -25,6 +25,7 @@ def test_serve_yaml_is_a_valid_ray_serve_config_for_the_builder() -> None:
     assert deployment.autoscaling_config["max_replicas"] >= 1
     assert deployment.ray_actor_options.num_gpus == 1
     settings = ServeSettings.model_validate(app.args)
+    assert deployment.graceful_shutdown_timeout_s == settings.drain_timeout_s  # Serve waits as long as we drain
     assert settings.engine.device == "cuda" and settings.engine.dtype == "bfloat16"
     assert build(app.args) is not None
 

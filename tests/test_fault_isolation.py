@@ -6,6 +6,11 @@ running batch, a step that raises, a loop thread that dies. The server side runs
 FastAPI app over real HTTP (uvicorn on a loopback port).
 """
 
+import asyncio
+import collections
+import json
+import math
+import random
 import time
 from collections.abc import Iterator
 
@@ -108,3 +113,105 @@ def test_a_dead_engine_loop_turns_health_red_and_requests_fail_fast(live_server)
         response = httpx.post(f"{url}{path}", json=request, timeout=30)
         assert response.status_code == 503 and "replaced" in response.json()["error"]["message"]
     assert time.monotonic() - started < 5  # refused at once, not after the request timeout
+
+
+EXTREMES = {
+    "integer": [0, -1, 1, 2**31, 2**63, 2**64, -(2**64), 10**40, 1.5, "7", None, True, [], {}],
+    "number": [0, -0.0, 1e-39, 1e-30, 5e-324, 1e308, -1e308, math.nan, math.inf, -math.inf, 2**64, "1", None, []],
+    "string": ["", "\ud800", "a\udfffb", "\x00", "🦜" * 300, "x" * 5000, "../../etc", 0, None, ["x"], {}],
+    "boolean": [True, False, 0, "yes", None],
+    "array": [[], [""], ["\ud800"], ["x"] * 200, [None], [[]], "x", None],
+}
+VALID = {  # a normal body per endpoint (sampling, so that every parameter counts), bent a few fields at a time
+    "/v1/generate": {"task": "act-as", "input": "a poet",
+                     "params": {"max_new_tokens": 4, "temperature": 0.8, "top_k": 20, "seed": 1}},
+    "/v1/classify": {"task": "grooming", "input": "kind staff"},
+    "/v1/completions": {"model": "summarize", "prompt": "a day", "max_tokens": 4, "temperature": 0.8, "seed": 1},
+}
+NORMAL = [  # greedy and seeded sampling, three tasks, both kinds
+    ("/v1/generate", {"task": "act-as", "input": "a chef", "params": {"max_new_tokens": 12, "min_new_tokens": 12}}),
+    ("/v1/generate", {"task": "summarize", "input": "the meeting", "params": {"max_new_tokens": 10, "temperature": 0.9,
+                                                                          "top_p": 0.9, "seed": 7}}),
+    ("/v1/classify", {"task": "grooming", "input": "Lovely staff, my dog looks great"}),
+    ("/v1/completions", {"model": "act-as@2", "prompt": "a judge", "max_tokens": 8, "seed": 3, "temperature": 1.2}),
+]
+
+
+def fields(schema: dict, spec: dict, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(path, JSON type) of every leaf field of a request body schema, through $refs and anyOf."""
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    if "properties" in schema:
+        for name, sub in schema["properties"].items():
+            yield from fields(sub, spec, (*path, name))
+        return
+    kinds = [option for option in schema.get("anyOf", [schema]) if option.get("type") != "null"]
+    for option in kinds:
+        if "$ref" in option or "properties" in option:
+            yield from fields(option, spec, path)
+            return
+    yield path, kinds[0].get("type", "string") if kinds else "string"
+
+
+def bent(body: dict, path: tuple[str, ...], value: object) -> dict:
+    body = json.loads(json.dumps(body))
+    node = body
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+    node[path[-1]] = value
+    return body
+
+
+def test_extreme_values_in_every_field_of_every_endpoint_give_no_5xx_and_leave_normal_requests_unchanged(
+    live_server,
+) -> None:
+    url, _ = live_server
+    spec = httpx.get(f"{url}/openapi.json").json()
+    cases = []
+    for path, body in VALID.items():
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        leaves = list(fields(schema, spec))
+        assert len(leaves) >= 5, (path, leaves)
+        cases += [(path, bent(body, leaf, value)) for leaf, kind in leaves for value in EXTREMES[kind]]
+        rng = random.Random(path)  # and random combinations of several bent fields
+        for _ in range(60):
+            combo = body
+            for leaf, kind in rng.sample(leaves, k=min(3, len(leaves))):
+                combo = bent(combo, leaf, rng.choice(EXTREMES[kind]))
+            cases.append((path, combo))
+
+    async def normal_outputs(client: httpx.AsyncClient) -> list[dict]:
+        responses = await asyncio.gather(*(client.post(path, json=body) for path, body in NORMAL))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [{k: v for k, v in r.json().items() if k not in ("id", "created")} for r in responses]
+
+    async def fuzz(client: httpx.AsyncClient, statuses: collections.Counter) -> None:
+        for start in range(0, len(cases), 16):
+            batch = cases[start: start + 16]
+            contents = [json.dumps(body, allow_nan=True) for _, body in batch]  # NaN and Infinity as JSON allows them
+            responses = await asyncio.gather(*(
+                client.post(path, content=content, headers={"content-type": "application/json"})
+                for (path, _), content in zip(batch, contents)))
+            for (path, _), content, response in zip(batch, contents, responses):
+                statuses[response.status_code] += 1
+                assert response.status_code < 500, (path, content[:300], response.text[:300])
+                if response.status_code >= 400:
+                    assert response.json()["error"]["message"]
+
+    async def run() -> tuple[list[dict], list[list[dict]], collections.Counter]:
+        statuses: collections.Counter = collections.Counter()
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            alone = await normal_outputs(client)
+            fuzzing = asyncio.create_task(fuzz(client, statuses))
+            beside = []
+            while not fuzzing.done():
+                beside.append(await normal_outputs(client))
+            await fuzzing
+        return alone, beside, statuses
+
+    alone, beside, statuses = asyncio.run(run())
+    print(f"parameter fuzz: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}, "
+          f"{len(beside)} rounds of normal requests beside it")
+    assert len(cases) > 400 and statuses[200] > 0 and len(beside) >= 2
+    for outputs in beside:  # token for token what they give without the fuzz
+        assert outputs == alone

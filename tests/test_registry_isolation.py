@@ -6,7 +6,7 @@ import httpx
 import pytest
 from serve_fixtures import BASE, build_registry, serve_locally, wait_until
 
-from registry import CorruptFileError, Registry
+from registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
 from serving.config import EngineConfig
 from serving.settings import ServeSettings
 
@@ -140,3 +140,44 @@ def test_an_alias_records_the_version_it_pointed_at_before_its_last_move(tmp_pat
         registry.set_alias("act-as", "production", version)
         record = registry.alias_records("act-as")["production"]
         assert (record.version, record.previous) == (version, previous)
+
+
+def test_a_rollout_variant_on_a_corrupt_version_falls_back_declared_and_the_other_variant_keeps_its_share(
+    tmp_path,
+) -> None:
+    registry = build_registry(tmp_path / "registry")
+    registry.set_alias("act-as", "production", 1)
+    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=2, weight=50),
+                                                         RolloutVariant(version=3, weight=50)]))
+    tensor = tmp_path / "registry" / "tasks" / "act-as" / "versions" / "3" / "adapter_model.safetensors"
+    good = tensor.read_bytes()
+    tensor.write_bytes(bytes(range(256)) * 8)
+    settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, retry_rejected_s=0.5,
+                             engine=EngineConfig(base_model=BASE))
+
+    def served_by_key() -> dict[str, tuple[int, str]]:
+        served = {}
+        for key in (f"user-{i}" for i in range(24)):
+            body = {"task": "act-as", "input": "a poet", "routing_key": key, "params": {"max_new_tokens": 1}}
+            output = httpx.post(f"{url}/v1/generate", json=body, timeout=30).json()["outputs"][0]
+            served[key] = (output["version"], output["variant"])
+        return served
+
+    with serve_locally(settings) as (url, _):
+        broken = served_by_key()
+        assert set(broken.values()) == {(2, "v2"), (1, "v3-fallback")}  # v3's share goes to production, declared
+        assert gauge(url, "promptmux_broken_rollout_variant", 'task="act-as",variant="v3"') == 1.0
+
+        tensor.write_bytes(good)  # restored: the variant serves again, for the same keys
+        wait_until(lambda: gauge(url, "promptmux_broken_rollout_variant", 'task="act-as",variant="v3"') == 0.0,
+                   timeout=15, interval=0.2)
+        healed = served_by_key()
+        assert {key: variant for key, (_, variant) in healed.items()} == \
+            {key: variant.removesuffix("-fallback") for key, (_, variant) in broken.items()}
+
+    for version in (1, 2, 3):  # with nothing to fall back to, a clear 503 instead
+        path = tmp_path / "registry" / "tasks" / "act-as" / "versions" / str(version) / "adapter_model.safetensors"
+        path.write_bytes(bytes(range(256)) * 8)
+    with serve_locally(settings) as (url, _):
+        refused = httpx.post(f"{url}/v1/generate", json={"task": "act-as", "input": "x"}, timeout=30)
+        assert refused.status_code == 503 and "rollout variant" in refused.json()["error"]["message"]

@@ -1,5 +1,7 @@
 """`promptmux serve` as a user runs it: a subprocess that owns a local Ray cluster."""
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +13,19 @@ import openai
 import psutil
 from serve_fixtures import build_registry, free_port, healthy, wait_until
 
-from registry import RolloutSpec, RolloutVariant
+from registry import Registry, RolloutSpec, RolloutVariant
+
+
+def start_serve(registry: Registry, port: int, *options: str) -> subprocess.Popen:
+    """`promptmux serve` in a subprocess, returned once it answers its health check."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from registry.cli import main; main()", "serve", "--registry", registry.uri,
+         "--port", str(port), "--base-model", "tiny-random-llama", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    wait_until(lambda: process.poll() is not None or healthy(f"http://127.0.0.1:{port}"), timeout=240, interval=0.5)
+    assert process.poll() is None, process.stdout.read()
+    return process
 
 
 def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
@@ -20,15 +34,9 @@ def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
                                                          RolloutVariant(version=2, weight=50)]))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from registry.cli import main; main()", "serve", "--registry", registry.uri,
-         "--port", str(port), "--base-model", "tiny-random-llama"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    process = start_serve(registry, port)
     children: set[int] = set()
     try:
-        wait_until(lambda: process.poll() is not None or healthy(url), timeout=240, interval=0.5)
-        assert process.poll() is None, process.stdout.read()
         children = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
 
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
@@ -56,3 +64,71 @@ def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
     assert "shutting down Serve and the local Ray cluster" in output
     leftovers = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert not leftovers, [psutil.Process(pid).cmdline()[:3] for pid in leftovers]
+
+
+async def _stream(client: httpx.AsyncClient, body: dict, started: asyncio.Event) -> dict:
+    """A streamed generation: its events, and whether it ended with [DONE]."""
+    events, done = [], False
+    async with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as response:
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+                started.set()
+    return {"status": response.status_code, "events": events, "done": done, "ended_at": time.monotonic()}
+
+
+async def _plain(client: httpx.AsyncClient, body: dict) -> dict:
+    response = await client.post("/v1/generate", json=body)
+    return {"status": response.status_code, "body": response.json(), "ended_at": time.monotonic()}
+
+
+def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_streams_with_an_error(tmp_path) -> None:
+    registry = build_registry(tmp_path / "registry")
+    port, grace = free_port(), 4.0
+    url = f"http://127.0.0.1:{port}"
+    process = start_serve(registry, port, "--drain-timeout", str(grace))
+    short = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
+    long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 1024, "min_new_tokens": 1024}}
+
+    async def scenario() -> tuple[list[dict], list[dict], list[httpx.Response], float]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            streams_started = [asyncio.Event() for _ in range(8)]
+            finite = [asyncio.create_task(_stream(client, short, streams_started[i])) for i in range(6)]
+            finite += [asyncio.create_task(_plain(client, short)) for _ in range(6)]
+            cut = [asyncio.create_task(_stream(client, long, streams_started[6 + i])) for i in range(2)]
+            cut += [asyncio.create_task(_plain(client, long)) for _ in range(2)]
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streams_started)), 60)
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            refused = []
+            while len(refused) < 3 and time.monotonic() - signalled < grace:
+                response = await client.post("/v1/classify", json={"task": "grooming", "input": "late"})
+                if response.status_code == 503:
+                    refused.append(response)
+                await asyncio.sleep(0.1)
+            return await asyncio.gather(*finite), await asyncio.gather(*cut), refused, signalled
+
+    try:
+        finite, cut, refused, signalled = asyncio.run(scenario())
+    finally:
+        output, _ = process.communicate(timeout=120)
+    print(output[-2000:])
+    assert process.returncode == 0 and "draining" in output
+    for result in finite:  # in flight at SIGTERM, finished after it, in full
+        assert result["status"] == 200 and result["ended_at"] > signalled
+        if "events" in result:
+            assert result["done"] and result["events"][-1]["finish_reason"] == "length"
+            assert sum(len(event["token_ids"]) for event in result["events"]) == 48
+        else:
+            assert result["body"]["outputs"][0]["usage"]["completion_tokens"] == 48
+    assert len(refused) == 3
+    for response in refused:  # new requests while draining: 503, JSON, Retry-After
+        assert response.headers["retry-after"] and "shutting down" in response.json()["error"]["message"]
+    for result in cut:  # still running at the deadline: ended with an error, never a dropped connection
+        assert grace - 0.5 < result["ended_at"] - signalled < grace + 10
+        if "events" in result:
+            assert result["done"] and "shut down before this request finished" in result["events"][-1]["error"]
+        else:
+            assert result["status"] == 503 and "shut down" in result["body"]["error"]["message"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import ray
 import schemathesis
@@ -24,6 +25,7 @@ from serving.batching import GenerationRow
 from serving.config import EngineConfig
 from serving.deployment import PromptmuxDeployment
 from serving.engine import Engine
+from serving.local_cluster import init_ray
 from serving.settings import ServeSettings
 
 
@@ -31,7 +33,7 @@ from serving.settings import ServeSettings
 def served(tmp_path_factory) -> tuple[str, Registry]:
     registry = build_registry(tmp_path_factory.mktemp("serve") / "registry")
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    init_ray(2, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.5, max_inputs_per_request=8,
                              engine=EngineConfig(base_model=BASE, max_batch_size=16, max_new_tokens=64))
@@ -368,30 +370,86 @@ def test_inputs_and_tokens_never_reach_the_logs(served) -> None:
     assert leaked == []
 
 
+def per_replica(url: str, path: str) -> dict[str, str]:
+    """GET `path` until both replicas have answered: replica → response text."""
+    texts: dict[str, str] = {}
+    wait_until(lambda: texts.update({(r := httpx.get(f"{url}{path}")).headers["x-promptmux-replica"]: r.text})
+               or len(texts) == 2)
+    return texts
+
+
+def metric(texts: dict[str, str], prefix: str, *labels: str) -> float:
+    """A metric summed over replicas and over the series whose line has every label."""
+    return sum(float(line.rsplit(" ", 1)[1]) for text in texts.values() for line in text.splitlines()
+               if line.startswith(prefix) and all(label in line for label in labels))
+
+
+def test_a_thousand_clients_that_leave_mid_stream_are_counted_as_cancelled_and_leave_no_trace(served) -> None:
+    url, _ = served
+    body = {"task": "act-as", "input": "leaving", "stream": True, "params": {"max_new_tokens": 64, "min_new_tokens": 64}}
+
+    async def leave_after_first_event(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", "/v1/generate", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    return
+
+    async def cut(count: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            for _ in range(count // 8):
+                await asyncio.gather(*(leave_after_first_event(client) for _ in range(8)))
+
+    def resident_mb(pids: list[int]) -> list[float]:
+        return [psutil.Process(pid).memory_info().rss / 2**20 for pid in pids]
+
+    asyncio.run(cut(200))  # warm up: first-use allocations are not a leak
+    before = per_replica(url, "/metrics")
+    pids = [int(replica.rsplit(":", 1)[1]) for replica in sorted(before)]
+    started_mb = resident_mb(pids)
+    asyncio.run(cut(1000))
+    after = wait_until(lambda: (texts := per_replica(url, "/metrics"))
+                       and metric(texts, "promptmux_requests_total", 'status="cancelled"')
+                       - metric(before, "promptmux_requests_total", 'status="cancelled"') >= 1000 and texts)
+    ended_mb = resident_mb(pids)
+    steps = metric(after, "promptmux_batch_rows_count") - metric(before, "promptmux_batch_rows_count")
+    print(f"1000 cut streams: {steps:.0f} decode steps, resident MB {started_mb} -> {ended_mb}")
+    assert metric(after, "promptmux_requests_total", 'status="cancelled"') \
+        - metric(before, "promptmux_requests_total", 'status="cancelled"') == 1000
+    assert metric(after, "promptmux_errors_total") == metric(before, "promptmux_errors_total")
+    assert steps < 1000 / 8 * 64 / 4  # rows leave within a few steps of their client, not after 64 tokens
+    assert all(end - start < 5 for start, end in zip(started_mb, ended_mb))
+    logs = Path("/tmp/ray/session_latest/logs")
+    assert not [p.name for p in logs.rglob("*replica*") if p.is_file() and b"unexpected error" in p.read_bytes()]
+
+
 def test_a_killed_replica_is_replaced_and_clients_with_one_retry_succeed(served) -> None:
     url, _ = served
     body = {"task": "grooming", "input": "steady load"}
     before = {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"] for _ in range(30)}
     assert len(before) == 2
     victim = int(sorted(before)[0].rsplit(":", 1)[1])
+    refusals: list[httpx.Response] = []  # every answer that was not a 200, first attempts and retries
+    dropped: list[str] = []  # connections closed without an answer
 
     async def load() -> list[str]:
         outcomes: list[str] = []
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            async def one(i: int) -> None:
-                for attempt in range(2):  # one retry
+            async def one() -> None:
+                for _ in range(2):  # one retry
                     try:
                         response = await client.post("/v1/classify", json=body)
-                        if response.status_code == 200:
-                            outcomes.append("ok")
-                            return
-                    except httpx.HTTPError:
-                        pass
+                    except httpx.HTTPError as exc:
+                        dropped.append(type(exc).__name__)
+                        continue
+                    if response.status_code == 200:
+                        outcomes.append("ok")
+                        return
+                    refusals.append(response)
                 outcomes.append("failed")
 
             async def waves() -> None:
-                for wave in range(20):
-                    await asyncio.gather(*(one(wave * 10 + k) for k in range(10)))
+                for _ in range(20):
+                    await asyncio.gather(*(one() for _ in range(10)))
                     await asyncio.sleep(0.05)
 
             async def kill() -> None:
@@ -402,9 +460,40 @@ def test_a_killed_replica_is_replaced_and_clients_with_one_retry_succeed(served)
         return outcomes
 
     outcomes = asyncio.run(load())
-    print(f"replica kill: {outcomes.count('ok')} of {len(outcomes)} succeeded with one retry")
+    statuses = collections.Counter(response.status_code for response in refusals)
+    print(f"replica kill: {outcomes.count('ok')} of {len(outcomes)} succeeded with one retry; "
+          f"refusals {dict(statuses)}, dropped connections {collections.Counter(dropped)}")
     assert len(outcomes) == 200 and outcomes.count("ok") / len(outcomes) >= 0.99
+    for response in refusals:  # the documented JSON body, whether the replica or the proxy answered
+        assert response.headers["content-type"] == "application/json" and response.json()["error"]["message"]
     replaced = wait_until(lambda: (now := {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"]
                                            for _ in range(30)}) and len(now) == 2 and now != before and now,
                           timeout=120, interval=1)
     assert len(replaced) == 2
+
+
+def test_the_proxy_answers_a_request_whose_replica_dies_with_a_json_error(served) -> None:
+    url, _ = served
+    long = {"task": "act-as", "input": "x", "params": {"max_new_tokens": 64, "min_new_tokens": 64}}
+
+    async def requests_while_a_replica_dies() -> list[httpx.Response]:
+        victim = int(httpx.get(f"{url}/healthz").headers["x-promptmux-replica"].rsplit(":", 1)[1])
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            pending = [asyncio.create_task(client.post("/v1/generate", json=long)) for _ in range(24)]
+            await asyncio.sleep(0.15)
+            os.kill(victim, signal.SIGKILL)
+            return await asyncio.gather(*pending)
+
+    for _ in range(3):  # the kill may land before the router has given the victim any request
+        responses = asyncio.run(requests_while_a_replica_dies())
+        lost = [r for r in responses if r.status_code != 200]
+        print(f"replica death mid-request: statuses {collections.Counter(r.status_code for r in responses)}, "
+              f"bodies {collections.Counter(r.text for r in lost)}")
+        wait_until(lambda: len({httpx.get(f"{url}/healthz").headers["x-promptmux-replica"] for _ in range(30)}) == 2,
+                   timeout=120, interval=1)
+        if lost:
+            break
+    assert lost, "no request was in the replica when it died"
+    for response in lost:
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "replica serving this request stopped" in response.json()["error"]["message"]

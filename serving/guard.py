@@ -1,0 +1,104 @@
+"""The gate in front of the API: bearer token, refusals while draining, body size, the
+in-flight count. All checked before a body is parsed.
+
+A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`: that one runs the
+app in a task group of its own, which turns a client that goes away into an exception
+group (a 500 with a traceback) and ends before a streamed body does. Here a request is
+in flight from its first byte in to its last byte out, which is what draining waits for.
+"""
+
+import hmac
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.service import InFlight
+
+REPLICA_HEADER = b"x-promptmux-replica"
+DRAINING = "this replica is shutting down; retry and another one will serve you"
+UNGUARDED = "/healthz"  # load balancers probe health without a token
+ALWAYS_OPEN = "/metrics"  # scraped until the last moment, draining or not
+
+
+Refusal = Callable[[Request, int, str, dict[str, str] | None], Response]
+
+
+class Guard:
+    def __init__(
+        self, app: ASGIApp, in_flight: InFlight, refuse: Refusal, replica: str, token: bytes | None, max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.in_flight = in_flight
+        self.refuse = refuse
+        self.replica = replica.encode()
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (REPLICA_HEADER, self.replica)]
+            await send(message)
+
+        request = Request(scope)
+        refusal = self.refusal(request)
+        if refusal is None and "content-length" not in request.headers:  # chunked: read it, within the limit
+            body = await self.capped_body(receive)
+            if body is None:
+                refusal = self.too_large(request)
+            else:
+                receive = replay(body, receive)
+        if refusal is not None:
+            await refusal(scope, receive, tagged)
+            return
+        self.in_flight.count += 1
+        try:
+            await self.app(scope, receive, tagged)
+        finally:
+            self.in_flight.count -= 1
+
+    def refusal(self, request: Request) -> Response | None:
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if self.token is not None and path != UNGUARDED:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token):
+                return self.refuse(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if self.in_flight.draining and path != ALWAYS_OPEN:
+            return self.refuse(request, 503, DRAINING, None)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return self.too_large(request)
+        return None
+
+    def too_large(self, request: Request) -> Response:
+        return self.refuse(request, 413, f"request body over the limit of {self.max_body_bytes} bytes", None)
+
+    async def capped_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it grows past the limit."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands over the body already read, then defers to the real one."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
