@@ -1,6 +1,6 @@
 """promptmux registry: versioned soft prompts per task, stored as PEFT adapters."""
 
-from registry.errors import (
+from promptmux.registry.errors import (
     ConflictError,
     CorruptFileError,
     IncompatiblePromptError,
@@ -9,8 +9,8 @@ from registry.errors import (
     NotFoundError,
     PromptmuxError,
 )
-from registry.registry import Registry, VerifyResult, default_registry_uri
-from registry.schemas import (
+from promptmux.registry.registry import Registry, VerifyResult, default_registry_uri
+from promptmux.registry.schemas import (
     BaseModelFingerprint,
     GenerationParams,
     PromptVersion,

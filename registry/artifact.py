@@ -23,8 +23,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
-from registry.errors import IncompatiblePromptError, InvalidArtifactError
-from registry.schemas import BaseModelFingerprint, PromptVersion
+from promptmux.registry.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion
 
 TENSOR_KEY = "prompt_embeddings"
 TENSOR_FILE = "adapter_model.safetensors"

@@ -12,12 +12,14 @@ Each is built once, written with `save_pretrained` to the cache directory, and f
 on loaded through `from_pretrained` like any other checkpoint.
 """
 
+import difflib
 import hashlib
 import importlib.util
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from registry.errors import PromptmuxError
-from registry.schemas import BaseModelFingerprint
+from promptmux.registry.errors import PromptmuxError
+from promptmux.registry.schemas import BaseModelFingerprint
 
-DEFAULT_BASE_MODEL = "tiny-random-llama"
 EMBEDDED_SEED = 0
 # Bump when an embedded recipe changes so stale cached builds are not reused.
 EMBEDDED_RECIPE_VERSION = 2
@@ -105,7 +106,48 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 
 
 class ModelUnavailableError(PromptmuxError):
-    """An embedded model's weights package is not installed."""
+    """A base model that cannot be loaded here: a missing weights package, local folder or Hub access."""
+
+
+def _looks_local(model_id: str) -> bool:
+    return model_id.startswith((".", "/", "~")) or Path(model_id).exists()
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        return False
+
+
+def unknown_model(model_id: str) -> ModelUnavailableError:
+    ids = sorted([*EMBEDDED_MODELS, *PACKAGED_MODELS])
+    guess = difflib.get_close_matches(model_id, ids, n=1, cutoff=0.8)
+    hint = f" Did you mean {guess[0]}?" if guess else ""
+    return ModelUnavailableError(
+        f"unknown base model {model_id!r}: not an embedded id ({', '.join(ids)}), not a local checkpoint folder, "
+        f"and not in the Hugging Face cache; a Hub id needs network access or a local copy.{hint}"
+    )
+
+
+def check_base_model(model_id: str) -> None:
+    """Refuse a base model that cannot load here before anything slow runs: an embedded
+    id whose weights package is missing, a local path without a checkpoint, an id that
+    is one typo away from an embedded one and is not in the Hugging Face cache. Other
+    Hub ids are left to `from_pretrained` (whose failure `load_model` words alike)."""
+    if model_id in PACKAGED_MODELS:
+        _packaged_folder(model_id)
+    if is_embedded(model_id):
+        return
+    if _looks_local(model_id):
+        if not (Path(model_id).expanduser() / "config.json").is_file():
+            raise ModelUnavailableError(f"no checkpoint at {model_id}: a local base model is a folder with config.json")
+        return
+    if difflib.get_close_matches(model_id, [*EMBEDDED_MODELS, *PACKAGED_MODELS], n=1, cutoff=0.8) \
+            and not _in_hub_cache(model_id):
+        raise unknown_model(model_id)
 
 
 def cache_dir() -> Path:
@@ -139,10 +181,7 @@ def _build_packaged(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizer
     """Dequantize the packaged GGUF into an ordinary float32 checkpoint (tokenizer and chat
     template included)."""
     packaged = PACKAGED_MODELS[model_id]
-    found = importlib.util.find_spec(packaged.package)
-    folder = Path(found.origin).parent if found and found.origin else None
-    if folder is None or not (folder / packaged.gguf_file).exists() or importlib.util.find_spec("gguf") is None:
-        raise ModelUnavailableError(f"{model_id} needs its weights package: {packaged.install}")
+    folder = _packaged_folder(model_id)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=packaged.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=packaged.gguf_file, dtype=torch.float32)
     # The weights are dequantized already; drop the GGUF marker so the checkpoint saves
@@ -151,6 +190,16 @@ def _build_packaged(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizer
     del model.config.quantization_config
     model.config.name_or_path = model_id
     return model, tokenizer
+
+
+def _packaged_folder(model_id: str) -> Path:
+    """The installed folder that holds a packaged model's GGUF file."""
+    packaged = PACKAGED_MODELS[model_id]
+    found = importlib.util.find_spec(packaged.package)
+    folder = Path(found.origin).parent if found and found.origin else None
+    if folder is None or not (folder / packaged.gguf_file).exists() or importlib.util.find_spec("gguf") is None:
+        raise ModelUnavailableError(f"{model_id} needs its weights package: {packaged.install}")
+    return folder
 
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
@@ -170,7 +219,8 @@ def load_tokenizer(model_id: str, trust_remote_code: bool = False) -> PreTrained
     # Random embedded models name their byte-level tokenizer class directly: for some model
     # types (granite) AutoTokenizer prefers the architecture's default backend over tokenizer_class.
     loader = ByT5Tokenizer if model_id in EMBEDDED_MODELS else AutoTokenizer
-    tokenizer = loader.from_pretrained(resolve_model_path(model_id), trust_remote_code=trust_remote_code)
+    with _worded(model_id):
+        tokenizer = loader.from_pretrained(resolve_model_path(model_id), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -183,10 +233,21 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM through `from_pretrained`, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(model_id), dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    with _worded(model_id):
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(model_id), dtype=dtype, trust_remote_code=trust_remote_code
+        )
     return model.to(device).eval()
+
+
+@contextmanager
+def _worded(model_id: str) -> Iterator[None]:
+    """`from_pretrained`'s "couldn't connect / not a valid model identifier" as one line."""
+    check_base_model(model_id)
+    try:
+        yield
+    except OSError as exc:
+        raise unknown_model(model_id) from exc
 
 
 def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:

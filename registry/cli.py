@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as transformers_logging
 
-from registry.errors import PromptmuxError, describe
-from registry.registry import REGISTRY_ENV, Registry, default_registry_uri
-from registry.schemas import RolloutSpec, RolloutVariant
+from promptmux.registry.errors import PromptmuxError, describe
+from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL, RolloutSpec, RolloutVariant, TaskKind, TaskSpec
 
 # Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -46,10 +46,51 @@ BaseModelOption = Annotated[
     str | None, typer.Option("--base-model", help="Hugging Face id, local path or embedded id (tiny-random-llama, smollm2-135m-instruct)")
 ]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="allow model code from the checkpoint")]
+KindOption = Annotated[TaskKind | None, typer.Option("--kind", help="generation or classification", show_default=False)]
+TemplateOption = Annotated[str | None, typer.Option(help="input template with {input}", show_default=False)]
+LabelsOption = Annotated[
+    str | None, typer.Option(help="classification labels: 0,1 or pos=positive,neg=negative", show_default=False)
+]
 
 
-def open_registry(uri: str | None) -> Registry:
-    return Registry(uri or default_registry_uri())
+def parse_labels(text: str) -> dict[str, str]:
+    """`0,1` or `pos=positive,neg=negative` → {label: verbalizer}."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        label, _, verbalizer = item.partition("=")
+        labels[label] = verbalizer or label
+    return labels
+
+
+def open_registry(uri: str | None, create: bool = False) -> Registry:
+    """The registry `--registry` names. A folder named explicitly must exist unless the
+    command creates what it registers (`create`): a mistyped path is an error, not a new
+    empty registry. The default registry is made on first use."""
+    if not uri:
+        return Registry(default_registry_uri())
+    return Registry(uri, create=create)
+
+
+def base_model_of(reg: Registry, given: str | None) -> str:
+    """`--base-model` if given, else the base model every task of the registry was trained
+    on (said aloud); tasks on different base models are refused with the list."""
+    if given:
+        return given
+    trained_on: dict[str, list[str]] = {}
+    for name in reg.list_tasks():
+        try:
+            trained_on.setdefault(reg.get_task(name).spec.base_model, []).append(name)
+        except PromptmuxError:  # an unreadable task is reported where it is used
+            continue
+    if len(trained_on) > 1:
+        listing = "; ".join(f"{model}: {', '.join(tasks)}" for model, tasks in sorted(trained_on.items()))
+        raise PromptmuxError(f"the registry's tasks were trained on different base models ({listing}); "
+                             "choose one with --base-model")
+    if not trained_on:
+        return DEFAULT_BASE_MODEL
+    model = next(iter(trained_on))
+    err_console.print(f"base model {model}: the one every task in {reg.uri} was trained on", highlight=False)
+    return model
 
 
 def print_json(payload: Any) -> None:
@@ -69,7 +110,22 @@ def _table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
+HEADLINE = [  # (figure, its key, the untuned base model's key): what `registry show` puts first
+    ("accuracy", "accuracy", "base_accuracy"), ("macro F1", "macro_f1", "base_macro_f1"),
+    ("perplexity", "perplexity_after", "perplexity_before"), ("loss", "eval_loss_after", "eval_loss_before"),
+]
+
+
 def _metrics_summary(metrics: dict[str, Any]) -> str:
+    """Accuracy and macro F1 (classification) or perplexity and loss (generation), each beside
+    the untuned base model's; otherwise the first few numbers recorded."""
+    figures = []
+    for label, key, base in HEADLINE:
+        if isinstance(metrics.get(key), int | float):
+            against = f" (base {metrics[base]:.3f})" if isinstance(metrics.get(base), int | float) else ""
+            figures.append(f"{label} {metrics[key]:.3f}{against}")
+    if figures:
+        return ", ".join(figures[:2])
     flat = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
     return ", ".join(f"{key}={value:.4g}" for key, value in list(flat.items())[:4])
 
@@ -162,37 +218,50 @@ def import_adapter(
     peft_dir: Annotated[str, typer.Argument(help="PEFT prompt-tuning / p-tuning adapter directory (path or URL)")],
     task: Annotated[str, typer.Option("--task", help="task to register the prompt under")],
     base_model: BaseModelOption = None,
+    kind: KindOption = None,
+    template: TemplateOption = None,
+    labels: LabelsOption = None,
     note: Annotated[str, typer.Option(help="free-text note stored with the version")] = "",
     trust_remote_code: TrustRemoteCode = False,
     registry: RegistryOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Register a PEFT adapter's soft prompt as the task's next version."""
-    from registry.base_models import fingerprint, load_model
+    """Register a PEFT adapter's soft prompt as the task's next version. A new task is
+    created as --kind, --template and --labels say (default: generation, template {input})."""
+    from promptmux.registry.base_models import check_base_model, fingerprint, load_model
 
-    reg = open_registry(registry)
-    model_id = base_model or (reg.get_task(task).spec.base_model if reg.has_task(task) else None)
+    reg = open_registry(registry, create=True)
+    named_by_adapter = _adapter_base_model(peft_dir)  # the adapter is checked before any model loads
+    existing = reg.get_task(task).spec if reg.has_task(task) else None
+    model_id = base_model or (existing.base_model if existing else None) or named_by_adapter
     if model_id is None:
-        model_id = _adapter_base_model(peft_dir)
+        raise PromptmuxError("the adapter does not name its base model: pass --base-model")
+    described = {"kind": kind, "template": template, "labels": parse_labels(labels) if labels else None}
+    described = {key: value for key, value in described.items() if value is not None}
+    if existing is not None:
+        differing = [key for key, value in described.items() if getattr(existing, key) != value]
+        if differing:
+            raise PromptmuxError(f"task {task!r} exists with another {', '.join(differing)}; --kind, --template and "
+                                 "--labels describe a new task")
+    spec = existing or TaskSpec(name=task, base_model=model_id, **described)
+    check_base_model(model_id)
     model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
-    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note)
+    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec)
     if as_json:
         print_json({"task": task, "version": manifest.version, "uri": reg.version_uri(task, manifest.version)})
     else:
-        console.print(f"registered {task} version {manifest.version}")
+        console.print(f"registered {task} version {manifest.version} ({spec.kind.value} task)")
 
 
-def _adapter_base_model(peft_dir: str) -> str:
+def _adapter_base_model(peft_dir: str) -> str | None:
+    """The base model an adapter names; reading it checks that the adapter folder is there."""
     import fsspec
 
     try:
         with fsspec.open(f"{peft_dir.rstrip('/')}/adapter_config.json") as handle:
-            model_id = json.load(handle).get("base_model_name_or_path")
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        raise PromptmuxError(f"{peft_dir}: cannot read adapter_config.json ({exc})") from exc
-    if not model_id:
-        raise PromptmuxError("the adapter does not name its base model: pass --base-model")
-    return model_id
+            return json.load(handle).get("base_model_name_or_path") or None
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError) as exc:
+        raise PromptmuxError(f"{peft_dir}: not a PEFT adapter folder: cannot read adapter_config.json ({exc})") from exc
 
 
 @registry_app.command("export")

@@ -7,7 +7,7 @@ files), and to a bounded length.
 
 import re
 
-from registry.errors import InvalidNameError
+from promptmux.registry.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 RESERVED_ALIASES = frozenset({"latest"})

@@ -23,7 +23,7 @@ import fsspec
 import torch
 from pydantic import BaseModel, ValidationError
 
-from registry.artifact import (
+from promptmux.registry.artifact import (
     CONFIG_FILE,
     MANIFEST_FILE,
     PEFT_PROMPT_TYPES,
@@ -37,9 +37,16 @@ from registry.artifact import (
     validate_prompt_tensor,
     version_files,
 )
-from registry.errors import ConflictError, CorruptFileError, InvalidArtifactError, NotFoundError, PromptmuxError, describe
-from registry.names import validate_alias, validate_name
-from registry.schemas import (
+from promptmux.registry.errors import (
+    ConflictError,
+    CorruptFileError,
+    InvalidArtifactError,
+    NotFoundError,
+    PromptmuxError,
+    describe,
+)
+from promptmux.registry.names import validate_alias, validate_name
+from promptmux.registry.schemas import (
     AliasRecord,
     BaseModelFingerprint,
     PromptVersion,
@@ -50,7 +57,7 @@ from registry.schemas import (
     VersionView,
     utc_now,
 )
-from registry.storage import Storage, open_storage
+from promptmux.registry.storage import LocalStorage, Storage, open_storage
 
 REGISTRY_ENV = "PROMPTMUX_REGISTRY"
 MAX_CLAIM_ATTEMPTS = 10_000
@@ -80,8 +87,8 @@ class VerifyResult:
 class Registry:
     """Versioned soft prompts per task, on local disk or any fsspec URL."""
 
-    def __init__(self, uri: str | None = None) -> None:
-        self.storage: Storage = open_storage(uri or default_registry_uri())
+    def __init__(self, uri: str | None = None, create: bool = True) -> None:
+        self.storage: Storage = open_storage(uri or default_registry_uri(), create)
 
     @property
     def uri(self) -> str:
@@ -307,6 +314,8 @@ class Registry:
     def verify(self, task: str | None = None) -> list[VerifyResult]:
         """Re-read every version (or one task's): parse, re-hash, compare with its manifest,
         and check that aliases and rollouts point at existing versions."""
+        if task is not None:
+            self.get_task(task)  # an unknown task is an error, not "0 of 0 verified"
         results: list[VerifyResult] = []
         for name in [task] if task else self.list_tasks():
             numbers = self.version_numbers(name)
@@ -337,9 +346,11 @@ class Registry:
         base_fingerprint: BaseModelFingerprint,
         base_model: str,
         note: str = "",
+        spec: TaskSpec | None = None,
     ) -> PromptVersion:
         """Register the soft prompt of a PEFT prompt-tuning or p-tuning checkpoint directory
-        (local path or fsspec URL), creating the task (generation, `{input}`) if needed."""
+        (local path or fsspec URL), creating the task if needed: as `spec` says, by default a
+        generation task with template `{input}`."""
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
         config = parse_peft_config(_read_source(fs, f"{root}/{CONFIG_FILE}", source), source)
@@ -361,7 +372,7 @@ class Registry:
             check_fits(tensor, base_fingerprint, self.get_task(task).base_fingerprint)
         else:
             check_fits(tensor, base_fingerprint, base_fingerprint)
-            self.create_task(TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
+            self.create_task(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
         init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
         return self.register(
             task,
@@ -378,6 +389,8 @@ class Registry:
         manifest, tensor = self.load_prompt(task, version)
         fs, root = fsspec.core.url_to_fs(destination)
         root = root.rstrip("/")
+        if self._holds(fs, root):
+            raise ConflictError(f"{destination} is inside the registry {self.uri}; export to a folder outside it")
         if fs.exists(f"{root}/{CONFIG_FILE}") or fs.exists(f"{root}/{TENSOR_FILE}"):
             raise ConflictError(f"{destination} already holds an adapter; choose an empty directory")
         fs.makedirs(root, exist_ok=True)
@@ -386,6 +399,15 @@ class Registry:
         return destination
 
     # --------------------------------------------------------------- helpers
+    def _holds(self, fs: fsspec.AbstractFileSystem, path: str) -> bool:
+        """Whether `path` on `fs` is this registry's folder or inside it."""
+        if type(fs) is not type(self.storage.fs):
+            return False
+        if isinstance(self.storage, LocalStorage):
+            return Path(path).resolve().is_relative_to(Path(self.storage.uri))
+        root = self.storage.root.rstrip("/")
+        return path == root or path.startswith(f"{root}/")
+
     def _claimed_numbers(self, task: str) -> list[int]:
         """Every version directory, including one a writer is still (or died) filling."""
         return sorted(int(name) for name in self.storage.listdir(f"{_task_rel(task)}/versions") if name.isdigit())

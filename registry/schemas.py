@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from registry.names import validate_name
+from promptmux.registry.names import validate_name
 
 INPUT_PLACEHOLDER = "{input}"
 MIN_TEMPERATURE = 1e-2
@@ -20,6 +20,8 @@ MIN_REPETITION_PENALTY = 1e-2
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
+
+DEFAULT_BASE_MODEL = "tiny-random-llama"  # embedded, random weights: for tests and first steps
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -39,8 +41,11 @@ def _zero_or_usable(value: float) -> float:
 # The bounds are what the sampler can compute with: a temperature or repetition penalty near
 # zero turns logits into infinities, and torch seeds are 64-bit. Request overrides
 # (`serving.schemas.ParamsOverride`) use the same types.
-MaxNewTokens = Annotated[int, Field(ge=1, le=4096)]
-MinNewTokens = Annotated[int, Field(ge=0, le=4096, description="EOS is suppressed until this many tokens")]
+# Token counts are capped only against absurd values here; the limit that applies is the
+# engine's configured `max_new_tokens` (one limit, one message, whatever the endpoint).
+TOKENS_CAP = 1_048_576
+MaxNewTokens = Annotated[int, Field(ge=1, le=TOKENS_CAP)]
+MinNewTokens = Annotated[int, Field(ge=0, le=TOKENS_CAP, description="EOS is suppressed until this many tokens")]
 Temperature = Annotated[float, Field(ge=0.0, le=10.0, description=f"0 means greedy decoding; else at least {MIN_TEMPERATURE}"),
                         AfterValidator(_zero_or_usable)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]

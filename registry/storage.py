@@ -32,7 +32,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.errors import NotFoundError
+from promptmux.registry.errors import NotFoundError, PromptmuxError
 
 STAGING_DIR = ".staging"
 
@@ -191,10 +191,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def open_storage(uri: str) -> Storage:
-    """Storage for a local path or any fsspec URL."""
+def open_storage(uri: str, create: bool = True) -> Storage:
+    """Storage for a local path or any fsspec URL. A local folder is made if missing
+    (`create`), or else must exist; either way a file in its place is refused."""
     fs, root = fsspec.core.url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
-        Path(root).mkdir(parents=True, exist_ok=True)
-        return LocalStorage(fs, root, str(Path(root).resolve()))
+        folder = Path(root)
+        if folder.exists() and not folder.is_dir():
+            raise PromptmuxError(f"registry {uri} is a file; a registry is a folder")
+        if not folder.exists() and not create:
+            raise NotFoundError(f"no registry at {uri}: no such folder (the first `promptmux train` or "
+                                "`promptmux registry import` creates one)")
+        folder.mkdir(parents=True, exist_ok=True)
+        return LocalStorage(fs, root, str(folder.resolve()))
     return Storage(fs, root, uri)

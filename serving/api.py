@@ -4,7 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.schemas import ParamsOverride, Text, Usage
+from promptmux.registry.schemas import MaxNewTokens
+from promptmux.serving.schemas import ParamsOverride, Text, Usage
 
 
 class _Body(BaseModel):
@@ -75,7 +76,7 @@ class CompletionBody(BaseModel):
 
     model: Text = Field(min_length=1, max_length=140)
     prompt: Text | list[Text]
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: MaxNewTokens | None = None
     temperature: float | None = Field(None, ge=0.0, le=10.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: Text | list[Text] | None = None

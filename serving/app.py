@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry import (
+from promptmux.registry import (
     ConflictError,
     IncompatiblePromptError,
     InvalidArtifactError,
@@ -29,13 +29,20 @@ from registry import (
     PromptmuxError,
     TaskKind,
 )
-from registry.errors import describe
-from serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
-from serving.errors import EngineUnavailable, OverloadedError, RequestError, RequestTimeout, RouteUnavailable
-from serving.guard import Guard
-from serving.requests import Prepared
-from serving.scheduler import StreamEvent
-from serving.service import PromptmuxService
+from promptmux.registry.errors import describe
+from promptmux.serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
+from promptmux.serving.errors import (
+    EngineUnavailable,
+    OverloadedError,
+    RequestError,
+    RequestTimeout,
+    RouteUnavailable,
+    over_limit,
+)
+from promptmux.serving.guard import Guard
+from promptmux.serving.requests import Prepared
+from promptmux.serving.scheduler import StreamEvent
+from promptmux.serving.service import PromptmuxService
 
 log = logging.getLogger(__name__)
 STATUS = [
@@ -52,7 +59,7 @@ def parse_model(model: str) -> tuple[str, int | None, str | None]:
     if "@" in model:
         task, _, version = model.partition("@")
         if not version.isdigit() or int(version) < 1:
-            raise NotFoundError(f"invalid model {model!r}: expected task@VERSION with a positive integer")
+            raise RequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer")
         return task, int(version), None
     task, _, alias = model.partition(":")
     return task, None, alias or None
@@ -134,6 +141,9 @@ def build_app(service: PromptmuxService) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionBody):  # noqa: ANN202 - JSON or an event stream
         task, version, alias = parse_model(body.model)
+        limit = settings.engine.max_new_tokens
+        if body.max_tokens is not None and body.max_tokens > limit:  # named as the OpenAI request names it
+            raise RequestError(over_limit("max_tokens", body.max_tokens, limit))
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         request = TaskBody(task=task, inputs=prompts, version=version, alias=alias, routing_key=body.user)
         items = service.prepare(request, None, body.params())

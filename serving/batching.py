@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from registry.schemas import GenerationParams
-from serving.prompt_cache import CachedPrompt
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.prompt_cache import CachedPrompt
 
 
 @dataclass

@@ -19,13 +19,13 @@ from collections.abc import Callable
 import torch
 from peft import PeftModel
 
-from registry import Registry, TaskSpec
-from registry.base_models import fingerprint, load_model
-from registry.schemas import GenerationParams
-from serving.batching import ClassificationRow, GenerationRow
-from serving.bench_machine import load_average, machine_report, workload
-from serving.config import EngineConfig
-from serving.engine import Engine
+from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.batching import ClassificationRow, GenerationRow
+from promptmux.serving.bench_machine import load_average, machine_report, workload
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine import Engine
 
 TARGETS = {"mixed_over_single": 0.95, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5}
 SIZES = {

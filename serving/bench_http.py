@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 import httpx
 import torch
 
-from registry import GenerationParams, Registry, TaskSpec
-from registry.base_models import fingerprint, load_model
-from serving.api import GenerateBody
-from serving.bench_machine import load_average, machine_report, workload
-from serving.config import EngineConfig
-from serving.service import PromptmuxService
-from serving.settings import ServeSettings
+from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.serving.api import GenerateBody
+from promptmux.serving.bench_machine import load_average, machine_report, workload
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.service import PromptmuxService
+from promptmux.serving.settings import ServeSettings
 
 TARGETS = {"http_over_engine": 0.8}
 SIZES = {
@@ -92,7 +92,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     import ray
     from ray import serve
 
-    from serving.deployment import PromptmuxDeployment
+    from promptmux.serving.deployment import PromptmuxDeployment
 
     load_before = load_average()
     size = workload(SIZES, quick, base_model)

@@ -13,14 +13,14 @@ import time
 
 import torch
 
-from registry import Registry, TaskSpec
-from registry.base_models import fingerprint, load_model
-from registry.schemas import GenerationParams
-from serving.batching import GenerationRow
-from serving.bench_machine import load_average, machine_report, workload
-from serving.config import EngineConfig
-from serving.engine import Engine
-from serving.scheduler import RequestState, Scheduler
+from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.batching import GenerationRow
+from promptmux.serving.bench_machine import load_average, machine_report, workload
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine import Engine
+from promptmux.serving.scheduler import RequestState, Scheduler
 
 TARGETS = {"continuous_over_static": 1.5}
 SIZES = {

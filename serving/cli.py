@@ -9,11 +9,12 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
-from registry import PromptmuxError
-from registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, console, open_registry
-from registry.errors import describe
-from serving.config import EngineConfig
-from serving.schemas import TaskRequest
+from promptmux.registry import PromptmuxError
+from promptmux.registry.base_models import check_base_model
+from promptmux.registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, base_model_of, console, open_registry
+from promptmux.registry.errors import describe
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.schemas import TaskRequest
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
@@ -52,16 +53,17 @@ def generate(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
-    from serving.engine import Engine
-    from serving.runner import TaskRunner
+    from promptmux.serving.engine import Engine
+    from promptmux.serving.runner import TaskRunner
 
     requests = read_requests(input_path)
+    reg = open_registry(registry)
+    model_id = base_model_of(reg, base_model)
+    check_base_model(model_id)
     config = EngineConfig.model_validate({
-        **({"base_model": base_model} if base_model else {}),
-        "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
+        "base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
         "max_batch_size": batch_size, "trust_remote_code": trust_remote_code,
     })
-    reg = open_registry(registry)
     engine = Engine(config, reg)
     runner = TaskRunner(engine, reg)
     failed = 0
@@ -98,13 +100,16 @@ def serve_command(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
-    from serving.local_cluster import run_local
-    from serving.settings import ServeSettings
+    from promptmux.serving.local_cluster import run_local
+    from promptmux.serving.settings import ServeSettings
 
-    engine = {"device": device, "dtype": dtype, "pinned_kv": pinned_kv, "max_batch_size": max_batch_size,
-              "trust_remote_code": trust_remote_code, **({"base_model": base_model} if base_model else {})}
+    reg = open_registry(registry)
+    model_id = base_model_of(reg, base_model)
+    check_base_model(model_id)  # before a cluster starts, whose replicas would fail with a long traceback
+    engine = {"base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
+              "max_batch_size": max_batch_size, "trust_remote_code": trust_remote_code}
     settings = ServeSettings.model_validate({
-        "registry": open_registry(registry).uri, "engine": engine, "refresh_interval_s": refresh_interval,
+        "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval,
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
@@ -126,7 +131,7 @@ def bench_engine(
     base_model: BenchModelOption = None,
 ) -> None:
     """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
-    from serving.bench_engine import run_engine_benchmark
+    from promptmux.serving.bench_engine import run_engine_benchmark
 
     publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "engine", json_path)
 
@@ -137,7 +142,7 @@ def bench_scheduler(
     base_model: BenchModelOption = None,
 ) -> None:
     """Continuous vs static batching: throughput ratio, latency and time to first token."""
-    from serving.bench_scheduler import run_scheduler_benchmark
+    from promptmux.serving.bench_scheduler import run_scheduler_benchmark
 
     report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "scheduler", json_path)
@@ -150,7 +155,7 @@ def bench_http(
     base_model: BenchModelOption = None,
 ) -> None:
     """The same mixed-task workload through HTTP (Ray Serve) vs the service in-process."""
-    from serving.bench_http import run_http_benchmark
+    from promptmux.serving.bench_http import run_http_benchmark
 
     report = run_http_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "http", json_path)

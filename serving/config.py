@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.base_models import DEFAULT_BASE_MODEL
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -21,9 +21,9 @@ from ray.exceptions import RayError, TaskCancelledError
 from ray.serve import Application
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.app import build_app
-from serving.service import PromptmuxService
-from serving.settings import ServeSettings
+from promptmux.serving.app import build_app
+from promptmux.serving.service import PromptmuxService
+from promptmux.serving.settings import ServeSettings
 
 DRAIN_NAMESPACE = "promptmux"
 log = logging.getLogger(__name__)

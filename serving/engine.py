@@ -11,10 +11,10 @@ import logging
 
 import torch
 
-from registry import IncompatiblePromptError, PromptVersion, Registry
-from registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
-from registry.schemas import GenerationParams
-from serving.batching import (
+from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
+from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.batching import (
     ClassificationRow,
     GenerationRow,
     ModelInputs,
@@ -23,11 +23,11 @@ from serving.batching import (
     pinned_batch,
     virtual_token_kv,
 )
-from serving.config import EngineConfig
-from serving.errors import RequestError
-from serving.prompt_cache import CachedPrompt, PromptCache, PromptKey
-from serving.scheduler import Scheduler
-from serving.schemas import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.errors import RequestError, over_limit
+from promptmux.serving.prompt_cache import CachedPrompt, PromptCache, PromptKey
+from promptmux.serving.scheduler import Scheduler
+from promptmux.serving.schemas import ClassificationOutput, GenerationOutput, Usage
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Engine:
     # ------------------------------------------------------------- generation
     def check_params(self, params: GenerationParams) -> None:
         if params.max_new_tokens > self.config.max_new_tokens:
-            raise RequestError(f"max_new_tokens {params.max_new_tokens} exceeds the limit {self.config.max_new_tokens}")
+            raise RequestError(over_limit("max_new_tokens", params.max_new_tokens, self.config.max_new_tokens))
 
     def generate(self, rows: list[GenerationRow]) -> list[GenerationOutput]:
         """Generate for every row, continuously batched at most `max_batch_size` rows at a time."""

@@ -1,6 +1,6 @@
 """Errors a request can cause; the HTTP layer maps them to 4xx responses."""
 
-from registry.errors import PromptmuxError
+from promptmux.registry.errors import PromptmuxError
 
 
 class RequestError(PromptmuxError, ValueError):
@@ -21,3 +21,8 @@ class EngineUnavailable(PromptmuxError):
 
 class RouteUnavailable(PromptmuxError):
     """The version a request would be served by is known but not servable (HTTP 503)."""
+
+
+def over_limit(field: str, value: int, limit: int) -> str:
+    """The one wording of "too many tokens", under the field name the client sent."""
+    return f"{field} {value} exceeds the limit of {limit} (engine.max_new_tokens)"

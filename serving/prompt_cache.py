@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from registry import PromptVersion, Registry
+from promptmux.registry import PromptVersion, Registry
 
 
 @dataclass(frozen=True)

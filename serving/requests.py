@@ -2,11 +2,11 @@
 
 from dataclasses import dataclass
 
-from registry import TaskKind, TaskSpec
-from serving.batching import ClassificationRow, GenerationRow
-from serving.engine import Engine
-from serving.routing import Route
-from serving.schemas import ParamsOverride
+from promptmux.registry import TaskKind, TaskSpec
+from promptmux.serving.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine import Engine
+from promptmux.serving.routing import Route
+from promptmux.serving.schemas import ParamsOverride
 
 
 @dataclass

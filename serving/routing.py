@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
-from serving.errors import RouteUnavailable
+from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
+from promptmux.serving.errors import RouteUnavailable
 
 log = logging.getLogger(__name__)
 

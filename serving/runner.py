@@ -4,12 +4,12 @@ Generation and classification rows of any tasks are batched together; a bad requ
 (unknown task, input too long, ...) becomes an error result for that request alone.
 """
 
-from registry import PromptmuxError, Registry, TaskKind
-from serving.batching import ClassificationRow, GenerationRow
-from serving.engine import Engine
-from serving.requests import prepare
-from serving.routing import RegistryView
-from serving.schemas import TaskRequest, TaskResult
+from promptmux.registry import PromptmuxError, Registry, TaskKind
+from promptmux.serving.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine import Engine
+from promptmux.serving.requests import prepare
+from promptmux.serving.routing import RegistryView
+from promptmux.serving.schemas import TaskRequest, TaskResult
 
 
 class TaskRunner:

@@ -16,7 +16,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from registry.schemas import GenerationParams
+from promptmux.registry.schemas import GenerationParams
 
 
 class RowSampler:

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from serving.batching import ClassificationRow, GenerationRow
-from serving.config import EngineConfig
-from serving.decoding import DecodeBatch
-from serving.errors import OverloadedError, RequestError
-from serving.sampling import RowSampler, select_tokens
-from serving.schemas import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.batching import ClassificationRow, GenerationRow
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.decoding import DecodeBatch
+from promptmux.serving.errors import OverloadedError, RequestError
+from promptmux.serving.sampling import RowSampler, select_tokens
+from promptmux.serving.schemas import ClassificationOutput, GenerationOutput, Usage
 
 if TYPE_CHECKING:
-    from serving.engine import Engine
+    from promptmux.serving.engine import Engine
 
 
 @dataclass

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from registry.schemas import (
+from promptmux.registry.schemas import (
     GenerationParams,
     MaxNewTokens,
     MinNewTokens,
@@ -15,7 +15,7 @@ from registry.schemas import (
     TopK,
     TopP,
 )
-from serving.errors import RequestError
+from promptmux.serving.errors import RequestError
 
 
 class _Schema(BaseModel):

@@ -12,17 +12,17 @@ from typing import TypeVar
 
 import torch
 
-from registry import PromptVersion, Registry, TaskKind
-from serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
-from serving.async_engine import AsyncEngine, EventStream
-from serving.engine import Engine
-from serving.errors import RequestError, RequestTimeout
-from serving.metrics import ServingMetrics
-from serving.requests import Prepared, prepare
-from serving.routing import RegistryView
-from serving.scheduler import StreamEvent
-from serving.schemas import GenerationOutput, ParamsOverride, Usage
-from serving.settings import ServeSettings
+from promptmux.registry import PromptVersion, Registry, TaskKind
+from promptmux.serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
+from promptmux.serving.async_engine import AsyncEngine, EventStream
+from promptmux.serving.engine import Engine
+from promptmux.serving.errors import RequestError, RequestTimeout
+from promptmux.serving.metrics import ServingMetrics
+from promptmux.serving.requests import Prepared, prepare
+from promptmux.serving.routing import RegistryView
+from promptmux.serving.scheduler import StreamEvent
+from promptmux.serving.schemas import GenerationOutput, ParamsOverride, Usage
+from promptmux.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,8 +3,8 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry import default_registry_uri
-from serving.config import EngineConfig
+from promptmux.registry import default_registry_uri
+from promptmux.serving.config import EngineConfig
 
 
 class ServeSettings(BaseSettings):

@@ -6,23 +6,26 @@ from typing import Annotated
 
 import typer
 
-from registry import PromptmuxError, TaskKind
-from registry.base_models import DEFAULT_BASE_MODEL
-from registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, console, open_registry, print_json
-from tasks.config import TrainConfig
-from tasks.data import examples, fingerprint_files, load_records, split
-from tasks.report import print_report
-from tasks.spec_file import read_fields, resolve
-from tasks.train import train_task
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`0,1` or `pos=positive,neg=negative` → {label: verbalizer}."""
-    labels = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        label, _, verbalizer = item.partition("=")
-        labels[label] = verbalizer or label
-    return labels
+from promptmux.registry import PromptmuxError
+from promptmux.registry.base_models import check_base_model
+from promptmux.registry.cli import (
+    BaseModelOption,
+    KindOption,
+    LabelsOption,
+    RegistryOption,
+    TemplateOption,
+    TrustRemoteCode,
+    console,
+    open_registry,
+    parse_labels,
+    print_json,
+)
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import examples, fingerprint_files, load_records, split
+from promptmux.tasks.report import print_report
+from promptmux.tasks.spec_file import read_fields, resolve
+from promptmux.tasks.train import train_task
 
 
 def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
@@ -38,9 +41,9 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="training data: .json, .jsonl, .csv or a saved datasets dir")],
     spec_file: Annotated[Path | None, typer.Option("--spec", help="task spec (YAML/JSON TaskSpec, optional training: section)")] = None,
     task: Annotated[str | None, typer.Option("--task", help="task name (overrides the spec's)")] = None,
-    kind: Annotated[TaskKind | None, typer.Option("--kind")] = None,
-    template: Annotated[str | None, typer.Option(help="input template with {input}")] = None,
-    labels: Annotated[str | None, typer.Option(help="labels, e.g. 0,1 or pos=positive,neg=negative")] = None,
+    kind: KindOption = None,
+    template: TemplateOption = None,
+    labels: LabelsOption = None,
     input_field: Annotated[str | None, _option("--input-field", "record field holding the input [default: input]")] = None,
     target_field: Annotated[str | None, _option("--target-field", "record field holding the target [default: output]")] = None,
     input_pattern: Annotated[str | None, _option("--input-pattern", "regex with one group: the part of the input the "
@@ -92,6 +95,7 @@ def train(
          "device": device, "trust_remote_code": trust_remote_code or None},
         str(spec_file or "the task"),
     )
+    check_base_model(spec.base_model)  # before reading data or loading anything
     train_set = examples(load_records(data), data_fields, data, limit)
     files = [data]
     if eval_data:
@@ -99,7 +103,7 @@ def train(
         files.append(eval_data)
     else:
         train_set, held_out = split(train_set, eval_fraction, config.seed)
-    reg = open_registry(registry)
+    reg = open_registry(registry, create=True)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = train_task(spec, train_set, held_out, config, reg, out, fingerprint_files(files), alias, note)
     summary = {"task": spec.name, "version": result.manifest.version, "uri": reg.version_uri(spec.name, result.manifest.version),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from registry import PromptmuxError
+from promptmux.registry import PromptmuxError
 
 
 class DataError(PromptmuxError):

@@ -30,14 +30,14 @@ import httpx
 import typer
 from rich.table import Table
 
-from registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from registry.base_models import resolve_model_path
-from registry.cli import console
-from tasks.config import TrainConfig
-from tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
-from tasks.report import print_report
-from tasks.spec_file import example
-from tasks.train import train_task
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.registry.base_models import resolve_model_path
+from promptmux.registry.cli import console
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
+from promptmux.tasks.report import print_report
+from promptmux.tasks.spec_file import example
+from promptmux.tasks.train import train_task
 
 DATA = Path(__file__).resolve().parent / "examples" / "data"
 DEMO_MODEL = "smollm2-135m-instruct"
@@ -115,7 +115,7 @@ def _free_port() -> int:
 
 
 def _start_server(reg: Registry, base_model: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from registry.cli import main; main()", "serve", "--registry", reg.uri,
+    command = [sys.executable, "-c", "from promptmux.registry.cli import main; main()", "serve", "--registry", reg.uri,
                "--base-model", base_model, "--port", str(port), "--refresh-interval", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})

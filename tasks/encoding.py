@@ -11,9 +11,9 @@ never follow a colon.
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from registry import TaskKind, TaskSpec
-from registry.base_models import encode_input
-from tasks.data import DataError, Example
+from promptmux.registry import TaskKind, TaskSpec
+from promptmux.registry.base_models import encode_input
+from promptmux.tasks.data import DataError, Example
 
 IGNORE = -100
 

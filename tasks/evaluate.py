@@ -16,10 +16,10 @@ from peft import PeftModel
 from rich.console import Console
 from rich.progress import track
 
-from registry import TaskKind
-from tasks.data import Example
-from tasks.encoding import TaskEncoder
-from tasks.scores import classification_report
+from promptmux.registry import TaskKind
+from promptmux.tasks.data import Example
+from promptmux.tasks.encoding import TaskEncoder
+from promptmux.tasks.scores import classification_report
 
 SAMPLES = 3
 
@@ -82,8 +82,10 @@ class Evaluator:
         outputs = []
         for example in track(examples[:SAMPLES], "generating sample outputs", console=self.console, transient=True):
             ids = torch.tensor([self.encoder.input_ids(example.input)], device=self.model.device)
+            # use_cache=False: with transformers 5.24 and PEFT 0.21.2, PEFT's cached decoding of
+            # a prompt-tuned model drifts after the second token; a few samples can afford the full forward.
             generated = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=False,
                 max_new_tokens=min(params.max_new_tokens, self.encoder.max_output_tokens),
                 repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
             )

@@ -25,9 +25,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from tasks.config import TrainConfig
-from tasks.data import Example
-from tasks.encoding import TaskEncoder
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import Example
+from promptmux.tasks.encoding import TaskEncoder
 
 # A loss this many times, and this many nats, above the one it should match means trouble:
 # training loss vs validation loss (memorising); validation vs held-out loss (the held-out

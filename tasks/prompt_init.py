@@ -4,7 +4,7 @@
 
 from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
-from registry.base_models import resolve_model_path
+from promptmux.registry.base_models import resolve_model_path
 
 INIT_METHODS = {"random": PromptTuningInit.RANDOM, "text": PromptTuningInit.TEXT, "sample-vocab": PromptTuningInit.SAMPLE_VOCAB}
 

@@ -3,8 +3,8 @@
 from rich.console import Console
 from rich.table import Table
 
-from registry import TaskKind, TaskSpec
-from registry.cli import console as default_console
+from promptmux.registry import TaskKind, TaskSpec
+from promptmux.registry.cli import console as default_console
 
 
 def comparison_table(spec: TaskSpec, metrics: dict) -> Table:

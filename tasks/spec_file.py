@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from registry import PromptmuxError, TaskSpec
-from registry.errors import describe
-from tasks.config import TrainConfig
-from tasks.data import DataFields
+from promptmux.registry import PromptmuxError, TaskSpec
+from promptmux.registry.errors import describe
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import DataFields
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 

@@ -21,15 +21,15 @@ import torch  # noqa: E402
 from peft import PeftModel, get_peft_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from registry import PromptVersion, Registry, TaskKind, TaskSpec  # noqa: E402
-from registry.base_models import fingerprint, load_model, load_tokenizer  # noqa: E402
-from registry.names import validate_alias  # noqa: E402
-from tasks.config import TrainConfig  # noqa: E402
-from tasks.data import DataError, Example, split  # noqa: E402
-from tasks.encoding import TaskEncoder  # noqa: E402
-from tasks.evaluate import Evaluator  # noqa: E402
-from tasks.fit import SHIFT_GAP, Curve, far_above, fit  # noqa: E402
-from tasks.prompt_init import prompt_config  # noqa: E402
+from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec  # noqa: E402
+from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer  # noqa: E402
+from promptmux.registry.names import validate_alias  # noqa: E402
+from promptmux.tasks.config import TrainConfig  # noqa: E402
+from promptmux.tasks.data import DataError, Example, split  # noqa: E402
+from promptmux.tasks.encoding import TaskEncoder  # noqa: E402
+from promptmux.tasks.evaluate import Evaluator  # noqa: E402
+from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit  # noqa: E402
+from promptmux.tasks.prompt_init import prompt_config  # noqa: E402
 
 
 @dataclass

@@ -13,9 +13,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import torch  # noqa: E402
 
-from registry import BaseModelFingerprint, Registry, TaskSpec  # noqa: E402
-from registry.base_models import fingerprint, load_model  # noqa: E402
-from registry.cli import main  # noqa: E402
+from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec  # noqa: E402
+from promptmux.registry.base_models import fingerprint, load_model  # noqa: E402
+from promptmux.registry.cli import main  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

@@ -11,11 +11,11 @@ import httpx
 import torch
 import uvicorn
 
-from registry import GenerationParams, Registry, TaskSpec
-from registry.base_models import fingerprint, load_model
-from serving.app import build_app
-from serving.service import PromptmuxService
-from serving.settings import ServeSettings
+from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.serving.app import build_app
+from promptmux.serving.service import PromptmuxService
+from promptmux.serving.settings import ServeSettings
 
 BASE = "tiny-random-llama"
 SPECS = [

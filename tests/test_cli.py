@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import random_prompt
 
-from registry import Registry
+from promptmux.registry import Registry
 
 
 @pytest.fixture
@@ -34,6 +34,13 @@ def test_list_and_show(cli, filled: Registry) -> None:
     assert second["metrics"] == {"accuracy": pytest.approx(0.7)}
     assert Path(second["uri"]) == Path(filled.uri) / "tasks" / "sentiment" / "versions" / "2"
     assert "sentiment (generation) on tiny-random-llama" in cli("registry", "show", "sentiment", "--registry", filled.uri).out
+
+
+def test_show_puts_accuracy_and_macro_f1_beside_the_base_model(cli, registry: Registry, task: str, llama_fp) -> None:
+    registry.register(task, random_prompt(), llama_fp, metrics={"accuracy": 0.957, "macro_f1": 0.956, "base_accuracy": 0.5,
+                                                                "base_macro_f1": 0.333, "train_examples": 160})
+    shown = " ".join(cli("registry", "show", task, "--registry", registry.uri).out.split())
+    assert "accuracy 0.957 (base 0.500), macro F1 0.956 (base 0.333)" in shown
 
 
 def test_registry_from_environment(cli, filled: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +95,7 @@ def test_archive_and_verify(cli, filled: Registry) -> None:
         (("registry", "rollout", "sentiment", "2=50", "2=50"), "only once"),
         (("registry", "rollout", "sentiment", "2=-1"), "greater than 0"),
         (("registry", "export", "sentiment", "9", "/tmp/x"), "no version 9"),
-        (("registry", "import", "/nonexistent", "--task", "t", "--base-model", "tiny-random-llama"), "not found"),
+        (("registry", "import", "/nonexistent", "--task", "t", "--base-model", "tiny-random-llama"), "not a PEFT adapter folder"),
     ],
 )
 def test_bad_input_gives_a_message_and_exit_1(cli, filled: Registry, args: tuple, message: str) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from registry import BaseModelFingerprint, Registry, TaskSpec
+from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 
 WRITER = """
 import json, sys, torch
-from registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant
+from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant
 uri, fp, count, seed = sys.argv[1], BaseModelFingerprint.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 registry = Registry(uri)
 generator = torch.Generator().manual_seed(seed)
@@ -77,7 +77,7 @@ def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseMod
 
 EDITOR = """
 import sys
-from registry import Registry, RolloutSpec, RolloutVariant
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant
 registry, worker = Registry(sys.argv[1]), int(sys.argv[2])
 for j in range(5):
     registry.set_alias("shared", f"w{worker}-a{j}", 1 + (worker + j) % 3)

@@ -20,13 +20,13 @@ import torch
 from serve_fixtures import BASE, build_registry, serve_locally
 from transformers import LogitsProcessor
 
-from registry.schemas import GenerationParams
-from serving.batching import GenerationRow
-from serving.config import EngineConfig
-from serving.engine import Engine
-from serving.scheduler import Scheduler
-from serving.service import PromptmuxService
-from serving.settings import ServeSettings
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.batching import GenerationRow
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine import Engine
+from promptmux.serving.scheduler import Scheduler
+from promptmux.serving.service import PromptmuxService
+from promptmux.serving.settings import ServeSettings
 
 
 class Explodes(LogitsProcessor):

@@ -15,14 +15,20 @@ ENGINE_MODULES = ["engine", "batching", "decoding", "sampling", "prompt_cache", 
 SERVER_LIBRARIES = {"ray", "fastapi", "starlette", "uvicorn", "prometheus_client"}
 
 
+def root(module: str) -> str:
+    """`promptmux.serving.app` → `serving`; `torch.nn` → `torch`."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "promptmux" and len(parts) > 1 else parts[0]
+
+
 def imported_roots(path: Path) -> set[str]:
-    """Top-level names of every module a file imports (at any depth of the file)."""
+    """Top-level names (promptmux's packages by their own name) of every module a file imports, at any depth."""
     roots = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {root(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
+            roots.add(root(node.module))
     return roots
 
 

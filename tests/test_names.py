@@ -1,7 +1,7 @@
 import pytest
 
-from registry import InvalidNameError, Registry, TaskSpec
-from registry.names import validate_alias, validate_name
+from promptmux.registry import InvalidNameError, Registry, TaskSpec
+from promptmux.registry.names import validate_alias, validate_name
 
 BAD_NAMES = ["", "..", ".hidden", "a/b", "../escape", "UPPER", "with space", "a" * 65, "a\\b", "tab\t", "é", "-lead"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from peft_reference import peft_generate, peft_logprobs
 
-from registry import Registry, TaskSpec
-from registry.base_models import ModelUnavailableError, fingerprint, load_model, load_tokenizer
-from registry.schemas import GenerationParams
-from serving.batching import ClassificationRow, GenerationRow
-from serving.config import EngineConfig
-from serving.engine import Engine
+from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.base_models import ModelUnavailableError, fingerprint, load_model, load_tokenizer
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.batching import ClassificationRow, GenerationRow
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine import Engine
 
 REAL_MODEL = "smollm2-135m-instruct"
 LABELS = {"0": "no", "1": "yes"}
@@ -105,7 +105,7 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import registry.base_models as base_models
+    import promptmux.registry.base_models as base_models
 
     monkeypatch.setenv("PROMPTMUX_CACHE", str(tmp_path))
     monkeypatch.setitem(base_models.PACKAGED_MODELS, "missing-model",

@@ -6,7 +6,7 @@ import torch
 from conftest import random_prompt
 from pydantic import ValidationError
 
-from registry import (
+from promptmux.registry import (
     BaseModelFingerprint,
     ConflictError,
     IncompatiblePromptError,

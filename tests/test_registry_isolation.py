@@ -6,9 +6,9 @@ import httpx
 import pytest
 from serve_fixtures import BASE, build_registry, serve_locally, wait_until
 
-from registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
-from serving.config import EngineConfig
-from serving.settings import ServeSettings
+from promptmux.registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.settings import ServeSettings
 
 BROKEN = ["rollout.json", "aliases/production.json", "task.json"]
 

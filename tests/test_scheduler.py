@@ -7,13 +7,13 @@ from contextlib import aclosing
 import pytest
 from test_engine import PROMPT_LENGTHS, fill_registry
 
-from registry.schemas import GenerationParams
-from serving.async_engine import AsyncEngine
-from serving.batching import GenerationRow
-from serving.config import EngineConfig
-from serving.engine import Engine
-from serving.errors import OverloadedError, RequestError
-from serving.scheduler import Scheduler
+from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.async_engine import AsyncEngine
+from promptmux.serving.batching import GenerationRow
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine import Engine
+from promptmux.serving.errors import OverloadedError, RequestError
+from promptmux.serving.scheduler import Scheduler
 
 WORDS = ["dog", "groomer", "gentle", "rude", "great", "price", "logistician", "poet", "act", "as"]
 

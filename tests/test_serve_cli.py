@@ -7,21 +7,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import psutil
 from serve_fixtures import build_registry, free_port, healthy, wait_until
 
-from registry import Registry, RolloutSpec, RolloutVariant
+from promptmux.registry import RolloutSpec, RolloutVariant
 
 
-def start_serve(registry: Registry, port: int, *options: str) -> subprocess.Popen:
-    """`promptmux serve` in a subprocess, returned once it answers its health check."""
+def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None) -> subprocess.Popen:
+    """`promptmux serve` (the installed command) in a subprocess, returned once it answers its health check."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "from registry.cli import main; main()", "serve", "--registry", registry.uri,
-         "--port", str(port), "--base-model", "tiny-random-llama", *options],
+        [str(Path(sys.executable).parent / "promptmux"), "serve", "--registry", registry, "--port", str(port),
+         "--base-model", "tiny-random-llama", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        cwd=cwd,
     )
     wait_until(lambda: process.poll() is not None or healthy(f"http://127.0.0.1:{port}"), timeout=240, interval=0.5)
     assert process.poll() is None, process.stdout.read()
@@ -34,7 +36,7 @@ def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
                                                          RolloutVariant(version=2, weight=50)]))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry, port)
+    process = start_serve(registry.uri, port)
     children: set[int] = set()
     try:
         children = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
@@ -88,7 +90,7 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
     registry = build_registry(tmp_path / "registry")
     port, grace = free_port(), 4.0
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry, port, "--drain-timeout", str(grace))
+    process = start_serve(registry.uri, port, "--drain-timeout", str(grace))
     short = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
     long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 1024, "min_new_tokens": 1024}}
 
@@ -132,3 +134,22 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
             assert result["done"] and "shut down before this request finished" in result["events"][-1]["error"]
         else:
             assert result["status"] == 503 and "shut down" in result["body"]["error"]["message"]
+
+
+def test_serve_from_a_folder_whose_subfolders_share_the_packages_names(tmp_path: Path) -> None:
+    """The README's `--registry ./registry`, run where `./registry`, `./serving` and `./tasks`
+    exist: the code is imported as promptmux.*, so nothing in the working directory shadows it."""
+    build_registry(tmp_path / "registry")
+    for name in ("serving", "tasks"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the working directory shadowed promptmux')")
+    port = free_port()
+    process = start_serve("./registry", port, cwd=tmp_path)
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"task": "grooming", "input": "Lovely"},
+                              timeout=60)
+        assert response.status_code == 200 and response.json()["outputs"][0]["label"] in ("0", "1")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "shadowed" not in output, output[-3000:]

@@ -20,13 +20,13 @@ from ray import serve
 from schemathesis import GenerationMode
 from serve_fixtures import BASE, build_registry, free_port, wait_until
 
-from registry import Registry, RolloutSpec, RolloutVariant
-from serving.batching import GenerationRow
-from serving.config import EngineConfig
-from serving.deployment import PromptmuxDeployment
-from serving.engine import Engine
-from serving.local_cluster import init_ray
-from serving.settings import ServeSettings
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant
+from promptmux.serving.batching import GenerationRow
+from promptmux.serving.config import EngineConfig
+from promptmux.serving.deployment import PromptmuxDeployment
+from promptmux.serving.engine import Engine
+from promptmux.serving.local_cluster import init_ray
+from promptmux.serving.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +213,19 @@ def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
         ("/v1/generate", {"task": "act-as", "input": "x", "params": {"top_p": 3}}, 422, "params.top_p"),
         ("/v1/generate", {"task": "act-as", "input": "x", "surprise": 1}, 422, "surprise"),
         ("/v1/generate", {"task": "act-as", "input": "x" * 5000}, 400, "the limit is 2048"),
-        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 200}}, 400, "exceeds the limit"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 200}}, 400,
+         "max_new_tokens 200 exceeds the limit of 64 (engine.max_new_tokens)"),
+        ("/v1/generate", {"task": "act-as", "input": "x", "params": {"max_new_tokens": 5000}}, 400,
+         "max_new_tokens 5000 exceeds the limit of 64"),
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 200}, 400,
+         "max_tokens 200 exceeds the limit of 64 (engine.max_new_tokens)"),
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 5000}, 400,
+         "max_tokens 5000 exceeds the limit of 64"),
+        ("/v1/completions", {"model": "act-as@abc", "prompt": "x"}, 400, "expected task@VERSION"),
         ("/v1/generate", {"task": "act-as", "inputs": ["x"] * 9}, 400, "the limit is 8 per request"),
         ("/v1/generate", {"task": "grooming", "input": "x"}, 400, "use /v1/classify"),
         ("/v1/classify", {"task": "act-as", "input": "x"}, 400, "use /v1/generate"),
-        ("/v1/completions", {"model": "act-as@0", "prompt": "x"}, 404, "positive integer"),
+        ("/v1/completions", {"model": "act-as@0", "prompt": "x"}, 400, "positive integer"),
         ("/v1/completions", {"model": "act-as", "prompt": "x", "n": 2}, 422, "n"),
         ("/v1/completions", {"model": "act-as", "prompt": [1, 2]}, 422, "prompt"),
         ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 0}, 422, "max_tokens"),

@@ -9,15 +9,15 @@ from conftest import SHARED_DATA
 from peft import PeftModel
 from transformers import TrainerState
 
-from registry import Registry, TaskSpec
-from registry.base_models import load_model, load_tokenizer
-from tasks.config import TrainConfig
-from tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
-from tasks.encoding import TaskEncoder
-from tasks.evaluate import Evaluator
-from tasks.fit import COLLAPSE_RATIO, curve_from_history
-from tasks.scores import classification_report
-from tasks.train import train_task
+from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.base_models import load_model, load_tokenizer
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
+from promptmux.tasks.encoding import TaskEncoder
+from promptmux.tasks.evaluate import Evaluator
+from promptmux.tasks.fit import COLLAPSE_RATIO, curve_from_history
+from promptmux.tasks.scores import classification_report
+from promptmux.tasks.train import train_task
 
 DOG = SHARED_DATA / "dog_grooming"
 PROMPTS_CSV = SHARED_DATA / "awesome_chatgpt_prompts" / "prompts.csv"

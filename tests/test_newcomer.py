@@ -1,0 +1,101 @@
+"""A newcomer's mistakes get one clear line and exit 1, checked before anything slow runs;
+the base model defaults to the one the registry's tasks were trained on."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import random_prompt
+from peft import PromptTuningConfig, TaskType, get_peft_model
+
+from promptmux.registry import Registry, TaskKind, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+
+
+@pytest.fixture
+def filled(registry: Registry, llama_fp) -> Registry:
+    registry.create_task(TaskSpec(name="act-as", base_model="tiny-random-llama"), llama_fp)
+    registry.register("act-as", random_prompt(), llama_fp)
+    return registry
+
+
+@pytest.fixture
+def adapter(tmp_path: Path, llama) -> Path:
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    get_peft_model(load_model("tiny-random-llama", dtype="float32"), config).save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def mistakes(tmp: Path, reg: str, adapter: Path) -> list[tuple[list[str], str]]:
+    (tmp / "a-file").write_text("not a registry")
+    (tmp / "requests.jsonl").write_text('{"task": "act-as", "input": "a poet"}\n')
+    data = tmp / "data.jsonl"
+    data.write_text('{"input": "a", "output": "b"}\n' * 8)
+    return [
+        (["train", "--task", "t", "--data", str(data), "--base-model", "tiny-random-lama", "--registry", reg],
+         "unknown base model 'tiny-random-lama'"),
+        (["train", "--task", "t", "--data", str(data), "--base-model", "./models/nope", "--registry", reg],
+         "no checkpoint at ./models/nope"),
+        (["serve", "--base-model", "tiny-random-lama", "--registry", reg], "Did you mean tiny-random-llama?"),
+        (["generate", "--input", str(tmp / "requests.jsonl"), "--output", str(tmp / "out.jsonl"),
+          "--base-model", "./models/nope", "--registry", reg], "no checkpoint at ./models/nope"),
+        (["registry", "import", str(tmp / "no-adapter"), "--task", "t", "--base-model", "tiny-random-lama",
+          "--registry", reg], "not a PEFT adapter folder"),  # the folder is checked before the model
+        (["registry", "import", str(adapter), "--task", "t", "--base-model", "tiny-random-lama", "--registry", reg],
+         "unknown base model"),
+        (["registry", "import", str(adapter), "--task", "act-as", "--kind", "classification", "--labels", "0,1",
+          "--registry", reg], "task 'act-as' exists with another kind, labels"),
+        (["registry", "list", "--registry", str(tmp / "a-file")], "is a file; a registry is a folder"),
+        (["registry", "list", "--registry", str(tmp / "regsitry")], "no registry at"),
+        (["serve", "--registry", str(tmp / "regsitry")], "no registry at"),
+        (["registry", "verify", "nope", "--registry", reg], "unknown task 'nope'"),
+        (["registry", "export", "act-as", "latest", reg, "--registry", reg], "is inside the registry"),
+        (["registry", "export", "act-as", "latest", str(Path(reg) / "tasks" / "x"), "--registry", reg],
+         "is inside the registry"),
+    ]
+
+
+def test_every_mistake_gets_one_line_and_exit_1(cli, filled: Registry, adapter: Path, tmp_path: Path) -> None:
+    before = sorted(p.relative_to(filled.uri) for p in Path(filled.uri).rglob("*"))
+    for args, message in mistakes(tmp_path, filled.uri, adapter):
+        result = cli(*args)
+        lines = [line for line in result.err.splitlines() if line.strip()]
+        assert result.code == 1, (args, result.out, result.err)
+        assert len(lines) == 1 and message in lines[0], (args, result.err)
+    assert not (tmp_path / "regsitry").exists()  # a mistyped path is not created
+    assert sorted(p.relative_to(filled.uri) for p in Path(filled.uri).rglob("*")) == before  # nothing written
+
+
+def test_serve_and_generate_use_the_base_model_the_tasks_were_trained_on(cli, tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "registry"))
+    gpt2 = fingerprint(load_model("tiny-random-gpt2", dtype="float32"))
+    registry.create_task(TaskSpec(name="g", base_model="tiny-random-gpt2", template="Q: {input}\nA:"), gpt2)
+    registry.register("g", random_prompt(cols=gpt2.hidden_size), gpt2)
+    (tmp_path / "requests.jsonl").write_text('{"task": "g", "input": "hi", "params": {"max_new_tokens": 2}}\n')
+    result = cli("generate", "--input", str(tmp_path / "requests.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                 "--registry", registry.uri)
+    assert result.code == 0, result.err
+    assert "base model tiny-random-gpt2: the one every task" in result.err
+    assert "result" in json.loads((tmp_path / "out.jsonl").read_text())
+
+    llama = fingerprint(load_model("tiny-random-llama", dtype="float32"))
+    registry.create_task(TaskSpec(name="l", base_model="tiny-random-llama"), llama)
+    refused = cli("serve", "--registry", registry.uri)
+    assert refused.code == 1
+    assert "different base models (tiny-random-gpt2: g; tiny-random-llama: l)" in refused.err
+
+
+def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Path, adapter: Path) -> None:
+    registry = tmp_path / "registry"
+    result = cli("registry", "import", str(adapter), "--task", "reviews", "--kind", "classification",
+                 "--labels", "neg= no,pos= yes", "--template", "Review: {input}\nHappy?", "--registry", str(registry))
+    assert result.code == 0, result.err
+    assert "registered reviews version 1 (classification task)" in result.out
+    spec = Registry(str(registry)).get_task("reviews").spec
+    assert (spec.kind, spec.labels, spec.template) == (TaskKind.classification, {"neg": " no", "pos": " yes"},
+                                                       "Review: {input}\nHappy?")
+    (tmp_path / "requests.jsonl").write_text('{"task": "reviews", "input": "great"}\n')
+    classified = cli("generate", "--input", str(tmp_path / "requests.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                     "--registry", str(registry))
+    assert classified.code == 0, classified.err
+    assert json.loads((tmp_path / "out.jsonl").read_text())["result"]["label"] in ("neg", "pos")
