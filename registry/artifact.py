@@ -24,12 +24,10 @@ from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
 from promptmux.registry.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion
 
 TENSOR_KEY = "prompt_embeddings"
-TENSOR_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-MANIFEST_FILE = "promptmux.json"
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 MAX_VIRTUAL_TOKENS = 4096
 MAX_TENSOR_FILE_BYTES = 512 * 1024 * 1024

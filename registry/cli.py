@@ -8,6 +8,7 @@ takes `--registry URI` (default `$PROMPTMUX_REGISTRY`, else a per-user directory
 
 import functools
 import json
+import os
 import sys
 import warnings
 from importlib.metadata import entry_points
@@ -17,7 +18,6 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
-from transformers.utils import logging as transformers_logging
 
 from promptmux.registry.errors import PromptmuxError, describe
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
@@ -33,8 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: fits 80 columns, names defaults and environment variables
 )
-registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no_args_is_help=True)
+registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(registry_app, name="registry")
 
 RegistryOption = Annotated[
@@ -381,8 +382,10 @@ def _load_plugins() -> None:
 
 
 def main() -> None:
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    # Quiet transformers and the Hub without importing them (they load only in the commands
+    # that use a model): no info logs, no download or weight-loading bars.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     _load_plugins()
     try:

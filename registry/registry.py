@@ -17,26 +17,11 @@ version, a version may not be archived while something points at it).
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
-import torch
 from pydantic import BaseModel, ValidationError
 
-from promptmux.registry.artifact import (
-    CONFIG_FILE,
-    MANIFEST_FILE,
-    PEFT_PROMPT_TYPES,
-    TENSOR_FILE,
-    check_fits,
-    decode_tensor,
-    dtype_name,
-    parse_peft_config,
-    read_tensor_file,
-    tensor_sha256,
-    validate_prompt_tensor,
-    version_files,
-)
 from promptmux.registry.errors import (
     ConflictError,
     CorruptFileError,
@@ -45,6 +30,7 @@ from promptmux.registry.errors import (
     PromptmuxError,
     describe,
 )
+from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import validate_alias, validate_name
 from promptmux.registry.schemas import (
     AliasRecord,
@@ -58,6 +44,9 @@ from promptmux.registry.schemas import (
     utc_now,
 )
 from promptmux.registry.storage import LocalStorage, Storage, open_storage
+
+if TYPE_CHECKING:
+    import torch
 
 REGISTRY_ENV = "PROMPTMUX_REGISTRY"
 MAX_CLAIM_ATTEMPTS = 10_000
@@ -83,6 +72,14 @@ class VerifyResult:
     def ok(self) -> bool:
         return self.problem is None
 
+
+
+def _artifact():  # noqa: ANN202 - the module
+    """Tensors' code (torch, safetensors, peft), loaded when a tensor is first touched: metadata
+    commands such as `registry list` never pay for it."""
+    from promptmux.registry import artifact
+
+    return artifact
 
 class Registry:
     """Versioned soft prompts per task, on local disk or any fsspec URL."""
@@ -130,7 +127,7 @@ class Registry:
     def register(
         self,
         task: str,
-        embeddings: torch.Tensor,
+        embeddings: "torch.Tensor",
         base_fingerprint: BaseModelFingerprint,
         *,
         init_method: str = "random",
@@ -143,11 +140,11 @@ class Registry:
     ) -> PromptVersion:
         """Store `embeddings` as the task's next version and return its manifest."""
         record = self.get_task(task)
-        tensor = validate_prompt_tensor(embeddings)
-        check_fits(tensor, base_fingerprint, record.base_fingerprint)
+        tensor = _artifact().validate_prompt_tensor(embeddings)
+        _artifact().check_fits(tensor, base_fingerprint, record.base_fingerprint)
         if parent_version is not None:
             self.get_version(task, parent_version)
-        digest = tensor_sha256(tensor)
+        digest = _artifact().tensor_sha256(tensor)
         for _ in range(MAX_CLAIM_ATTEMPTS):
             number = max(self._claimed_numbers(task), default=0) + 1
             manifest = PromptVersion(
@@ -155,7 +152,7 @@ class Registry:
                 version=number,
                 num_virtual_tokens=tensor.shape[0],
                 token_dim=tensor.shape[1],
-                dtype=dtype_name(tensor),
+                dtype=_artifact().dtype_name(tensor),
                 base_model=record.spec.base_model,
                 base_fingerprint=record.base_fingerprint,
                 init_method=init_method,
@@ -167,7 +164,7 @@ class Registry:
                 note=note,
                 sha256=digest,
             )
-            if self.storage.publish_dir(_version_rel(task, number), version_files(manifest, tensor)):
+            if self.storage.publish_dir(_version_rel(task, number), _artifact().version_files(manifest, tensor)):
                 return manifest
         raise ConflictError(f"could not claim a version number for task {task!r}")
 
@@ -210,15 +207,15 @@ class Registry:
     def version_uri(self, task: str, version: int) -> str:
         return self.storage.url(_version_rel(task, version))
 
-    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, torch.Tensor]:
+    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, "torch.Tensor"]:
         """Manifest and tensor of a version, checked against the manifest's sha256 and shape."""
         manifest = self.get_version(task, version)
         source, rel = f"{task}@{version}", f"{_version_rel(task, version)}/{TENSOR_FILE}"
         local = self.storage.local_path(rel)
         if local is not None and os.path.isfile(local):
-            tensor = read_tensor_file(local, source)
+            tensor = _artifact().read_tensor_file(local, source)
         else:
-            tensor = decode_tensor(self.storage.read_bytes(rel), source)
+            tensor = _artifact().decode_tensor(self.storage.read_bytes(rel), source)
         problem = _mismatch(manifest, tensor)
         if problem:
             raise InvalidArtifactError(f"{source}: {problem}")
@@ -353,7 +350,7 @@ class Registry:
         generation task with template `{input}`."""
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
-        config = parse_peft_config(_read_source(fs, f"{root}/{CONFIG_FILE}", source), source)
+        config = _artifact().parse_peft_config(_read_source(fs, f"{root}/{CONFIG_FILE}", source), source)
         tensor_path = f"{root}/{TENSOR_FILE}"
         if not fs.exists(tensor_path):
             if fs.exists(f"{root}/adapter_model.bin"):
@@ -362,23 +359,23 @@ class Registry:
                     "(save the adapter with safe_serialization=True)"
                 )
             raise InvalidArtifactError(f"{source}: no {TENSOR_FILE}")
-        tensor = decode_tensor(_read_source(fs, tensor_path, source), source)
+        tensor = _artifact().decode_tensor(_read_source(fs, tensor_path, source), source)
         declared = config.get("num_virtual_tokens")
         if declared is not None and declared != tensor.shape[0]:
             raise InvalidArtifactError(
                 f"{source}: adapter_config says {declared} virtual tokens but the tensor has {tensor.shape[0]}"
             )
         if self.has_task(task):
-            check_fits(tensor, base_fingerprint, self.get_task(task).base_fingerprint)
+            _artifact().check_fits(tensor, base_fingerprint, self.get_task(task).base_fingerprint)
         else:
-            check_fits(tensor, base_fingerprint, base_fingerprint)
+            _artifact().check_fits(tensor, base_fingerprint, base_fingerprint)
             self.create_task(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
         init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
         return self.register(
             task,
             tensor,
             base_fingerprint,
-            init_method=PEFT_PROMPT_TYPES[config["peft_type"]] + (f" ({init})" if init else ""),
+            init_method=_artifact().PEFT_PROMPT_TYPES[config["peft_type"]] + (f" ({init})" if init else ""),
             init_text=config.get("prompt_tuning_init_text"),
             training={"imported_from": source, "peft_type": config["peft_type"]},
             note=note,
@@ -394,7 +391,7 @@ class Registry:
         if fs.exists(f"{root}/{CONFIG_FILE}") or fs.exists(f"{root}/{TENSOR_FILE}"):
             raise ConflictError(f"{destination} already holds an adapter; choose an empty directory")
         fs.makedirs(root, exist_ok=True)
-        for name, data in version_files(manifest, tensor).items():
+        for name, data in _artifact().version_files(manifest, tensor).items():
             fs.pipe_file(f"{root}/{name}", data)
         return destination
 
@@ -444,7 +441,7 @@ class Registry:
     def _verify_version(self, task: str, version: int) -> str | None:
         try:
             manifest, _ = self.load_prompt(task, version)
-            parse_peft_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"), "")
+            _artifact().parse_peft_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"), "")
         except (PromptmuxError, ValueError) as exc:
             return str(exc)
         if manifest.version != version or manifest.task != task:
@@ -452,12 +449,12 @@ class Registry:
         return None
 
 
-def _mismatch(manifest: PromptVersion, tensor: torch.Tensor) -> str | None:
-    if tensor_sha256(tensor) != manifest.sha256:
+def _mismatch(manifest: PromptVersion, tensor: "torch.Tensor") -> str | None:
+    if _artifact().tensor_sha256(tensor) != manifest.sha256:
         return "sha256 of the tensor does not match the manifest (the file was altered or corrupted)"
-    if tuple(tensor.shape) != (manifest.num_virtual_tokens, manifest.token_dim) or dtype_name(tensor) != manifest.dtype:
+    if tuple(tensor.shape) != (manifest.num_virtual_tokens, manifest.token_dim) or _artifact().dtype_name(tensor) != manifest.dtype:
         return (
-            f"tensor is {tuple(tensor.shape)} {dtype_name(tensor)}, manifest says "
+            f"tensor is {tuple(tensor.shape)} {_artifact().dtype_name(tensor)}, manifest says "
             f"({manifest.num_virtual_tokens}, {manifest.token_dim}) {manifest.dtype}"
         )
     return None

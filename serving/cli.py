@@ -10,10 +10,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.base_models import check_base_model
 from promptmux.registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, base_model_of, console, open_registry
 from promptmux.registry.errors import describe
-from promptmux.serving.config import EngineConfig
 from promptmux.serving.schemas import TaskRequest
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
@@ -53,6 +51,8 @@ def generate(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
+    from promptmux.registry.base_models import check_base_model
+    from promptmux.serving.config import EngineConfig
     from promptmux.serving.engine import Engine
     from promptmux.serving.runner import TaskRunner
 
@@ -100,6 +100,7 @@ def serve_command(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
+    from promptmux.registry.base_models import check_base_model
     from promptmux.serving.local_cluster import run_local
     from promptmux.serving.settings import ServeSettings
 
@@ -115,7 +116,8 @@ def serve_command(
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
 
 
-bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True,
+                        rich_markup_mode=None)
 
 
 QuickOption = Annotated[bool, typer.Option("--quick", help="small sizes, under a minute on 2 CPU cores")]

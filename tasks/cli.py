@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.base_models import check_base_model
 from promptmux.registry.cli import (
     BaseModelOption,
     KindOption,
@@ -22,10 +21,7 @@ from promptmux.registry.cli import (
 )
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL
 from promptmux.tasks.config import TrainConfig
-from promptmux.tasks.data import examples, fingerprint_files, load_records, split
-from promptmux.tasks.report import print_report
 from promptmux.tasks.spec_file import read_fields, resolve
-from promptmux.tasks.train import train_task
 
 
 def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
@@ -80,6 +76,11 @@ def train(
     Training settings come from the spec file's `training:` section and record fields from
     its `data:` section; flags override both.
     """
+    from promptmux.registry.base_models import check_base_model
+    from promptmux.tasks.data import examples, fingerprint_files, load_records, split
+    from promptmux.tasks.report import print_report
+    from promptmux.tasks.train import train_task
+
     fields = read_fields(spec_file) if spec_file else {}
     if task is None and "name" not in fields:
         raise PromptmuxError("name the task with --task or a --spec file")

@@ -31,13 +31,11 @@ import typer
 from rich.table import Table
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.base_models import resolve_model_path
 from promptmux.registry.cli import console
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.report import print_report
 from promptmux.tasks.spec_file import example
-from promptmux.tasks.train import train_task
 
 DATA = Path(__file__).resolve().parent / "examples" / "data"
 DEMO_MODEL = "smollm2-135m-instruct"
@@ -97,6 +95,8 @@ INPUTS = {
 
 
 def _train(reg: Registry, task: DemoTask, out: Path, alias: str | None = None, seed: int | None = None) -> int:
+    from promptmux.tasks.train import train_task  # torch and peft load here, not for `promptmux --help`
+
     config = task.config if seed is None else task.config.model_copy(update={"seed": seed})
     console.print(f"[bold]{task.spec.name}[/bold]: {len(task.train)} training examples from {task.source}, "
                   f"{len(task.held_out)} held out; {config.num_virtual_tokens} virtual tokens, {config.epochs} epoch(s), "
@@ -163,6 +163,8 @@ def demo(
     reg = Registry(registry or tempfile.mkdtemp(prefix="promptmux-demo-"))
     runs = Path(tempfile.mkdtemp(prefix="promptmux-demo-runs-"))
     console.rule(f"promptmux demo: base model {base_model}, registry {reg.uri}")
+    from promptmux.registry.base_models import resolve_model_path
+
     with console.status(f"preparing {base_model} (built once from its package, then cached)"):
         resolve_model_path(base_model)
     grooming, act_as = _dog_grooming(base_model, seed_data, train_size), _act_as(base_model)

@@ -2,6 +2,10 @@
 the base model defaults to the one the registry's tasks were trained on."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,33 @@ def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Pa
                      "--registry", str(registry))
     assert classified.code == 0, classified.err
     assert json.loads((tmp_path / "out.jsonl").read_text())["result"]["label"] in ("neg", "pos")
+
+
+PROBE = """
+import sys
+from promptmux.registry.cli import main
+sys.argv = ["promptmux", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("loaded:", sorted(m for m in ("torch", "transformers", "peft", "ray", "fastapi") if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["registry", "list"], ["serve", "--help"], ["train", "--help"],
+                                  ["registry", "import", "--help"]])
+def test_help_and_registry_list_are_fast_and_help_fits_80_columns(tmp_path: Path, args: list[str]) -> None:
+    if "list" in args:
+        args = [*args, "--registry", str(tmp_path)]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], env={**os.environ, "COLUMNS": "80"},
+                            capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert "loaded: []" in result.stderr, result.stderr  # no torch, transformers, peft, Ray or FastAPI
+    assert elapsed < 5, elapsed  # a generous bound: about 0.5 s on the 2-core development VM
+    if "--help" in args:
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80 and "<bool>" not in result.stdout
+        if args[0] in ("serve", "train"):
+            text = " ".join(result.stdout.split())
+            assert "[default:" in text and "[env var: PROMPTMUX_REGISTRY]" in text
