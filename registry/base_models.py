@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BloomConfig,
@@ -248,6 +249,13 @@ def _worded(model_id: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise unknown_model(model_id) from exc
+
+
+def load_config(model_id: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config: proof, before anything is started, that the id loads here (fetched
+    from the Hub when it is reachable)."""
+    with _worded(model_id):
+        return AutoConfig.from_pretrained(resolve_model_path(model_id), trust_remote_code=trust_remote_code)
 
 
 def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:

@@ -100,13 +100,13 @@ def serve_command(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
-    from promptmux.registry.base_models import check_base_model
+    from promptmux.registry.base_models import load_config
     from promptmux.serving.local_cluster import run_local
     from promptmux.serving.settings import ServeSettings
 
     reg = open_registry(registry)
     model_id = base_model_of(reg, base_model)
-    check_base_model(model_id)  # before a cluster starts, whose replicas would fail with a long traceback
+    load_config(model_id, trust_remote_code)  # before a cluster starts, whose replicas would fail with a long traceback
     engine = {"base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
               "max_batch_size": max_batch_size, "trust_remote_code": trust_remote_code}
     settings = ServeSettings.model_validate({

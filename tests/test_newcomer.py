@@ -133,3 +133,16 @@ def test_help_and_registry_list_are_fast_and_help_fits_80_columns(tmp_path: Path
         if args[0] in ("serve", "train"):
             text = " ".join(result.stdout.split())
             assert "[default:" in text and "[env var: PROMPTMUX_REGISTRY]" in text
+
+
+def test_a_hub_id_that_cannot_be_fetched_stops_serve_before_any_cluster_starts(tmp_path: Path) -> None:
+    Registry(str(tmp_path / "registry"))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "promptmux"), "serve", "--base-model", "nobody/no-such-model",
+         "--registry", str(tmp_path / "registry")],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120,  # offline: no retries
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "unknown base model 'nobody/no-such-model'" in lines[0] and "Hub id needs network access" in lines[0]
+    assert "Ray" not in result.stdout + result.stderr
