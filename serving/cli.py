@@ -12,7 +12,7 @@ from rich.table import Table
 from promptmux.registry import PromptmuxError
 from promptmux.registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, base_model_of, console, open_registry
 from promptmux.registry.errors import describe
-from promptmux.serving.schemas import TaskRequest
+from promptmux.serving.runtime.schemas import TaskRequest
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
@@ -52,9 +52,9 @@ def generate(
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
     from promptmux.registry.base_models import check_base_model
-    from promptmux.serving.config import EngineConfig
-    from promptmux.serving.engine import Engine
-    from promptmux.serving.runner import TaskRunner
+    from promptmux.serving.engine.config import EngineConfig
+    from promptmux.serving.engine.runner import Engine
+    from promptmux.serving.runtime.jsonl import TaskRunner
 
     requests = read_requests(input_path)
     reg = open_registry(registry)
@@ -101,8 +101,8 @@ def serve_command(
 ) -> None:
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
     from promptmux.registry.base_models import load_config
-    from promptmux.serving.local_cluster import run_local
-    from promptmux.serving.settings import ServeSettings
+    from promptmux.serving.http.local_cluster import run_local
+    from promptmux.serving.runtime.settings import ServeSettings
 
     reg = open_registry(registry)
     model_id = base_model_of(reg, base_model)
@@ -133,7 +133,7 @@ def bench_engine(
     base_model: BenchModelOption = None,
 ) -> None:
     """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
-    from promptmux.serving.bench_engine import run_engine_benchmark
+    from promptmux.serving.bench.engine import run_engine_benchmark
 
     publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "engine", json_path)
 
@@ -144,7 +144,7 @@ def bench_scheduler(
     base_model: BenchModelOption = None,
 ) -> None:
     """Continuous vs static batching: throughput ratio, latency and time to first token."""
-    from promptmux.serving.bench_scheduler import run_scheduler_benchmark
+    from promptmux.serving.bench.scheduler import run_scheduler_benchmark
 
     report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "scheduler", json_path)
@@ -157,7 +157,7 @@ def bench_http(
     base_model: BenchModelOption = None,
 ) -> None:
     """The same mixed-task workload through HTTP (Ray Serve) vs the service in-process."""
-    from promptmux.serving.bench_http import run_http_benchmark
+    from promptmux.serving.bench.http import run_http_benchmark
 
     report = run_http_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
     publish(report, "http", json_path)

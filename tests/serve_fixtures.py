@@ -13,9 +13,9 @@ import uvicorn
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.serving.app import build_app
-from promptmux.serving.service import PromptmuxService
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.http.app import build_app
+from promptmux.serving.runtime.service import PromptmuxService
+from promptmux.serving.runtime.settings import ServeSettings
 
 BASE = "tiny-random-llama"
 SPECS = [

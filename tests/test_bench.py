@@ -1,16 +1,23 @@
 """The benchmark commands run and report their ratios (their targets live in docs, not here)."""
 
 import json
+import math
 from pathlib import Path
+
+
+def check_ratios(report: dict, output: str, names: set[str]) -> None:
+    """Every named ratio has a target, a finite positive value, and a row in the printed table."""
+    assert set(report["targets"]) == names
+    for name in names:
+        assert math.isfinite(report[name]) and report[name] > 0 and name in output, name
+    assert report["machine"]["load_average_before"] is not None and report["config"]["mode"] == "quick"
 
 
 def test_bench_engine_quick_reports_the_three_ratios(cli, tmp_path: Path) -> None:
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    for key in ("mixed_over_single", "engine_over_peft", "pinned_kv_speedup"):
-        assert report[key] > 0 and key in result.out
-        assert key in report["targets"]
+    check_ratios(report, result.out, {"mixed_over_single", "engine_over_peft", "pinned_kv_speedup"})
     assert len(report["timings_s"]["mixed"]) == report["config"]["repeats"]
     assert report["config"]["cls_virtual_tokens"] == 100 and report["machine"]["torch"]
 
@@ -19,7 +26,7 @@ def test_bench_scheduler_quick_reports_both_modes(cli, tmp_path: Path) -> None:
     result = cli("bench", "scheduler", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    assert report["continuous_over_static"] > 0 and "continuous_over_static" in result.out
+    check_ratios(report, result.out, {"continuous_over_static"})
     for mode in ("continuous", "static"):
         assert report[mode]["tokens"] == report["continuous"]["tokens"] > 0
         assert report[mode]["latency_p99_s"] >= report[mode]["latency_p50_s"] > 0
@@ -30,6 +37,6 @@ def test_bench_http_quick_compares_http_with_the_engine(cli, tmp_path: Path) -> 
     result = cli("bench", "http", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    assert report["http_over_engine"] > 0 and "http_over_engine" in result.out
+    check_ratios(report, result.out, {"http_over_engine"})
     assert report["http"]["tokens"] == report["engine"]["tokens"] > 0
     assert report["http"]["latency_p99_s"] >= report["http"]["latency_p50_s"] > 0

@@ -11,8 +11,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 from serve_fixtures import build_registry, free_port, healthy, wait_until
 
-from promptmux.serving.deployment import build
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.runtime.settings import ServeSettings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -20,14 +19,13 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def test_serve_yaml_is_a_valid_ray_serve_config_for_the_builder() -> None:
     config = ServeDeploySchema.model_validate(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
     app = config.applications[0]
-    assert app.import_path == "promptmux.serving.deployment:build"
+    assert app.import_path == "promptmux.serving.http.deployment:build"
     deployment = app.deployments[0]
     assert deployment.autoscaling_config["max_replicas"] >= 1
     assert deployment.ray_actor_options.num_gpus == 1
     settings = ServeSettings.model_validate(app.args)
     assert deployment.graceful_shutdown_timeout_s == settings.drain_timeout_s  # Serve waits as long as we drain
     assert settings.engine.device == "cuda" and settings.engine.dtype == "bfloat16"
-    assert build(app.args) is not None
 
 
 def test_rayservice_manifest_embeds_a_valid_serve_config() -> None:

@@ -9,10 +9,10 @@ from peft_reference import peft_generate, peft_logprobs, peft_model
 from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import ClassificationRow, GenerationRow, Row
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
-from promptmux.serving.errors import RequestError
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.errors import RequestError
+from promptmux.serving.engine.runner import Engine
 
 ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite"]
 PROMPT_LENGTHS = {"alpha": 3, "beta": 7, "gamma": 12}

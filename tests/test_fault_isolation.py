@@ -21,12 +21,12 @@ from serve_fixtures import BASE, build_registry, serve_locally
 from transformers import LogitsProcessor
 
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import GenerationRow
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
-from promptmux.serving.scheduler import Scheduler
-from promptmux.serving.service import PromptmuxService
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.engine.batching import GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.scheduler import Scheduler
+from promptmux.serving.runtime.service import PromptmuxService
+from promptmux.serving.runtime.settings import ServeSettings
 
 
 class Explodes(LogitsProcessor):

@@ -1,7 +1,9 @@
 """Dependencies point one way, checked on the source rather than hoped for.
 
-`tasks -> registry`, `serving -> registry`, `registry` imports neither; the engine (pure
-torch + transformers) imports no Ray, FastAPI or Prometheus.
+`tasks -> registry`, `serving -> registry`, `registry` imports neither. Inside `serving`,
+the rooms point down: http -> runtime -> engine (bench and the CLI sit on top); the engine
+(pure torch + transformers) imports no Ray, FastAPI or Prometheus, and the runtime no Ray
+or FastAPI.
 """
 
 import ast
@@ -10,13 +12,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_MODULES = ["engine", "batching", "decoding", "sampling", "prompt_cache", "scheduler", "async_engine", "config",
-                  "errors"]
-SERVER_LIBRARIES = {"ray", "fastapi", "starlette", "uvicorn", "prometheus_client"}
+WEB = {"ray", "fastapi", "starlette", "uvicorn"}
+ROOMS = {  # a room of serving/ -> what it may not import: rooms above it, and libraries
+    "engine": ({"runtime", "http", "bench", "cli"}, WEB | {"prometheus_client"}),
+    "runtime": ({"http", "bench", "cli"}, WEB),
+    "http": ({"bench", "cli"}, set()),
+    "bench": ({"cli"}, set()),
+}
 
 
 def root(module: str) -> str:
-    """`promptmux.serving.app` → `serving`; `torch.nn` → `torch`."""
+    """`promptmux.serving.http.app` → `serving`; `torch.nn` → `torch`."""
     parts = module.split(".")
     return parts[1] if parts[0] == "promptmux" and len(parts) > 1 else parts[0]
 
@@ -43,6 +49,21 @@ def test_packages_depend_one_way(package: str, forbidden: set[str]) -> None:
     assert offenders == {}
 
 
-def test_the_engine_knows_nothing_of_the_server() -> None:
-    offenders = {name: sorted(imported_roots(ROOT / "serving" / f"{name}.py") & SERVER_LIBRARIES) for name in ENGINE_MODULES}
-    assert {name: libs for name, libs in offenders.items() if libs} == {}
+def serving_rooms(path: Path) -> set[str]:
+    """The rooms of serving/ a file imports (`promptmux.serving.runtime.service` -> `runtime`)."""
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        rooms |= {name.split(".")[2] for name in names if name.startswith("promptmux.serving.") and name.count(".") >= 2}
+    return rooms
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_serving_rooms_point_down(room: str) -> None:
+    above, libraries = ROOMS[room]
+    files = sorted((ROOT / "serving" / room).rglob("*.py"))
+    assert files
+    offenders = {str(path.relative_to(ROOT)): sorted((serving_rooms(path) & above) | (imported_roots(path) & libraries))
+                 for path in files}
+    assert {name: found for name, found in offenders.items() if found} == {}

@@ -15,9 +15,9 @@ from peft_reference import peft_generate, peft_logprobs
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.base_models import ModelUnavailableError, fingerprint, load_model, load_tokenizer
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.runner import Engine
 
 REAL_MODEL = "smollm2-135m-instruct"
 LABELS = {"0": "no", "1": "yes"}

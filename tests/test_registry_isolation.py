@@ -7,8 +7,8 @@ import pytest
 from serve_fixtures import BASE, build_registry, serve_locally, wait_until
 
 from promptmux.registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.runtime.settings import ServeSettings
 
 BROKEN = ["rollout.json", "aliases/production.json", "task.json"]
 

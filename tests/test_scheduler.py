@@ -8,12 +8,12 @@ import pytest
 from test_engine import PROMPT_LENGTHS, fill_registry
 
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.async_engine import AsyncEngine
-from promptmux.serving.batching import GenerationRow
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
-from promptmux.serving.errors import OverloadedError, RequestError
-from promptmux.serving.scheduler import Scheduler
+from promptmux.serving.engine.async_engine import AsyncEngine
+from promptmux.serving.engine.batching import GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.errors import OverloadedError, RequestError
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.scheduler import Scheduler
 
 WORDS = ["dog", "groomer", "gentle", "rude", "great", "price", "logistician", "poet", "act", "as"]
 

@@ -54,11 +54,9 @@ def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
             assert f'variant="{variant}"' in metrics
         assert 'task="summarize"' in metrics
 
-        registry.set_alias("summarize", "production", 1)
-        moved = time.monotonic()
+        registry.set_alias("summarize", "production", 1)  # served within 5 s, or wait_until raises
         wait_until(lambda: client.completions.create(model="summarize", prompt="a day", max_tokens=1)
                    .model_extra["promptmux"]["variant"] == "production", timeout=5, interval=0.2)
-        assert time.monotonic() - moved < 5
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)

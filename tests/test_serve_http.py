@@ -21,12 +21,12 @@ from schemathesis import GenerationMode
 from serve_fixtures import BASE, build_registry, free_port, wait_until
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant
-from promptmux.serving.batching import GenerationRow
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.deployment import PromptmuxDeployment
-from promptmux.serving.engine import Engine
-from promptmux.serving.local_cluster import init_ray
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.http.deployment import PromptmuxDeployment
+from promptmux.serving.http.local_cluster import init_ray
+from promptmux.serving.runtime.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
             expected = reference.generate([GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
             assert output["token_ids"] == expected.token_ids
         else:
-            assert output["label"] in ("0", "1") and sum(output["probabilities"].values()) == pytest.approx(1)
+            expected = reference.classify([ClassificationRow(reference.prompt(manifest), ids, entry.labels)])[0]
+            assert output["label"] == expected.label
+            assert output["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     replicas = {r.headers["x-promptmux-replica"] for r in responses}
     assert len(replicas) == 2, "both replicas serve every kind of task"
 

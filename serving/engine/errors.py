@@ -1,4 +1,4 @@
-"""Errors a request can cause; the HTTP layer maps them to 4xx responses."""
+"""Errors the engine raises for a request; the HTTP layer maps them to statuses."""
 
 from promptmux.registry.errors import PromptmuxError
 
@@ -11,16 +11,8 @@ class OverloadedError(PromptmuxError):
     """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""
 
 
-class RequestTimeout(PromptmuxError):
-    """The request ran past the configured per-request timeout (HTTP 504)."""
-
-
 class EngineUnavailable(PromptmuxError):
     """The engine's loop has stopped: this replica serves nothing until it is replaced (HTTP 503)."""
-
-
-class RouteUnavailable(PromptmuxError):
-    """The version a request would be served by is known but not servable (HTTP 503)."""
 
 
 def over_limit(field: str, value: int, limit: int) -> str:

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.decoding import DecodeBatch
-from promptmux.serving.errors import OverloadedError, RequestError
-from promptmux.serving.sampling import RowSampler, select_tokens
-from promptmux.serving.schemas import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.decoding import DecodeBatch
+from promptmux.serving.engine.errors import OverloadedError, RequestError
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.sampling import RowSampler, select_tokens
 
 if TYPE_CHECKING:
-    from promptmux.serving.engine import Engine
+    from promptmux.serving.engine.runner import Engine
 
 
 @dataclass

@@ -5,11 +5,11 @@ Generation and classification rows of any tasks are batched together; a bad requ
 """
 
 from promptmux.registry import PromptmuxError, Registry, TaskKind
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine import Engine
-from promptmux.serving.requests import prepare
-from promptmux.serving.routing import RegistryView
-from promptmux.serving.schemas import TaskRequest, TaskResult
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.runtime.requests import prepare
+from promptmux.serving.runtime.routing import RegistryView
+from promptmux.serving.runtime.schemas import TaskRequest, TaskResult
 
 
 class TaskRunner:

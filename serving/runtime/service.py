@@ -13,16 +13,17 @@ from typing import TypeVar
 import torch
 
 from promptmux.registry import PromptVersion, Registry, TaskKind
-from promptmux.serving.api import ClassifyOutput, ClassifyResponse, GenerateOutput, GenerateResponse, TaskBody
-from promptmux.serving.async_engine import AsyncEngine, EventStream
-from promptmux.serving.engine import Engine
-from promptmux.serving.errors import RequestError, RequestTimeout
-from promptmux.serving.metrics import ServingMetrics
-from promptmux.serving.requests import Prepared, prepare
-from promptmux.serving.routing import RegistryView
-from promptmux.serving.scheduler import StreamEvent
-from promptmux.serving.schemas import GenerationOutput, ParamsOverride, Usage
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
+from promptmux.serving.engine.errors import RequestError
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.runtime.errors import RequestTimeout
+from promptmux.serving.runtime.metrics import ServingMetrics
+from promptmux.serving.runtime.requests import Prepared, Query, prepare
+from promptmux.serving.runtime.routing import RegistryView
+from promptmux.serving.runtime.schemas import ParamsOverride
+from promptmux.serving.runtime.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,18 +103,18 @@ class PromptmuxService:
             await asyncio.sleep(DRAIN_POLL_S)
 
     # ------------------------------------------------------------- requests
-    def prepare(self, body: TaskBody, kind: TaskKind | None, params: ParamsOverride | None = None) -> list[Prepared]:
+    def prepare(self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None) -> list[Prepared]:
         """Route once per request and prepare every input; refuse the wrong kind of task
         (`kind=None` accepts both)."""
-        texts = body.texts
+        texts = query.texts
         if len(texts) > self.settings.max_inputs_per_request:
             raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
-        entry = self.view.task(body.task)
+        entry = self.view.task(query.task)
         spec = entry.record.spec
         if kind is not None and spec.kind is not kind:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
-            raise RequestError(f"task {body.task!r} is a {spec.kind.value} task: use {other}")
-        route = self.view.route(body.task, body.version, body.alias, body.routing_key)
+            raise RequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
+        route = self.view.route(query.task, query.version, query.alias, query.routing_key)
         return [prepare(self.engine, spec, route, text, params) for text in texts]
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
@@ -150,23 +151,12 @@ class PromptmuxService:
             self.record(endpoint, item, output.usage, started)
         return list(outputs)
 
-    async def classify(self, items: list[Prepared], endpoint: str) -> ClassifyResponse:
+    async def classify(self, items: list[Prepared], endpoint: str) -> list[ClassificationOutput]:
         started = time.perf_counter()
         outputs = await self.within_deadline(self.async_engine.classify([item.row for item in items]), endpoint, items)
-        served = []
-        for index, (item, output) in enumerate(zip(items, outputs)):
+        for item, output in zip(items, outputs):
             self.record(endpoint, item, output.usage, started)
-            served.append(ClassifyOutput(index=index, task=item.task, version=item.version, variant=item.variant,
-                                         label=output.label, probabilities=output.probabilities, usage=output.usage))
-        return ClassifyResponse(outputs=served)
-
-    async def generate_response(self, items: list[Prepared]) -> GenerateResponse:
-        outputs = await self.generate(items, "generate")
-        return GenerateResponse(outputs=[
-            GenerateOutput(index=i, task=item.task, version=item.version, variant=item.variant, text=o.text,
-                           token_ids=o.token_ids, finish_reason=o.finish_reason, usage=o.usage)
-            for i, (item, o) in enumerate(zip(items, outputs))
-        ])
+        return outputs
 
     def open_streams(self, items: list[Prepared]) -> list[EventStream]:
         """Submit every input now, so overload or limits are refused before a response starts."""

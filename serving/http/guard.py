@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from promptmux.serving.service import InFlight
+from promptmux.serving.runtime.service import InFlight
 
 REPLICA_HEADER = b"x-promptmux-replica"
 DRAINING = "this replica is shutting down; retry and another one will serve you"

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
-from promptmux.serving.errors import RouteUnavailable
+from promptmux.serving.runtime.errors import RouteUnavailable
 
 log = logging.getLogger(__name__)
 

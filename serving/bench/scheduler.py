@@ -16,11 +16,11 @@ import torch
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import GenerationRow
-from promptmux.serving.bench_machine import load_average, machine_report, workload
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
-from promptmux.serving.scheduler import RequestState, Scheduler
+from promptmux.serving.bench.machine import load_average, machine_report, workload
+from promptmux.serving.engine.batching import GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.scheduler import RequestState, Scheduler
 
 TARGETS = {"continuous_over_static": 1.5}
 SIZES = {

@@ -4,7 +4,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptmux.registry import default_registry_uri
-from promptmux.serving.config import EngineConfig
+from promptmux.serving.engine.config import EngineConfig
 
 
 class ServeSettings(BaseSettings):

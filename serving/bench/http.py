@@ -22,11 +22,11 @@ import torch
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.serving.api import GenerateBody
-from promptmux.serving.bench_machine import load_average, machine_report, workload
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.service import PromptmuxService
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.bench.machine import load_average, machine_report, workload
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.http.api import GenerateBody
+from promptmux.serving.runtime.service import PromptmuxService
+from promptmux.serving.runtime.settings import ServeSettings
 
 TARGETS = {"http_over_engine": 0.8}
 SIZES = {
@@ -78,7 +78,7 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
 
     async def direct(body: dict) -> int:
         request = GenerateBody.model_validate(body)
-        outputs = await service.generate(service.prepare(request, None, request.params), "bench")
+        outputs = await service.generate(service.prepare(request.query(), None, request.params), "bench")
         return sum(o.usage.completion_tokens for o in outputs)
 
     try:
@@ -92,7 +92,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     import ray
     from ray import serve
 
-    from promptmux.serving.deployment import PromptmuxDeployment
+    from promptmux.serving.http.deployment import PromptmuxDeployment
 
     load_before = load_average()
     size = workload(SIZES, quick, base_model)

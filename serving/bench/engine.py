@@ -22,10 +22,10 @@ from peft import PeftModel
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.bench_machine import load_average, machine_report, workload
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.engine import Engine
+from promptmux.serving.bench.machine import load_average, machine_report, workload
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.runner import Engine
 
 TARGETS = {"mixed_over_single": 0.95, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5}
 SIZES = {

@@ -21,9 +21,9 @@ from ray.exceptions import RayError, TaskCancelledError
 from ray.serve import Application
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from promptmux.serving.app import build_app
-from promptmux.serving.service import PromptmuxService
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.http.app import build_app
+from promptmux.serving.runtime.service import PromptmuxService
+from promptmux.serving.runtime.settings import ServeSettings
 
 DRAIN_NAMESPACE = "promptmux"
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 from contextlib import aclosing
 
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine import Engine
-from promptmux.serving.errors import EngineUnavailable
-from promptmux.serving.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
-from promptmux.serving.schemas import ClassificationOutput, GenerationOutput
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.errors import EngineUnavailable
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
 
 IDLE_WAIT_S = 0.5
 DEAD = "the engine loop has stopped; this replica is being replaced, retry"

@@ -5,7 +5,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from promptmux.registry.schemas import MaxNewTokens
-from promptmux.serving.schemas import ParamsOverride, Text, Usage
+from promptmux.serving.engine.outputs import Usage
+from promptmux.serving.runtime.requests import Query
+from promptmux.serving.runtime.schemas import ParamsOverride, Text
 
 
 class _Body(BaseModel):
@@ -26,9 +28,9 @@ class TaskBody(_Body):
             raise ValueError("give exactly one of 'input' or 'inputs'")
         return self
 
-    @property
-    def texts(self) -> list[str]:
-        return [self.input] if self.input is not None else list(self.inputs or [])
+    def query(self) -> Query:
+        texts = [self.input] if self.input is not None else list(self.inputs or [])
+        return Query(self.task, texts, self.version, self.alias, self.routing_key)
 
 
 class GenerateBody(TaskBody):

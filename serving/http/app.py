@@ -30,19 +30,21 @@ from promptmux.registry import (
     TaskKind,
 )
 from promptmux.registry.errors import describe
-from promptmux.serving.api import ClassifyBody, ClassifyResponse, CompletionBody, GenerateBody, GenerateResponse, TaskBody
-from promptmux.serving.errors import (
-    EngineUnavailable,
-    OverloadedError,
-    RequestError,
-    RequestTimeout,
-    RouteUnavailable,
-    over_limit,
+from promptmux.serving.engine.errors import EngineUnavailable, OverloadedError, RequestError, over_limit
+from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.http.api import (
+    ClassifyBody,
+    ClassifyOutput,
+    ClassifyResponse,
+    CompletionBody,
+    GenerateBody,
+    GenerateOutput,
+    GenerateResponse,
 )
-from promptmux.serving.guard import Guard
-from promptmux.serving.requests import Prepared
-from promptmux.serving.scheduler import StreamEvent
-from promptmux.serving.service import PromptmuxService
+from promptmux.serving.http.guard import Guard
+from promptmux.serving.runtime.errors import RequestTimeout, RouteUnavailable
+from promptmux.serving.runtime.requests import Prepared, Query
+from promptmux.serving.runtime.service import PromptmuxService
 
 log = logging.getLogger(__name__)
 STATUS = [
@@ -123,9 +125,14 @@ def build_app(service: PromptmuxService) -> FastAPI:
     # ------------------------------------------------------------ promptmux
     @app.post("/v1/generate", response_model=GenerateResponse)
     async def generate(body: GenerateBody):  # noqa: ANN202 - JSON or an event stream
-        items = service.prepare(body, TaskKind.generation, body.params)
+        items = service.prepare(body.query(), TaskKind.generation, body.params)
         if not body.stream:
-            return await service.generate_response(items)
+            outputs = await service.generate(items, "generate")
+            return GenerateResponse(outputs=[
+                GenerateOutput(index=i, task=item.task, version=item.version, variant=item.variant, text=o.text,
+                               token_ids=o.token_ids, finish_reason=o.finish_reason, usage=o.usage)
+                for i, (item, o) in enumerate(zip(items, outputs))
+            ])
 
         async def events() -> AsyncIterator[dict]:
             async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
@@ -135,7 +142,13 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyBody) -> ClassifyResponse:
-        return await service.classify(service.prepare(body, TaskKind.classification), "classify")
+        items = service.prepare(body.query(), TaskKind.classification)
+        outputs = await service.classify(items, "classify")
+        return ClassifyResponse(outputs=[
+            ClassifyOutput(index=i, task=item.task, version=item.version, variant=item.variant, label=o.label,
+                           probabilities=o.probabilities, usage=o.usage)
+            for i, (item, o) in enumerate(zip(items, outputs))
+        ])
 
     # ------------------------------------------------------------ OpenAI
     @app.post("/v1/completions")
@@ -145,8 +158,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
         if body.max_tokens is not None and body.max_tokens > limit:  # named as the OpenAI request names it
             raise RequestError(over_limit("max_tokens", body.max_tokens, limit))
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        request = TaskBody(task=task, inputs=prompts, version=version, alias=alias, routing_key=body.user)
-        items = service.prepare(request, None, body.params())
+        items = service.prepare(Query(task, prompts, version, alias, body.user), None, body.params())
         created, completion_id = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
 
         def envelope(choices: list[dict], items_: list[Prepared]) -> dict:
@@ -156,8 +168,8 @@ def build_app(service: PromptmuxService) -> FastAPI:
                     "promptmux": {"task": served.task, "version": served.version, "variant": served.variant}}
 
         if items[0].kind is TaskKind.classification:
-            labels = (await service.classify(items, "completions")).outputs
-            choices = [{"index": o.index, "text": o.label, "finish_reason": "stop", "logprobs": None} for o in labels]
+            labels = await service.classify(items, "completions")
+            choices = [{"index": i, "text": o.label, "finish_reason": "stop", "logprobs": None} for i, o in enumerate(labels)]
             usage = sum_usage([o.usage.model_dump() for o in labels])
             if body.stream:
                 return sse(_one([envelope(choices, items)]))

@@ -4,7 +4,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from promptmux.serving.prompt_cache import PromptCache
+from promptmux.serving.engine.prompt_cache import PromptCache
 
 ROUTE = ["task", "version", "variant"]
 

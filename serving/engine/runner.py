@@ -14,7 +14,7 @@ import torch
 from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
 from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.batching import (
+from promptmux.serving.engine.batching import (
     ClassificationRow,
     GenerationRow,
     ModelInputs,
@@ -23,11 +23,11 @@ from promptmux.serving.batching import (
     pinned_batch,
     virtual_token_kv,
 )
-from promptmux.serving.config import EngineConfig
-from promptmux.serving.errors import RequestError, over_limit
-from promptmux.serving.prompt_cache import CachedPrompt, PromptCache, PromptKey
-from promptmux.serving.scheduler import Scheduler
-from promptmux.serving.schemas import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.errors import RequestError, over_limit
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptCache, PromptKey
+from promptmux.serving.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

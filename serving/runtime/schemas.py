@@ -1,4 +1,5 @@
-"""Requests and results of the engine (also the offline JSONL format)."""
+"""Requests as the runtime takes them: text checks, parameter overrides, and the offline
+JSONL format (`TaskRequest` in, `TaskResult` out)."""
 
 from typing import Annotated, Literal
 
@@ -15,7 +16,8 @@ from promptmux.registry.schemas import (
     TopK,
     TopP,
 )
-from promptmux.serving.errors import RequestError
+from promptmux.serving.engine.errors import RequestError
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 
 
 class _Schema(BaseModel):
@@ -64,35 +66,6 @@ class TaskRequest(_Schema):
     alias: str | None = None
     routing_key: Text | None = Field(None, max_length=256)
     params: ParamsOverride = Field(default_factory=ParamsOverride)
-
-
-class Usage(_Schema):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    virtual_tokens: int
-
-    @classmethod
-    def count(cls, prompt_tokens: int, completion_tokens: int, virtual_tokens: int) -> "Usage":
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-            virtual_tokens=virtual_tokens,
-        )
-
-
-class GenerationOutput(_Schema):
-    text: str
-    token_ids: list[int]
-    finish_reason: Literal["stop", "length"]
-    usage: Usage
-
-
-class ClassificationOutput(_Schema):
-    label: str
-    probabilities: dict[str, float]
-    usage: Usage
 
 
 class TaskResult(_Schema):

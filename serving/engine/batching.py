@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.prompt_cache import CachedPrompt
+from promptmux.serving.engine.prompt_cache import CachedPrompt
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from promptmux.serving.batching import ModelInputs
+from promptmux.serving.engine.batching import ModelInputs
 
 
 @dataclass

@@ -3,10 +3,21 @@
 from dataclasses import dataclass
 
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.serving.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine import Engine
-from promptmux.serving.routing import Route
-from promptmux.serving.schemas import ParamsOverride
+from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.runtime.routing import Route
+from promptmux.serving.runtime.schemas import ParamsOverride
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a request asks for, whatever its endpoint: a task, its inputs, and how to route them."""
+
+    task: str
+    texts: list[str]
+    version: int | None = None
+    alias: str | None = None
+    routing_key: str | None = None
 
 
 @dataclass

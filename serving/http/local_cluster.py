@@ -12,7 +12,7 @@ import threading
 import time
 
 from promptmux.registry.cli import console
-from promptmux.serving.settings import ServeSettings
+from promptmux.serving.runtime.settings import ServeSettings
 
 APP_NAME = "promptmux"
 DRAIN_SIGNAL = "promptmux-drain"
@@ -24,7 +24,7 @@ def init_ray(num_cpus: int, **options: object) -> None:
     as JSON bodies (`serving.proxy_errors`, installed through Ray Serve's proxy callback)."""
     import ray
 
-    from promptmux.serving.proxy_errors import CALLBACK, CALLBACK_ENV
+    from promptmux.serving.http.proxy_errors import CALLBACK, CALLBACK_ENV
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
@@ -37,7 +37,7 @@ def run_local(
     import ray
     from ray import serve
 
-    from promptmux.serving.deployment import DRAIN_NAMESPACE, DrainSignal, PromptmuxDeployment
+    from promptmux.serving.http.deployment import DRAIN_NAMESPACE, DrainSignal, PromptmuxDeployment
 
     init_ray(max(2, os.cpu_count() or 2))
     stop, hurry = threading.Event(), threading.Event()

@@ -1,0 +1,11 @@
+"""Errors of the runtime a request can meet; the HTTP layer maps them to statuses."""
+
+from promptmux.registry.errors import PromptmuxError
+
+
+class RequestTimeout(PromptmuxError):
+    """The request ran past the configured per-request timeout (HTTP 504)."""
+
+
+class RouteUnavailable(PromptmuxError):
+    """The version a request would be served by is known but not servable (HTTP 503)."""
