@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check registry serving tasks tests
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

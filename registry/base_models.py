@@ -119,7 +119,7 @@ def _in_hub_cache(model_id: str) -> bool:
 
     try:
         return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
-    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+    except Exception:  # not a valid repo id: not cached
         return False
 
 

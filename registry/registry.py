@@ -15,8 +15,10 @@ version, a version may not be archived while something points at it).
 """
 
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
@@ -74,7 +76,7 @@ class VerifyResult:
 
 
 
-def _artifact():  # noqa: ANN202 - the module
+def _artifact() -> ModuleType:
     """Tensors' code (torch, safetensors, peft), loaded when a tensor is first touched: metadata
     commands such as `registry list` never pay for it."""
     from promptmux.registry import artifact
@@ -421,7 +423,7 @@ class Registry:
         if version in self.archived_versions(task):
             raise ConflictError(f"version {version} of {task!r} is archived")
 
-    def _task_lock(self, task: str):  # noqa: ANN202 - a context manager
+    def _task_lock(self, task: str) -> AbstractContextManager[None]:
         self.get_task(task)
         return self.storage.lock(f"{_task_rel(task)}/meta")
 

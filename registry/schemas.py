@@ -23,7 +23,9 @@ def utc_now() -> datetime:
 
 DEFAULT_BASE_MODEL = "tiny-random-llama"  # embedded, random weights: for tests and first steps
 
-class _Schema(BaseModel):
+class StrictModel(BaseModel):
+    """A model at a boundary (HTTP body, registry file, config): unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -55,7 +57,7 @@ StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]
 Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="sampling seed (64-bit unsigned)")]
 
 
-class GenerationParams(_Schema):
+class GenerationParams(StrictModel):
     """Decoding parameters; a task carries defaults and a request may override them."""
 
     max_new_tokens: MaxNewTokens = 32
@@ -74,7 +76,7 @@ class GenerationParams(_Schema):
         return self
 
 
-class TaskSpec(_Schema):
+class TaskSpec(StrictModel):
     """What a task is: how inputs are templated, what it outputs, which base model it runs on."""
 
     name: str
@@ -113,7 +115,7 @@ class TaskSpec(_Schema):
         return self.template.replace(INPUT_PLACEHOLDER, text)
 
 
-class BaseModelFingerprint(_Schema):
+class BaseModelFingerprint(StrictModel):
     """Identifies a base model well enough to tell whether a soft prompt was trained on it."""
 
     model_type: str
@@ -133,7 +135,7 @@ class BaseModelFingerprint(_Schema):
         ]
 
 
-class TaskRecord(_Schema):
+class TaskRecord(StrictModel):
     """`task.json`: the spec plus the fingerprint of the base model every version must fit."""
 
     spec: TaskSpec
@@ -141,7 +143,7 @@ class TaskRecord(_Schema):
     created_at: datetime = Field(default_factory=utc_now)
 
 
-class PromptVersion(_Schema):
+class PromptVersion(StrictModel):
     """`promptmux.json`: the manifest of one immutable prompt version."""
 
     task: str
@@ -162,7 +164,7 @@ class PromptVersion(_Schema):
     sha256: str = Field(description="sha256 of the raw tensor bytes (row-major, stored dtype)")
 
 
-class AliasRecord(_Schema):
+class AliasRecord(StrictModel):
     version: int = Field(ge=1)
     previous: int | None = Field(
         None, ge=1, description="the version the alias pointed at before its last move: servers fall back to it, "
@@ -171,7 +173,7 @@ class AliasRecord(_Schema):
     updated_at: datetime = Field(default_factory=utc_now)
 
 
-class RolloutVariant(_Schema):
+class RolloutVariant(StrictModel):
     version: int = Field(ge=1)
     weight: float = Field(gt=0)
     name: str = ""
@@ -182,7 +184,7 @@ class RolloutVariant(_Schema):
         return self
 
 
-class RolloutSpec(_Schema):
+class RolloutSpec(StrictModel):
     """A weighted split of a task's traffic between versions.
 
     With `sticky`, a request's routing key is hashed to pick its variant, so the same key
@@ -204,7 +206,7 @@ class RolloutSpec(_Schema):
         return self
 
 
-class VersionView(_Schema):
+class VersionView(StrictModel):
     """What `registry show` and the serving API report about a version."""
 
     manifest: PromptVersion
@@ -213,7 +215,7 @@ class VersionView(_Schema):
     uri: str
 
 
-class TaskView(_Schema):
+class TaskView(StrictModel):
     spec: TaskSpec
     base_fingerprint: BaseModelFingerprint
     versions: list[VersionView]

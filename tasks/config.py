@@ -6,12 +6,12 @@ fields they leave out take the defaults below.
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from promptmux.registry.schemas import StrictModel
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainConfig(StrictModel):
     base_model: str = Field(description="Hugging Face id, local path or embedded id")
     num_virtual_tokens: int = Field(20, ge=1, le=1024, description="rows of the soft prompt")
     init: Literal["random", "text", "sample-vocab"] = Field("text", description="how the prompt starts")

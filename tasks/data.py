@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from promptmux.registry import PromptmuxError
+from promptmux.registry.schemas import StrictModel
 
 
 class DataError(PromptmuxError):
@@ -55,11 +56,9 @@ def _load_saved_dataset(path: Path) -> list[dict]:
     return [dict(row) for row in dataset]
 
 
-class DataFields(BaseModel):
+class DataFields(StrictModel):
     """Which fields of a record are the input and the target, and what part of the input
     the task sees: a spec file's `data:` section, or the CLI's flags."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input_field: str = "input"
     target_field: str = "output"

@@ -13,23 +13,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from peft import PeftModel, get_peft_model
+from rich.console import Console
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from peft import PeftModel, get_peft_model  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec  # noqa: E402
-from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer  # noqa: E402
-from promptmux.registry.names import validate_alias  # noqa: E402
-from promptmux.tasks.config import TrainConfig  # noqa: E402
-from promptmux.tasks.data import DataError, Example, split  # noqa: E402
-from promptmux.tasks.encoding import TaskEncoder  # noqa: E402
-from promptmux.tasks.evaluate import Evaluator  # noqa: E402
-from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit  # noqa: E402
-from promptmux.tasks.prompt_init import prompt_config  # noqa: E402
+from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer
+from promptmux.registry.names import validate_alias
+from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import DataError, Example, split
+from promptmux.tasks.encoding import TaskEncoder
+from promptmux.tasks.evaluate import Evaluator
+from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit
+from promptmux.tasks.prompt_init import prompt_config
 
 
 @dataclass
@@ -59,7 +56,8 @@ def _prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskE
 
 
 def plot_curve(curve: Curve, title: str, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))  # no pyplot: no backend, no global state
+    axis = figure.subplots()
     axis.plot(curve.step, curve.train_loss, label="train loss", linewidth=1)
     axis.plot(curve.eval_step, curve.eval_loss, "o-", label="validation loss")
     axis.axvline(curve.best_step, color="grey", linestyle=":", label=f"best checkpoint (step {curve.best_step})")
@@ -69,7 +67,6 @@ def plot_curve(curve: Curve, title: str, path: Path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def train_task(

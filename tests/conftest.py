@@ -11,11 +11,11 @@ import pytest
 os.environ.setdefault("PROMPTMUX_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test-models"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import torch  # noqa: E402
+import torch
 
-from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec  # noqa: E402
-from promptmux.registry.base_models import fingerprint, load_model  # noqa: E402
-from promptmux.registry.cli import main  # noqa: E402
+from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

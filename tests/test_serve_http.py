@@ -90,7 +90,7 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
     assert len(replicas) == 2, "both replicas serve every kind of task"
 
 
-def _wait_for_route(url: str, task: str, key: str, expected) -> None:  # noqa: ANN001
+def _wait_for_route(url: str, task: str, key: str, expected) -> None:
     wait_until(lambda: all(httpx.get(f"{url}/v1/tasks/{task}").json()[key] == expected for _ in range(6)), timeout=20)
 
 
@@ -353,7 +353,7 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema_gives_no_5xx(served) -> 
             @settings(max_examples=30, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
-            def no_server_error(case) -> None:  # noqa: ANN001 - a schemathesis Case
+            def no_server_error(case) -> None:  # a schemathesis Case
                 response = case.call(base_url=url, timeout=60)
                 statuses[response.status_code] += 1
                 assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])

@@ -4,16 +4,14 @@ import os
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL, StrictModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class EngineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EngineConfig(StrictModel):
     base_model: str = DEFAULT_BASE_MODEL
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"

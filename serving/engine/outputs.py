@@ -2,14 +2,10 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from promptmux.registry.schemas import StrictModel
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Usage(_Schema):
+class Usage(StrictModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -25,14 +21,14 @@ class Usage(_Schema):
         )
 
 
-class GenerationOutput(_Schema):
+class GenerationOutput(StrictModel):
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
     usage: Usage
 
 
-class ClassificationOutput(_Schema):
+class ClassificationOutput(StrictModel):
     label: str
     probabilities: dict[str, float]
     usage: Usage

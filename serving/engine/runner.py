@@ -10,6 +10,7 @@ import inspect
 import logging
 
 import torch
+from transformers.utils import ModelOutput
 
 from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
 from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
@@ -115,7 +116,7 @@ class Engine:
         build = pinned_batch if self.pinned_kv else embedding_batch
         return build(self.model, rows, self.pad_id, self.takes_position_ids)
 
-    def forward(self, kwargs: dict, keep: int):  # noqa: ANN201 - a transformers model output
+    def forward(self, kwargs: dict, keep: int) -> ModelOutput:
         """One forward with the cache on, returning logits for the last `keep` positions."""
         if self._takes_logits_to_keep:
             return self.model(**kwargs, use_cache=True, logits_to_keep=keep)

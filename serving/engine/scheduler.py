@@ -58,7 +58,6 @@ class RequestState:
     error: str | None = None
     cancelled: bool = False
     emitted_chars: int = 0
-    submitted_at: float = field(default_factory=time.perf_counter)
     submitted_step: int = 0
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -194,7 +193,7 @@ class Scheduler:
             return
         try:
             outputs = self.engine.classify([row for job in jobs for row in job.rows])
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting callers
+        except Exception as exc:  # the row fails alone
             for job in jobs:
                 job.on_done(exc)
             return
@@ -208,7 +207,7 @@ class Scheduler:
             try:
                 state.sampler = RowSampler(state.row.params, self.engine.device)
                 ready.append(state)
-            except Exception as exc:  # noqa: BLE001 - handed to the request
+            except Exception as exc:  # handed to the request
                 self._fail([state], exc)
         if not ready:
             return
@@ -217,7 +216,7 @@ class Scheduler:
             with torch.inference_mode():
                 inputs = self.engine.batch_inputs([state.row for state in newcomers])
                 fresh = DecodeBatch.from_prefill(inputs, self.engine.forward(inputs.kwargs, 1))
-        except Exception as exc:
+        except Exception as exc:  # the row fails alone
             self._fail(newcomers, exc)
             return
         if self.batch is None:
@@ -262,7 +261,7 @@ class Scheduler:
         """`_accept`, failing only this row if recording its token fails."""
         try:
             return self._accept(state, token)
-        except Exception as exc:  # noqa: BLE001 - the row fails alone
+        except Exception as exc:  # the row fails alone
             self._fail([state], exc)
             return True
 

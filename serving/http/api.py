@@ -1,20 +1,16 @@
 """HTTP request and response bodies (the OpenAPI schema of the serving API)."""
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from promptmux.registry.schemas import MaxNewTokens
+from promptmux.registry.schemas import MaxNewTokens, StrictModel
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.runtime.requests import Query
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TaskBody(_Body):
+class TaskBody(StrictModel):
     task: Text = Field(min_length=1, max_length=64)
     input: Text | None = None
     inputs: list[Text] | None = Field(None, min_length=1)
@@ -94,7 +90,3 @@ class CompletionBody(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return ParamsOverride(max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               stop=stop, seed=self.seed)
-
-
-class ErrorBody(BaseModel):
-    error: dict[str, Any]

@@ -124,7 +124,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
 
     # ------------------------------------------------------------ promptmux
     @app.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateBody):  # noqa: ANN202 - JSON or an event stream
+    async def generate(body: GenerateBody) -> GenerateResponse | StreamingResponse:
         items = service.prepare(body.query(), TaskKind.generation, body.params)
         if not body.stream:
             outputs = await service.generate(items, "generate")
@@ -151,8 +151,8 @@ def build_app(service: PromptmuxService) -> FastAPI:
         ])
 
     # ------------------------------------------------------------ OpenAI
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody):  # noqa: ANN202 - JSON or an event stream
+    @app.post("/v1/completions", response_model=None)  # JSON or an event stream
+    async def completions(body: CompletionBody) -> dict | StreamingResponse:
         task, version, alias = parse_model(body.model)
         limit = settings.engine.max_new_tokens
         if body.max_tokens is not None and body.max_tokens > limit:  # named as the OpenAI request names it

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import ray
+from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayError, TaskCancelledError
 from ray.serve import Application
@@ -89,7 +90,7 @@ class PromptmuxDeployment:
         except RayError:  # the command that owns the signal is gone; Serve's own shutdown applies
             log.warning("drain signal lost; relying on Ray Serve's graceful shutdown")
 
-    def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook, returns the ASGI app
+    def __serve_build_asgi_app__(self) -> FastAPI:  # Serve's hook
         app = build_app(self.service)
         app.add_middleware(DisconnectsAsMessages)
         return app

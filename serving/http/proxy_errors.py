@@ -53,7 +53,7 @@ class JSONErrors:
 
         try:
             await self.app(scope, receive, send_json_errors)
-        except Exception as exc:
+        except Exception as exc:  # the row fails alone
             if started:
                 raise
             await answer(send, 500, f"internal error in the Ray Serve proxy: {type(exc).__name__}", None)

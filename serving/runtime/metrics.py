@@ -1,5 +1,7 @@
 """Prometheus metrics of one serving replica, in a registry of its own."""
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -15,7 +17,7 @@ class PromptCacheCollector(Collector):
     def __init__(self, cache: PromptCache) -> None:
         self.cache = cache
 
-    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+    def collect(self) -> Iterator[CounterMetricFamily]:  # prometheus_client's collector protocol
         stats = self.cache.stats()
         for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
             yield CounterMetricFamily(f"promptmux_prompt_cache_{name}", f"prompt cache {name}", value=value)

@@ -3,7 +3,7 @@ JSONL format (`TaskRequest` in, `TaskResult` out)."""
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from promptmux.registry.schemas import (
     GenerationParams,
@@ -12,16 +12,13 @@ from promptmux.registry.schemas import (
     RepetitionPenalty,
     Seed,
     StopStrings,
+    StrictModel,
     Temperature,
     TopK,
     TopP,
 )
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _encodable(value: str) -> str:
@@ -36,7 +33,7 @@ def _encodable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]
 
 
-class ParamsOverride(_Schema):
+class ParamsOverride(StrictModel):
     """Per-request decoding parameters; unset fields take the task's defaults. Each field
     has `GenerationParams`' bounds; cross-field rules are checked on the merged result."""
 
@@ -56,7 +53,7 @@ class ParamsOverride(_Schema):
             raise RequestError("params: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
 
 
-class TaskRequest(_Schema):
+class TaskRequest(StrictModel):
     """One input for one task; the version comes from `version`, else `alias`, else the
     task's rollout (sticky on `routing_key`), else its `production` alias, else the latest."""
 
@@ -68,7 +65,7 @@ class TaskRequest(_Schema):
     params: ParamsOverride = Field(default_factory=ParamsOverride)
 
 
-class TaskResult(_Schema):
+class TaskResult(StrictModel):
     """One line of `promptmux generate` output: what was asked, what served it, what came out."""
 
     task: str
