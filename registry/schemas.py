@@ -42,7 +42,7 @@ def _zero_or_usable(value: float) -> float:
 
 # The bounds are what the sampler can compute with: a temperature or repetition penalty near
 # zero turns logits into infinities, and torch seeds are 64-bit. Request overrides
-# (`serving.schemas.ParamsOverride`) use the same types.
+# (`promptmux.serving.runtime.schemas.ParamsOverride`) use the same types.
 # Token counts are capped only against absurd values here; the limit that applies is the
 # engine's configured `max_new_tokens` (one limit, one message, whatever the endpoint).
 TOKENS_CAP = 1_048_576

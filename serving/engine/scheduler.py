@@ -98,7 +98,7 @@ class Scheduler:
     def __init__(
         self,
         limits: EngineConfig,
-        engine: "Engine",  # serving.engine builds schedulers itself, hence the deferred import
+        engine: "Engine",  # the runner builds schedulers itself, hence the deferred import
         static: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:

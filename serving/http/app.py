@@ -82,12 +82,6 @@ def build_app(service: PromptmuxService) -> FastAPI:
     replica = f"{socket.gethostname()}:{os.getpid()}"
     token = settings.api_token.get_secret_value().encode() if settings.api_token else None
 
-    def refuse(request: Request, status: int, message: str, headers: dict[str, str] | None) -> JSONResponse:
-        return error(request, status, message, headers)
-
-    app.add_middleware(Guard, in_flight=service.in_flight, refuse=refuse, replica=replica, token=token,
-                       max_body_bytes=settings.max_body_bytes)
-
     def endpoint_of(request: Request) -> str:
         route = request.scope.get("route")
         return getattr(route, "path", "unmatched")
@@ -97,6 +91,9 @@ def build_app(service: PromptmuxService) -> FastAPI:
         if status == 503:
             headers = {"Retry-After": RETRY_AFTER_S, **(headers or {})}
         return JSONResponse({"error": {"message": message, "status": status}}, status_code=status, headers=headers)
+
+    app.add_middleware(Guard, in_flight=service.in_flight, refuse=error, replica=replica, token=token,
+                       max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(PromptmuxError)
     async def promptmux_error(request: Request, exc: PromptmuxError) -> JSONResponse:

@@ -106,7 +106,7 @@ class PromptmuxDeployment:
 
 
 def build(args: dict[str, Any]) -> Application:
-    """Application builder for `serve run` / `serve deploy` (`import_path: serving.deployment:build`);
+    """Application builder for `serve run` / `serve deploy` (`import_path: promptmux.serving.http.deployment:build`);
     `args` are `ServeSettings` fields."""
     settings = ServeSettings.model_validate(args)
     deployment = PromptmuxDeployment.options(graceful_shutdown_timeout_s=settings.drain_timeout_s)

@@ -21,7 +21,7 @@ DRAIN_MARGIN_S = 10.0  # past the grace period: ending the streams still running
 
 def init_ray(num_cpus: int, **options: object) -> None:
     """`ray.init` for promptmux: no dashboard, no token warning, and the proxy's own errors
-    as JSON bodies (`serving.proxy_errors`, installed through Ray Serve's proxy callback)."""
+    as JSON bodies (`proxy_errors`, installed through Ray Serve's proxy callback)."""
     import ray
 
     from promptmux.serving.http.proxy_errors import CALLBACK, CALLBACK_ENV

@@ -2,9 +2,9 @@
 
 Some failures are answered by the proxy, not by a replica: a replica that dies with the
 request in it (the proxy then sends nothing, and its uvicorn answers a plain-text 500
-"Internal Server Error"), back-pressure, the proxy's own timeout, a route that is gone. This middleware runs in the
-proxy (Ray Serve calls `middlewares` at proxy start when
-`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serving.proxy_errors:middlewares`) and gives
+"Internal Server Error"), back-pressure, the proxy's own timeout, a route that is gone.
+This middleware runs in the proxy (Ray Serve calls `middlewares` at proxy start when
+`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` is `CALLBACK`) and gives
 those the documented body, `{"error": {"message", "status"}}`. A response that has
 already started (a stream cut by its replica's death) cannot be changed: the connection
 closes without `[DONE]`.

@@ -1,5 +1,5 @@
 """The serving runtime of one replica, independent of Ray: engine, routing, live registry
-refresh, metrics. The FastAPI app (`serving.app`) exposes it; Ray Serve hosts it.
+refresh, metrics. The FastAPI app (`serving/http/app.py`) exposes it; Ray Serve hosts it.
 """
 
 import asyncio
