@@ -132,11 +132,9 @@ def version_files(manifest: PromptVersion, tensor: torch.Tensor) -> dict[str, by
 
 def check_fits(tensor: torch.Tensor, fingerprint: BaseModelFingerprint, expected: BaseModelFingerprint) -> None:
     """Refuse a prompt that was not made for the task's base model, saying what differs."""
-    problems = expected.differences(fingerprint)
-    if tensor.shape[1] != expected.hidden_size:
-        problems.insert(0, f"token_dim {tensor.shape[1]} != base model hidden_size {expected.hidden_size}")
-    if problems:
-        raise IncompatiblePromptError("prompt does not fit the task's base model: " + "; ".join(problems))
+    problem = expected.misfit(fingerprint, tensor.shape[1])
+    if problem:
+        raise IncompatiblePromptError(f"prompt does not fit the task's base model: {problem}")
 
 
 PEFT_PROMPT_TYPES = {"PROMPT_TUNING": "imported-prompt-tuning", "P_TUNING": "imported-p-tuning"}

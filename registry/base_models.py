@@ -279,6 +279,22 @@ def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:
     )
 
 
+def resolve_device(device: str) -> str:
+    """`auto` is the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, error: type[Exception]) -> list[int]:
+    """Token ids of a text that follows other tokens (a verbalizer, a target), without special
+    tokens; raises `error` when the text tokenizes to nothing."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise error(f"{text!r} tokenizes to nothing")
+    return ids
+
+
 def encode_input(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of a model input as promptmux feeds it everywhere (training, evaluation,
     serving): the tokenizer's special tokens, minus a trailing EOS that some tokenizers

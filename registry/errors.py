@@ -12,8 +12,9 @@ from typing import Any
 def describe(errors: list[dict[str, Any]], whole: str = "value", skip: int = 0, limit: int | None = None) -> str:
     """`field.path: message; ...` for the `errors()` of a pydantic (or FastAPI) validation
     error; `skip` drops leading location parts (FastAPI's "body"), `whole` names an error
-    about the object as a whole."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'][skip:])) or whole}: {e['msg']}" for e in errors[:limit])
+    about the object as a whole. pydantic's "Value error, " before our own messages is dropped."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'][skip:])) or whole}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in errors[:limit])
 
 
 class PromptmuxError(Exception):

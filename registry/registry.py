@@ -102,11 +102,9 @@ class Registry:
                 if not exist_ok:
                     raise ConflictError(f"task {spec.name!r} already exists")
                 record = self.get_task(spec.name)
-                differences = record.base_fingerprint.differences(base_fingerprint)
-                if differences:
-                    raise ConflictError(
-                        f"task {spec.name!r} exists for another base model: " + "; ".join(differences)
-                    )
+                problem = record.base_fingerprint.misfit(base_fingerprint)
+                if problem:
+                    raise ConflictError(f"task {spec.name!r} exists for another base model: {problem}")
                 return record
             record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
             self.storage.write_bytes(f"{rel}/task.json", record.model_dump_json(indent=2).encode())

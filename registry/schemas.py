@@ -126,13 +126,18 @@ class BaseModelFingerprint(StrictModel):
     num_attention_heads: int
     embedding_sha256: str = Field(description="sha256 of the input-embedding matrix rounded to bfloat16")
 
-    def differences(self, other: "BaseModelFingerprint") -> list[str]:
-        """Human-readable list of the fields that differ (empty when compatible)."""
-        return [
+    def misfit(self, other: "BaseModelFingerprint", token_dim: int | None = None) -> str | None:
+        """What keeps a prompt made for `other` (with `token_dim` columns) off this model, in
+        words, or None when it fits. The one compatibility check: registering, training,
+        importing and serving all ask it, and each raises its own kind of error."""
+        problems = [
             f"{field}: {getattr(self, field)!r} != {getattr(other, field)!r}"
             for field in ("architecture", "hidden_size", "vocab_size", "embedding_sha256")
             if getattr(self, field) != getattr(other, field)
         ]
+        if token_dim is not None and token_dim != self.hidden_size:
+            problems.insert(0, f"token_dim {token_dim} != base model hidden_size {self.hidden_size}")
+        return "; ".join(problems) or None
 
 
 class TaskRecord(StrictModel):

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.registry.base_models import encode_input
+from promptmux.registry.base_models import encode_input, text_ids
 from promptmux.tasks.data import DataError, Example
 
 IGNORE = -100
@@ -26,10 +26,7 @@ class TaskEncoder:
         self.verbalizers = {label: self.text_ids(v) for label, v in spec.labels.items()}
 
     def text_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if not ids:
-            raise DataError(f"{text!r} tokenizes to nothing")
-        return ids
+        return text_ids(self.tokenizer, text, DataError)
 
     def input_ids(self, text: str, prefix: str = "") -> list[int]:
         return encode_input(self.tokenizer, prefix + self.spec.render(text))[-self.max_input_tokens:]

@@ -19,7 +19,7 @@ from peft import PeftModel, get_peft_model
 from rich.console import Console
 
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer
+from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer, resolve_device
 from promptmux.registry.names import validate_alias
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, Example, split
@@ -46,7 +46,7 @@ def default_init_text(spec: TaskSpec) -> str:
 
 
 def _prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskEncoder, str]:
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
     base = load_model(config.base_model, torch.float32, device, config.trust_remote_code)
@@ -92,8 +92,9 @@ def train_task(
     existing = registry.get_task(spec.name) if registry.has_task(spec.name) else None
     model, encoder, init_text = _prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())
-    if existing and existing.base_fingerprint.differences(base_fingerprint):
-        raise DataError(f"task {spec.name!r} is registered for another base model ({existing.spec.base_model})")
+    problem = existing.base_fingerprint.misfit(base_fingerprint) if existing else None
+    if problem:
+        raise DataError(f"task {spec.name!r} is registered for another base model ({existing.spec.base_model}): {problem}")
     fit_set, validation = split(train, config.validation_fraction, config.seed)
     evaluator = Evaluator(model, encoder, init_text, config.batch_size, console)
     started = time.time()

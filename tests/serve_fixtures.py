@@ -1,6 +1,5 @@
 """A local Ray cluster with the promptmux deployment, for end-to-end HTTP tests."""
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import uvicorn
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.serving.http.app import build_app
+from promptmux.serving.http.local_cluster import free_port
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -37,12 +37,6 @@ def build_registry(path: Path) -> Registry:
         for n in lengths:
             registry.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
     return registry
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.1):

@@ -13,12 +13,12 @@ def check_ratios(report: dict, output: str, names: set[str]) -> None:
     assert report["machine"]["load_average_before"] is not None and report["config"]["mode"] == "quick"
 
 
-def test_bench_engine_quick_reports_the_three_ratios(cli, tmp_path: Path) -> None:
+def test_bench_engine_quick_reports_its_ratios(cli, tmp_path: Path) -> None:
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    check_ratios(report, result.out, {"mixed_over_single", "engine_over_peft", "pinned_kv_speedup"})
-    assert len(report["timings_s"]["mixed"]) == report["config"]["repeats"]
+    check_ratios(report, result.out, {"mixed_over_single", "engine_over_peft", "pinned_kv_speedup", "busy_over_quiet"})
+    assert len(report["timings_s"]["mixed"]) == len(report["timings_s"]["mixed_beside_busy"]) == report["config"]["repeats"]
     assert report["config"]["cls_virtual_tokens"] == 100 and report["machine"]["torch"]
 
 
@@ -40,3 +40,12 @@ def test_bench_http_quick_compares_http_with_the_engine(cli, tmp_path: Path) -> 
     check_ratios(report, result.out, {"http_over_engine"})
     assert report["http"]["tokens"] == report["engine"]["tokens"] > 0
     assert report["http"]["latency_p99_s"] >= report["http"]["latency_p50_s"] > 0
+
+
+def test_bench_streaming_compares_a_long_stream_with_the_plain_request(cli, tmp_path: Path) -> None:
+    result = cli("bench", "streaming", "--quick", "--base-model", "tiny-random-llama", "--json", str(tmp_path / "out.json"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out.json").read_text())
+    check_ratios(report, result.out, {"stream_over_plain"})
+    assert "≤ 1.5" in result.out and report["config"]["new_tokens"] == 2000
+    assert report["full_over_incremental"] > 1  # decoding everything again at every token costs more

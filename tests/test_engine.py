@@ -12,6 +12,7 @@ from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.errors import RequestError
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
 ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite"]
@@ -52,7 +53,7 @@ def test_mixed_batch_greedy_tokens_equal_peft_alone(engine: Engine) -> None:
     registry, base_model = engine.registry, engine.config.base_model
     rows = mixed_rows(engine)
     params = [GenerationParams(max_new_tokens=10, repetition_penalty=1.5 if i % 2 else 1.0) for i in range(len(rows))]
-    outputs = engine.generate([
+    outputs = generate(engine, [
         GenerationRow(engine.prompt(registry.latest(task)), ids, p) for (task, ids), p in zip(rows, params)
     ])
     for (task, ids), p, output in zip(rows, params, outputs):
@@ -78,7 +79,8 @@ def test_classification_scores_equal_peft(engine: Engine) -> None:
     labels_by_task = {"alpha": {"0": "0", "1": "1"}, "beta": {"yes": "positive", "no": "negative", "meh": "so-so"}}
     rows = [(task, engine.encode(text)) for task in labels_by_task for text in INPUTS[:2]]
     outputs = engine.classify([
-        ClassificationRow(engine.prompt(registry.latest(task)), ids, labels_by_task[task]) for task, ids in rows
+        ClassificationRow(engine.prompt(registry.latest(task)), ids, engine.verbalizers(labels_by_task[task]))
+        for task, ids in rows
     ])
     for (task, ids), output in zip(rows, outputs):
         version_dir = registry.version_uri(task, 1)
@@ -120,33 +122,33 @@ def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: E
     engine, registry = llama_engine, llama_engine.registry
     sampled = GenerationParams(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=7)
     target = GenerationRow(engine.prompt(registry.latest("beta")), engine.encode("sample me"), sampled)
-    alone = engine.generate([target])[0]
+    alone = generate(engine, [target])[0]
     neighbours = [
         GenerationRow(engine.prompt(registry.latest(task)), engine.encode(text), GenerationParams(max_new_tokens=5))
         for task, text in zip(PROMPT_LENGTHS, INPUTS)
     ]
-    in_batch = engine.generate([neighbours[0], target, *neighbours[1:]])[1]
+    in_batch = generate(engine, [neighbours[0], target, *neighbours[1:]])[1]
     assert in_batch.token_ids == alone.token_ids
     other_seed = GenerationRow(target.prompt, target.input_ids, sampled.model_copy(update={"seed": 8}))
     greedy = GenerationRow(target.prompt, target.input_ids, GenerationParams(max_new_tokens=12))
-    assert engine.generate([other_seed])[0].token_ids != alone.token_ids
-    assert engine.generate([greedy])[0].token_ids != alone.token_ids
+    assert generate(engine, [other_seed])[0].token_ids != alone.token_ids
+    assert generate(engine, [greedy])[0].token_ids != alone.token_ids
 
 
 def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     engine, registry = llama_engine, llama_engine.registry
     prompt, ids = engine.prompt(registry.latest("alpha")), engine.encode("stop here")
-    free = engine.generate([GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
+    free = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
     assert free.text, "the random model produced no printable text to stop on"
     stop = free.text[-1]
     cut = free.text.find(stop)
-    stopped = engine.generate([GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12, stop=[stop]))])[0]
+    stopped = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12, stop=[stop]))])[0]
     assert stopped.finish_reason == "stop" and stopped.text == free.text[:cut]
 
     monkeypatch.setattr(engine, "eos_ids", {free.token_ids[3]})
-    at_eos = engine.generate([GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
+    at_eos = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
     assert at_eos.finish_reason == "stop" and at_eos.token_ids == free.token_ids[:3]
-    forced = engine.generate([GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12, min_new_tokens=12))])[0]
+    forced = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12, min_new_tokens=12))])[0]
     assert forced.finish_reason == "length" and len(forced.token_ids) == 12
 
 
@@ -158,5 +160,5 @@ def test_limits_and_incompatible_prompts_are_refused(llama_engine: Engine, tmp_p
         engine.check_params(GenerationParams(max_new_tokens=4096))
     gpt2_registry = fill_registry(tmp_path / "gpt2", "tiny-random-gpt2")
     foreign = Engine(EngineConfig(dtype="float32"), gpt2_registry)
-    with pytest.raises(IncompatiblePromptError, match="token_dim 64 != hidden_size 128"):
+    with pytest.raises(IncompatiblePromptError, match="token_dim 64 != base model hidden_size 128"):
         foreign.prompt(gpt2_registry.latest("alpha"))

@@ -23,6 +23,7 @@ from transformers import LogitsProcessor
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
 from promptmux.serving.runtime.service import PromptmuxService
@@ -50,7 +51,7 @@ def rows(engine: Engine) -> list[GenerationRow]:
 
 
 def test_a_row_that_fails_mid_batch_fails_alone_and_the_others_finish_unchanged(engine: Engine) -> None:
-    clean = [engine.generate([row])[0] for row in rows(engine)]
+    clean = [generate(engine, [row])[0] for row in rows(engine)]
     scheduler = Scheduler(engine.config, engine)
     states = [scheduler.submit(row) for row in rows(engine)]
     for _ in range(4):  # a few tokens into the batch

@@ -17,6 +17,7 @@ from promptmux.registry.base_models import ModelUnavailableError, fingerprint, l
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
 REAL_MODEL = "smollm2-135m-instruct"
@@ -80,7 +81,7 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
     engine, registry = real_engine, real_engine.registry
     generation = [(task, text) for task, (kind, *_, inputs) in TASKS.items() if kind == "generation" for text in inputs]
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.5)
-    outputs = engine.generate([
+    outputs = generate(engine, [
         GenerationRow(engine.prompt(registry.latest(task)), engine.encode(text), params) for task, text in generation
     ])
     for (task, text), output in zip(generation, outputs):
@@ -91,7 +92,8 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
 
     reviews = TASKS["dog-grooming"][3]
     verdicts = engine.classify([
-        ClassificationRow(engine.prompt(registry.latest("dog-grooming")), engine.encode(text), LABELS) for text in reviews
+        ClassificationRow(engine.prompt(registry.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
+        for text in reviews
     ])
     for text, verdict in zip(reviews, verdicts):
         ids = engine.encode(text)

@@ -11,7 +11,7 @@ from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.async_engine import AsyncEngine
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import OverloadedError, RequestError
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
 
@@ -44,7 +44,7 @@ def random_rows(engine: Engine, rng: random.Random, count: int) -> list[Generati
 def test_random_interleavings_equal_each_request_alone(engine: Engine, seed: int) -> None:
     rng = random.Random(seed)
     rows = random_rows(engine, rng, 14)
-    alone = [engine.generate([row])[0] for row in rows]
+    alone = [generate(engine, [row])[0] for row in rows]
     scheduler = Scheduler(engine.config, engine)
     pending, states, largest = list(rows), [], 0
     while pending or scheduler.has_work():
@@ -57,45 +57,6 @@ def test_random_interleavings_equal_each_request_alone(engine: Engine, seed: int
     for state, expected in zip(states, alone):
         assert state.output(engine.decode).token_ids == expected.token_ids
         assert state.finish_reason == expected.finish_reason
-
-
-def test_admission_is_fifo_within_the_token_budget(engine: Engine) -> None:
-    rows = random_rows(engine, random.Random(5), 6)
-    budget = max(r.prompt.num_virtual_tokens + len(r.input_ids) + r.params.max_new_tokens for r in rows)
-    scheduler = Scheduler(engine.config.model_copy(update={"max_tokens_in_flight": budget}), engine)
-    states = [scheduler.submit(row) for row in rows]
-    admitted_order = []
-    while scheduler.has_work():
-        scheduler.step()
-        admitted_order += [s for s in scheduler.running if s not in admitted_order]
-        reserved = sum(s.reserved_tokens for s in scheduler.running)
-        assert reserved <= budget
-    assert admitted_order == states  # nobody overtook the head of the queue
-
-
-def test_overload_and_oversized_requests_are_refused(engine: Engine) -> None:
-    row = random_rows(engine, random.Random(3), 1)[0]
-    scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": 2}), engine)
-    scheduler.submit(row)
-    scheduler.submit(row)
-    with pytest.raises(OverloadedError, match="queue is full"):
-        scheduler.submit(row)
-    tight = Scheduler(engine.config.model_copy(update={"max_tokens_in_flight": 10}), engine)
-    with pytest.raises(RequestError, match="the limit is 10"):
-        tight.submit(row)
-
-
-def test_static_mode_admits_only_into_an_empty_batch(engine: Engine) -> None:
-    long_row, short_row = random_rows(engine, random.Random(9), 2)
-    long_row.params = GenerationParams(max_new_tokens=12, min_new_tokens=12)
-    scheduler = Scheduler(engine.config, engine, static=True)
-    first = scheduler.submit(long_row)
-    scheduler.step()
-    second = scheduler.submit(short_row)
-    while scheduler.has_work():
-        scheduler.step()
-        assert not (first in scheduler.running and second in scheduler.running)
-    assert second.first_token_at > first.finished_at
 
 
 def _stream_all(async_engine: AsyncEngine, row: GenerationRow) -> list:
@@ -115,8 +76,8 @@ def test_streaming_deltas_add_up_to_the_result(engine: Engine) -> None:
             assert final.finish_reason in ("stop", "length") and final.output is not None
             assert "".join(e.text for e in events) == final.output.text
             assert [t for e in events for t in e.token_ids] == final.output.token_ids
-            assert final.output.token_ids == engine.generate([row])[0].token_ids
-        free = engine.generate([rows[0]])[0]
+            assert final.output.token_ids == generate(engine, [row])[0].token_ids
+        free = generate(engine, [rows[0]])[0]
         stop = free.text[-1]
         rows[0].params = rows[0].params.model_copy(update={"stop": [stop], "temperature": 0.0})
         events = _stream_all(async_engine, rows[0])
@@ -145,7 +106,7 @@ def test_cancelling_a_stream_frees_its_row(engine: Engine) -> None:
             await asyncio.sleep(0.01)
         assert state.finish_reason == "cancelled" and len(state.generated) < 1000
         assert state not in async_engine.scheduler.running
-        assert (await other).token_ids == engine.generate([staying])[0].token_ids
+        assert (await other).token_ids == generate(engine, [staying])[0].token_ids
 
     try:
         asyncio.run(scenario())

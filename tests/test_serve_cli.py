@@ -88,9 +88,10 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
     registry = build_registry(tmp_path / "registry")
     port, grace = free_port(), 4.0
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry.uri, port, "--drain-timeout", str(grace))
+    process = start_serve(registry.uri, port, "--drain-timeout", str(grace), "--max-new-tokens", "8000")
     short = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
-    long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 1024, "min_new_tokens": 1024}}
+    # far longer than the grace period on any machine (1,024 tokens took 1.2 s here)
+    long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
 
     async def scenario() -> tuple[list[dict], list[dict], list[httpx.Response], float]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:

@@ -23,6 +23,7 @@ from serve_fixtures import BASE, build_registry, free_port, wait_until
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.http.deployment import PromptmuxDeployment
 from promptmux.serving.http.local_cluster import init_ray
@@ -80,10 +81,11 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
         manifest = registry.get_version(body["task"], output["version"])
         ids = reference.encode(entry.render(body["input"]))
         if path == "/v1/generate":
-            expected = reference.generate([GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
+            expected = generate(reference, [GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
             assert output["token_ids"] == expected.token_ids
         else:
-            expected = reference.classify([ClassificationRow(reference.prompt(manifest), ids, entry.labels)])[0]
+            row = ClassificationRow(reference.prompt(manifest), ids, reference.verbalizers(entry.labels))
+            expected = reference.classify([row])[0]
             assert output["label"] == expected.label
             assert output["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     replicas = {r.headers["x-promptmux-replica"] for r in responses}

@@ -10,18 +10,15 @@ starts.
 
 import asyncio
 import gc
-import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 import torch
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.http.api import GenerateBody
@@ -69,7 +66,7 @@ async def _drive(bodies: list[dict], concurrency: int, send: Callable[[dict], Aw
     latencies.sort()
     return {"requests": len(bodies), "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed,
             "latency_p50_s": statistics.median(latencies),
-            "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+            "latency_p99_s": percentile(latencies, 0.99)}
 
 
 def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -> tuple[dict, str]:
@@ -78,7 +75,7 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
 
     async def direct(body: dict) -> int:
         request = GenerateBody.model_validate(body)
-        outputs = await service.generate(service.prepare(request.query(), None, request.params), "bench")
+        outputs = await service.generate(await service.prepare(request.query(), None, request.params), "bench")
         return sum(o.usage.completion_tokens for o in outputs)
 
     try:
@@ -93,17 +90,13 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     from ray import serve
 
     from promptmux.serving.http.deployment import PromptmuxDeployment
+    from promptmux.serving.http.local_cluster import free_port, init_ray
 
     load_before = load_average()
     size = workload(SIZES, quick, base_model)
     base_model = size["base_model"]
-    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
-    fp = fingerprint(load_model(base_model, dtype="float32"))
-    generator = torch.Generator().manual_seed(0)
-    for t in range(size["tasks"]):
-        name = f"task-{t:02d}"
-        registry.create_task(TaskSpec(name=name, base_model=base_model, generation=GenerationParams()), fp)
-        registry.register(name, torch.randn(random.Random(t).randint(8, 32), fp.hidden_size, generator=generator), fp)
+    names = [f"task-{t:02d}" for t in range(size["tasks"])]
+    registry = bench_registry(base_model, {name: [random.Random(name).randint(8, 32)] for name in names})
     settings = ServeSettings(registry=registry.uri, engine=EngineConfig(
         base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"]))
     bodies = _bodies(size)
@@ -111,9 +104,8 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     engine_side, service_device = _in_process(settings, bodies, size["concurrency"])
     gc.collect()
 
-    port = 8000 + random.Random().randrange(1000)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    port = free_port()
+    init_ray(2, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = PromptmuxDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 2})

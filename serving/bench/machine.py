@@ -7,6 +7,10 @@ carries the load average before and after the run, and flags a busy machine.
 
 import os
 import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -34,3 +38,14 @@ def machine_report(device: torch.device, load_before: float) -> dict:
         # The run itself loads the cores, so only the load it started with says whether others did.
         "busy_before": load_before > BUSY_LOAD_PER_CORE * cores,
     }
+
+
+@contextmanager
+def busy_neighbour() -> Iterator[None]:
+    """Another process spinning on one core for as long as the block runs."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()

@@ -8,14 +8,10 @@ maximum batch size, on the same model, in one run.
 
 import random
 import statistics
-import tempfile
 import time
 
-import torch
-
-from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
@@ -54,9 +50,9 @@ def _replay(engine: Engine, trace: list[tuple[float, GenerationRow]], static: bo
         "makespan_s": end - start,
         "tokens_per_s": tokens / (end - start),
         "latency_p50_s": statistics.median(latency),
-        "latency_p99_s": latency[min(len(latency) - 1, int(0.99 * len(latency)))],
+        "latency_p99_s": percentile(latency, 0.99),
         "ttft_p50_s": statistics.median(ttft),
-        "ttft_p99_s": ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
+        "ttft_p99_s": percentile(ttft, 0.99),
     }
 
 
@@ -65,15 +61,10 @@ def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "aut
     size = workload(SIZES, quick, base_model)
     base_model = size["base_model"]
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"])
-    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
-    fp = fingerprint(load_model(base_model, dtype="float32"))
-    rng = random.Random(0)
-    generator = torch.Generator().manual_seed(0)
     names = [f"task-{t:02d}" for t in range(size["tasks"])]
-    for name in names:
-        registry.create_task(TaskSpec(name=name, base_model=base_model), fp)
-        registry.register(name, torch.randn(rng.randint(8, 32), fp.hidden_size, generator=generator) * 0.5, fp)
+    registry = bench_registry(base_model, {name: [random.Random(name).randint(8, 32)] for name in names})
     engine = Engine(config, registry)
+    rng = random.Random(0)
     prompts = {name: engine.prompt(registry.latest(name)) for name in names}
     low, high = size["new_tokens"]
     trace, clock = [], 0.0

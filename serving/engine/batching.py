@@ -38,7 +38,7 @@ class GenerationRow(Row):
 
 @dataclass
 class ClassificationRow(Row):
-    labels: dict[str, str]
+    verbalizers: dict[str, list[int]]  # label -> its verbalizer's token ids
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from promptmux.registry.base_models import resolve_device
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL, StrictModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,9 +38,7 @@ class EngineConfig(StrictModel):
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
     def resolved_cpu_threads(self) -> int:
         """More threads than the CPUs a process is given make torch's OpenMP workers stall on each other."""

@@ -4,30 +4,43 @@ Rows prefilled together join a running batch by left-padding the shorter of the 
 caches (and masks) to a common length and concatenating along the batch dimension.
 Rows that finish leave by index selection, after which columns that are padding for
 every remaining row are trimmed. Positions are per row, so padding never moves them.
-"""
 
-from dataclasses import dataclass
+The attention mask lives on the device in a buffer with room for `MASK_CHUNK` more
+columns: a decode step writes one column into it instead of concatenating a new mask.
+"""
 
 import torch
 from transformers import DynamicCache
 
 from promptmux.serving.engine.batching import ModelInputs
 
+MASK_CHUNK = 64
 
-@dataclass
+
 class DecodeBatch:
-    cache: DynamicCache
-    mask: torch.Tensor
-    positions: torch.Tensor
-    logits: torch.Tensor
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor) -> None:
+        self.cache = cache
+        self.mask = mask  # [rows, cache length], a view of the buffer
+        self.positions = positions  # [rows]: each row's next position
+        self.logits = logits  # [rows, vocab]: each row's next-token logits
 
     @classmethod
     def from_prefill(cls, inputs: ModelInputs, output) -> "DecodeBatch":
         return cls(output.past_key_values, inputs.attention_mask, inputs.next_positions, output.logits[:, -1])
 
     @property
+    def mask(self) -> torch.Tensor:
+        return self._buffer[:, : self._length]
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor) -> None:
+        self._length = mask.shape[1]
+        self._buffer = mask.new_zeros((mask.shape[0], self._length + MASK_CHUNK))
+        self._buffer[:, : self._length] = mask
+
+    @property
     def size(self) -> int:
-        return self.mask.shape[0]
+        return self._buffer.shape[0]
 
     def merge(self, other: "DecodeBatch") -> None:
         """Append `other`'s rows to this batch (one copy of each cache tensor)."""
@@ -53,7 +66,10 @@ class DecodeBatch:
 
     def step_inputs(self, tokens: torch.Tensor, takes_position_ids: bool) -> dict:
         """Arguments of the forward that feeds each row its latest token."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
+        if self._length == self._buffer.shape[1]:
+            self.mask = self.mask  # a buffer with room again
+        self._buffer[:, self._length] = 1
+        self._length += 1
         kwargs = {"input_ids": tokens[:, None], "attention_mask": self.mask, "past_key_values": self.cache}
         if takes_position_ids:
             kwargs["position_ids"] = self.positions[:, None]

@@ -4,6 +4,11 @@ Pure torch + transformers, no Ray. The base model is loaded once and never modif
 soft prompts come from the registry through a bounded prompt cache. A batch may mix
 rows of any tasks and versions; each row gets its own soft prompt and exactly what
 PEFT would compute for it alone (see `batching` for the layout).
+
+The engine is the scheduler's model runner (`protocol.ModelRunner`): it prefills,
+decodes one step and classifies, on whichever single thread drives it. A prompt's
+pinned KV is computed there too, at the prompt's first batch, so that loading a prompt
+(from a request handler or the registry refresh) never runs the model.
 """
 
 import inspect
@@ -12,8 +17,8 @@ import logging
 import torch
 from transformers.utils import ModelOutput
 
-from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
-from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer
+from promptmux.registry import PromptVersion, Registry
+from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer, text_ids
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import (
     ClassificationRow,
@@ -25,10 +30,11 @@ from promptmux.serving.engine.batching import (
     virtual_token_kv,
 )
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.decoding import DecodeBatch
 from promptmux.serving.engine.errors import RequestError, over_limit
-from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
-from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptCache, PromptKey
-from promptmux.serving.engine.scheduler import Scheduler
+from promptmux.serving.engine.outputs import ClassificationOutput, Usage
+from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, ServingFormat
+from promptmux.serving.engine.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,7 @@ class Engine:
     def __init__(self, config: EngineConfig, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        if config.resolved_device() == "cpu":
-            torch.set_num_threads(config.resolved_cpu_threads())
+        self.threads = CpuThreads(config.resolved_cpu_threads()) if config.resolved_device() == "cpu" else None
         self.model = load_model(
             config.base_model, config.resolved_dtype(), config.resolved_device(), config.trust_remote_code
         )
@@ -50,8 +55,10 @@ class Engine:
         parameters = inspect.signature(self.model.forward).parameters
         self.takes_position_ids = "position_ids" in parameters
         self._takes_logits_to_keep = "logits_to_keep" in parameters
-        self.pinned_kv = config.pinned_kv and self._pinned_kv_is_exact()
-        self.prompts = PromptCache(registry, int(config.prompt_cache_mb * 2**20), self._prepare_prompt)
+        kv_bytes_per_token = self._pinned_kv_bytes_per_token() if config.pinned_kv else None
+        self.pinned_kv = kv_bytes_per_token is not None
+        serving = ServingFormat(self.fingerprint, self.model.dtype, self.device, kv_bytes_per_token or 0)
+        self.prompts = PromptCache(registry, int(config.prompt_cache_mb * MiB), serving)
 
     @property
     def device(self) -> torch.device:
@@ -59,22 +66,18 @@ class Engine:
 
     # ---------------------------------------------------------------- prompts
     def prompt(self, manifest: PromptVersion) -> CachedPrompt:
+        """The version's prompt from the cache, loading it on a miss (no model forward)."""
         return self.prompts.get(manifest)
 
-    def _prepare_prompt(self, manifest: PromptVersion, tensor: torch.Tensor) -> CachedPrompt:
-        problems = self.fingerprint.differences(manifest.base_fingerprint)
-        if tensor.shape[1] != self.fingerprint.hidden_size:
-            problems.insert(0, f"token_dim {tensor.shape[1]} != hidden_size {self.fingerprint.hidden_size}")
-        if problems:
-            raise IncompatiblePromptError(
-                f"{manifest.task}@{manifest.version} does not fit the served base model: " + "; ".join(problems)
-            )
-        embeds = tensor.to(self.device, self.model.dtype)
-        kv = virtual_token_kv(self.model, embeds, self.takes_position_ids) if self.pinned_kv else None
-        return CachedPrompt(PromptKey.of(manifest), embeds, kv)
+    def _pin(self, rows: list[Row]) -> None:
+        """Compute the virtual tokens' KV of each prompt that has none yet (its first batch)."""
+        for row in rows:
+            if row.prompt.kv is None:
+                row.prompt.kv = virtual_token_kv(self.model, row.prompt.embeds, self.takes_position_ids)
 
-    def _pinned_kv_is_exact(self) -> bool:
-        """Check once, on a random probe, that pinned KV reproduces the embedding path."""
+    def _pinned_kv_bytes_per_token(self) -> int | None:
+        """Check once, on a random probe, that pinned KV reproduces the embedding path; the
+        bytes of KV per virtual token if it does, else None (virtual tokens are recomputed)."""
         generator = torch.Generator().manual_seed(0)
         hidden = self.fingerprint.hidden_size
         rows = []
@@ -83,7 +86,7 @@ class Engine:
             kv = virtual_token_kv(self.model, embeds, self.takes_position_ids)
             if kv is None:
                 log.warning("%s: cache layout unsupported for pinned KV; recomputing virtual tokens", self.config.base_model)
-                return False
+                return None
             ids = torch.randint(3, self.fingerprint.vocab_size, (length,), generator=generator).tolist()
             rows.append(Row(CachedPrompt(PromptKey("probe", 1, ""), embeds, kv), ids))
         with torch.inference_mode():
@@ -92,8 +95,9 @@ class Engine:
         a, b = pinned.logits[:, -1].float(), plain.logits[:, -1].float()
         if not torch.allclose(a, b, rtol=0.0, atol=0.02 * float(b.abs().max()) + 1e-4):
             log.warning("%s: pinned KV does not reproduce the model; recomputing virtual tokens", self.config.base_model)
-            return False
-        return True
+            return None
+        probe = rows[0].prompt
+        return sum(t.numel() * t.element_size() for pair in probe.kv for t in pair) // probe.num_virtual_tokens
 
     # ----------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
@@ -113,11 +117,15 @@ class Engine:
         return ids
 
     def batch_inputs(self, rows: list[Row]) -> ModelInputs:
-        build = pinned_batch if self.pinned_kv else embedding_batch
-        return build(self.model, rows, self.pad_id, self.takes_position_ids)
+        if not self.pinned_kv:
+            return embedding_batch(self.model, rows, self.pad_id, self.takes_position_ids)
+        self._pin(rows)
+        return pinned_batch(self.model, rows, self.pad_id, self.takes_position_ids)
 
     def forward(self, kwargs: dict, keep: int) -> ModelOutput:
         """One forward with the cache on, returning logits for the last `keep` positions."""
+        if self.threads is not None:
+            self.threads.adjust()
         if self._takes_logits_to_keep:
             return self.model(**kwargs, use_cache=True, logits_to_keep=keep)
         output = self.model(**kwargs, use_cache=True)
@@ -129,16 +137,14 @@ class Engine:
         if params.max_new_tokens > self.config.max_new_tokens:
             raise RequestError(over_limit("max_new_tokens", params.max_new_tokens, self.config.max_new_tokens))
 
-    def generate(self, rows: list[GenerationRow]) -> list[GenerationOutput]:
-        """Generate for every row, continuously batched at most `max_batch_size` rows at a time."""
-        scheduler = Scheduler(self.config.model_copy(update={"max_waiting": len(rows)}), self)
-        states = [scheduler.submit(row) for row in rows]
-        while scheduler.has_work():
-            scheduler.step()
-        for state in states:
-            if state.error:
-                raise RequestError(state.error)
-        return [state.output(self.decode) for state in states]
+    @torch.inference_mode()
+    def prefill(self, rows: list[GenerationRow]) -> DecodeBatch:
+        inputs = self.batch_inputs(rows)
+        return DecodeBatch.from_prefill(inputs, self.forward(inputs.kwargs, 1))
+
+    @torch.inference_mode()
+    def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> None:
+        batch.advance(self.forward(batch.step_inputs(tokens, self.takes_position_ids), 1))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -157,14 +163,11 @@ class Engine:
         scored in mixed batches.
         """
         items: list[tuple[int, str | None, Row, list[int]]] = []
-        verbalizers = []
         for r, row in enumerate(rows):
-            ids = {label: self._verbalizer_ids(text) for label, text in row.labels.items()}
-            verbalizers.append(ids)
-            if all(len(v) == 1 for v in ids.values()):
+            if all(len(v) == 1 for v in row.verbalizers.values()):
                 items.append((r, None, Row(row.prompt, row.input_ids), []))
             else:
-                items += [(r, label, Row(row.prompt, row.input_ids + v), v) for label, v in ids.items()]
+                items += [(r, label, Row(row.prompt, row.input_ids + v), v) for label, v in row.verbalizers.items()]
         scores: list[dict[str, float]] = [{} for _ in rows]
         size = self.config.max_batch_size
         for start in range(0, len(items), size):
@@ -173,13 +176,13 @@ class Engine:
             logprobs = torch.log_softmax(self.logits([item[2] for item in chunk], keep).float(), -1)
             for b, (r, label, _, target) in enumerate(chunk):
                 if label is None:
-                    scores[r] = {lab: float(logprobs[b, -1, v[0]]) for lab, v in verbalizers[r].items()}
+                    scores[r] = {lab: float(logprobs[b, -1, v[0]]) for lab, v in rows[r].verbalizers.items()}
                 else:
                     steps = logprobs[b, -len(target) - 1: -1]
                     scores[r][label] = float(steps[torch.arange(len(target)), torch.tensor(target)].sum())
         results = []
         for r, row in enumerate(rows):
-            labels = list(row.labels)
+            labels = list(row.verbalizers)
             values = torch.tensor([scores[r][label] for label in labels])
             results.append(
                 ClassificationOutput(
@@ -190,9 +193,7 @@ class Engine:
             )
         return results
 
-    def _verbalizer_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if not ids:
-            raise RequestError(f"verbalizer {text!r} tokenizes to nothing")
-        return ids
+    def verbalizers(self, labels: dict[str, str]) -> dict[str, list[int]]:
+        """Each label's verbalizer as token ids (what `ClassificationRow` carries)."""
+        return {label: text_ids(self.tokenizer, text, RequestError) for label, text in labels.items()}
 

@@ -11,8 +11,9 @@ is admitted only into an empty engine and runs until its longest request ends, f
 rows still occupying their slots. Classification jobs ride the same loop, all pending ones in one
 mixed batch, so the model is only ever driven from one thread.
 
-Everything here is synchronous; `async_engine` runs it on a thread and bridges events
-to asyncio.
+The model is reached only through the `ModelRunner` protocol. Everything here is
+synchronous; `async_engine` runs it on a thread and bridges events to asyncio, and
+`offline.generate` runs it to completion.
 """
 
 import math
@@ -21,19 +22,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.decoding import DecodeBatch
+from promptmux.serving.engine.detokenizer import IncrementalDetokenizer
 from promptmux.serving.engine.errors import OverloadedError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.protocol import ModelRunner, RunningBatch
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
-
-if TYPE_CHECKING:
-    from promptmux.serving.engine.runner import Engine
 
 
 @dataclass
@@ -53,6 +51,7 @@ class RequestState:
     on_event: Callable[[StreamEvent], None] | None = None
     stream: bool = True
     sampler: RowSampler | None = None
+    detokenizer: IncrementalDetokenizer | None = None  # when text is needed before the end
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None
@@ -88,6 +87,15 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(found)], True) if found else (text, False)
 
 
+def _stop_in(text: str, new_chars: int, stops: list[str]) -> tuple[str, bool]:
+    """`_cut_at_stop` for text that only grew by its last `new_chars` characters: earlier
+    steps searched the rest, so only a stop that overlaps the new end can be new."""
+    longest = max((len(stop) for stop in stops), default=0)
+    start = max(0, len(text) - new_chars - longest + 1)
+    tail, stopped = _cut_at_stop(text[start:], stops)
+    return (text[:start] + tail, True) if stopped else (text, False)
+
+
 @dataclass(eq=False)
 class ClassificationJob:
     rows: list[ClassificationRow]
@@ -98,19 +106,19 @@ class Scheduler:
     def __init__(
         self,
         limits: EngineConfig,
-        engine: "Engine",  # the runner builds schedulers itself, hence the deferred import
+        runner: ModelRunner,
         static: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
-        self.engine = engine
+        self.runner = runner
         self.static = static
         self.limits = limits
         self.on_step = on_step
         self.waiting: deque[RequestState] = deque()
         self.jobs: deque[ClassificationJob] = deque()
         self.running: list[RequestState] = []
-        self.batch: DecodeBatch | None = None
-        self.eos_order = sorted(engine.eos_ids)
+        self.batch: RunningBatch | None = None
+        self.eos_order = sorted(runner.eos_ids)
         self.steps = 0
         self.last_admission_step = 0
         self._lock = threading.Lock()
@@ -119,9 +127,11 @@ class Scheduler:
     def submit(
         self, row: GenerationRow, on_event: Callable[[StreamEvent], None] | None = None, stream: bool = True
     ) -> RequestState:
-        """Queue a request. `on_event` gets every delta when `stream`, else only the final event."""
-        self.engine.check_params(row.params)
+        """Queue a request. `on_event` gets every delta when `stream`, else only the final event.
+        Its parameters were checked where it was prepared; only the engine's limits are checked here."""
         state = RequestState(row, on_event, stream, submitted_step=self.steps)
+        if row.params.stop or (on_event is not None and stream):
+            state.detokenizer = IncrementalDetokenizer(self.runner.decode)
         if state.reserved_tokens > self.limits.max_tokens_in_flight:
             raise RequestError(
                 f"request needs {state.reserved_tokens} tokens of KV; the limit is {self.limits.max_tokens_in_flight}"
@@ -192,20 +202,32 @@ class Scheduler:
         if not jobs:
             return
         try:
-            outputs = self.engine.classify([row for job in jobs for row in job.rows])
-        except Exception as exc:  # the row fails alone
+            outputs = self.runner.classify([row for job in jobs for row in job.rows])
+        except Exception as exc:  # handed to the request; with others beside it, each runs alone
+            if len(jobs) == 1:
+                jobs[0].on_done(exc)
+                return
             for job in jobs:
-                job.on_done(exc)
+                self._run_alone(job)
             return
         for job in jobs:
             job.on_done(outputs[: len(job.rows)])
             outputs = outputs[len(job.rows):]
 
+    def _run_alone(self, job: ClassificationJob) -> None:
+        """Run one classification job by itself, so that a failure is its own."""
+        try:
+            outputs = self.runner.classify(job.rows)
+        except Exception as exc:  # handed to the request
+            job.on_done(exc)
+            return
+        job.on_done(outputs)
+
     def _prefill(self, newcomers: list[RequestState]) -> None:
         ready = []
         for state in newcomers:  # a row whose sampler cannot be built fails alone, before the forward
             try:
-                state.sampler = RowSampler(state.row.params, self.engine.device)
+                state.sampler = RowSampler(state.row.params, state.row.input_ids, self.runner.device)
                 ready.append(state)
             except Exception as exc:  # handed to the request
                 self._fail([state], exc)
@@ -213,9 +235,7 @@ class Scheduler:
             return
         newcomers = ready
         try:
-            with torch.inference_mode():
-                inputs = self.engine.batch_inputs([state.row for state in newcomers])
-                fresh = DecodeBatch.from_prefill(inputs, self.engine.forward(inputs.kwargs, 1))
+            fresh = self.runner.prefill([state.row for state in newcomers])
         except Exception as exc:  # the row fails alone
             self._fail(newcomers, exc)
             return
@@ -231,13 +251,9 @@ class Scheduler:
         states, batch = self.running, self.batch
         if self.on_step is not None:
             self.on_step(len(states))
-        histories = [
-            None if s.sampler.plain_greedy or s.done
-            else torch.tensor([s.row.input_ids + s.generated], device=self.engine.device)
-            for s in states
-        ]
         tokens, failures = select_tokens(
-            [s.sampler for s in states], histories, batch.logits, [len(s.generated) for s in states], self.eos_order
+            [s.sampler for s in states], [s.done for s in states], batch.logits, [len(s.generated) for s in states],
+            self.eos_order,
         )
         for j, exc in failures.items():
             self._fail([states[j]], exc)
@@ -248,14 +264,13 @@ class Scheduler:
         if self.static:
             # the classic baseline: finished rows stay in the batch, decoding padding,
             # until its longest request ends
-            last = [s.generated[-1] if j in keep else self.engine.pad_id for j, s in enumerate(states)]
+            last = [s.generated[-1] if j in keep else self.runner.pad_id for j, s in enumerate(states)]
         else:
             if len(keep) < len(states):
                 self.running = [states[j] for j in keep]
                 batch.keep(keep)
             last = [s.generated[-1] for s in self.running]
-        tokens_in = torch.tensor(last, device=self.engine.device)
-        batch.advance(self.engine.forward(batch.step_inputs(tokens_in, self.engine.takes_position_ids), 1))
+        self.runner.decode_step(batch, torch.tensor(last, device=self.runner.device))
 
     def _accept_alone(self, state: RequestState, token: int) -> bool:
         """`_accept`, failing only this row if recording its token fails."""
@@ -273,15 +288,18 @@ class Scheduler:
             state.finish_reason, state.finished_at = "cancelled", now
             return True
         params = state.row.params
-        new = [] if token in self.engine.eos_ids else [token]
+        new = [] if token in self.runner.eos_ids else [token]
         state.generated += new
         if not new:
             state.finish_reason = "stop"
         elif len(state.generated) >= params.max_new_tokens:
             state.finish_reason = "length"
+        else:
+            state.sampler.record(token)
         text = ""
-        if params.stop or (state.on_event is not None and state.stream):
-            text, stopped = _cut_at_stop(self.engine.decode(state.generated), params.stop)
+        if state.detokenizer is not None:
+            delta = state.detokenizer.update(state.generated)
+            text, stopped = _stop_in(state.detokenizer.text, len(delta), params.stop)
             if stopped:
                 state.finish_reason = "stop"
         if state.finish_reason:
@@ -292,14 +310,17 @@ class Scheduler:
 
     def _emit(self, state: RequestState, text: str, new_tokens: list[int]) -> None:
         """Send the text that is final: hold back what a stop string or an unfinished
-        character could still change."""
+        character could still change. The last event completes the text to the output's
+        (decoded once, whole), so the deltas always add up to it."""
         final = state.finish_reason is not None
-        if not final:
+        output = state.output(self.runner.decode) if final else None
+        if output is not None:
+            text = output.text
+        else:
             hold = max((len(stop) - 1 for stop in state.row.params.stop), default=0)
             text = text.rstrip("\ufffd")
             text = text[: max(len(text) - hold, state.emitted_chars)]
         delta, state.emitted_chars = text[state.emitted_chars:], max(len(text), state.emitted_chars)
-        output = state.output(self.engine.decode) if final else None
         state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output))
 
     def fail_everything(self, exc: Exception) -> None:

@@ -6,6 +6,7 @@ Generation and classification rows of any tasks are batched together; a bad requ
 
 from promptmux.registry import PromptmuxError, Registry, TaskKind
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.requests import prepare
 from promptmux.serving.runtime.routing import RegistryView
@@ -26,7 +27,8 @@ class TaskRunner:
             try:
                 route = self.view.route(request.task, request.version, request.alias, request.routing_key)
                 spec = self.view.task(request.task).record.spec
-                prepared = prepare(self.engine, spec, route, request.input, request.params)
+                prompt = self.engine.prompt(route.manifest)
+                prepared = prepare(self.engine, spec, route, prompt, request.input, request.params)
             except PromptmuxError as exc:
                 results.append(TaskResult(task=request.task, input=request.input, error=str(exc)))
                 continue
@@ -35,7 +37,7 @@ class TaskRunner:
             results.append(result)
             queue = classification if prepared.kind is TaskKind.classification else generation
             queue.append((result, prepared.row))
-        for (result, _), output in zip(generation, self.engine.generate([row for _, row in generation])):
+        for (result, _), output in zip(generation, generate(self.engine, [row for _, row in generation])):
             result.result = output
         for (result, _), output in zip(classification, self.engine.classify([row for _, row in classification])):
             result.result = output

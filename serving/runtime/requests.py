@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from promptmux.registry import TaskKind, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
+from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.routing import Route
 from promptmux.serving.runtime.schemas import ParamsOverride
@@ -29,12 +30,14 @@ class Prepared:
     row: GenerationRow | ClassificationRow
 
 
-def prepare(engine: Engine, spec: TaskSpec, route: Route, text: str, params: ParamsOverride | None = None) -> Prepared:
-    """Everything that can fail for one input fails here, before it joins a batch."""
-    prompt = engine.prompt(route.manifest)
+def prepare(
+    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, text: str, params: ParamsOverride | None = None
+) -> Prepared:
+    """Everything that can fail for one input fails here, before it joins a batch: the
+    template, tokenization, the verbalizers and the parameters against the engine's limits."""
     ids = engine.encode(spec.render(text))
     if spec.kind is TaskKind.classification:
-        row: GenerationRow | ClassificationRow = ClassificationRow(prompt, ids, spec.labels)
+        row: GenerationRow | ClassificationRow = ClassificationRow(prompt, ids, engine.verbalizers(spec.labels))
     else:
         resolved = (params or ParamsOverride()).apply(spec.generation)
         engine.check_params(resolved)

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
+from promptmux.registry.errors import describe
 from promptmux.registry.schemas import (
     GenerationParams,
     MaxNewTokens,
@@ -50,7 +51,7 @@ class ParamsOverride(StrictModel):
         try:
             return GenerationParams.model_validate({**defaults.model_dump(), **self.model_dump(exclude_none=True)})
         except ValidationError as exc:
-            raise RequestError("params: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+            raise RequestError(describe(exc.errors(), "params")) from exc
 
 
 class TaskRequest(StrictModel):

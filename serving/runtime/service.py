@@ -18,6 +18,7 @@ from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.errors import RequestTimeout
 from promptmux.serving.runtime.metrics import ServingMetrics
 from promptmux.serving.runtime.requests import Prepared, Query, prepare
@@ -26,7 +27,7 @@ from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+R = TypeVar("R", GenerationOutput, ClassificationOutput)
 DRAIN_POLL_S = 0.05
 DRAIN_FLUSH_S = 5.0
 CUT_AT_DEADLINE = "the server shut down before this request finished; retry"
@@ -103,9 +104,12 @@ class PromptmuxService:
             await asyncio.sleep(DRAIN_POLL_S)
 
     # ------------------------------------------------------------- requests
-    def prepare(self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None) -> list[Prepared]:
+    async def prepare(
+        self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None
+    ) -> list[Prepared]:
         """Route once per request and prepare every input; refuse the wrong kind of task
-        (`kind=None` accepts both)."""
+        (`kind=None` accepts both). A prompt not yet resident is loaded on a worker thread,
+        off the event loop."""
         texts = query.texts
         if len(texts) > self.settings.max_inputs_per_request:
             raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
@@ -115,7 +119,9 @@ class PromptmuxService:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
             raise RequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
-        return [prepare(self.engine, spec, route, text, params) for text in texts]
+        prompts = self.engine.prompts
+        prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
+        return [prepare(self.engine, spec, route, prompt, text, params) for text in texts]
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
         labels = (item.task, str(item.version), item.variant)
@@ -125,38 +131,32 @@ class PromptmuxService:
         self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
 
     def count(self, endpoint: str, items: list[Prepared], status: str) -> None:
-        """Count requests by outcome: ok, cancelled (the client went away), timeout (504)."""
+        """Count requests by outcome: ok, cancelled (the client went away), timeout (504), error."""
         for item in items:
             self.metrics.requests.labels(endpoint, item.task, str(item.version), item.variant, status).inc()
 
-    async def within_deadline(self, work: Awaitable[T], endpoint: str, items: list[Prepared]) -> T:
-        """`work` under the per-request timeout; a request that does not finish is counted
-        as timed out (and raises `RequestTimeout`, HTTP 504) or as cancelled."""
-        timeout = self.settings.request_timeout_s
+    async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
+        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
+        return await self._finish(work, endpoint, items)
+
+    async def classify(self, items: list[Prepared], endpoint: str) -> list[ClassificationOutput]:
+        return await self._finish(self.async_engine.classify([item.row for item in items]), endpoint, items)
+
+    async def _finish(self, work: Awaitable[list[R]], endpoint: str, items: list[Prepared]) -> list[R]:
+        """Every output of a plain request within its deadline, each recorded; a request that
+        does not finish is counted as timed out (`RequestTimeout`, HTTP 504) or cancelled."""
+        started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout):
-                return await work
-        except TimeoutError as exc:
+            outputs = await Deadline(self.settings.request_timeout_s).wait(work)
+        except RequestTimeout:
             self.count(endpoint, items, "timeout")
-            raise RequestTimeout(f"the request took longer than {timeout:g} s") from exc
+            raise
         except asyncio.CancelledError:
             self.count(endpoint, items, "cancelled")
             raise
-
-    async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
-        started = time.perf_counter()
-        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
-        outputs = await self.within_deadline(work, endpoint, items)
         for item, output in zip(items, outputs):
             self.record(endpoint, item, output.usage, started)
         return list(outputs)
-
-    async def classify(self, items: list[Prepared], endpoint: str) -> list[ClassificationOutput]:
-        started = time.perf_counter()
-        outputs = await self.within_deadline(self.async_engine.classify([item.row for item in items]), endpoint, items)
-        for item, output in zip(items, outputs):
-            self.record(endpoint, item, output.usage, started)
-        return outputs
 
     def open_streams(self, items: list[Prepared]) -> list[EventStream]:
         """Submit every input now, so overload or limits are refused before a response starts."""
@@ -174,9 +174,9 @@ class PromptmuxService:
         self, items: list[Prepared], streams: list[EventStream], endpoint: str
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
         """(index, event) from every input's stream as they come; leaving early cancels them
-        all, and so does the per-request timeout (after an error event)."""
+        all, and so does the per-request deadline (after an error event)."""
         started = time.perf_counter()
-        deadline = started + self.settings.request_timeout_s
+        deadline = Deadline(self.settings.request_timeout_s)
         queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
 
         async def pump(index: int, stream: EventStream) -> None:
@@ -189,11 +189,10 @@ class PromptmuxService:
         try:
             while unfinished:
                 try:
-                    index, event = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
-                except TimeoutError:
+                    index, event = await deadline.wait(queue.get())
+                except RequestTimeout as exc:
                     self.count(endpoint, [items[i] for i in unfinished], "timeout")
-                    timeout = self.settings.request_timeout_s
-                    yield 0, StreamEvent("", [], error=f"the request took longer than {timeout:g} s")
+                    yield 0, StreamEvent("", [], error=str(exc))
                     return
                 if event.output is not None:
                     self.record(endpoint, items[index], event.output.usage, started)
@@ -233,6 +232,6 @@ class PromptmuxService:
             self.async_engine.check_alive()
         return {"status": "ok", "base_model": self.settings.engine.base_model, "device": str(self.engine.device),
                 "dtype": str(self.engine.model.dtype).removeprefix("torch."), "pinned_kv": self.engine.pinned_kv,
-                "torch_threads": torch.get_num_threads(),
+                "torch_threads": self.engine.threads.threads if self.engine.threads else torch.get_num_threads(),
                 "tasks": len(self.view.entries)}
 

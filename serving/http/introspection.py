@@ -1,0 +1,28 @@
+"""What a replica serves and how it is: tasks, health, Prometheus metrics."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from promptmux.serving.runtime.service import PromptmuxService
+
+
+def introspection_router(service: PromptmuxService) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/tasks")
+    async def tasks() -> dict:
+        return {"tasks": [service.task_summary(name) for name in sorted(service.view.entries)]}
+
+    @router.get("/v1/tasks/{task}")
+    async def task(task: str) -> dict:
+        return service.task_summary(task, detail=True)
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        return service.health()
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

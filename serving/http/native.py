@@ -1,0 +1,63 @@
+"""promptmux's own endpoints: `POST /v1/generate` (plain or streamed) and `POST /v1/classify`."""
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from promptmux.registry import TaskKind
+from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.http.api import (
+    ClassifyBody,
+    ClassifyOutput,
+    ClassifyResponse,
+    GenerateBody,
+    GenerateOutput,
+    GenerateResponse,
+)
+from promptmux.serving.http.streaming import sse
+from promptmux.serving.runtime.requests import Prepared
+from promptmux.serving.runtime.service import PromptmuxService
+
+
+def native_router(service: PromptmuxService) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(body: GenerateBody) -> GenerateResponse | StreamingResponse:
+        items = await service.prepare(body.query(), TaskKind.generation, body.params)
+        if not body.stream:
+            outputs = await service.generate(items, "generate")
+            return GenerateResponse(outputs=[
+                GenerateOutput(index=i, task=item.task, version=item.version, variant=item.variant, text=o.text,
+                               token_ids=o.token_ids, finish_reason=o.finish_reason, usage=o.usage)
+                for i, (item, o) in enumerate(zip(items, outputs))
+            ])
+
+        async def events() -> AsyncIterator[dict]:
+            async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
+                yield stream_event(items[index], index, event)
+
+        return sse(events())
+
+    @router.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(body: ClassifyBody) -> ClassifyResponse:
+        items = await service.prepare(body.query(), TaskKind.classification)
+        outputs = await service.classify(items, "classify")
+        return ClassifyResponse(outputs=[
+            ClassifyOutput(index=i, task=item.task, version=item.version, variant=item.variant, label=o.label,
+                           probabilities=o.probabilities, usage=o.usage)
+            for i, (item, o) in enumerate(zip(items, outputs))
+        ])
+
+    return router
+
+
+def stream_event(item: Prepared, index: int, event: StreamEvent) -> dict:
+    payload = {"index": index, "task": item.task, "version": item.version, "variant": item.variant,
+               "text": event.text, "token_ids": event.token_ids, "finish_reason": event.finish_reason}
+    if event.output is not None:
+        payload["usage"] = event.output.usage.model_dump()
+    if event.error:
+        payload["error"] = event.error
+    return payload

@@ -1,0 +1,96 @@
+"""The OpenAI-compatible surface: `POST /v1/completions` (plain or streamed) and `GET /v1/models`.
+
+`model` names the task (`task`, `task@3`, `task:staging`) and `user` is the routing key.
+A classification task answers with its label as the completion text.
+"""
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from promptmux.registry import TaskKind
+from promptmux.serving.engine.errors import RequestError, over_limit
+from promptmux.serving.engine.outputs import Usage
+from promptmux.serving.http.api import CompletionBody
+from promptmux.serving.http.streaming import one_by_one, sse
+from promptmux.serving.runtime.requests import Prepared, Query
+from promptmux.serving.runtime.service import PromptmuxService
+
+
+def parse_model(model: str) -> tuple[str, int | None, str | None]:
+    """OpenAI `model` → (task, version, alias): `task`, `task@3` or `task:staging`."""
+    if "@" in model:
+        task, _, version = model.partition("@")
+        if not version.isdigit() or int(version) < 1:
+            raise RequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer")
+        return task, int(version), None
+    task, _, alias = model.partition(":")
+    return task, None, alias or None
+
+
+class Completion:
+    """The envelope every completion response and chunk shares: one id, one creation time."""
+
+    def __init__(self, model: str, served: Prepared) -> None:
+        self.id, self.created, self.model, self.served = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model, served
+
+    def envelope(self, choices: list[dict], usages: list[Usage] | None = None) -> dict:
+        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices,
+                "promptmux": {"task": self.served.task, "version": self.served.version, "variant": self.served.variant}}
+        if usages is not None:
+            keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+            body["usage"] = {key: sum(getattr(usage, key) for usage in usages) for key in keys}
+        return body
+
+
+def choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
+
+def openai_router(service: PromptmuxService) -> APIRouter:
+    router = APIRouter()
+    limit = service.settings.engine.max_new_tokens
+
+    @router.post("/v1/completions", response_model=None)  # JSON or an event stream
+    async def completions(body: CompletionBody) -> dict | StreamingResponse:
+        task, version, alias = parse_model(body.model)
+        if body.max_tokens is not None and body.max_tokens > limit:  # named as the OpenAI request names it
+            raise RequestError(over_limit("max_tokens", body.max_tokens, limit))
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        items = await service.prepare(Query(task, prompts, version, alias, body.user), None, body.params())
+        completion = Completion(body.model, items[0])
+        if items[0].kind is TaskKind.classification:
+            labels = await service.classify(items, "completions")
+            choices = [choice(i, o.label, "stop") for i, o in enumerate(labels)]
+            if body.stream:
+                return sse(one_by_one([completion.envelope(choices)]))
+            return completion.envelope(choices, [o.usage for o in labels])
+        if not body.stream:
+            outputs = await service.generate(items, "completions")
+            choices = [choice(i, o.text, o.finish_reason) for i, o in enumerate(outputs)]
+            return completion.envelope(choices, [o.usage for o in outputs])
+
+        async def chunks() -> AsyncIterator[dict]:
+            async for index, event in service.merged_events(items, service.open_streams(items), "completions"):
+                if event.error:
+                    yield {"error": {"message": event.error}}
+                else:
+                    yield completion.envelope([choice(index, event.text, event.finish_reason)])
+
+        return sse(chunks())
+
+    @router.get("/v1/models")
+    async def models() -> dict:
+        data = []
+        for name in sorted(service.view.entries):
+            entry = service.view.entries[name]
+            created = int(entry.record.created_at.timestamp())
+            ids = [name, *(f"{name}:{alias}" for alias in sorted(entry.aliases.keys() | entry.broken.keys()))]
+            data += [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"} for model_id in ids]
+        return {"object": "list", "data": data}
+
+    return router

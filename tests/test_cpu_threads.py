@@ -1,0 +1,33 @@
+"""The engine's torch threads follow the cores other processes leave free."""
+
+import os
+import time
+
+import pytest
+import torch
+
+from promptmux.serving.bench.machine import busy_neighbour
+from promptmux.serving.engine.threads import SAMPLE_S, CpuThreads, cpu_busy_s
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def work_and_adjust(threads: CpuThreads, seconds: float) -> None:
+    """Matrix products for `seconds`, adjusting the thread count as the engine does before each forward."""
+    a = torch.randn(256, 256)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        threads.adjust()
+        a = torch.tanh(a @ a)
+
+
+@pytest.mark.skipif(CPUS < 2 or cpu_busy_s({0}) is None, reason="needs 2 CPUs and /proc/stat")
+def test_a_busy_neighbour_takes_a_thread_away_and_leaving_gives_it_back() -> None:
+    threads = CpuThreads(CPUS)
+    assert torch.get_num_threads() == CPUS
+    with busy_neighbour():
+        work_and_adjust(threads, 3 * SAMPLE_S)
+        assert threads.others_cores > 0.5
+        assert threads.threads == CPUS - 1 and torch.get_num_threads() == CPUS - 1
+    work_and_adjust(threads, 3 * SAMPLE_S)
+    assert threads.threads == CPUS and torch.get_num_threads() == CPUS

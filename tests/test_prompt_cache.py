@@ -1,0 +1,103 @@
+"""The prompt cache under pressure: single-flight loads, a running byte count, refusals."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine import PROMPT_LENGTHS, fill_registry
+
+from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.serving.engine.batching import Row
+from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.engine.prompt_cache import MiB, PromptCache, ServingFormat
+from promptmux.serving.engine.runner import Engine
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Engine:
+    registry = fill_registry(tmp_path_factory.mktemp("cache"), "tiny-random-llama", extra_versions=3)
+    return Engine(EngineConfig(dtype="float32"), registry)
+
+
+class CountedLoads:
+    """The registry's own `load_prompt`, counted, each call held until `release` is set."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.real, self.calls, self.release = registry.load_prompt, 0, threading.Event()
+
+    def __call__(self, task: str, version: int):
+        self.calls += 1
+        self.release.wait(10)
+        return self.real(task, version)
+
+
+def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine: Engine, monkeypatch) -> None:
+    registry = engine.registry
+    loads = CountedLoads(registry)
+    monkeypatch.setattr(registry, "load_prompt", loads)
+    cache = PromptCache(registry, 64 * MiB, engine.prompts.serving)
+    manifest = registry.latest("beta")
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(manifest))) for _ in range(2)]
+    threads[0].start()
+    while loads.calls == 0:
+        time.sleep(0.005)
+    threads[1].start()
+    while cache.hits == 0:  # the second thread found the load in progress
+        time.sleep(0.005)
+    loads.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert loads.calls == 1 and cache.misses == 1
+    assert got[0] is got[1]
+    prompt = got[0]
+    assert prompt.kv is None  # loading never runs the model
+    engine.prompts = cache
+    ids = engine.encode("pin me")
+    first = engine.logits([Row(prompt, ids)])
+    kv = prompt.kv
+    assert kv is not None
+    second = engine.logits([Row(cache.get(manifest), ids)])
+    assert prompt.kv is kv and torch.equal(first, second)  # one KV forward, reused
+
+
+def test_a_prompt_that_overflows_the_serving_dtype_is_refused(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "registry"))
+    fp = fingerprint(load_model("tiny-random-llama", dtype="float32"))
+    registry.create_task(TaskSpec(name="loud", base_model="tiny-random-llama"), fp)
+    tensor = torch.full((4, fp.hidden_size), 0.5)
+    tensor[2, 7] = 1e6  # finite in float32, beyond float16's 65504
+    registry.register("loud", tensor, fp)
+    manifest = registry.latest("loud")
+    half = PromptCache(registry, 64 * MiB, ServingFormat(fp, torch.float16, torch.device("cpu")))
+    with pytest.raises(IncompatiblePromptError, match=r"loud@1 does not fit float16: values up to 1e\+06 overflow it"):
+        half.get(manifest)
+    assert half.stats().entries == 0 and half.stats().bytes == 0
+    full = PromptCache(registry, 64 * MiB, ServingFormat(fp, torch.float32, torch.device("cpu")))
+    assert float(full.get(manifest).embeds.max()) == 1e6  # the same file serves in float32
+    assert torch.equal(registry.load_prompt("loud", 1)[1], tensor)  # and the registry is untouched
+
+
+def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engine: Engine) -> None:
+    registry = engine.registry
+    serving = engine.prompts.serving
+    manifests = [m for task in PROMPT_LENGTHS for m in registry.versions(task)]
+    unbounded = PromptCache(registry, 1 << 40, serving)
+    largest = max(unbounded.get(manifest).nbytes for manifest in manifests)
+    cache = PromptCache(registry, int(largest * 2.5), serving)
+    for i in range(40):
+        cache.get(manifests[(i * 7) % len(manifests)])
+        stats = cache.stats()
+        resident = [cache.resident(m) for m in manifests]
+        assert stats.bytes == sum(entry.nbytes for entry in resident if entry is not None) <= cache.capacity_bytes
+    assert cache.evictions > 0
+    kv_bytes = serving.kv_bytes_per_token * PROMPT_LENGTHS["gamma"]
+    assert kv_bytes > 0
+    tiny = PromptCache(registry, kv_bytes, serving)
+    with pytest.raises(IncompatiblePromptError, match=r"gamma@1 needs .* KiB with its KV; the whole prompt cache holds .* KiB"):
+        tiny.get(registry.get_version("gamma", 1))
+    assert tiny.stats().entries == 0
+    assert tiny.get(registry.get_version("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
