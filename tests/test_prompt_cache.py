@@ -4,8 +4,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from serve_fixtures import BASE, build_registry, serve_locally, wait_until
 from test_engine import PROMPT_LENGTHS, fill_registry
 
 from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
@@ -14,6 +16,7 @@ from promptmux.serving.engine.batching import Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.prompt_cache import MiB, PromptCache, ServingFormat
 from promptmux.serving.engine.runner import Engine
+from promptmux.serving.runtime.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +104,26 @@ def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engin
         tiny.get(registry.get_version("gamma", 1))
     assert tiny.stats().entries == 0
     assert tiny.get(registry.get_version("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
+
+
+def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_load(tmp_path: Path) -> None:
+    registry = build_registry(tmp_path / "registry")
+    settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, engine=EngineConfig(base_model=BASE))
+    with serve_locally(settings) as (url, service):
+        callers: set[str] = set()
+        service.engine.model.register_forward_pre_hook(lambda *_: callers.add(threading.current_thread().name))
+        fp = service.engine.fingerprint
+        registry.register("grooming", torch.randn(6, fp.hidden_size), fp)  # a new version, found by the refresh
+        new = registry.latest("grooming")
+        wait_until(lambda: service.engine.prompts.resident(new) is not None, timeout=20)
+        assert service.engine.prompts.resident(new).kv is None  # validated and loaded, not run
+        assert callers == set()
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for body in ({"task": "grooming", "input": "on time", "version": new.version},
+                         {"task": "act-as", "inputs": ["a chef", "a poet"]}):
+                path = "/v1/classify" if body["task"] == "grooming" else "/v1/generate"
+                assert client.post(path, json=body).status_code == 200
+            streamed = client.post("/v1/generate", json={"task": "summarize", "input": "a day", "stream": True})
+            assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+        assert service.engine.prompts.resident(new).kv is not None  # pinned at its first batch
+        assert callers == {"promptmux-engine"}

@@ -6,9 +6,10 @@ Precedence: an explicit version, then an alias, then the task's rollout, then it
 replica while the split is unchanged; without a key the pick is weighted random.
 
 The view is rebuilt from the registry on `refresh()`. Each routed version is validated
-first (`validate`, e.g. loading it into the engine's prompt cache); one that fails is
-logged and counted, and is tried again after `retry_rejected_s` (a file restored at rest
-is served again). An alias whose version fails validation never silently reroutes:
+first (`validate`, e.g. loading it into the engine's prompt cache, which reads and checks
+the file but never runs the model: the model stays with the engine's thread); one that
+fails is logged and counted, and is tried again after `retry_rejected_s` (a file restored
+at rest is served again). An alias whose version fails validation never silently reroutes:
 * if the registry records the version it pointed at before its last move, and that one
   is servable, requests that would use the alias are served by it under the variant
   `<alias>-fallback` (every replica, old or new, reads the same record);
