@@ -168,7 +168,8 @@ def _rollout_text(rollout: RolloutSpec | None) -> str:
     if rollout is None:
         return "-"
     total = sum(variant.weight for variant in rollout.variants)
-    return " / ".join(f"v{v.version}:{100 * v.weight / total:.0f}%" for v in rollout.variants)
+    names = [v.name if v.name == f"v{v.version}" else f"{v.name} (v{v.version})" for v in rollout.variants]
+    return " / ".join(f"{name}:{100 * v.weight / total:.0f}%" for name, v in zip(names, rollout.variants))
 
 
 @registry_app.command("show")
@@ -306,6 +307,13 @@ def rollout(
     split: Annotated[list[str] | None, typer.Argument(help="VERSION=WEIGHT pairs, e.g. 3=90 4=10")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="remove the rollout")] = False,
     sticky: Annotated[bool, typer.Option("--sticky/--no-sticky", help="same routing key, same variant")] = True,
+    auto: Annotated[bool, typer.Option("--auto", help="CONTROL=W CANDIDATE=W: the server's controller steps the "
+                                       "candidate up on feedback, then promotes it or rolls it back")] = False,
+    steps: Annotated[str | None, typer.Option(help="with --auto: the candidate's shares after the first, "
+                                              "in percent [default: 25,50]")] = None,
+    min_samples: Annotated[int, typer.Option(min=1, help="with --auto: candidate outcomes per step")] = 30,
+    max_samples: Annotated[int, typer.Option(min=2, help="with --auto: outcomes per version after which, "
+                                             "with no difference, the control stays")] = 1000,
     registry: RegistryOption = "",
     as_json: JsonOption = False,
 ) -> None:
@@ -315,13 +323,73 @@ def rollout(
         reg.clear_rollout(task)
         console.print(f"cleared the rollout of {task}")
         return
-    if split:
-        reg.set_rollout(task, RolloutSpec(variants=[_parse_variant(item) for item in split], sticky=sticky))
+    variants = [_parse_variant(item) for item in split or []]
+    if auto:
+        from promptmux.registry.policy import RolloutPolicy
+        from promptmux.registry.sequential import SequentialTest
+
+        if len(variants) != 2:
+            raise PromptmuxError("--auto takes two versions: CONTROL=WEIGHT CANDIDATE=WEIGHT, e.g. 1=95 2=5")
+        control, candidate = sorted(variants, key=lambda v: -v.weight)
+        first = 100 * candidate.weight / (control.weight + candidate.weight)
+        later = _parse_steps(steps or "25,50")
+        reg.set_auto_rollout(task, RolloutPolicy(
+            control=control.version, candidate=candidate.version, steps=[first, *(s for s in later if s > first)],
+            min_samples_per_step=min_samples, test=SequentialTest(max_samples=max_samples)), reason="--auto")
+    elif variants:
+        reg.set_rollout(task, RolloutSpec(variants=variants, sticky=sticky))
     current = reg.rollout(task)
     if as_json:
         print_json(current.model_dump(mode="json") if current else None)
     else:
         console.print(f"{task} rollout: {_rollout_text(current)}")
+
+
+def _parse_steps(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PromptmuxError(f"invalid --steps {text!r}: expected percentages, e.g. 25,50") from None
+
+
+@registry_app.command("history")
+def history(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
+    """Every change to how a task is served: alias moves, rollouts, automatic decisions."""
+    changes = open_registry(registry).history(task)
+    if as_json:
+        print_json([change.model_dump(mode="json") for change in changes])
+        return
+    table = Table(title=f"history of {task}")
+    for column in ("when (UTC)", "actor", "change"):
+        table.add_column(column)
+    for change in changes:
+        table.add_row(change.at.strftime("%Y-%m-%d %H:%M:%S"), change.actor, change.summary())
+    console.print(table)
+
+
+@registry_app.command("rollout-status")
+def rollout_status(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
+    """An automatic rollout's figures per version: outcomes, mean score and interval, the verdict so far."""
+    from promptmux.registry.auto_rollout import Experiment, OutcomeLog
+
+    reg = open_registry(registry)
+    policy = reg.auto_rollout(task)
+    if policy is None:
+        raise PromptmuxError(f"task {task!r} has no automatic rollout (start one with: rollout {task} 1=95 2=5 --auto)")
+    snapshot = Experiment.of(policy, OutcomeLog(reg, task).read()).snapshot()
+    if as_json:
+        print_json(snapshot)
+        return
+    table = Table(title=f"{task}: step {policy.step + 1} of {len(policy.steps)}, candidate at {policy.share:g}%")
+    for column in ("side", "version", "outcomes", "mean", "95% interval"):
+        table.add_column(column)
+    for side in ("control", "candidate"):
+        arm = snapshot[side]
+        table.add_row(side, str(arm["version"]), str(arm["outcomes"]), f"{arm['mean']:.3f}",
+                      f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}")
+    console.print(table)
+    console.print(f"verdict so far: {snapshot['verdict']} (always-valid p {snapshot['p_value']:.4f}, "
+                  f"difference {snapshot['difference']:+.3f})")
 
 
 def _parse_variant(item: str) -> RolloutVariant:

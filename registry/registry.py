@@ -15,6 +15,7 @@ version, a version may not be archived while something points at it).
 """
 
 import os
+import secrets
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,16 @@ from promptmux.registry.errors import (
     PromptmuxError,
     describe,
 )
+from promptmux.registry.history import MANUAL, Change
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import validate_alias, validate_name
+from promptmux.registry.policy import Outcome, RolloutPolicy
 from promptmux.registry.schemas import (
     AliasRecord,
     BaseModelFingerprint,
     PromptVersion,
     RolloutSpec,
+    RolloutVariant,
     TaskRecord,
     TaskSpec,
     TaskView,
@@ -250,7 +254,7 @@ class Registry:
                     result[filename.removesuffix(".json")] = self._parse(AliasRecord, data, f"{rel}/{filename}")
         return result
 
-    def set_alias(self, task: str, alias: str, version: int) -> None:
+    def set_alias(self, task: str, alias: str, version: int, actor: str = MANUAL, reason: str = "") -> None:
         validate_alias(alias)
         with self._task_lock(task):
             self._check_servable(task, version)
@@ -261,31 +265,107 @@ class Registry:
                 previous = current.version
             record = AliasRecord(version=version, previous=previous)
             self.storage.write_bytes(_alias_rel(task, alias), record.model_dump_json().encode())
+            self.record_change(task, Change(actor=actor, action="alias", reason=reason, details={
+                "alias": alias, "version": version, "was": current.version if current else None}))
 
-    def delete_alias(self, task: str, alias: str) -> None:
+    def delete_alias(self, task: str, alias: str, actor: str = MANUAL, reason: str = "") -> None:
         validate_alias(alias)
         with self._task_lock(task):
-            if alias not in self.aliases(task):
+            was = self.aliases(task).get(alias)
+            if was is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
             self.storage.remove(_alias_rel(task, alias))
+            self.record_change(task, Change(actor=actor, action="alias-delete", reason=reason,
+                                            details={"alias": alias, "was": was}))
 
     def rollout(self, task: str) -> RolloutSpec | None:
         rel = f"{_task_rel(task)}/rollout.json"
         data = self._read_or_none(rel)
         return None if data is None else self._parse(RolloutSpec, data, rel)
 
-    def set_rollout(self, task: str, spec: RolloutSpec) -> None:
+    def set_rollout(self, task: str, spec: RolloutSpec, actor: str = MANUAL, reason: str = "") -> None:
         with self._task_lock(task):
             for variant in spec.variants:
                 self._check_servable(task, variant.version)
             self.storage.write_bytes(f"{_task_rel(task)}/rollout.json", spec.model_dump_json(indent=2).encode())
+            self._stop_auto_rollout(task, actor)
+            split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
+            self.record_change(task, Change(actor=actor, action="rollout", reason=reason, details=split))
 
-    def clear_rollout(self, task: str) -> None:
+    def clear_rollout(self, task: str, actor: str = MANUAL, reason: str = "") -> None:
         """Remove the rollout file, also one that cannot be parsed any more."""
         with self._task_lock(task):
             if not self.storage.exists(f"{_task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
             self.storage.remove(f"{_task_rel(task)}/rollout.json")
+            self._stop_auto_rollout(task, actor)
+            self.record_change(task, Change(actor=actor, action="rollout-clear", reason=reason))
+
+    # ------------------------------------------------------ automatic rollouts
+    def auto_rollout(self, task: str) -> RolloutPolicy | None:
+        rel = f"{_task_rel(task)}/rollout-policy.json"
+        data = self._read_or_none(rel)
+        return None if data is None else self._parse(RolloutPolicy, data, rel)
+
+    def _stop_auto_rollout(self, task: str, actor: str) -> None:
+        """A person who sets or clears a split by hand takes over from the controller."""
+        if actor == MANUAL and self.storage.exists(f"{_task_rel(task)}/rollout-policy.json"):
+            self.storage.remove(f"{_task_rel(task)}/rollout-policy.json")
+
+    def set_auto_rollout(self, task: str, policy: RolloutPolicy, actor: str = MANUAL, reason: str = "") -> None:
+        """Start (or move on) an automatic rollout: the policy, and the split of its current step."""
+        share = policy.share
+        spec = RolloutSpec(variants=[RolloutVariant(version=policy.control, weight=100 - share, name="control"),
+                                     RolloutVariant(version=policy.candidate, weight=share, name="candidate")])
+        self.set_rollout(task, spec, actor, reason)
+        self.storage.write_bytes(f"{_task_rel(task)}/rollout-policy.json", policy.model_dump_json(indent=2).encode())
+
+    def end_auto_rollout(self, task: str, winner: int, actor: str, reason: str) -> None:
+        """Move `production` to the winner, then clear the rollout and its policy."""
+        self.set_alias(task, "production", winner, actor, reason)
+        self.storage.remove(f"{_task_rel(task)}/rollout-policy.json")
+        if self.rollout(task) is not None:
+            self.clear_rollout(task, actor, reason)
+
+    def feedback_key(self) -> bytes:
+        """The key serving replicas sign feedback ids with, made on first use: every replica
+        reading this registry, on any node, shares it."""
+        rel = "keys/feedback.key"
+        data = self._read_or_none(rel)
+        if data is None:
+            with self.storage.lock("keys/feedback"):
+                data = self._read_or_none(rel)
+                if data is None:
+                    data = secrets.token_hex(32).encode()
+                    self.storage.write_bytes(rel, data)
+        return bytes.fromhex(data.decode())
+
+    def record_outcome(self, outcome: Outcome) -> bool:
+        """Store one piece of feedback durably; False if that request's feedback is already stored."""
+        rel = f"{_task_rel(outcome.task)}/outcomes/{outcome.file_name()}"
+        if self.storage.exists(rel):
+            return False
+        self.storage.write_bytes(rel, outcome.model_dump_json().encode())
+        return True
+
+    def outcome_files(self, task: str) -> list[str]:
+        return [name for name in self.storage.listdir(f"{_task_rel(task)}/outcomes") if name.endswith(".json")]
+
+    def read_outcome(self, task: str, name: str) -> Outcome:
+        rel = f"{_task_rel(task)}/outcomes/{name}"
+        return self._parse(Outcome, self.storage.read_bytes(rel), rel)
+
+    # ---------------------------------------------------------------- history
+    def record_change(self, task: str, change: Change) -> None:
+        """Append one change to the task's history (an immutable file of its own)."""
+        self.storage.write_bytes(f"{_task_rel(task)}/history/{change.file_name()}", change.model_dump_json().encode())
+
+    def history(self, task: str) -> list[Change]:
+        """Every recorded change of a task, oldest first."""
+        self.get_task(task)
+        rel = f"{_task_rel(task)}/history"
+        names = sorted(name for name in self.storage.listdir(rel) if name.endswith(".json"))
+        return [self._parse(Change, self.storage.read_bytes(f"{rel}/{name}"), f"{rel}/{name}") for name in names]
 
     # ------------------------------------------------------------- reporting
     def show(self, task: str) -> TaskView:

@@ -105,3 +105,33 @@ def test_bad_input_gives_a_message_and_exit_1(cli, filled: Registry, args: tuple
     assert message in result.err
     assert "Traceback" not in result.err
     assert filled.verify() == before
+
+
+def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
+    from promptmux.registry.policy import Outcome
+
+    uri = ("--registry", filled.uri)
+    assert cli("registry", "alias", "sentiment", "production", "1", *uri).code == 0
+    started = cli("registry", "rollout", "sentiment", "1=95", "2=5", "--auto", "--steps", "20,60", "--min-samples", "5", *uri)
+    assert started.code == 0, started.err
+    policy = filled.auto_rollout("sentiment")
+    assert (policy.control, policy.candidate, policy.steps, policy.min_samples_per_step) == (1, 2, [5, 20, 60], 5)
+    assert "control (v1):95% / candidate (v2):5%" in started.out
+    for i, (version, score) in enumerate([(1, 1.0), (1, 0.0), (2, 1.0), (2, 1.0), (1, 1.0)]):
+        filled.record_outcome(Outcome(id=f"r{i}", task="sentiment", version=version, variant="x", score=score))
+    status = json.loads(cli("registry", "rollout-status", "sentiment", *uri, "--json").out)
+    assert status["control"] == {"version": 1, "outcomes": 3, "mean": pytest.approx(0.6667, abs=1e-4),
+                                 "interval": status["control"]["interval"]}
+    assert status["candidate"]["outcomes"] == 2 and status["verdict"] == "continue"
+    table = cli("registry", "rollout-status", "sentiment", *uri)
+    assert "step 1 of 3, candidate at 5%" in table.out and "verdict so far: continue" in table.out
+    history = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
+    assert [(c["actor"], c["action"]) for c in history] == [("manual", "alias"), ("manual", "rollout")]
+    assert history[1]["reason"] == "--auto" and history[0]["details"] == {"alias": "production", "version": 1, "was": None}
+    assert "rollout (control=1=95, candidate=2=5): --auto" in cli("registry", "history", "sentiment", *uri).out
+    for bad, message in [(("1=95", "2=5", "3=1"), "--auto takes two versions"), (("1=95", "2=5", "--steps", "a"), "invalid --steps")]:
+        refused = cli("registry", "rollout", "sentiment", *bad, "--auto", *uri)
+        assert refused.code == 1 and message in refused.err
+    assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
+    gone = cli("registry", "rollout-status", "sentiment", *uri)
+    assert gone.code == 1 and "has no automatic rollout" in gone.err

@@ -4,6 +4,7 @@ import asyncio
 import collections
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -14,18 +15,21 @@ import psutil
 import pytest
 import ray
 import schemathesis
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from ray import serve
 from schemathesis import GenerationMode
 from serve_fixtures import BASE, build_registry, free_port, wait_until
 
-from promptmux.registry import Registry, RolloutSpec, RolloutVariant
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.policy import RolloutPolicy
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.http.deployment import PromptmuxDeployment
+from promptmux.serving.http.deployment import PromptmuxDeployment, RolloutControllerDeployment
 from promptmux.serving.http.local_cluster import init_ray
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -37,11 +41,13 @@ def served(tmp_path_factory) -> tuple[str, Registry]:
     init_ray(2, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.5, max_inputs_per_request=8,
+                             controller_interval_s=0.3,
                              engine=EngineConfig(base_model=BASE, max_batch_size=16, max_new_tokens=64))
     app = PromptmuxDeployment.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5})
-    serve.run(app.bind(settings.replica_args()), name="promptmux", route_prefix="/")
+    controller = RolloutControllerDeployment.bind(settings.replica_args())
+    serve.run(app.bind(settings.replica_args(), None, controller), name="promptmux", route_prefix="/")
     tight = ServeSettings(registry=registry.uri, api_token="s3cret", max_body_bytes=2048, request_timeout_s=1.0,
-                          engine=EngineConfig(base_model=BASE, max_batch_size=1, max_waiting=1))
+                          engine=EngineConfig(base_model=BASE, max_batch_size=1, max_waiting=1, max_new_tokens=8000))
     app = PromptmuxDeployment.options(name="tight", num_replicas=1, ray_actor_options={"num_cpus": 0.25})
     serve.run(app.bind(tight.replica_args()), name="tight", route_prefix="/tight")
     yield f"http://127.0.0.1:{port}", registry
@@ -184,10 +190,13 @@ def test_openai_client_plain_and_streaming(served) -> None:
     assert {"act-as", "summarize", "grooming"} <= model_ids
     plain = client.completions.create(model="act-as@2", prompt="a poet", max_tokens=4, user="alice")
     assert plain.choices[0].finish_reason in ("stop", "length") and plain.usage.completion_tokens <= 4
-    assert plain.model_extra["promptmux"] == {"task": "act-as", "version": 2, "variant": "v2"}
+    served_by = plain.model_extra["promptmux"]
+    assert {key: served_by[key] for key in ("task", "version", "variant")} == {"task": "act-as", "version": 2, "variant": "v2"}
+    assert served_by["ids"] == [plain.id] and plain.id.startswith("pmx1.")  # the feedback id
     chunks = list(client.completions.create(model="act-as@2", prompt="a poet", max_tokens=4, user="alice", stream=True))
     assert "".join(chunk.choices[0].text for chunk in chunks) == plain.choices[0].text
     assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert len({chunk.id for chunk in chunks}) == 1 and chunks[0].id != plain.id
     label = client.completions.create(model="grooming", prompt="Lovely groomer")
     assert label.choices[0].text in ("0", "1")
     with pytest.raises(openai.NotFoundError, match="unknown task"):
@@ -334,7 +343,8 @@ def test_overload_answers_503_with_retry_after(served) -> None:
 
 def test_requests_past_their_timeout_get_504_and_free_their_row(served) -> None:
     url = f"{served[0]}/tight"
-    slow = {"task": "act-as", "input": "slow", "params": {"max_new_tokens": 1000, "min_new_tokens": 1000}}
+    # far past the 1 s timeout on any machine (1,000 tokens took under a second here)
+    slow = {"task": "act-as", "input": "slow", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
     started = time.monotonic()
     response = httpx.post(f"{url}/v1/generate", json=slow, headers=AUTH, timeout=60)
     assert response.status_code == 504 and "longer than 1 s" in response.json()["error"]["message"]
@@ -509,3 +519,87 @@ def test_the_proxy_answers_a_request_whose_replica_dies_with_a_json_error(served
     for response in lost:
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "replica serving this request stopped" in response.json()["error"]["message"]
+
+
+def ab_task(registry: Registry, name: str) -> None:
+    """A classification task with two versions and `production` on the first."""
+    fp = fingerprint(load_model(BASE, dtype="float32"))
+    registry.create_task(TaskSpec(name=name, kind="classification", template="Review: {input}\nGood:",
+                                  labels={"0": "0", "1": "1"}, base_model=BASE), fp)
+    for seed in (5, 6):
+        registry.register(name, torch.randn(5, fp.hidden_size, generator=torch.Generator().manual_seed(seed)), fp)
+    registry.set_alias(name, "production", 1)
+
+
+def on_both_replicas(url: str, task: str, check) -> bool:
+    """Whether a burst of classifications reached both replicas and every answer passes `check`."""
+    responses = asyncio.run(burst(url, [("/v1/classify", {"task": task, "input": f"probe {i}"}) for i in range(16)]))
+    return len({r.headers["x-promptmux-replica"] for r in responses}) == 2 and all(check(r) for r in responses)
+
+
+async def traffic_with_feedback(url: str, task: str, right: dict[str, float], seed: int, until) -> dict[str, int]:
+    """Classify, then send each output's gold label: the answer itself with the variant's
+    chance in `right`, else the other label. Stops when `until()` holds; requests per variant."""
+    rng, served = random.Random(seed), {}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for batch in range(150):
+            bodies = [{"task": task, "input": f"review {batch}-{i}", "routing_key": f"user-{rng.random()}"} for i in range(20)]
+            responses = await asyncio.gather(*(client.post("/v1/classify", json=body) for body in bodies))
+            feedback = []
+            for response in responses:
+                assert response.status_code == 200, response.text
+                output = response.json()["outputs"][0]
+                served[output["variant"]] = served.get(output["variant"], 0) + 1
+                correct = rng.random() < right.get(output["variant"], 0.5)
+                gold = output["label"] if correct else ("1" if output["label"] == "0" else "0")
+                feedback.append(client.post("/v1/feedback", json={"id": output["id"], "label": gold}))
+            assert all(r.status_code == 200 and r.json()["counted"] for r in await asyncio.gather(*feedback))
+            if until():
+                return served
+    raise AssertionError(f"no decision after {sum(served.values())} requests: {served}")
+
+
+@pytest.mark.parametrize("name, right, winner, decision", [
+    ("ab-better", {"control": 0.6, "candidate": 0.9, "v1": 0.6}, 2, "promote"),
+    ("ab-worse", {"control": 0.9, "candidate": 0.5, "v1": 0.9}, 1, "rollback"),
+])
+def test_the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one(
+    served, name: str, right: dict, winner: int, decision: str
+) -> None:
+    url, registry = served
+    ab_task(registry, name)
+    wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=30, interval=0.2)
+    registry.set_auto_rollout(name, RolloutPolicy(control=1, candidate=2, steps=[25, 50], min_samples_per_step=20))
+    served_by = asyncio.run(traffic_with_feedback(url, name, right, seed=winner,
+                                                  until=lambda: registry.auto_rollout(name) is None))
+    assert registry.aliases(name)["production"] == winner and registry.rollout(name) is None
+    assert served_by.get("candidate", 0) > 0 and served_by.get("control", 0) > 0
+    history = registry.history(name)
+    decided = [c for c in history if c.actor == "controller" and c.action in ("promote", "rollback")]
+    assert [c.action for c in decided] == [decision]
+    assert decided[0].stats["control"]["outcomes"] >= 30 and decided[0].stats["p_value"] <= 0.05
+    assert ("controller", "alias") in [(c.actor, c.action) for c in history]
+    wait_until(lambda: on_both_replicas(url, name, lambda r: r.json()["outputs"][0]["version"] == winner),
+               timeout=15, interval=0.2)
+
+
+def test_feedback_ids_are_checked(served) -> None:
+    url, _ = served
+    output = post(url, "/v1/classify", {"task": "grooming", "input": "on time"}).json()["outputs"][0]
+    generated = post(url, "/v1/generate", {"task": "act-as", "input": "a poet"}).json()["outputs"][0]
+    forged = output["id"][:-2] + ("AA" if not output["id"].endswith("AA") else "BB")
+    cases = [
+        ({"id": "nonsense", "label": "1"}, 400, "malformed feedback id"),
+        ({"id": forged, "label": "1"}, 403, "not issued by this deployment"),
+        ({"id": output["id"], "label": "maybe"}, 400, "unknown label 'maybe'"),
+        ({"id": output["id"]}, 422, "exactly one of 'score' or 'label'"),
+        ({"id": generated["id"], "label": "1"}, 400, "send a score"),
+        ({"id": generated["id"], "score": 1.5}, 422, "score"),
+    ]
+    for body, status, message in cases:
+        response = post(url, "/v1/feedback", body)
+        assert response.status_code == status and message in response.json()["error"]["message"], (body, response.text)
+    first = post(url, "/v1/feedback", {"id": output["id"], "label": "1"})
+    again = post(url, "/v1/feedback", {"id": output["id"], "label": "0"})
+    assert first.json() == {"counted": True} and again.json() == {"counted": False}
+    assert post(url, "/v1/feedback", {"id": generated["id"], "score": 0.75}).json() == {"counted": True}

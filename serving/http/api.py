@@ -39,6 +39,7 @@ class ClassifyBody(TaskBody):
 
 
 class Served(BaseModel):
+    id: str = Field(description="send feedback on this output with it: POST /v1/feedback")
     task: str
     version: int
     variant: str
@@ -65,6 +66,24 @@ class GenerateResponse(BaseModel):
 
 class ClassifyResponse(BaseModel):
     outputs: list[ClassifyOutput]
+
+
+class FeedbackBody(StrictModel):
+    """An outcome for one served output: a score in [0, 1], or for a classification the gold label."""
+
+    id: Text = Field(min_length=1, max_length=1024, description="the output's id, from its response")
+    score: float | None = Field(None, ge=0.0, le=1.0)
+    label: Text | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_of_score_label(self) -> "FeedbackBody":
+        if (self.score is None) == (self.label is None):
+            raise ValueError("give exactly one of 'score' or 'label'")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    counted: bool = Field(description="false when this output's feedback had been counted already")
 
 
 class CompletionBody(BaseModel):

@@ -20,9 +20,12 @@ from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayError, TaskCancelledError
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptmux.registry import Registry
 from promptmux.serving.http.app import build_app
+from promptmux.serving.runtime.controller import RolloutController
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -73,11 +76,33 @@ class DrainSignal:
         return len(self._drained)
 
 
+@serve.deployment(name="promptmux-controller", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class RolloutControllerDeployment:
+    """One rollout controller per application (see `runtime.controller`)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        parsed = ServeSettings.model_validate(settings)
+        self.controller = RolloutController(Registry(parsed.registry), parsed.controller_interval_s)
+        self.controller.start()
+
+    def check_health(self) -> None:
+        if not self.controller.alive():
+            raise RuntimeError("the rollout controller's loop has stopped")
+
+    def __del__(self) -> None:
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            controller.stop()
+
+
 @serve.deployment(name="promptmux", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress()
 class PromptmuxDeployment:
-    async def __init__(self, settings: dict[str, Any], drain_signal: str | None = None) -> None:
+    async def __init__(
+        self, settings: dict[str, Any], drain_signal: str | None = None, controller: DeploymentHandle | None = None
+    ) -> None:
         self.service = PromptmuxService(ServeSettings.model_validate(settings))
+        self.controller = controller  # bound so that the application runs it
         self._drainer = None
         if drain_signal is not None:
             self._drainer = asyncio.create_task(self._drain_on(ray.get_actor(drain_signal, namespace=DRAIN_NAMESPACE)))
@@ -110,4 +135,4 @@ def build(args: dict[str, Any]) -> Application:
     `args` are `ServeSettings` fields."""
     settings = ServeSettings.model_validate(args)
     deployment = PromptmuxDeployment.options(graceful_shutdown_timeout_s=settings.drain_timeout_s)
-    return deployment.bind(settings.replica_args())
+    return deployment.bind(settings.replica_args(), None, RolloutControllerDeployment.bind(settings.replica_args()))

@@ -23,14 +23,14 @@ from promptmux.registry import (
 )
 from promptmux.registry.errors import describe
 from promptmux.serving.engine.errors import EngineUnavailable, OverloadedError, RequestError
-from promptmux.serving.runtime.errors import RequestTimeout, RouteUnavailable
+from promptmux.serving.runtime.errors import ForgedFeedbackId, RequestTimeout, RouteUnavailable
 from promptmux.serving.runtime.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 STATUS = [
     (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (EngineUnavailable, 503),
     (RouteUnavailable, 503),
-    (RequestTimeout, 504), (RequestError, 400), (IncompatiblePromptError, 409), (InvalidArtifactError, 409),
+    (RequestTimeout, 504), (ForgedFeedbackId, 403), (RequestError, 400), (IncompatiblePromptError, 409), (InvalidArtifactError, 409),
     (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"

@@ -45,7 +45,12 @@ def run_local(
     import ray
     from ray import serve
 
-    from promptmux.serving.http.deployment import DRAIN_NAMESPACE, DrainSignal, PromptmuxDeployment
+    from promptmux.serving.http.deployment import (
+        DRAIN_NAMESPACE,
+        DrainSignal,
+        PromptmuxDeployment,
+        RolloutControllerDeployment,
+    )
 
     init_ray(max(2, os.cpu_count() or 2))
     stop, hurry = threading.Event(), threading.Event()
@@ -62,7 +67,8 @@ def run_local(
             num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
             graceful_shutdown_timeout_s=settings.drain_timeout_s,
         )
-        serve.run(deployment.bind(settings.replica_args(), DRAIN_SIGNAL), name=APP_NAME, route_prefix="/",
+        controller = RolloutControllerDeployment.bind(settings.replica_args())
+        serve.run(deployment.bind(settings.replica_args(), DRAIN_SIGNAL, controller), name=APP_NAME, route_prefix="/",
                   blocking=False)
         console.print(f"promptmux serving {settings.engine.base_model} from {settings.registry} "
                       f"on http://{host}:{port} ({replicas} replica(s)); Ctrl-C to stop", highlight=False)

@@ -11,6 +11,8 @@ from promptmux.serving.http.api import (
     ClassifyBody,
     ClassifyOutput,
     ClassifyResponse,
+    FeedbackBody,
+    FeedbackResponse,
     GenerateBody,
     GenerateOutput,
     GenerateResponse,
@@ -29,14 +31,16 @@ def native_router(service: PromptmuxService) -> APIRouter:
         if not body.stream:
             outputs = await service.generate(items, "generate")
             return GenerateResponse(outputs=[
-                GenerateOutput(index=i, task=item.task, version=item.version, variant=item.variant, text=o.text,
-                               token_ids=o.token_ids, finish_reason=o.finish_reason, usage=o.usage)
+                GenerateOutput(id=feedback_id(service, item), index=i, task=item.task, version=item.version,
+                               variant=item.variant, text=o.text, token_ids=o.token_ids,
+                               finish_reason=o.finish_reason, usage=o.usage)
                 for i, (item, o) in enumerate(zip(items, outputs))
             ])
+        ids = [feedback_id(service, item) for item in items]
 
         async def events() -> AsyncIterator[dict]:
             async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
-                yield stream_event(items[index], index, event)
+                yield {"id": ids[index], **stream_event(items[index], index, event)}
 
         return sse(events())
 
@@ -45,12 +49,20 @@ def native_router(service: PromptmuxService) -> APIRouter:
         items = await service.prepare(body.query(), TaskKind.classification)
         outputs = await service.classify(items, "classify")
         return ClassifyResponse(outputs=[
-            ClassifyOutput(index=i, task=item.task, version=item.version, variant=item.variant, label=o.label,
-                           probabilities=o.probabilities, usage=o.usage)
+            ClassifyOutput(id=feedback_id(service, item, o.label), index=i, task=item.task, version=item.version,
+                           variant=item.variant, label=o.label, probabilities=o.probabilities, usage=o.usage)
             for i, (item, o) in enumerate(zip(items, outputs))
         ])
 
+    @router.post("/v1/feedback", response_model=FeedbackResponse)
+    async def feedback(body: FeedbackBody) -> FeedbackResponse:
+        return FeedbackResponse(counted=await service.feedback(body.id, body.score, body.label))
+
     return router
+
+
+def feedback_id(service: PromptmuxService, item: Prepared, label: str | None = None) -> str:
+    return service.ids.issue(item.task, item.version, item.variant, label)
 
 
 def stream_event(item: Prepared, index: int, event: StreamEvent) -> dict:

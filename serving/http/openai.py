@@ -1,7 +1,8 @@
 """The OpenAI-compatible surface: `POST /v1/completions` (plain or streamed) and `GET /v1/models`.
 
 `model` names the task (`task`, `task@3`, `task:staging`) and `user` is the routing key.
-A classification task answers with its label as the completion text.
+A classification task answers with its label as the completion text. Each choice's
+feedback id is in `promptmux.ids`; with one prompt it is also the completion's `id`.
 """
 
 import time
@@ -15,6 +16,7 @@ from promptmux.registry import TaskKind
 from promptmux.serving.engine.errors import RequestError, over_limit
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.http.api import CompletionBody
+from promptmux.serving.http.native import feedback_id
 from promptmux.serving.http.streaming import one_by_one, sse
 from promptmux.serving.runtime.requests import Prepared, Query
 from promptmux.serving.runtime.service import PromptmuxService
@@ -34,13 +36,15 @@ def parse_model(model: str) -> tuple[str, int | None, str | None]:
 class Completion:
     """The envelope every completion response and chunk shares: one id, one creation time."""
 
-    def __init__(self, model: str, served: Prepared) -> None:
-        self.id, self.created, self.model, self.served = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model, served
+    def __init__(self, model: str, served: Prepared, ids: list[str]) -> None:
+        self.created, self.model, self.served, self.ids = int(time.time()), model, served, ids
+        self.id = ids[0] if len(ids) == 1 else f"cmpl-{uuid.uuid4().hex}"
 
     def envelope(self, choices: list[dict], usages: list[Usage] | None = None) -> dict:
         body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices,
-                "promptmux": {"task": self.served.task, "version": self.served.version, "variant": self.served.variant}}
+                "promptmux": {"task": self.served.task, "version": self.served.version, "variant": self.served.variant,
+                              "ids": self.ids}}
         if usages is not None:
             keys = ("prompt_tokens", "completion_tokens", "total_tokens")
             body["usage"] = {key: sum(getattr(usage, key) for usage in usages) for key in keys}
@@ -62,13 +66,14 @@ def openai_router(service: PromptmuxService) -> APIRouter:
             raise RequestError(over_limit("max_tokens", body.max_tokens, limit))
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         items = await service.prepare(Query(task, prompts, version, alias, body.user), None, body.params())
-        completion = Completion(body.model, items[0])
         if items[0].kind is TaskKind.classification:
             labels = await service.classify(items, "completions")
+            completion = Completion(body.model, items[0], [feedback_id(service, i, o.label) for i, o in zip(items, labels)])
             choices = [choice(i, o.label, "stop") for i, o in enumerate(labels)]
             if body.stream:
                 return sse(one_by_one([completion.envelope(choices)]))
             return completion.envelope(choices, [o.usage for o in labels])
+        completion = Completion(body.model, items[0], [feedback_id(service, item) for item in items])
         if not body.stream:
             outputs = await service.generate(items, "completions")
             choices = [choice(i, o.text, o.finish_reason) for i, o in enumerate(outputs)]

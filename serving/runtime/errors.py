@@ -7,5 +7,9 @@ class RequestTimeout(PromptmuxError):
     """The request ran past the configured per-request timeout (HTTP 504)."""
 
 
+class ForgedFeedbackId(PromptmuxError):
+    """A feedback id whose signature is not this deployment's (HTTP 403)."""
+
+
 class RouteUnavailable(PromptmuxError):
     """The version a request would be served by is known but not servable (HTTP 503)."""

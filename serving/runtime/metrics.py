@@ -46,6 +46,10 @@ class ServingMetrics:
                                      registry=self.registry)
         self.unreadable_tasks = Gauge("promptmux_unreadable_task", "1 while a task's registry files cannot be read "
                                       "(it keeps its last good routes)", ["task"], registry=self.registry)
+        self.feedback = Counter("promptmux_feedback", "feedback counted, by the route that served the request",
+                                [*ROUTE], registry=self.registry)
+        self.feedback_score = Counter("promptmux_feedback_score", "sum of the scores of that feedback (÷ the count: "
+                                      "the mean score, or accuracy for classifications)", [*ROUTE], registry=self.registry)
         self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",
                                  registry=self.registry)
         self.cache_bytes.set_function(lambda: cache.stats().bytes)

@@ -13,6 +13,7 @@ from typing import TypeVar
 import torch
 
 from promptmux.registry import PromptVersion, Registry, TaskKind
+from promptmux.registry.policy import Outcome
 from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
@@ -20,6 +21,7 @@ from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import StreamEvent
 from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.errors import RequestTimeout
+from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
 from promptmux.serving.runtime.requests import Prepared, Query, prepare
 from promptmux.serving.runtime.routing import RegistryView
@@ -55,6 +57,8 @@ class PromptmuxService:
         self.view.refresh()
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
         self.in_flight = InFlight()
+        key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
+        self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.feedback_key())
         self._stopped = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
         self._refresher.start()
@@ -207,6 +211,27 @@ class PromptmuxService:
         finally:
             for task in pumps:
                 task.cancel()
+
+    # ------------------------------------------------------------- feedback
+    async def feedback(self, feedback_id: str, score: float | None, label: str | None) -> bool:
+        """Count one piece of feedback on a served request, durably, before answering; False
+        when that request's feedback was already counted (by any replica)."""
+        served = self.ids.verify(feedback_id)
+        spec = self.view.task(served.task).record.spec
+        if label is not None:
+            if served.label is None:
+                raise RequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
+            if label not in spec.labels:
+                raise RequestError(f"unknown label {label!r} for {served.task} (labels: {', '.join(spec.labels)})")
+            score = float(label == served.label)
+        outcome = Outcome(id=feedback_id, task=served.task, version=served.version, variant=served.variant,
+                          score=score, label=label, predicted=served.label)
+        counted = await asyncio.to_thread(self.registry.record_outcome, outcome)
+        if counted:
+            labels = (served.task, str(served.version), served.variant)
+            self.metrics.feedback.labels(*labels).inc()
+            self.metrics.feedback_score.labels(*labels).inc(outcome.score)
+        return counted
 
     # ------------------------------------------------------------- introspection
     def task_summary(self, name: str, detail: bool = False) -> dict:

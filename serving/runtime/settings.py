@@ -27,9 +27,18 @@ class ServeSettings(BaseSettings):
         None, description="if set, every endpoint but /healthz requires `Authorization: Bearer <token>`"
     )
 
+    feedback_key: SecretStr | None = Field(
+        None, description="hex key feedback ids are signed with (default: one kept in the registry, made on first use)"
+    )
+    controller_interval_s: float = Field(
+        2.0, gt=0, description="how often the rollout controller looks at automatic rollouts' feedback"
+    )
+
     def replica_args(self) -> dict:
-        """JSON-ready fields for the replicas' constructor (the token in clear: pydantic masks it)."""
+        """JSON-ready fields for the replicas' constructor (secrets in clear: pydantic masks them)."""
         args = self.model_dump(mode="json")
-        if self.api_token is not None:
-            args["api_token"] = self.api_token.get_secret_value()
+        for name in ("api_token", "feedback_key"):
+            secret = getattr(self, name)
+            if secret is not None:
+                args[name] = secret.get_secret_value()
         return args

@@ -1,0 +1,33 @@
+"""Every change to how a task is served, kept: alias moves, rollouts, automatic decisions.
+
+Each change is one immutable file, `tasks/<task>/history/<time>-<random>.json`, never
+rewritten: writers on any number of machines append without conflicting, on a local disk
+and on an object store alike, and the names sort in time order.
+"""
+
+import secrets
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from promptmux.registry.schemas import StrictModel, utc_now
+
+Action = Literal["alias", "alias-delete", "rollout", "rollout-clear", "auto-start", "step", "promote", "rollback"]
+MANUAL = "manual"
+
+
+class Change(StrictModel):
+    at: datetime = Field(default_factory=utc_now)
+    actor: str = Field(MANUAL, description="who made it: manual (the CLI or the API) or controller")
+    action: Action
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+    stats: dict[str, Any] | None = Field(None, description="the statistics the decision was made on")
+
+    def file_name(self) -> str:
+        return f"{self.at.strftime('%Y%m%dT%H%M%S.%f')}-{secrets.token_hex(4)}.json"
+
+    def summary(self) -> str:
+        details = ", ".join(f"{key}={value}" for key, value in self.details.items())
+        return f"{self.action} ({details})" + (f": {self.reason}" if self.reason else "")

@@ -1,0 +1,90 @@
+"""Sequential A/B statistics that stay valid however often they are looked at.
+
+A rollout is watched continuously: its controller checks after every batch of feedback.
+A fixed-horizon test checked that way promotes a candidate that is no better far more
+often than its nominal 5%. The mixture sequential probability ratio test (mSPRT; Johari,
+Koomen, Pekelis and Walsh, "Peeking at A/B tests", KDD 2017) does not: its likelihood
+ratio against "no difference", mixed over a normal prior N(0, tau²) on the difference,
+is a martingale under the null, so the chance it ever exceeds 1/alpha is at most alpha.
+
+Outcomes are scores in [0, 1] (a classification's correctness is 0 or 1). The difference
+of the two means is tested with the normal approximation, each arm's variance estimated
+from its own outcomes. A decision needs `min_samples` outcomes in each arm; at
+`max_samples` in each arm without a decision the test stops with "no difference" (the
+control stays). `tests/test_sequential.py` measures the error rates by simulation.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from promptmux.registry.schemas import StrictModel
+
+Verdict = Literal["continue", "promote", "rollback", "no_difference"]
+VARIANCE_FLOOR = 1e-4  # all outcomes equal so far: keep the test from dividing by zero
+
+
+class ArmOutcomes(StrictModel):
+    """Running sums of one variant's outcomes: enough for its mean and variance."""
+
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, score: float) -> None:
+        self.count += 1
+        self.total += score
+        self.total_sq += score * score
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def variance(self) -> float:
+        if self.count < 2:
+            return 0.25  # the largest a [0, 1] score can have
+        return max((self.total_sq - self.count * self.mean**2) / (self.count - 1), VARIANCE_FLOOR)
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """A normal-approximation confidence interval of the mean (fixed-horizon, for display)."""
+        if not self.count:
+            return 0.0, 1.0
+        half = z * math.sqrt(self.variance / self.count)
+        return max(0.0, self.mean - half), min(1.0, self.mean + half)
+
+
+class SequentialTest(StrictModel):
+    alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong decision when the versions are equal")
+    tau: float = Field(0.1, gt=0, description="the size of difference the test is tuned to find")
+    min_samples: int = Field(30, ge=2, description="outcomes per variant before any decision")
+    max_samples: int = Field(1000, ge=2, description="outcomes per variant after which the control stays")
+
+    def likelihood_ratio(self, control: ArmOutcomes, candidate: ArmOutcomes) -> float:
+        """The mSPRT mixture likelihood ratio of "the means differ" against "they are equal"."""
+        v = control.variance / control.count + candidate.variance / candidate.count
+        t2 = self.tau**2
+        difference = candidate.mean - control.mean
+        log_ratio = 0.5 * math.log(v / (v + t2)) + t2 * difference**2 / (2 * v * (v + t2))
+        return math.exp(min(log_ratio, 700.0))
+
+    def decide(self, control: ArmOutcomes, candidate: ArmOutcomes) -> "Decision":
+        if min(control.count, candidate.count) < self.min_samples:
+            return Decision("continue", 1.0, candidate.mean - control.mean)
+        ratio = self.likelihood_ratio(control, candidate)
+        difference = candidate.mean - control.mean
+        p_value = min(1.0, 1 / ratio)
+        if ratio >= 1 / self.alpha:
+            return Decision("promote" if difference > 0 else "rollback", p_value, difference)
+        if min(control.count, candidate.count) >= self.max_samples:
+            return Decision("no_difference", p_value, difference)
+        return Decision("continue", p_value, difference)
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    p_value: float  # 1 / the likelihood ratio now; its running minimum is the always-valid p-value
+    difference: float  # candidate mean - control mean

@@ -1,0 +1,97 @@
+"""The automatic rollout's loop on a real registry: outcomes in, steps, promotion or
+rollback out, every change in the task's history."""
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.auto_rollout import Experiment, OutcomeLog, advance
+from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.policy import Outcome, RolloutPolicy
+from promptmux.registry.schemas import utc_now
+
+BASE = "tiny-random-llama"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    registry = Registry(str(tmp_path / "registry"))
+    fp = fingerprint(load_model(BASE, dtype="float32"))
+    registry.create_task(TaskSpec(name="reviews", kind="classification", labels={"0": "no", "1": "yes"}, base_model=BASE), fp)
+    for _ in range(2):
+        registry.register("reviews", torch.randn(4, fp.hidden_size), fp)
+    registry.set_alias("reviews", "production", 1)
+    return registry
+
+
+def feed(registry: Registry, rng: random.Random, rates: dict[int, float], count: int, start: int) -> None:
+    """`count` outcomes, each for the version the current split routes it to."""
+    rollout = registry.rollout("reviews")
+    versions = [v.version for v in rollout.variants]
+    weights = [v.weight for v in rollout.variants]
+    for i in range(count):
+        version = rng.choices(versions, weights)[0]
+        registry.record_outcome(Outcome(id=f"req-{start + i}", task="reviews", version=version,
+                                        variant=f"v{version}", score=float(rng.random() < rates[version])))
+
+
+def run_loop(registry: Registry, rates: dict[int, float], seed: int) -> list:
+    rng, log, changes, fed = random.Random(seed), OutcomeLog(registry, "reviews"), [], 0
+    while registry.auto_rollout("reviews") is not None and fed < 20_000:
+        feed(registry, rng, rates, 50, fed)
+        fed += 50
+        change = advance(registry, log)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def test_a_better_candidate_climbs_the_steps_and_is_promoted(registry: Registry) -> None:
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2, steps=[5, 25, 50]))
+    changes = run_loop(registry, {1: 0.6, 2: 0.8}, seed=0)
+    assert [c.action for c in changes][-1] == "promote"
+    steps = [c.details["to"] for c in changes if c.action == "step"]
+    assert steps and steps == [25, 50][: len(steps)]  # step by step, until the test decides
+    assert registry.aliases("reviews")["production"] == 2
+    assert registry.rollout("reviews") is None and registry.auto_rollout("reviews") is None
+    promoted = changes[-1].stats
+    assert promoted["candidate"]["mean"] > promoted["control"]["mean"] and promoted["p_value"] <= 0.05
+    history = registry.history("reviews")
+    actions = [(c.actor, c.action) for c in history]
+    assert ("controller", "promote") in actions and ("controller", "step") in actions
+    assert ("manual", "alias") == actions[0]  # production set by hand first
+    assert history == sorted(history, key=lambda c: c.at)
+
+
+def test_a_worse_candidate_is_rolled_back_at_its_first_step(registry: Registry) -> None:
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2, steps=[50]))
+    changes = run_loop(registry, {1: 0.8, 2: 0.5}, seed=1)
+    assert [c.action for c in changes] == ["rollback"]
+    assert changes[0].reason == "the candidate is worse"
+    assert registry.aliases("reviews")["production"] == 1 and registry.rollout("reviews") is None
+
+
+def test_feedback_counts_once_per_request_and_only_since_the_rollout_began(registry: Registry) -> None:
+    old = Outcome(id="before", task="reviews", version=2, variant="v2", score=0.0, at=utc_now() - timedelta(days=1))
+    assert registry.record_outcome(old)
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))
+    outcome = Outcome(id="req-1", task="reviews", version=2, variant="candidate", score=1.0)
+    assert registry.record_outcome(outcome) and not registry.record_outcome(outcome.model_copy(update={"score": 0.0}))
+    log = OutcomeLog(registry, "reviews")
+    assert len(log.read()) == 2
+    assert advance(registry, log) is None  # too few outcomes to decide anything
+    policy = registry.auto_rollout("reviews")
+    experiment = Experiment.of(policy, log.read())
+    assert experiment.candidate.count == 1 and experiment.candidate.mean == 1.0
+
+
+def test_a_manual_split_takes_over_from_the_controller(registry: Registry) -> None:
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))
+    assert registry.auto_rollout("reviews") is not None
+    registry.clear_rollout("reviews", reason="pausing the experiment")
+    assert registry.auto_rollout("reviews") is None
+    assert registry.history("reviews")[-1].reason == "pausing the experiment"
