@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -368,7 +369,12 @@ def history(task: str, registry: RegistryOption = "", as_json: JsonOption = Fals
 
 
 @registry_app.command("rollout-status")
-def rollout_status(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
+def rollout_status(
+    task: str,
+    registry: RegistryOption = "",
+    as_json: JsonOption = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="draw each side's score over time into this PNG")] = None,
+) -> None:
     """An automatic rollout's figures per version: outcomes, mean score and interval, the verdict so far."""
     from promptmux.registry.auto_rollout import Experiment, OutcomeLog
 
@@ -376,7 +382,12 @@ def rollout_status(task: str, registry: RegistryOption = "", as_json: JsonOption
     policy = reg.auto_rollout(task)
     if policy is None:
         raise PromptmuxError(f"task {task!r} has no automatic rollout (start one with: rollout {task} 1=95 2=5 --auto)")
-    snapshot = Experiment.of(policy, OutcomeLog(reg, task).read()).snapshot()
+    outcomes = OutcomeLog(reg, task).read()
+    snapshot = Experiment.of(policy, outcomes).snapshot()
+    if plot is not None:
+        from promptmux.registry.rollout_plot import plot_rollout
+
+        plot_rollout(task, policy, outcomes, reg.history(task), plot)
     if as_json:
         print_json(snapshot)
         return

@@ -3,10 +3,13 @@
 On SmolLM2-135M-Instruct (real weights, built offline from its GGUF package), the demo
 reproduces the watsonx seed's comparison (dog-grooming reviews: tuned prompt vs the
 untuned model, accuracy and macro F1 on the 116 test reviews), trains a generation task
-and shows real text before and after tuning, trains a second version of the classifier
-and splits its traffic 50/50, starts the serving runtime (`promptmux serve`, a local Ray
-cluster), sends a burst of mixed-task requests with routing keys, prints what served each
-one and the per-variant counters from `/metrics`, and shuts everything down.
+and shows real text before and after tuning, trains a weaker second version of the
+classifier (on 16 reviews) and starts an automatic rollout between the two with the weaker
+as the control, starts the serving runtime (`promptmux serve`, a local Ray cluster), sends
+a burst of mixed-task requests with routing keys, prints what served each one and the
+per-variant counters from `/metrics`, then closes the loop: the test reviews go in as
+traffic and their gold labels as feedback, and the demo prints the controller's decisions
+as they happen and the task's history, and shuts everything down.
 
 Training runs on subsets with short schedules (one epoch of 160 reviews for dog grooming)
 so that all of it fits in a few minutes on two CPU cores; the demo prints what it used.
@@ -30,8 +33,9 @@ import httpx
 import typer
 from rich.table import Table
 
-from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.cli import console
+from promptmux.registry.policy import RolloutPolicy
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.report import print_report
@@ -43,6 +47,9 @@ SEED_DOG_GROOMING = Path("dog_grooming")
 # The watsonx seed's own figures (Granite-13B, 116 test reviews), printed for comparison.
 SEED_TABLE = {"tuned": (0.983, 0.983), "base": (0.931, 0.930)}
 # The demo's time budget: one epoch, two validation passes, no early stopping.
+WEAK_TRAIN_SIZE = 16  # the second version: trained on far fewer reviews, the weaker one
+AB_SHARE = 50.0  # the candidate's share in the demo's automatic rollout
+AB_PASSES, AB_BATCH, CONTROLLER_WAIT_S = 4, 16, 2.0
 SHORT_RUN = {"epochs": 1, "evals_per_epoch": 2, "early_stopping_patience": 0}
 
 
@@ -172,10 +179,12 @@ def demo(
     if grooming.seed_test:
         console.print(_seed_table(reg.get_version("dog-grooming", first).metrics))
     _train(reg, act_as, runs, "production")
-    second = _train(reg, grooming, runs, seed=7)
-    reg.set_rollout("dog-grooming", RolloutSpec(variants=[RolloutVariant(version=first, weight=50),
-                                                          RolloutVariant(version=second, weight=50)]))
-    console.print(f"dog-grooming: rollout v{first} 50% / v{second} 50%; learning curves under {runs}")
+    weak = DemoTask(grooming.spec, grooming.config, grooming.train[:WEAK_TRAIN_SIZE], grooming.held_out,
+                    grooming.data_files, f"{grooming.source}, only the first {WEAK_TRAIN_SIZE}")
+    second = _train(reg, weak, runs, seed=7)
+    control, candidate = _start_auto_rollout(reg, first, second)
+    console.print(f"dog-grooming: automatic rollout, control v{control} (the weaker) {100 - AB_SHARE:g}% / "
+                  f"candidate v{candidate} {AB_SHARE:g}%; learning curves under {runs}")
 
     port = port or _free_port()
     console.rule(f"starting the serving runtime on http://127.0.0.1:{port}")
@@ -196,10 +205,76 @@ def demo(
         for line in metrics.splitlines():
             if line.startswith("promptmux_requests_total"):
                 console.print(f"  {line}", highlight=False)
+        console.rule("closing the loop: the held-out reviews as traffic, their gold labels as feedback")
+        sent = asyncio.run(_ab_traffic(port, reg, grooming.held_out))
+        console.print(_history_table(reg, "dog-grooming"))
+        production = reg.aliases("dog-grooming")["production"]
+        state = "still running" if reg.auto_rollout("dog-grooming") else "ended"
+        console.print(f"after {sent} reviews with feedback the rollout has {state}; production is v{production}")
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=120)
     console.print(f"demo finished in {time.monotonic() - started:.0f} s; server stopped (exit code {server.returncode})")
+
+
+def _start_auto_rollout(reg: Registry, first: int, second: int) -> tuple[int, int]:
+    """The version with the lower held-out accuracy becomes production and the control."""
+    accuracy = {v: reg.get_version("dog-grooming", v).metrics.get("accuracy", 0.0) for v in (first, second)}
+    control, candidate = sorted((second, first), key=lambda v: accuracy[v])
+    reg.set_alias("dog-grooming", "production", control, reason="demo: the weaker version is the control")
+    reg.set_auto_rollout("dog-grooming", RolloutPolicy(control=control, candidate=candidate, steps=[AB_SHARE],
+                                                       min_samples_per_step=20), reason="demo")
+    return control, candidate
+
+
+async def _ab_traffic(port: int, reg: Registry, reviews: list[Example]) -> int:
+    """Classify the reviews (up to `AB_PASSES` times) and send each gold label as feedback,
+    printing the controller's decisions as they happen; the number of reviews sent."""
+    seen, sent = len(reg.history("dog-grooming")), 0
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+
+        async def judged(review: Example, key: str) -> None:
+            response = await client.post("/v1/classify", json={"task": "dog-grooming", "input": review.input,
+                                                                "routing_key": key})
+            response.raise_for_status()
+            output = response.json()["outputs"][0]
+            (await client.post("/v1/feedback", json={"id": output["id"], "label": review.target})).raise_for_status()
+
+        for round_ in range(AB_PASSES):
+            for start in range(0, len(reviews), AB_BATCH):
+                batch = reviews[start: start + AB_BATCH]
+                await asyncio.gather(*(judged(r, f"reviewer-{round_}-{start + i}") for i, r in enumerate(batch)))
+                sent += len(batch)
+                seen = _print_decisions(reg, seen, sent)
+                if reg.auto_rollout("dog-grooming") is None:
+                    return sent
+            await asyncio.sleep(2 * CONTROLLER_WAIT_S)  # the controller's look at the end of this pass
+            seen = _print_decisions(reg, seen, sent)
+            if reg.auto_rollout("dog-grooming") is None:
+                break
+    return sent
+
+
+def _print_decisions(reg: Registry, seen: int, sent: int) -> int:
+    """Print the controller's changes after the first `seen` of the history; the new count."""
+    changes = reg.history("dog-grooming")
+    for change in changes[seen:]:
+        if change.actor == "controller" and change.stats:
+            control, candidate = change.stats["control"], change.stats["candidate"]
+            console.print(f"after {sent} reviews: [bold]{change.action}[/bold] — {change.reason} (control "
+                          f"v{control['version']} {control['mean']:.3f} on {control['outcomes']}, candidate "
+                          f"v{candidate['version']} {candidate['mean']:.3f} on {candidate['outcomes']}, "
+                          f"p {change.stats['p_value']:.4f})")
+    return len(changes)
+
+
+def _history_table(reg: Registry, task: str) -> Table:
+    table = Table(title=f"history of {task} (promptmux registry history {task})")
+    for column in ("actor", "change"):
+        table.add_column(column, overflow="fold")
+    for change in reg.history(task):
+        table.add_row(change.actor, change.summary())
+    return table
 
 
 def _seed_table(metrics: dict) -> Table:

@@ -123,8 +123,9 @@ def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
     assert status["control"] == {"version": 1, "outcomes": 3, "mean": pytest.approx(0.6667, abs=1e-4),
                                  "interval": status["control"]["interval"]}
     assert status["candidate"]["outcomes"] == 2 and status["verdict"] == "continue"
-    table = cli("registry", "rollout-status", "sentiment", *uri)
+    table = cli("registry", "rollout-status", "sentiment", *uri, "--plot", str(filled_plot := Path(filled.uri) / "ab.png"))
     assert "step 1 of 3, candidate at 5%" in table.out and "verdict so far: continue" in table.out
+    assert filled_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and filled_plot.stat().st_size > 10_000
     history = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
     assert [(c["actor"], c["action"]) for c in history] == [("manual", "alias"), ("manual", "rollout")]
     assert history[1]["reason"] == "--auto" and history[0]["details"] == {"alias": "production", "version": 1, "was": None}

@@ -29,5 +29,8 @@ def test_a_busy_neighbour_takes_a_thread_away_and_leaving_gives_it_back() -> Non
         work_and_adjust(threads, 3 * SAMPLE_S)
         assert threads.others_cores > 0.5
         assert threads.threads == CPUS - 1 and torch.get_num_threads() == CPUS - 1
-    work_and_adjust(threads, 3 * SAMPLE_S)
+    for _ in range(10):  # what the tests before left running may take a few seconds to settle
+        work_and_adjust(threads, 2 * SAMPLE_S)
+        if threads.threads == CPUS:
+            break
     assert threads.threads == CPUS and torch.get_num_threads() == CPUS

@@ -1,11 +1,12 @@
 """Prometheus metrics of one serving replica, in a registry of its own."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from promptmux.registry import RolloutSpec
 from promptmux.serving.engine.prompt_cache import PromptCache
 
 ROUTE = ["task", "version", "variant"]
@@ -21,6 +22,22 @@ class PromptCacheCollector(Collector):
         stats = self.cache.stats()
         for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
             yield CounterMetricFamily(f"promptmux_prompt_cache_{name}", f"prompt cache {name}", value=value)
+
+
+class RolloutCollector(Collector):
+    """Each rollout variant's share of its task's traffic, as this replica routes it now."""
+
+    def __init__(self, rollouts: Callable[[], dict[str, RolloutSpec]]) -> None:
+        self.rollouts = rollouts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:  # prometheus_client's collector protocol
+        family = GaugeMetricFamily("promptmux_rollout_share", "a rollout variant's share of its task's traffic "
+                                   "(an automatic rollout's current step)", labels=["task", "variant", "version"])
+        for task, rollout in sorted(self.rollouts().items()):
+            total = sum(variant.weight for variant in rollout.variants)
+            for variant in rollout.variants:
+                family.add_metric([task, variant.name, str(variant.version)], variant.weight / total)
+        yield family
 
 
 class ServingMetrics:
@@ -54,6 +71,9 @@ class ServingMetrics:
                                  registry=self.registry)
         self.cache_bytes.set_function(lambda: cache.stats().bytes)
         self.registry.register(PromptCacheCollector(cache))
+
+    def watch_rollouts(self, rollouts: Callable[[], dict[str, RolloutSpec]]) -> None:
+        self.registry.register(RolloutCollector(rollouts))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

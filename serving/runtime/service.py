@@ -55,6 +55,7 @@ class PromptmuxService:
                                  on_broken_variant=self._broken_variant,
                                  retry_rejected_s=settings.retry_rejected_s)
         self.view.refresh()
+        self.metrics.watch_rollouts(lambda: {name: e.rollout for name, e in self.view.entries.items() if e.rollout})
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
         self.in_flight = InFlight()
         key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
