@@ -20,7 +20,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from rich.table import Table
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.cli import console
 from promptmux.registry.policy import RolloutPolicy
+from promptmux.registry.ports import free_port
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.report import print_report
@@ -115,12 +115,6 @@ def _train(reg: Registry, task: DemoTask, out: Path, alias: str | None = None, s
     return result.manifest.version
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_server(reg: Registry, base_model: str, port: int) -> subprocess.Popen:
     command = [sys.executable, "-c", "from promptmux.registry.cli import main; main()", "serve", "--registry", reg.uri,
                "--base-model", base_model, "--port", str(port), "--refresh-interval", "1"]
@@ -186,7 +180,7 @@ def demo(
     console.print(f"dog-grooming: automatic rollout, control v{control} (the weaker) {100 - AB_SHARE:g}% / "
                   f"candidate v{candidate} {AB_SHARE:g}%; learning curves under {runs}")
 
-    port = port or _free_port()
+    port = port or free_port()
     console.rule(f"starting the serving runtime on http://127.0.0.1:{port}")
     with console.status("starting Ray, one Serve replica and its copy of the base model"):
         server = _start_server(reg, base_model, port)

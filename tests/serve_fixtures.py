@@ -12,8 +12,8 @@ import uvicorn
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry.ports import free_port
 from promptmux.serving.http.app import build_app
-from promptmux.serving.http.local_cluster import free_port
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import torch
 
+from promptmux.registry.ports import free_port
 from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.config import EngineConfig
@@ -90,7 +91,7 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     from ray import serve
 
     from promptmux.serving.http.deployment import PromptmuxDeployment
-    from promptmux.serving.http.local_cluster import free_port, init_ray
+    from promptmux.serving.http.local_cluster import init_ray
 
     load_before = load_average()
     size = workload(SIZES, quick, base_model)

@@ -133,9 +133,10 @@ class Engine:
         return output
 
     # ------------------------------------------------------------- generation
-    def check_params(self, params: GenerationParams) -> None:
+    def check_params(self, params: GenerationParams, tokens_field: str = "max_new_tokens") -> None:
+        """Refuse parameters past the engine's limits, naming the field as the client sent it."""
         if params.max_new_tokens > self.config.max_new_tokens:
-            raise RequestError(over_limit("max_new_tokens", params.max_new_tokens, self.config.max_new_tokens))
+            raise RequestError(over_limit(tokens_field, params.max_new_tokens, self.config.max_new_tokens))
 
     @torch.inference_mode()
     def prefill(self, rows: list[GenerationRow]) -> DecodeBatch:

@@ -8,7 +8,6 @@ no Ray process outlives the command. A second signal skips the rest of the drain
 
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -18,13 +17,6 @@ from promptmux.serving.runtime.settings import ServeSettings
 APP_NAME = "promptmux"
 DRAIN_SIGNAL = "promptmux-drain"
 DRAIN_MARGIN_S = 10.0  # past the grace period: ending the streams still running and flushing them
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def init_ray(num_cpus: int, **options: object) -> None:

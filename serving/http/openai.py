@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
-from promptmux.serving.engine.errors import RequestError, over_limit
+from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.native import feedback_id
@@ -57,15 +57,13 @@ def choice(index: int, text: str, finish_reason: str | None) -> dict:
 
 def openai_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
-    limit = service.settings.engine.max_new_tokens
 
     @router.post("/v1/completions", response_model=None)  # JSON or an event stream
     async def completions(body: CompletionBody) -> dict | StreamingResponse:
         task, version, alias = parse_model(body.model)
-        if body.max_tokens is not None and body.max_tokens > limit:  # named as the OpenAI request names it
-            raise RequestError(over_limit("max_tokens", body.max_tokens, limit))
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        items = await service.prepare(Query(task, prompts, version, alias, body.user), None, body.params())
+        query = Query(task, prompts, version, alias, body.user)
+        items = await service.prepare(query, None, body.params(), tokens_field="max_tokens")
         if items[0].kind is TaskKind.classification:
             labels = await service.classify(items, "completions")
             completion = Completion(body.model, items[0], [feedback_id(service, i, o.label) for i, o in zip(items, labels)])

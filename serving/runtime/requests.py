@@ -31,7 +31,8 @@ class Prepared:
 
 
 def prepare(
-    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, text: str, params: ParamsOverride | None = None
+    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, text: str, params: ParamsOverride | None = None,
+    tokens_field: str = "max_new_tokens",
 ) -> Prepared:
     """Everything that can fail for one input fails here, before it joins a batch: the
     template, tokenization, the verbalizers and the parameters against the engine's limits."""
@@ -40,6 +41,6 @@ def prepare(
         row: GenerationRow | ClassificationRow = ClassificationRow(prompt, ids, engine.verbalizers(spec.labels))
     else:
         resolved = (params or ParamsOverride()).apply(spec.generation)
-        engine.check_params(resolved)
+        engine.check_params(resolved, tokens_field)
         row = GenerationRow(prompt, ids, resolved)
     return Prepared(spec.name, route.manifest.version, route.variant, spec.kind, row)

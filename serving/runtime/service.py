@@ -110,11 +110,12 @@ class PromptmuxService:
 
     # ------------------------------------------------------------- requests
     async def prepare(
-        self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None
+        self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None,
+        tokens_field: str = "max_new_tokens",
     ) -> list[Prepared]:
         """Route once per request and prepare every input; refuse the wrong kind of task
         (`kind=None` accepts both). A prompt not yet resident is loaded on a worker thread,
-        off the event loop."""
+        off the event loop. `tokens_field` is what the client calls max_new_tokens."""
         texts = query.texts
         if len(texts) > self.settings.max_inputs_per_request:
             raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
@@ -126,7 +127,7 @@ class PromptmuxService:
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
         prompts = self.engine.prompts
         prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
-        return [prepare(self.engine, spec, route, prompt, text, params) for text in texts]
+        return [prepare(self.engine, spec, route, prompt, text, params, tokens_field) for text in texts]
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
         labels = (item.task, str(item.version), item.variant)
