@@ -382,8 +382,9 @@ def rollout_status(
     policy = reg.auto_rollout(task)
     if policy is None:
         raise PromptmuxError(f"task {task!r} has no automatic rollout (start one with: rollout {task} 1=95 2=5 --auto)")
-    outcomes = OutcomeLog(reg, task).read()
-    snapshot = Experiment.of(policy, outcomes).snapshot()
+    log = OutcomeLog(reg, task)
+    outcomes = log.read()
+    snapshot = Experiment.of(policy, outcomes, log.read_served()).snapshot()
     if plot is not None:
         from promptmux.registry.rollout_plot import plot_rollout
 
@@ -392,12 +393,13 @@ def rollout_status(
         print_json(snapshot)
         return
     table = Table(title=f"{task}: step {policy.step + 1} of {len(policy.steps)}, candidate at {policy.share:g}%")
-    for column in ("side", "version", "outcomes", "mean", "95% interval"):
+    for column in ("side", "version", "outcomes", "mean", "95% interval", "requests", "errors", "p99 ≤"):
         table.add_column(column)
     for side in ("control", "candidate"):
         arm = snapshot[side]
         table.add_row(side, str(arm["version"]), str(arm["outcomes"]), f"{arm['mean']:.3f}",
-                      f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}")
+                      f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}", str(arm["requests"]),
+                      f"{arm['error_rate']:.1%}", f"{arm['p99_s']:g} s")
     console.print(table)
     console.print(f"verdict so far: {snapshot['verdict']} (always-valid p {snapshot['p_value']:.4f}, "
                   f"difference {snapshot['difference']:+.3f})")

@@ -36,7 +36,7 @@ from promptmux.registry.errors import (
 from promptmux.registry.history import MANUAL, Change
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import validate_alias, validate_name
-from promptmux.registry.policy import Outcome, RolloutPolicy
+from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow
 from promptmux.registry.schemas import (
     AliasRecord,
     BaseModelFingerprint,
@@ -348,12 +348,21 @@ class Registry:
         self.storage.write_bytes(rel, outcome.model_dump_json().encode())
         return True
 
-    def outcome_files(self, task: str) -> list[str]:
-        return [name for name in self.storage.listdir(f"{_task_rel(task)}/outcomes") if name.endswith(".json")]
+    def outcome_files(self, task: str, kind: str = "outcomes") -> list[str]:
+        """Names of a task's outcome files (`kind="serving"`: its served windows)."""
+        return [name for name in self.storage.listdir(f"{_task_rel(task)}/{kind}") if name.endswith(".json")]
 
     def read_outcome(self, task: str, name: str) -> Outcome:
         rel = f"{_task_rel(task)}/outcomes/{name}"
         return self._parse(Outcome, self.storage.read_bytes(rel), rel)
+
+    def record_served(self, task: str, window: ServedWindow) -> None:
+        """Append one replica's window of what it served (an immutable file of its own)."""
+        self.storage.write_bytes(f"{_task_rel(task)}/serving/{window.file_name()}", window.model_dump_json().encode())
+
+    def read_served(self, task: str, name: str) -> ServedWindow:
+        rel = f"{_task_rel(task)}/serving/{name}"
+        return self._parse(ServedWindow, self.storage.read_bytes(rel), rel)
 
     # ---------------------------------------------------------------- history
     def record_change(self, task: str, change: Change) -> None:

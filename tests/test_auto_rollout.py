@@ -11,7 +11,7 @@ import torch
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.auto_rollout import Experiment, OutcomeLog, advance
 from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.registry.policy import Outcome, RolloutPolicy
+from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, VariantServed
 from promptmux.registry.schemas import utc_now
 
 BASE = "tiny-random-llama"
@@ -95,3 +95,38 @@ def test_a_manual_split_takes_over_from_the_controller(registry: Registry) -> No
     registry.clear_rollout("reviews", reason="pausing the experiment")
     assert registry.auto_rollout("reviews") is None
     assert registry.history("reviews")[-1].reason == "pausing the experiment"
+
+
+def window(replica: str, served: list[tuple[int, str, int, int, float]]) -> ServedWindow:
+    """A window of (version, variant, ok requests, failed requests, latency of each ok one)."""
+    variants = []
+    for version, variant, ok, failed, latency in served:
+        counts = VariantServed(version=version, variant=variant)
+        for _ in range(ok):
+            counts.add(latency)
+        for _ in range(failed):
+            counts.add(None)
+        variants.append(counts)
+    return ServedWindow(replica=replica, start=utc_now(), variants=variants)
+
+
+@pytest.mark.parametrize("candidate, reason", [
+    ((2, "candidate", 40, 10, 0.04), "guard rail: candidate error rate 16.7% > 5.0%"),
+    ((2, "candidate", 60, 0, 0.4), "guard rail: candidate p99 latency 5.0x the control's > 2x"),
+])
+def test_a_candidate_that_breaks_a_guard_rail_is_rolled_back_whatever_its_outcomes(
+    registry: Registry, candidate: tuple, reason: str
+) -> None:
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))
+    log = OutcomeLog(registry, "reviews")
+    registry.record_served("reviews", window("a:1", [(1, "control", 30, 0, 0.04), (2, "candidate", 10, 0, 0.04)]))
+    assert advance(registry, log) is None  # too few candidate requests for the guard rails yet
+    registry.record_served("reviews", window("b:2", [(1, "control", 40, 1, 0.04), candidate]))
+    registry.record_served("reviews", window("a:1", [(1, "production", 500, 500, 9.0)]))  # not the experiment's
+    for i in range(40):  # and its outcomes say it is better
+        registry.record_outcome(Outcome(id=f"c{i}", task="reviews", version=2, variant="candidate", score=1.0))
+        registry.record_outcome(Outcome(id=f"k{i}", task="reviews", version=1, variant="control", score=float(i % 2)))
+    change = advance(registry, log)
+    assert change.action == "rollback" and change.reason == reason
+    assert registry.aliases("reviews")["production"] == 1 and registry.auto_rollout("reviews") is None
+    assert change.stats["control"]["requests"] == 71 and change.stats["control"]["p99_s"] == 0.05  # counted as 0.1

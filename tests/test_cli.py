@@ -121,7 +121,7 @@ def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
         filled.record_outcome(Outcome(id=f"r{i}", task="sentiment", version=version, variant="x", score=score))
     status = json.loads(cli("registry", "rollout-status", "sentiment", *uri, "--json").out)
     assert status["control"] == {"version": 1, "outcomes": 3, "mean": pytest.approx(0.6667, abs=1e-4),
-                                 "interval": status["control"]["interval"]}
+                                 "interval": status["control"]["interval"], "requests": 0, "error_rate": 0.0, "p99_s": 0.0}
     assert status["candidate"]["outcomes"] == 2 and status["verdict"] == "continue"
     table = cli("registry", "rollout-status", "sentiment", *uri, "--plot", str(filled_plot := Path(filled.uri) / "ab.png"))
     assert "step 1 of 3, candidate at 5%" in table.out and "verdict so far: continue" in table.out

@@ -25,12 +25,14 @@ from serve_fixtures import BASE, build_registry, free_port, wait_until
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.policy import RolloutPolicy
+from promptmux.registry.sequential import SequentialTest
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.http.deployment import PromptmuxDeployment, RolloutControllerDeployment
 from promptmux.serving.http.local_cluster import init_ray
+from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.settings import ServeSettings
 
 
@@ -578,6 +580,9 @@ def test_the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one(
     decided = [c for c in history if c.actor == "controller" and c.action in ("promote", "rollback")]
     assert [c.action for c in decided] == [decision]
     assert decided[0].stats["control"]["outcomes"] >= 30 and decided[0].stats["p_value"] <= 0.05
+    served_windows = {registry.read_served(name, f).replica for f in registry.outcome_files(name, "serving")}
+    assert len(served_windows) == 2  # both replicas reported what they served, for the guard rails
+    assert decided[0].stats["candidate"]["requests"] > 0 and decided[0].stats["candidate"]["error_rate"] == 0
     assert ("controller", "alias") in [(c.actor, c.action) for c in history]
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.json()["outputs"][0]["version"] == winner),
                timeout=15, interval=0.2)
@@ -603,3 +608,38 @@ def test_feedback_ids_are_checked(served) -> None:
     again = post(url, "/v1/feedback", {"id": output["id"], "label": "0"})
     assert first.json() == {"counted": True} and again.json() == {"counted": False}
     assert post(url, "/v1/feedback", {"id": generated["id"], "score": 0.75}).json() == {"counted": True}
+
+
+def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decision(served) -> None:
+    url, registry = served
+    name = "ab-durable"
+    ab_task(registry, name)
+    wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=30, interval=0.2)
+    undecided = SequentialTest(min_samples=10_000, max_samples=20_000)
+    policy = RolloutPolicy(control=1, candidate=2, steps=[50], test=undecided)
+    registry.set_auto_rollout(name, policy)
+    ghost = FeedbackIds(registry.feedback_key()).issue("no-such-task", 1, "v1")
+    response = post(url, "/v1/feedback", {"id": ghost, "score": 1.0})
+    assert response.status_code == 404 and "unknown task 'no-such-task'" in response.json()["error"]["message"]
+
+    async def judged(client: httpx.AsyncClient, i: int) -> tuple[bool, str]:
+        output = (await client.post("/v1/classify", json={"task": name, "input": f"r{i}", "routing_key": str(i)})).json()
+        right = 0.95 if output["outputs"][0]["variant"] == "candidate" else 0.5
+        gold = output["outputs"][0]["label"] if random.Random(i).random() < right else "x"
+        gold = gold if gold != "x" else ("1" if output["outputs"][0]["label"] == "0" else "0")
+        answer = await client.post("/v1/feedback", json={"id": output["outputs"][0]["id"], "label": gold})
+        return answer.json()["counted"], answer.headers["x-promptmux-replica"]
+
+    async def feedback() -> list[tuple[bool, str]]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*(judged(client, i) for i in range(160)))
+
+    acknowledged = asyncio.run(feedback())
+    assert all(counted for counted, _ in acknowledged) and len({replica for _, replica in acknowledged}) == 2
+    os.kill(int(acknowledged[0][1].rsplit(":", 1)[1]), signal.SIGKILL)  # a replica that acknowledged feedback
+    registry.set_auto_rollout(name, policy.model_copy(update={"test": SequentialTest()}))  # now allowed to decide
+    wait_until(lambda: registry.auto_rollout(name) is None, timeout=30, interval=0.2)
+    decision = next(c for c in registry.history(name) if c.action in ("promote", "rollback"))
+    assert decision.action == "promote"
+    assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)
+    wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=60, interval=0.5)

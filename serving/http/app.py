@@ -6,9 +6,6 @@ Every failure a request can cause is answered with a 4xx and a message; overload
 503 and `Retry-After`. A 500 means a bug.
 """
 
-import os
-import socket
-
 from fastapi import FastAPI
 
 from promptmux.serving.http.errors import ErrorResponses, install_error_handlers
@@ -24,7 +21,7 @@ def build_app(service: PromptmuxService) -> FastAPI:
     app = FastAPI(title="promptmux", description="Multi-task soft-prompt serving on one frozen base model.")
     error = ErrorResponses(service.metrics)
     token = settings.api_token.get_secret_value().encode() if settings.api_token else None
-    app.add_middleware(Guard, in_flight=service.in_flight, refuse=error, replica=f"{socket.gethostname()}:{os.getpid()}",
+    app.add_middleware(Guard, in_flight=service.in_flight, refuse=error, replica=service.replica,
                        token=token, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, error)
     for router in (native_router(service), openai_router(service), introspection_router(service)):

@@ -4,6 +4,8 @@ refresh, metrics. The FastAPI app (`serving/http/app.py`) exposes it; Ray Serve 
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -13,7 +15,8 @@ from typing import TypeVar
 import torch
 
 from promptmux.registry import PromptVersion, Registry, TaskKind
-from promptmux.registry.policy import Outcome
+from promptmux.registry.policy import Outcome, ServedWindow, VariantServed
+from promptmux.registry.schemas import utc_now
 from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
@@ -44,6 +47,31 @@ class InFlight:
         self.draining = False
 
 
+class ServedCounters:
+    """What this replica served per (task, version, variant) since the last window was written:
+    the guard rails of automatic rollouts read these windows from the registry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start = utc_now()
+        self._counts: dict[tuple[str, int, str], VariantServed] = {}
+
+    def add(self, item: Prepared, latency_s: float | None) -> None:
+        with self._lock:
+            key = (item.task, item.version, item.variant)
+            self._counts.setdefault(key, VariantServed(version=item.version, variant=item.variant)).add(latency_s)
+
+    def take(self, replica: str, tasks: set[str]) -> dict[str, ServedWindow]:
+        """This window's figures of `tasks` (the others are dropped); a new window starts."""
+        with self._lock:
+            counts, start, self._counts, self._start = self._counts, self._start, {}, utc_now()
+        windows: dict[str, ServedWindow] = {}
+        for (task, _, _), served in counts.items():
+            if task in tasks:
+                windows.setdefault(task, ServedWindow(replica=replica, start=start, variants=[])).variants.append(served)
+        return windows
+
+
 class PromptmuxService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -58,6 +86,8 @@ class PromptmuxService:
         self.metrics.watch_rollouts(lambda: {name: e.rollout for name, e in self.view.entries.items() if e.rollout})
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
         self.in_flight = InFlight()
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.served = ServedCounters()
         key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
         self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.feedback_key())
         self._stopped = threading.Event()
@@ -85,8 +115,15 @@ class PromptmuxService:
         while not self._stopped.wait(self.settings.refresh_interval_s):
             try:
                 self.view.refresh()
+                self._publish_served()
             except Exception:  # keep serving the last good view whatever the registry does
                 log.exception("registry refresh failed; keeping the previous routes")
+
+    def _publish_served(self) -> None:
+        """Append this window's figures of every task under a rollout to the registry."""
+        rolling = {name for name, entry in self.view.entries.items() if entry.rollout is not None}
+        for task, window in self.served.take(self.replica, rolling).items():
+            self.registry.record_served(task, window)
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -130,9 +167,10 @@ class PromptmuxService:
         return [prepare(self.engine, spec, route, prompt, text, params, tokens_field) for text in texts]
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
-        labels = (item.task, str(item.version), item.variant)
+        labels, latency = (item.task, str(item.version), item.variant), time.perf_counter() - started
         self.count(endpoint, [item], "ok")
-        self.metrics.latency.labels(endpoint, *labels).observe(time.perf_counter() - started)
+        self.served.add(item, latency)
+        self.metrics.latency.labels(endpoint, *labels).observe(latency)
         self.metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
 
@@ -140,6 +178,8 @@ class PromptmuxService:
         """Count requests by outcome: ok, cancelled (the client went away), timeout (504), error."""
         for item in items:
             self.metrics.requests.labels(endpoint, item.task, str(item.version), item.variant, status).inc()
+            if status in ("error", "timeout"):
+                self.served.add(item, None)
 
     async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
         work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
