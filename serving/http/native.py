@@ -1,4 +1,5 @@
-"""promptmux's own endpoints: `POST /v1/generate` (plain or streamed) and `POST /v1/classify`."""
+"""promptmux's own endpoints: `POST /v1/generate` (plain or streamed), `POST /v1/classify`,
+and `POST /v1/feedback` for the outputs of either (each output carries its feedback id)."""
 
 from collections.abc import AsyncIterator
 
