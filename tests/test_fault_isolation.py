@@ -172,6 +172,19 @@ def without_ids(body: object) -> object:
     return body
 
 
+def same(a: object, b: object) -> bool:
+    """Equal, except that probabilities may move in the fifth decimal: the engine's torch
+    thread count follows the CPUs other processes leave free, and another thread count
+    sums in another order."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def test_extreme_values_in_every_field_of_every_endpoint_give_no_5xx_and_leave_normal_requests_unchanged(
     live_server,
 ) -> None:
@@ -223,5 +236,5 @@ def test_extreme_values_in_every_field_of_every_endpoint_give_no_5xx_and_leave_n
     print(f"parameter fuzz: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}, "
           f"{len(beside)} rounds of normal requests beside it")
     assert len(cases) > 400 and statuses[200] > 0 and len(beside) >= 2
-    for outputs in beside:  # token for token what they give without the fuzz
-        assert outputs == alone
+    for outputs in beside:  # token for token and label for label what they give without the fuzz
+        assert same(outputs, alone), (outputs, alone)
