@@ -34,3 +34,11 @@ def test_a_busy_neighbour_takes_a_thread_away_and_leaving_gives_it_back() -> Non
         if threads.threads == CPUS:
             break
     assert threads.threads == CPUS and torch.get_num_threads() == CPUS
+
+
+@pytest.mark.skipif(CPUS < 2 or cpu_busy_s({0}) is None, reason="needs 2 CPUs and /proc/stat")
+def test_a_count_set_explicitly_stays_put() -> None:
+    threads = CpuThreads(CPUS, adaptive=False)
+    with busy_neighbour():
+        work_and_adjust(threads, 2 * SAMPLE_S)
+    assert threads.threads == CPUS and torch.get_num_threads() == CPUS

@@ -31,8 +31,8 @@ class EngineConfig(StrictModel):
         32, ge=0, description="...or all waiting fit, or this many decode steps passed since the last admission"
     )
     cpu_threads: int | None = Field(
-        None, ge=1, description="torch threads on a CPU (default: $OMP_NUM_THREADS, which Ray sets from a replica's "
-        "num_cpus, else the CPUs this process may run on)"
+        None, ge=1, description="torch threads on a CPU, fixed; unset, they start at $OMP_NUM_THREADS (which Ray sets "
+        "from a replica's num_cpus), else the CPUs this process may run on, less the cores other processes keep busy"
     )
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")

@@ -43,7 +43,8 @@ class Engine:
     def __init__(self, config: EngineConfig, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        self.threads = CpuThreads(config.resolved_cpu_threads()) if config.resolved_device() == "cpu" else None
+        on_cpu = config.resolved_device() == "cpu"
+        self.threads = CpuThreads(config.resolved_cpu_threads(), adaptive=config.cpu_threads is None) if on_cpu else None
         self.model = load_model(
             config.base_model, config.resolved_dtype(), config.resolved_device(), config.trust_remote_code
         )

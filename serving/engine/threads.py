@@ -6,7 +6,9 @@ that is not running, and a decode step gets many times slower, not twice (measur
 2 cores beside one busy process: 3-4x; beside a busy Ray node: 7-30x). So the engine
 starts with the CPUs it was given and, about once a second while it works, measures
 from `/proc/stat` how much of those CPUs other processes used and runs on the cores
-left free (at least one). Where `/proc/stat` is missing, the count stays as given.
+left free (at least one). Where `/proc/stat` is missing, or the count was set explicitly
+(`engine.cpu_threads`), it stays as given: another thread count sums in another order,
+and a fixed count keeps results bit-for-bit repeatable.
 
 Torch keeps the thread count per calling thread, so `adjust` must be called from the
 thread that runs the model, which is why the model runner calls it before each forward.
@@ -38,8 +40,9 @@ def cpu_busy_s(cpus: set[int]) -> float | None:
 
 
 class CpuThreads:
-    def __init__(self, given: int) -> None:
+    def __init__(self, given: int, adaptive: bool = True) -> None:
         self.given = given
+        self.adaptive = adaptive
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
         self.threads = given
         self.others_cores = 0.0
@@ -55,7 +58,8 @@ class CpuThreads:
 
     def adjust(self) -> None:
         """Set the calling thread's torch threads to the given cores other processes left free."""
-        if self._last is not None and self.given > 1 and time.monotonic() - self._last[0] >= SAMPLE_S:
+        due = self._last is not None and time.monotonic() - self._last[0] >= SAMPLE_S
+        if self.adaptive and self.given > 1 and due:
             now = self._sample()
             wall = now[0] - self._last[0]
             others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
