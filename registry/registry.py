@@ -7,11 +7,16 @@ Layout under the root (any fsspec URL)::
     tasks/<task>/aliases/<alias>.json        AliasRecord
     tasks/<task>/rollout.json                RolloutSpec
     tasks/<task>/archived/<n>                marker: version n is archived
+    changes/<n>.json                         the change log (`changes.py`): one entry per routing edit
 
 Versions are claimed lock-free (`Storage.publish_dir` refuses an existing directory, so
-concurrent writers retry with the next number); alias, rollout and archive edits take
+concurrent writers retry with the next number; on object stores the claim is a
+conditional write, so this holds across machines); alias, rollout and archive edits take
 the task's lock because each checks the others (an alias may not point at an archived
-version, a version may not be archived while something points at it).
+version, a version may not be archived while something points at it). That lock is a
+`flock` on local disks and in-process only on object stores: run alias and rollout edits of
+one task from one place at a time there (registrations may come from anywhere).
+Every edit that changes routing ends with an entry in the change log.
 """
 
 import os
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import fsspec
 from pydantic import BaseModel, ValidationError
 
+from promptmux.registry.changes import ChangeLog
 from promptmux.registry.errors import (
     ConflictError,
     CorruptFileError,
@@ -92,6 +98,7 @@ class Registry:
 
     def __init__(self, uri: str | None = None, create: bool = True) -> None:
         self.storage: Storage = open_storage(uri or default_registry_uri(), create)
+        self.changes = ChangeLog(self.storage)
 
     @property
     def uri(self) -> str:
@@ -100,19 +107,17 @@ class Registry:
     # ------------------------------------------------------------------ tasks
     def create_task(self, spec: TaskSpec, base_fingerprint: BaseModelFingerprint, exist_ok: bool = False) -> TaskRecord:
         """Create a task; with `exist_ok`, return the existing one if its base model matches."""
-        rel = _task_rel(spec.name)
-        with self.storage.lock(f"{rel}/task"):
-            if self.storage.exists(f"{rel}/task.json"):
-                if not exist_ok:
-                    raise ConflictError(f"task {spec.name!r} already exists")
-                record = self.get_task(spec.name)
-                problem = record.base_fingerprint.misfit(base_fingerprint)
-                if problem:
-                    raise ConflictError(f"task {spec.name!r} exists for another base model: {problem}")
-                return record
-            record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
-            self.storage.write_bytes(f"{rel}/task.json", record.model_dump_json(indent=2).encode())
+        record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
+        if self.storage.create(f"{_task_rel(spec.name)}/task.json", record.model_dump_json(indent=2).encode()):
+            self.changes.append(spec.name, "task")
             return record
+        if not exist_ok:
+            raise ConflictError(f"task {spec.name!r} already exists")
+        existing = self.get_task(spec.name)
+        problem = existing.base_fingerprint.misfit(base_fingerprint)
+        if problem:
+            raise ConflictError(f"task {spec.name!r} exists for another base model: {problem}")
+        return existing
 
     def get_task(self, task: str) -> TaskRecord:
         rel = f"{_task_rel(task)}/task.json"
@@ -169,6 +174,7 @@ class Registry:
                 sha256=digest,
             )
             if self.storage.publish_dir(_version_rel(task, number), _artifact().version_files(manifest, tensor)):
+                self.changes.append(task, "version")
                 return manifest
         raise ConflictError(f"could not claim a version number for task {task!r}")
 
@@ -236,6 +242,7 @@ class Registry:
             if users:
                 raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
             self.storage.write_bytes(f"{_task_rel(task)}/archived/{version}", utc_now().isoformat().encode())
+            self.changes.append(task, "archive")
 
     def archived_versions(self, task: str) -> set[int]:
         return {int(name) for name in self.storage.listdir(f"{_task_rel(task)}/archived") if name.isdigit()}
@@ -265,6 +272,7 @@ class Registry:
                 previous = current.version
             record = AliasRecord(version=version, previous=previous)
             self.storage.write_bytes(_alias_rel(task, alias), record.model_dump_json().encode())
+            self.changes.append(task, "alias")
             self.record_change(task, Change(actor=actor, action="alias", reason=reason, details={
                 "alias": alias, "version": version, "was": current.version if current else None}))
 
@@ -275,6 +283,7 @@ class Registry:
             if was is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
             self.storage.remove(_alias_rel(task, alias))
+            self.changes.append(task, "alias")
             self.record_change(task, Change(actor=actor, action="alias-delete", reason=reason,
                                             details={"alias": alias, "was": was}))
 
@@ -288,6 +297,7 @@ class Registry:
             for variant in spec.variants:
                 self._check_servable(task, variant.version)
             self.storage.write_bytes(f"{_task_rel(task)}/rollout.json", spec.model_dump_json(indent=2).encode())
+            self.changes.append(task, "rollout")
             self._stop_auto_rollout(task, actor)
             split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
             self.record_change(task, Change(actor=actor, action="rollout", reason=reason, details=split))
@@ -298,6 +308,7 @@ class Registry:
             if not self.storage.exists(f"{_task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
             self.storage.remove(f"{_task_rel(task)}/rollout.json")
+            self.changes.append(task, "rollout")
             self._stop_auto_rollout(task, actor)
             self.record_change(task, Change(actor=actor, action="rollout-clear", reason=reason))
 

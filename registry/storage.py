@@ -12,12 +12,27 @@ On a local filesystem both come from POSIX: files are written into a private sta
 directory, fsync'ed, and `rename`d into place; `rename` of a directory onto an existing
 non-empty one fails, which is the claim. Cross-process locks use `flock`.
 
-On object stores (s3://, gs://, memory://) a single object PUT is atomic but there is
-no rename and no cross-process lock. There a version is visible only once its manifest
-(written last) exists, and the claim of a version number is check-then-write under an
-in-process lock: run one writer per task at a time against an object store.
+* `create` writes a small file only if none is there, atomically: the claim of a version
+  number and of a change-log entry (`registry/changes.py`).
+
+On a local filesystem all three come from POSIX: files are written into a private staging
+place, fsync'ed, and `rename`d into place (`create`: `link`ed, which fails if the name is
+taken); `rename` of a directory onto an existing non-empty one fails, which is the claim.
+Cross-process locks use `flock`.
+
+On object stores (s3://, gs://) a single object PUT is atomic but there is no rename and
+no cross-process lock. `create` is a conditional PUT (S3 `If-None-Match: *`, GCS
+`ifGenerationMatch=0`, through fsspec's `mode="create"`), which the store itself decides,
+so writers on different machines get distinct claims. A version directory is claimed by
+creating its first file that way and is visible once its manifest (written last) exists.
+Other fsspec backends (memory://, ...) get check-then-write under an in-process lock.
+
+Every storage request is counted in `requests` (by kind), which is how the benchmarks
+measure what a refresh costs.
 """
 
+import collections
+import contextlib
 import errno
 import fcntl
 import os
@@ -25,7 +40,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +50,7 @@ from fsspec.implementations.local import LocalFileSystem
 from promptmux.registry.errors import NotFoundError, PromptmuxError
 
 STAGING_DIR = ".staging"
+CONDITIONAL_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs"}
 
 
 class Storage:
@@ -49,6 +65,9 @@ class Storage:
         self.fs = fs
         self.root = root.rstrip("/")
         self.uri = uri.rstrip("/")
+        self.requests: collections.Counter[str] = collections.Counter()
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self.conditional_put = bool(protocols & CONDITIONAL_PUT_PROTOCOLS)
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -57,9 +76,11 @@ class Storage:
         return f"{self.uri}/{rel}" if rel else self.uri
 
     def exists(self, rel: str) -> bool:
+        self.requests["exists"] += 1
         return self.fs.exists(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
+        self.requests["read"] += 1
         try:
             return self.fs.cat_file(self.path(rel))
         except FileNotFoundError as exc:
@@ -67,6 +88,7 @@ class Storage:
 
     def listdir(self, rel: str) -> list[str]:
         """Names of the entries directly under `rel` (empty when it does not exist)."""
+        self.requests["list"] += 1
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:
@@ -74,13 +96,25 @@ class Storage:
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        self.requests["write"] += 1
         self.fs.pipe_file(self.path(rel), data)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write `rel` only if it does not exist; False (nothing written) if it does."""
+        self.requests["create"] += 1
+        with self.lock(rel) if not self.conditional_put else contextlib.nullcontext():
+            try:
+                self.fs.pipe_file(self.path(rel), data, mode="create")
+            except FileExistsError:
+                return False
+        return True
 
     def local_path(self, rel: str) -> str | None:
         """A filesystem path for `rel`, where the storage has one (then files can be memory-mapped)."""
         return None
 
     def remove(self, rel: str) -> None:
+        self.requests["remove"] += 1
         try:
             self.fs.rm_file(self.path(rel))
         except FileNotFoundError as exc:
@@ -88,13 +122,14 @@ class Storage:
 
     def publish_dir(self, rel: str, files: dict[str, bytes]) -> bool:
         """Create directory `rel` holding `files` (written in order, the last one makes it
-        visible). Returns False, writing nothing, when `rel` already exists."""
-        with self.lock(rel):
-            if self.exists(rel):
-                return False
-            for name, data in files.items():
-                self.fs.pipe_file(self.path(f"{rel}/{name}"), data)
-            return True
+        visible). Returns False, writing nothing, when `rel` already exists: the first file
+        is written with `create`, which is the claim."""
+        (first, data), *rest = files.items()
+        if self.exists(rel) or not self.create(f"{rel}/{first}", data):
+            return False
+        for name, data in rest:
+            self.write_bytes(f"{rel}/{name}", data)
+        return True
 
     def remove_stale_staging(self, older_than_s: float) -> int:
         """Delete staging leftovers of writers that died mid-write; object stores have none."""
@@ -115,6 +150,7 @@ class LocalStorage(Storage):
     atomic_publish = True
 
     def read_bytes(self, rel: str) -> bytes:
+        self.requests["read"] += 1
         try:
             return Path(self.path(rel)).read_bytes()
         except (FileNotFoundError, NotADirectoryError) as exc:
@@ -124,17 +160,31 @@ class LocalStorage(Storage):
         return self.path(rel)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        self.requests["write"] += 1
+        self._place(rel, data, os.replace)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        self.requests["create"] += 1
+        try:
+            self._place(rel, data, os.link)
+        except FileExistsError:
+            return False
+        return True
+
+    def _place(self, rel: str, data: bytes, move: Callable[[Path, Path], None]) -> None:
+        """Write `data` to a synced temporary file beside `rel`, then `move` it into place."""
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             _write_synced(tmp, data)
-            os.replace(tmp, target)
+            move(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(target.parent)
 
     def publish_dir(self, rel: str, files: dict[str, bytes]) -> bool:
+        self.requests["publish"] += 1
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(self.path(STAGING_DIR)) / uuid.uuid4().hex
@@ -194,7 +244,11 @@ def _fsync_dir(path: Path) -> None:
 def open_storage(uri: str, create: bool = True) -> Storage:
     """Storage for a local path or any fsspec URL. A local folder is made if missing
     (`create`), or else must exist; either way a file in its place is refused."""
-    fs, root = fsspec.core.url_to_fs(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        # Other writers (other processes, other machines) change the store: never trust a cached listing.
+        fs, root = fsspec.core.url_to_fs(uri, use_listings_cache=False)
+    else:
+        fs, root = fsspec.core.url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
         folder = Path(root)
         if folder.exists() and not folder.is_dir():

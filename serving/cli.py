@@ -179,6 +179,28 @@ def bench_streaming(
     publish(run_streaming_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "streaming", json_path)
 
 
+@bench_app.command("registry")
+def bench_registry(
+    quick: QuickOption = False, json_path: JsonPathOption = None, base_model: BenchModelOption = None,
+    tasks: Annotated[str | None, typer.Option(help="registry sizes, comma-separated [default: 1000,10000; --quick: 200]")] = None,
+    storage: Annotated[str, typer.Option(help="local, s3 or both (local,s3); s3 is an S3 API server started on "
+                                         "127.0.0.1 (moto, a dev dependency)")] = "local",
+) -> None:
+    """Many tasks: registrations, list, refresh (full, unchanged, 10 changes), route p99, prompt residency."""
+    from promptmux.serving.bench.registry import run_registry_benchmark
+
+    parts = [part.strip() for part in (tasks or "").split(",") if part.strip()]
+    if not all(part.isdigit() and int(part) >= 10 for part in parts):
+        raise PromptmuxError(f"--tasks {tasks!r}: expected registry sizes of at least 10, e.g. 1000,10000")
+    sizes = [int(part) for part in parts] or None
+    storages = [part.strip() for part in storage.split(",") if part.strip()]
+    if not storages or set(storages) - {"local", "s3"}:
+        raise PromptmuxError(f"--storage {storage!r}: expected local, s3 or local,s3")
+    report = run_registry_benchmark(quick=quick, sizes=sizes, storages=storages, base_model=base_model)
+    publish(report, "registry", json_path)
+    print_registry_figures(report)
+
+
 def publish(report: dict, name: str, json_path: Path | None) -> None:
     """Write the report as JSON (if asked) and print its ratios against their targets."""
     if json_path:
@@ -208,3 +230,23 @@ def print_latencies(report: dict, sides: list[str]) -> None:
     for side in sides:
         table.add_row(side, f"{report[side]['tokens_per_s']:.0f}", *(f"{report[side][k]:.2f} s" for k in keys))
     console.print(table)
+
+
+def print_registry_figures(report: dict) -> None:
+    """Per storage and size: registrations, list, refresh (seconds and storage requests), route p99, alias move."""
+    table = Table(title="registry at scale")
+    for column in ("storage", "tasks", "reg/s (8 writers)", "list", "refresh full", "unchanged", "10 changes",
+                   "full/unchanged", "route p99", "p99 vs 10 tasks", "alias move"):
+        table.add_column(column)
+    for storage, sizes in report["storage"].items():
+        for size, f in sizes.items():
+            refresh = [f"{f[k]['s'] * 1000:.1f} ms, {f[k]['requests']} req"
+                       for k in ("refresh_full", "refresh_unchanged", "refresh_10_changes")]
+            table.add_row(storage, size, f"{f['registrations_per_s']:.0f}", f"{f['list_s']:.2f} s", *refresh,
+                          f"{f['full_over_unchanged']:.0f}×", f"{f['route_p99_s'] * 1e6:.1f} µs",
+                          f"{f['route_p99_ratio']:.2f}", f"{f['alias_move_s']:.2f} s")
+    console.print(table)
+    prompts = report["prompts"]
+    console.print(f"{prompts['resident']} prompts resident: {prompts['cache_bytes_per_prompt']} bytes each as the cache "
+                  f"counts them, {prompts['rss_bytes_per_prompt']} as the process grew; decode step beside cold loads "
+                  f"{prompts['steps_with_cold_loads_over_quiet']}× quiet ({prompts['cold_loads_during_batch']} loaded)")

@@ -16,6 +16,8 @@ import torch
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.cli import main
+from promptmux.serving.bench.s3_server import new_bucket
+from promptmux.serving.bench.s3_server import s3_server as running_s3_server
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -28,6 +30,19 @@ def llama() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def llama_fp(llama: torch.nn.Module) -> BaseModelFingerprint:
     return fingerprint(llama)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """An S3 API server on 127.0.0.1 (moto's server mode), for the whole session."""
+    with running_s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket on the S3 server: `s3://<bucket>`."""
+    return new_bucket()
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """A local Ray cluster with the promptmux deployment, for end-to-end HTTP tests."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ SPECS = [
 ]
 
 
-def build_registry(path: Path) -> Registry:
+def build_registry(path: Path | str) -> Registry:
     registry = Registry(str(path))
     fp = fingerprint(load_model(BASE, dtype="float32"))
     generator = torch.Generator().manual_seed(3)
@@ -71,3 +74,16 @@ def serve_locally(settings: ServeSettings) -> Iterator[tuple[str, PromptmuxServi
         server.should_exit = True
         thread.join(timeout=10)
         service.shutdown()
+
+
+def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None) -> subprocess.Popen:
+    """`promptmux serve` (the installed command) in a subprocess, returned once it answers its health check."""
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "promptmux"), "serve", "--registry", registry, "--port", str(port),
+         "--base-model", "tiny-random-llama", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        cwd=cwd,
+    )
+    wait_until(lambda: process.poll() is not None or healthy(f"http://127.0.0.1:{port}"), timeout=240, interval=0.5)
+    assert process.poll() is None, process.stdout.read()
+    return process

@@ -49,3 +49,16 @@ def test_bench_streaming_compares_a_long_stream_with_the_plain_request(cli, tmp_
     check_ratios(report, result.out, {"stream_over_plain"})
     assert "≤ 1.5" in result.out and report["config"]["new_tokens"] == 2000
     assert report["full_over_incremental"] > 1  # decoding everything again at every token costs more
+
+
+def test_bench_registry_counts_the_storage_requests_of_a_refresh_locally_and_on_s3(cli, tmp_path: Path) -> None:
+    result = cli("bench", "registry", "--quick", "--tasks", "40", "--storage", "local,s3", "--json", str(tmp_path / "out.json"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out.json").read_text())
+    check_ratios(report, result.out, {"full_over_unchanged", "route_p99_ratio", "hit_3000_over_10", "random_16_over_fixed_16"})
+    for storage in ("local", "s3"):
+        figures = report["storage"][storage]["40"]
+        assert figures["refresh_unchanged"]["requests"] == 1
+        assert 11 < figures["refresh_10_changes"]["requests"] < figures["refresh_full"]["requests"]
+        assert figures["registrations_per_s"] > 0 and figures["alias_move_s"] < 5
+    assert report["prompts"]["resident"] == 40 and report["prompts"]["cold_loads_during_batch"] > 0

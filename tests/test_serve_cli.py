@@ -2,32 +2,16 @@
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import psutil
-from serve_fixtures import build_registry, free_port, healthy, wait_until
+from serve_fixtures import build_registry, free_port, start_serve, wait_until
 
 from promptmux.registry import RolloutSpec, RolloutVariant
-
-
-def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None) -> subprocess.Popen:
-    """`promptmux serve` (the installed command) in a subprocess, returned once it answers its health check."""
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "promptmux"), "serve", "--registry", registry, "--port", str(port),
-         "--base-model", "tiny-random-llama", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        cwd=cwd,
-    )
-    wait_until(lambda: process.poll() is not None or healthy(f"http://127.0.0.1:{port}"), timeout=240, interval=0.5)
-    assert process.poll() is None, process.stdout.read()
-    return process
 
 
 def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:

@@ -5,7 +5,13 @@ Precedence: an explicit version, then an alias, then the task's rollout, then it
 (task, key) to a point in [0, 1): the same key lands on the same variant on every
 replica while the split is unchanged; without a key the pick is weighted random.
 
-The view is rebuilt from the registry on `refresh()`. Each routed version is validated
+The view follows the registry on `refresh()`: it reads the registry's change log from where
+it last stopped and reloads only the tasks named there, so a refresh with nothing changed is
+one storage request whatever the number of tasks, and one after k changes costs O(k). A
+full scan (every task) runs at the first refresh, every `full_scan_interval_s`, and when a
+log entry cannot be read: it catches what the log cannot see (files edited at rest).
+Tasks that could not be read, and tasks with a refused version due for a retry, are
+reloaded at every refresh. Each routed version is validated
 first (`validate`, e.g. loading it into the engine's prompt cache, which reads and checks
 the file but never runs the model: the model stays with the engine's thread); one that
 fails is logged and counted, and is tried again after `retry_rejected_s` (a file restored
@@ -28,7 +34,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
@@ -84,6 +90,10 @@ class RegistryView:
     on_broken: Callable[[str, str, int | None], None] = lambda task, alias, version: None
     on_broken_variant: Callable[[str, str, int | None], None] = lambda task, variant, version: None
     retry_rejected_s: float = 30.0
+    full_scan_interval_s: float = 60.0
+    cursor: int | None = None  # the next change-log entry to read; None: scan everything next
+    scanned_at: float = 0.0
+    unreadable: set[str] = field(default_factory=set)
     rejected_at: dict[tuple[str, int, str], float] = field(default_factory=dict)
     entries: dict[str, TaskEntry] = field(default_factory=dict)
     rejected: dict[tuple[str, int, str], str] = field(default_factory=dict)
@@ -153,22 +163,40 @@ class RegistryView:
 
     # --------------------------------------------------------------- refresh
     def refresh(self) -> None:
-        """Rebuild every task's entry from the registry. A task that cannot be read keeps its
-        previous entry (none, if it never could be read) and is reported by name through
-        `on_unreadable(task, problem)`; `on_unreadable(task, None)` once it reads again.
-        Every other task refreshes normally."""
-        entries = {}
-        for name in self.registry.list_tasks():
+        """Bring the view up to date with the registry (see the module docstring). A task that
+        cannot be read keeps its previous entry (none, if it never could be read) and is
+        reported by name through `on_unreadable(task, problem)`; `on_unreadable(task, None)`
+        once it reads again. Every other task refreshes normally."""
+        now = time.monotonic()
+        if self.cursor is not None and now - self.scanned_at < self.full_scan_interval_s:
+            changed, cursor = self.registry.changes.since(self.cursor)
+            if changed is not None:
+                due = [key for key in self.rejected if now - self.rejected_at[key] >= self.retry_rejected_s]
+                self.cursor = cursor
+                if changed or due or self.unreadable:
+                    self.entries = self._reload(changed | {key[0] for key in due} | self.unreadable, dict(self.entries))
+                for key in due:  # one no longer routed was not retried: its task waits a full interval again
+                    self.rejected_at[key] = max(self.rejected_at.get(key, now), now)
+                return
+        cursor = self.registry.changes.tail()  # taken before the scan: nothing written during it is missed
+        self.entries = self._reload(self.registry.list_tasks(), {})
+        self.cursor, self.scanned_at = cursor, now
+
+    def _reload(self, names: Iterable[str], entries: dict[str, TaskEntry]) -> dict[str, TaskEntry]:
+        """`entries` with each named task reloaded from the registry."""
+        for name in names:
             try:
                 entries[name] = self._load(name, self.entries.get(name))
             except PromptmuxError as exc:
                 log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, exc)
+                self.unreadable.add(name)
                 self.on_unreadable(name, str(exc))
                 if name in self.entries:
                     entries[name] = self.entries[name]
             else:
+                self.unreadable.discard(name)
                 self.on_unreadable(name, None)
-        self.entries = entries
+        return entries
 
     def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
         record = self.registry.get_task(name)

@@ -81,7 +81,8 @@ class PromptmuxService:
         self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected,
                                  on_unreadable=self._unreadable, on_broken=self._broken,
                                  on_broken_variant=self._broken_variant,
-                                 retry_rejected_s=settings.retry_rejected_s)
+                                 retry_rejected_s=settings.retry_rejected_s,
+                                 full_scan_interval_s=settings.full_scan_interval_s)
         self.view.refresh()
         self.metrics.watch_rollouts(lambda: {name: e.rollout for name, e in self.view.entries.items() if e.rollout})
         self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
