@@ -13,7 +13,9 @@ Every decision is appended to the task's history with the statistics it was made
 Outcome and served-window files are immutable, so an `OutcomeLog` reads each one once.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from promptmux.registry.history import Change
 from promptmux.registry.policy import LATENCY_BUCKETS_S, Outcome, RolloutPolicy, ServedWindow, VariantServed
@@ -22,6 +24,7 @@ from promptmux.registry.schemas import utc_now
 from promptmux.registry.sequential import ArmOutcomes, Decision
 
 CONTROLLER = "controller"
+FileT = TypeVar("FileT", Outcome, ServedWindow)
 
 
 @dataclass
@@ -34,16 +37,17 @@ class OutcomeLog:
     windows: dict[str, ServedWindow] = field(default_factory=dict)
 
     def read(self) -> list[Outcome]:
-        for name in self.registry.outcome_files(self.task):
-            if name not in self.seen:
-                self.seen[name] = self.registry.read_outcome(self.task, name)
-        return list(self.seen.values())
+        return self._with_new_files(self.seen, "outcomes", self.registry.read_outcome)
 
     def read_served(self) -> list[ServedWindow]:
-        for name in self.registry.outcome_files(self.task, "serving"):
-            if name not in self.windows:
-                self.windows[name] = self.registry.read_served(self.task, name)
-        return list(self.windows.values())
+        return self._with_new_files(self.windows, "serving", self.registry.read_served)
+
+    def _with_new_files(self, known: dict[str, FileT], kind: str, read: Callable[[str, str], FileT]) -> list[FileT]:
+        """`known` after reading the task's files of `kind` it does not hold yet."""
+        for name in self.registry.outcome_files(self.task, kind):
+            if name not in known:
+                known[name] = read(self.task, name)
+        return list(known.values())
 
 
 @dataclass

@@ -21,6 +21,7 @@ Every edit that changes routing ends with an entry in the change log.
 
 import os
 import secrets
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,12 +510,13 @@ class Registry:
         """Every version directory, including one a writer is still (or died) filling."""
         return sorted(int(name) for name in self.storage.listdir(f"{_task_rel(task)}/versions") if name.isdigit())
 
-    def version_numbers(self, task: str) -> list[int]:
-        """The visible versions: complete directories (a manifest is written last)."""
+    def version_numbers(self, task: str, known: Collection[int] = ()) -> list[int]:
+        """The visible versions: complete directories (a manifest is written last). Versions in
+        `known` were seen complete before and are not checked again (versions are immutable)."""
         numbers = self._claimed_numbers(task)
         if self.storage.atomic_publish:
             return numbers
-        return [n for n in numbers if self.storage.exists(f"{_version_rel(task, n)}/{MANIFEST_FILE}")]
+        return [n for n in numbers if n in known or self.storage.exists(f"{_version_rel(task, n)}/{MANIFEST_FILE}")]
 
     def _check_servable(self, task: str, version: int) -> None:
         self.get_version(task, version)

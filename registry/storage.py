@@ -20,12 +20,12 @@ place, fsync'ed, and `rename`d into place (`create`: `link`ed, which fails if th
 taken); `rename` of a directory onto an existing non-empty one fails, which is the claim.
 Cross-process locks use `flock`.
 
-On object stores (s3://, gs://) a single object PUT is atomic but there is no rename and
-no cross-process lock. `create` is a conditional PUT (S3 `If-None-Match: *`, GCS
-`ifGenerationMatch=0`, through fsspec's `mode="create"`), which the store itself decides,
-so writers on different machines get distinct claims. A version directory is claimed by
-creating its first file that way and is visible once its manifest (written last) exists.
-Other fsspec backends (memory://, ...) get check-then-write under an in-process lock.
+On object stores a single object PUT is atomic but there is no rename and no cross-process
+lock. On S3 `create` is a conditional PUT (`If-None-Match: *`, through s3fs's
+`mode="create"`), which the store itself decides, so writers on different machines get
+distinct claims. A version directory is claimed by creating its first file that way and is
+visible once its manifest (written last) exists. Other fsspec backends (gs://, memory://,
+...) get check-then-write under an in-process lock: one writing process at a time there.
 
 Every storage request is counted in `requests` (by kind), which is how the benchmarks
 measure what a refresh costs.
@@ -50,7 +50,7 @@ from fsspec.implementations.local import LocalFileSystem
 from promptmux.registry.errors import NotFoundError, PromptmuxError
 
 STAGING_DIR = ".staging"
-CONDITIONAL_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs"}
+CONDITIONAL_PUT_PROTOCOLS = {"s3", "s3a"}
 
 
 class Storage:

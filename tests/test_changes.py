@@ -129,3 +129,11 @@ def test_an_unreadable_log_entry_makes_the_reader_scan_everything(registry: Regi
     assert requests_made(registry, view.refresh) > 3 * 5  # a full scan
     assert view.entries[names[0]].aliases["production"] == 1
     assert requests_made(registry, view.refresh) == 1  # and then it follows the log again
+
+
+def test_a_full_scan_slower_than_its_interval_is_not_run_back_to_back(registry: Registry,
+                                                                       llama_fp: BaseModelFingerprint) -> None:
+    many_tasks(registry, llama_fp, 2)
+    view = RegistryView(registry, validate=lambda manifest: time.sleep(0.5), full_scan_interval_s=0.3)
+    assert requests_made(registry, view.refresh) > 2 * 5  # the first refresh scans, and takes over 0.3 s
+    assert requests_made(registry, view.refresh) == 1  # the interval counts from the scan's end

@@ -19,6 +19,14 @@ from promptmux.registry import (
 )
 
 
+@pytest.fixture(params=["local", "s3"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    """Each test here runs on a local folder and on the S3 server (`conftest.s3_server`)."""
+    if request.param == "s3":
+        return Registry(f"{request.getfixturevalue('s3_bucket')}/registry")
+    return Registry(str(tmp_path / "registry"))
+
+
 def test_versions_increase_and_resolve(registry: Registry, task: str, llama_fp: BaseModelFingerprint) -> None:
     first = registry.register(task, random_prompt(seed=1), llama_fp, metrics={"accuracy": 0.5})
     second = registry.register(task, random_prompt(rows=6, seed=2), llama_fp, parent_version=1, note="longer")
@@ -35,12 +43,12 @@ def test_versions_increase_and_resolve(registry: Registry, task: str, llama_fp: 
 
 def test_registered_versions_are_never_overwritten(registry: Registry, task: str, llama_fp) -> None:
     registry.register(task, random_prompt(seed=1), llama_fp)
-    tensor_file = Path(registry.version_uri(task, 1)) / "adapter_model.safetensors"
-    before = tensor_file.read_bytes()
+    tensor_file = f"tasks/{task}/versions/1/adapter_model.safetensors"
+    before = registry.storage.read_bytes(tensor_file)
     registry.register(task, random_prompt(seed=2), llama_fp)
-    assert tensor_file.read_bytes() == before
-    assert registry.storage.publish_dir(f"tasks/{task}/versions/1", {"x": b"y"}) is False
-    assert tensor_file.read_bytes() == before
+    assert registry.storage.read_bytes(tensor_file) == before
+    assert registry.storage.publish_dir(f"tasks/{task}/versions/1", {"adapter_model.safetensors": b"y"}) is False
+    assert registry.storage.read_bytes(tensor_file) == before
 
 
 def test_aliases_and_rollouts(registry: Registry, task: str, llama_fp) -> None:
@@ -178,13 +186,14 @@ def test_verify_detects_altered_and_truncated_files(registry: Registry, task: st
     registry.set_alias(task, "production", 3)
     assert all(result.ok for result in registry.verify())
 
-    altered = Path(registry.version_uri(task, 1)) / "adapter_model.safetensors"
-    data = bytearray(altered.read_bytes())
+    storage = registry.storage  # edits behind the registry's back, as a disk fault or a person would make
+    altered = f"tasks/{task}/versions/1/adapter_model.safetensors"
+    data = bytearray(storage.read_bytes(altered))
     data[-1] ^= 0x01
-    altered.write_bytes(bytes(data))
-    truncated = Path(registry.version_uri(task, 2)) / "adapter_model.safetensors"
-    truncated.write_bytes(truncated.read_bytes()[:50])
-    (Path(registry.version_uri(task, 3)) / "adapter_config.json").write_text("{not json")
+    storage.write_bytes(altered, bytes(data))
+    truncated = f"tasks/{task}/versions/2/adapter_model.safetensors"
+    storage.write_bytes(truncated, storage.read_bytes(truncated)[:50])
+    storage.write_bytes(f"tasks/{task}/versions/3/adapter_config.json", b"{not json")
 
     problems = {result.version: result.problem for result in registry.verify() if not result.ok}
     assert "sha256" in problems[1]
@@ -196,9 +205,8 @@ def test_verify_detects_altered_and_truncated_files(registry: Registry, task: st
 
 def test_verify_reports_dangling_alias(registry: Registry, task: str, llama_fp) -> None:
     registry.register(task, random_prompt(), llama_fp)
-    alias_file = Path(registry.uri) / "tasks" / task / "aliases" / "production.json"
-    alias_file.parent.mkdir(parents=True)
-    alias_file.write_text(json.dumps({"version": 7, "updated_at": "2026-01-01T00:00:00Z"}))
+    registry.storage.write_bytes(f"tasks/{task}/aliases/production.json",
+                                 json.dumps({"version": 7, "updated_at": "2026-01-01T00:00:00Z"}).encode())
     problems = [r.problem for r in registry.verify() if not r.ok]
     assert problems == ["alias 'production' points at missing version 7"]
 

@@ -30,8 +30,10 @@ def s3_server() -> Iterator[str]:
     try:
         _wait_for(url, server)
         os.environ.update(settings)
+        _forget_clients()
         yield url
     finally:
+        _forget_clients()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -46,6 +48,14 @@ def new_bucket() -> str:
     bucket = f"promptmux-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3", use_listings_cache=False).mkdir(bucket)
     return f"s3://{bucket}"
+
+
+def _forget_clients() -> None:
+    """Drop the S3 filesystems fsspec keeps per set of arguments: each holds a client bound to
+    the endpoint the environment named when it was made, which may be another server's."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _wait_for(url: str, server: subprocess.Popen) -> None:

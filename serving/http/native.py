@@ -32,12 +32,12 @@ def native_router(service: PromptmuxService) -> APIRouter:
         if not body.stream:
             outputs = await service.generate(items, "generate")
             return GenerateResponse(outputs=[
-                GenerateOutput(id=feedback_id(service, item), index=i, task=item.task, version=item.version,
+                GenerateOutput(id=service.feedback_id(item), index=i, task=item.task, version=item.version,
                                variant=item.variant, text=o.text, token_ids=o.token_ids,
                                finish_reason=o.finish_reason, usage=o.usage)
                 for i, (item, o) in enumerate(zip(items, outputs))
             ])
-        ids = [feedback_id(service, item) for item in items]
+        ids = [service.feedback_id(item) for item in items]
 
         async def events() -> AsyncIterator[dict]:
             async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
@@ -50,7 +50,7 @@ def native_router(service: PromptmuxService) -> APIRouter:
         items = await service.prepare(body.query(), TaskKind.classification)
         outputs = await service.classify(items, "classify")
         return ClassifyResponse(outputs=[
-            ClassifyOutput(id=feedback_id(service, item, o.label), index=i, task=item.task, version=item.version,
+            ClassifyOutput(id=service.feedback_id(item, o.label), index=i, task=item.task, version=item.version,
                            variant=item.variant, label=o.label, probabilities=o.probabilities, usage=o.usage)
             for i, (item, o) in enumerate(zip(items, outputs))
         ])
@@ -60,10 +60,6 @@ def native_router(service: PromptmuxService) -> APIRouter:
         return FeedbackResponse(counted=await service.feedback(body.id, body.score, body.label))
 
     return router
-
-
-def feedback_id(service: PromptmuxService, item: Prepared, label: str | None = None) -> str:
-    return service.ids.issue(item.task, item.version, item.variant, label)
 
 
 def stream_event(item: Prepared, index: int, event: StreamEvent) -> dict:

@@ -16,7 +16,6 @@ from promptmux.registry import TaskKind
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.http.api import CompletionBody
-from promptmux.serving.http.native import feedback_id
 from promptmux.serving.http.streaming import one_by_one, sse
 from promptmux.serving.runtime.requests import Prepared, Query
 from promptmux.serving.runtime.service import PromptmuxService
@@ -66,12 +65,12 @@ def openai_router(service: PromptmuxService) -> APIRouter:
         items = await service.prepare(query, None, body.params(), tokens_field="max_tokens")
         if items[0].kind is TaskKind.classification:
             labels = await service.classify(items, "completions")
-            completion = Completion(body.model, items[0], [feedback_id(service, i, o.label) for i, o in zip(items, labels)])
+            completion = Completion(body.model, items[0], [service.feedback_id(i, o.label) for i, o in zip(items, labels)])
             choices = [choice(i, o.label, "stop") for i, o in enumerate(labels)]
             if body.stream:
                 return sse(one_by_one([completion.envelope(choices)]))
             return completion.envelope(choices, [o.usage for o in labels])
-        completion = Completion(body.model, items[0], [feedback_id(service, item) for item in items])
+        completion = Completion(body.model, items[0], [service.feedback_id(item) for item in items])
         if not body.stream:
             outputs = await service.generate(items, "completions")
             choices = [choice(i, o.text, o.finish_reason) for i, o in enumerate(outputs)]

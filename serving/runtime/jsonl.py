@@ -28,7 +28,7 @@ class TaskRunner:
                 route = self.view.route(request.task, request.version, request.alias, request.routing_key)
                 spec = self.view.task(request.task).record.spec
                 prompt = self.engine.prompt(route.manifest)
-                prepared = prepare(self.engine, spec, route, prompt, request.input, request.params)
+                prepared = prepare(self.engine, spec, route, prompt, [request.input], request.params)[0]
             except PromptmuxError as exc:
                 results.append(TaskResult(task=request.task, input=request.input, error=str(exc)))
                 continue

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from promptmux.registry import TaskKind, TaskSpec
+from promptmux.registry import GenerationParams, TaskKind, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
@@ -31,16 +31,18 @@ class Prepared:
 
 
 def prepare(
-    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, text: str, params: ParamsOverride | None = None,
-    tokens_field: str = "max_new_tokens",
-) -> Prepared:
-    """Everything that can fail for one input fails here, before it joins a batch: the
-    template, tokenization, the verbalizers and the parameters against the engine's limits."""
-    ids = engine.encode(spec.render(text))
+    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, texts: list[str],
+    params: ParamsOverride | None = None, tokens_field: str = "max_new_tokens",
+) -> list[Prepared]:
+    """Everything that can fail for a request's inputs fails here, before they join a batch:
+    the template, tokenization, the verbalizers and the parameters against the engine's
+    limits. The verbalizers and parameters are the same for every input: done once."""
     if spec.kind is TaskKind.classification:
-        row: GenerationRow | ClassificationRow = ClassificationRow(prompt, ids, engine.verbalizers(spec.labels))
+        row_type: type[GenerationRow] | type[ClassificationRow] = ClassificationRow
+        per_task: GenerationParams | dict[str, list[int]] = engine.verbalizers(spec.labels)
     else:
-        resolved = (params or ParamsOverride()).apply(spec.generation)
-        engine.check_params(resolved, tokens_field)
-        row = GenerationRow(prompt, ids, resolved)
-    return Prepared(spec.name, route.manifest.version, route.variant, spec.kind, row)
+        row_type, per_task = GenerationRow, (params or ParamsOverride()).apply(spec.generation)
+        engine.check_params(per_task, tokens_field)
+    return [Prepared(spec.name, route.manifest.version, route.variant, spec.kind,
+                     row_type(prompt, engine.encode(spec.render(text)), per_task))
+            for text in texts]

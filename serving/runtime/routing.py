@@ -35,6 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
@@ -43,6 +44,7 @@ from promptmux.serving.runtime.errors import RouteUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "production"
+LOAD_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -176,33 +178,41 @@ class RegistryView:
                 if changed or due or self.unreadable:
                     self.entries = self._reload(changed | {key[0] for key in due} | self.unreadable, dict(self.entries))
                 for key in due:  # one no longer routed was not retried: its task waits a full interval again
-                    self.rejected_at[key] = max(self.rejected_at.get(key, now), now)
+                    self.rejected_at[key] = max(self.rejected_at[key], now)
                 return
         cursor = self.registry.changes.tail()  # taken before the scan: nothing written during it is missed
         self.entries = self._reload(self.registry.list_tasks(), {})
-        self.cursor, self.scanned_at = cursor, now
+        # the interval runs from the scan's end: a scan slower than the interval is not run back to back
+        self.cursor, self.scanned_at = cursor, time.monotonic()
 
     def _reload(self, names: Iterable[str], entries: dict[str, TaskEntry]) -> dict[str, TaskEntry]:
-        """`entries` with each named task reloaded from the registry."""
-        for name in names:
-            try:
-                entries[name] = self._load(name, self.entries.get(name))
-            except PromptmuxError as exc:
-                log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, exc)
+        """`entries` with each named task reloaded from the registry, `LOAD_WORKERS` tasks at a
+        time: on an object store each task costs a few round trips, which threads overlap."""
+        with ThreadPoolExecutor(LOAD_WORKERS, thread_name_prefix="promptmux-refresh") as pool:
+            loaded = list(pool.map(self._try_load, names))
+        for name, entry, problem in loaded:
+            if problem is not None:
+                log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, problem)
                 self.unreadable.add(name)
-                self.on_unreadable(name, str(exc))
-                if name in self.entries:
-                    entries[name] = self.entries[name]
             else:
                 self.unreadable.discard(name)
-                self.on_unreadable(name, None)
+            self.on_unreadable(name, problem)
+            if entry is not None:
+                entries[name] = entry
         return entries
+
+    def _try_load(self, name: str) -> tuple[str, TaskEntry | None, str | None]:
+        """The task's new entry, or its previous one (None if it has none) and the problem."""
+        try:
+            return name, self._load(name, self.entries.get(name)), None
+        except PromptmuxError as exc:
+            return name, self.entries.get(name), str(exc)
 
     def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
         record = self.registry.get_task(name)
         known = previous.versions if previous else {}
         versions = {v: known[v] if v in known else self.registry.get_version(name, v)
-                    for v in self.registry.version_numbers(name)}
+                    for v in self.registry.version_numbers(name, known)}
         archived = frozenset(self.registry.archived_versions(name))
         newest_first = sorted((v for v in versions if v not in archived), reverse=True)
         latest = next((v for v in newest_first if self._servable(versions[v])), None)

@@ -165,7 +165,11 @@ class PromptmuxService:
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
         prompts = self.engine.prompts
         prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
-        return [prepare(self.engine, spec, route, prompt, text, params, tokens_field) for text in texts]
+        return prepare(self.engine, spec, route, prompt, texts, params, tokens_field)
+
+    def feedback_id(self, item: Prepared, label: str | None = None) -> str:
+        """The signed id an output carries, which `POST /v1/feedback` takes back."""
+        return self.ids.issue(item.task, item.version, item.variant, label)
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
         labels, latency = (item.task, str(item.version), item.variant), time.perf_counter() - started
