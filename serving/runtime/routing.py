@@ -44,7 +44,6 @@ from promptmux.serving.runtime.errors import RouteUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "production"
-LOAD_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class RegistryView:
     on_broken: Callable[[str, str, int | None], None] = lambda task, alias, version: None
     on_broken_variant: Callable[[str, str, int | None], None] = lambda task, variant, version: None
     retry_rejected_s: float = 30.0
-    full_scan_interval_s: float = 60.0
+    full_scan_interval_s: float = 300.0
     cursor: int | None = None  # the next change-log entry to read; None: scan everything next
     scanned_at: float = 0.0
     unreadable: set[str] = field(default_factory=set)
@@ -186,10 +185,15 @@ class RegistryView:
         self.cursor, self.scanned_at = cursor, time.monotonic()
 
     def _reload(self, names: Iterable[str], entries: dict[str, TaskEntry]) -> dict[str, TaskEntry]:
-        """`entries` with each named task reloaded from the registry, `LOAD_WORKERS` tasks at a
-        time: on an object store each task costs a few round trips, which threads overlap."""
-        with ThreadPoolExecutor(LOAD_WORKERS, thread_name_prefix="promptmux-refresh") as pool:
-            loaded = list(pool.map(self._try_load, names))
+        """`entries` with each named task reloaded from the registry, as many tasks at a time as
+        the storage serves reads at once (on an object store each task costs a few round trips,
+        which threads overlap; a local disk is fastest from one thread)."""
+        workers = self.registry.storage.concurrent_reads
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="promptmux-refresh") as pool:
+                loaded = list(pool.map(self._try_load, names))
+        else:
+            loaded = [self._try_load(name) for name in names]
         for name, entry, problem in loaded:
             if problem is not None:
                 log.warning("registry refresh: task %s unreadable (%s); keeping its previous routes", name, problem)
