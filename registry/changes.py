@@ -18,6 +18,7 @@ then (`RegistryView.full_scan_interval_s`), and the full scan is what the log is
 """
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -33,7 +34,7 @@ class ChangeEntry(BaseModel):
     """One routing-relevant write: which task, what kind of edit, when."""
 
     task: str
-    what: str = Field(description="task, version, archive, alias or rollout")
+    what: Literal["task", "version", "archive", "alias", "rollout"] = Field(description="what kind of edit")
     at: datetime = Field(default_factory=utc_now)
 
 

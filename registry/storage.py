@@ -1,17 +1,12 @@
 """Where registry bytes live: any fsspec URL, with the atomicity each backend can give.
 
-Two guarantees matter to the registry:
+Three guarantees matter to the registry:
 
 * `publish_dir` makes a whole version directory appear at once or not at all, and
   refuses to replace one that exists (this is how concurrent writers get distinct
   version numbers);
 * `write_bytes` replaces a small file (alias, rollout) so readers see the old or the
-  new content, never a mix.
-
-On a local filesystem both come from POSIX: files are written into a private staging
-directory, fsync'ed, and `rename`d into place; `rename` of a directory onto an existing
-non-empty one fails, which is the claim. Cross-process locks use `flock`.
-
+  new content, never a mix;
 * `create` writes a small file only if none is there, atomically: the claim of a version
   number and of a change-log entry (`registry/changes.py`).
 
