@@ -8,6 +8,7 @@ from promptmux.registry.errors import (
     InvalidNameError,
     NotFoundError,
     PromptmuxError,
+    StorageError,
 )
 from promptmux.registry.registry import Registry, VerifyResult, default_registry_uri
 from promptmux.registry.schemas import (
@@ -35,6 +36,7 @@ __all__ = [
     "Registry",
     "RolloutSpec",
     "RolloutVariant",
+    "StorageError",
     "TaskKind",
     "TaskRecord",
     "TaskSpec",

@@ -9,7 +9,15 @@ control's) breaks the policy's limits is rolled back at once. Then the sequentia
 * better: promote (`production` moves to the candidate), and the rollout ends;
 * not yet decided: once the candidate has `min_samples_per_step` outcomes at its
   current step, its share moves to the next step.
-Every decision is appended to the task's history with the statistics it was made on.
+Only the experiment's own traffic counts: outcomes and served requests that carry its id
+(the router stamps it on every request its split assigns).
+
+A decision is written first, as one create-only record (`RolloutDecision`), and then
+applied in one journaled edit (the split and policy, or `production` and the rollout's end,
+with the history entry and the statistics it was made on). A controller killed at any point
+leaves either no record (the next look decides again, on the same outcomes) or a record
+that the next look applies instead of deciding again; the journal finishes an edit left
+half-done. So a decision is never lost, never applied twice, and never leaves a split frozen.
 Outcome and served-window files are immutable, so an `OutcomeLog` reads each one once.
 """
 
@@ -18,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from promptmux.registry.history import Change
-from promptmux.registry.policy import LATENCY_BUCKETS_S, Outcome, RolloutPolicy, ServedWindow, VariantServed
+from promptmux.registry.policy import (
+    LATENCY_BUCKETS_S,
+    Outcome,
+    RolloutDecision,
+    RolloutPolicy,
+    ServedWindow,
+    VariantServed,
+)
 from promptmux.registry.registry import Registry
 from promptmux.registry.schemas import utc_now
 from promptmux.registry.sequential import ArmOutcomes, Decision
@@ -56,16 +71,20 @@ class Served:
 
     requests: int = 0
     errors: int = 0
+    cancelled: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
 
     def add(self, served: VariantServed) -> None:
         self.requests += served.requests
         self.errors += served.errors
+        self.cancelled += served.cancelled
         self.buckets = [a + b for a, b in zip(self.buckets, served.latency_buckets)]
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+        """Failed requests over those that ended (a client that went away ended nothing)."""
+        ended = self.requests - self.cancelled
+        return self.errors / ended if ended else 0.0
 
     @property
     def p99_s(self) -> float:
@@ -82,10 +101,10 @@ def served_sides(policy: RolloutPolicy, windows: list[ServedWindow]) -> dict[str
     sides = {"control": Served(), "candidate": Served()}
     versions = {"control": policy.control, "candidate": policy.candidate}
     for window in windows:
-        if window.start >= policy.started_at:
-            for served in window.variants:
-                if served.variant in sides and served.version == versions[served.variant]:
-                    sides[served.variant].add(served)
+        for served in window.variants:
+            if (served.experiment == policy.experiment and served.variant in sides
+                    and served.version == versions[served.variant]):
+                sides[served.variant].add(served)
     return sides
 
 
@@ -102,13 +121,12 @@ class Experiment:
 
     @classmethod
     def of(cls, policy: RolloutPolicy, outcomes: list[Outcome], windows: list[ServedWindow] | None = None) -> "Experiment":
-        arms = {policy.control: ArmOutcomes(), policy.candidate: ArmOutcomes()}
+        arms = {"control": ArmOutcomes(), "candidate": ArmOutcomes()}
         at_step = 0
-        for outcome in sorted(outcomes, key=lambda o: o.at):
-            if outcome.version in arms and outcome.at >= policy.started_at:
-                arms[outcome.version].add(outcome.score)
-                at_step += outcome.version == policy.candidate and outcome.at >= policy.step_started_at
-        control, candidate = arms[policy.control], arms[policy.candidate]
+        for outcome in sorted(policy.own(outcomes), key=lambda o: o.at):
+            arms[outcome.variant].add(outcome.score)
+            at_step += outcome.variant == "candidate" and outcome.at >= policy.step_started_at
+        control, candidate = arms["control"], arms["candidate"]
         return cls(policy, control, candidate, at_step, policy.test.decide(control, candidate),
                    served_sides(policy, windows or []))
 
@@ -138,12 +156,9 @@ class Experiment:
                 "p_value": round(self.decision.p_value, 6), "difference": round(self.decision.difference, 4)}
 
 
-def advance(registry: Registry, log: OutcomeLog) -> Change | None:
-    """Look at one task's automatic rollout once and act on it; the change made, if any."""
-    policy = registry.auto_rollout(log.task)
-    if policy is None:
-        return None
-    experiment = Experiment.of(policy, log.read(), log.read_served())
+def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | None:
+    """What the rollout should do now, or None to wait: end (a guard rail broken, or the test
+    decided) or move to the next step (enough candidate outcomes at this one)."""
     verdict, breach = experiment.decision.verdict, experiment.guard_breach()
     if breach or verdict in ("promote", "rollback", "no_difference"):
         action = "promote" if verdict == "promote" and not breach else "rollback"
@@ -153,15 +168,27 @@ def advance(registry: Registry, log: OutcomeLog) -> Change | None:
                             "the control stays"}[verdict]
         change = Change(actor=CONTROLLER, action=action, reason=reason, stats=experiment.snapshot(),
                         details={"control": policy.control, "candidate": policy.candidate, "production": winner})
-        registry.end_auto_rollout(log.task, winner, CONTROLLER, reason)
-        registry.record_change(log.task, change)
-        return change
+        return RolloutDecision(experiment=policy.experiment, step=policy.step, change=change, winner=winner)
     if experiment.candidate_at_step < policy.min_samples_per_step or policy.step + 1 >= len(policy.steps):
         return None
     moved = policy.model_copy(update={"step": policy.step + 1, "step_started_at": utc_now()})
     reason = f"{experiment.candidate_at_step} candidate outcomes at {policy.share:g}% and not worse"
-    registry.set_auto_rollout(log.task, moved, CONTROLLER, reason)
     change = Change(actor=CONTROLLER, action="step", reason=reason, stats=experiment.snapshot(),
                     details={"from": policy.share, "to": moved.share})
-    registry.record_change(log.task, change)
-    return change
+    return RolloutDecision(experiment=policy.experiment, step=policy.step, change=change, next_policy=moved)
+
+
+def advance(registry: Registry, log: OutcomeLog) -> Change | None:
+    """Look at one task's automatic rollout once and act on it; the change made, if any. A
+    decision recorded at the current step and not yet applied is applied, not made again."""
+    policy = registry.auto_rollout(log.task)
+    if policy is None:
+        return None
+    decision = registry.decision(log.task, policy)
+    if decision is None:
+        decision = decide(policy, Experiment.of(policy, log.read(), log.read_served()))
+        if decision is None:
+            return None
+        decision = registry.record_decision(log.task, decision)
+    registry.apply_decision(log.task, decision)
+    return decision.change

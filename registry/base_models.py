@@ -279,6 +279,17 @@ def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:
     )
 
 
+def max_positions(config: PretrainedConfig) -> int | None:
+    """The positions a model has a table (or a trained range) for: virtual tokens, input and
+    new tokens must fit in them. None where the architecture fixes none (ALiBi, as Bloom)."""
+    text = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def resolve_device(device: str) -> str:
     """`auto` is the GPU when there is one, else the CPU."""
     if device == "auto":

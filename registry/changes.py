@@ -27,6 +27,7 @@ from promptmux.registry.schemas import utc_now
 from promptmux.registry.storage import Storage
 
 LOG_DIR = "changes"
+ChangeKind = Literal["task", "version", "archive", "alias", "rollout"]
 HEAD = f"{LOG_DIR}/HEAD"
 
 
@@ -34,7 +35,7 @@ class ChangeEntry(BaseModel):
     """One routing-relevant write: which task, what kind of edit, when."""
 
     task: str
-    what: Literal["task", "version", "archive", "alias", "rollout"] = Field(description="what kind of edit")
+    what: ChangeKind = Field(description="what kind of edit")
     at: datetime = Field(default_factory=utc_now)
 
 
@@ -44,7 +45,7 @@ class ChangeLog:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def append(self, task: str, what: str) -> int:
+    def append(self, task: str, what: ChangeKind) -> int:
         """Add an entry; returns its number."""
         data = ChangeEntry(task=task, what=what).model_dump_json().encode()
         number = self._head()

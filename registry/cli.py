@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from promptmux.registry.errors import PromptmuxError, describe
+from promptmux.registry.names import parse_version
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL, RolloutSpec, RolloutVariant, TaskKind, TaskSpec
 
@@ -407,11 +408,12 @@ def rollout_status(
 
 def _parse_variant(item: str) -> RolloutVariant:
     version, sep, weight = item.partition("=")
+    number = parse_version(version.strip())
     try:
-        number, share = int(version), float(weight)
+        share = float(weight)
     except ValueError:
         sep = ""
-    if not sep:
+    if not sep or number is None:
         raise PromptmuxError(f"invalid rollout entry {item!r}: expected VERSION=WEIGHT, e.g. 3=90")
     return RolloutVariant(version=number, weight=share)
 
@@ -426,18 +428,27 @@ def archive(task: str, version: int, registry: RegistryOption = "") -> None:
 @registry_app.command("verify")
 def verify(
     task: Annotated[str | None, typer.Argument(help="only this task")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="finish edits and rollout decisions left half-done")] = False,
     registry: RegistryOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Re-hash every version and check aliases and rollouts; exit 1 if anything is wrong."""
-    results = open_registry(registry).verify(task)
+    """Re-hash every version, check aliases and rollouts, find half-done edits; exit 1 if anything is wrong."""
+    results = open_registry(registry).verify(task, repair=repair)
     bad = [r for r in results if not r.ok]
+    repaired = [r for r in results if r.repaired]
     if as_json:
-        print_json([{"task": r.task, "version": r.version, "ok": r.ok, "problem": r.problem} for r in results])
+        print_json([{"task": r.task, "version": r.version, "ok": r.ok, "problem": r.problem, "repaired": r.repaired}
+                    for r in results])
     else:
+        for r in repaired:
+            err_console.print(f"[yellow]{r.task}: repaired: {r.problem}[/yellow]", highlight=False)
         for r in bad:
-            err_console.print(f"[red]{r.task}@{r.version}: {r.problem}[/red]")
-        console.print(f"verified {len(results) - len(bad)} of {len(results)} entries, {len(bad)} problem(s)")
+            where = r.task if r.version is None else f"{r.task}@{r.version}"
+            err_console.print(f"[red]{where}: {r.problem}[/red]", highlight=False)
+        if any("half-done" in (r.problem or "") or "not applied" in (r.problem or "") for r in bad):
+            err_console.print("run `promptmux registry verify --repair` to finish what was left half-done", highlight=False)
+        console.print(f"verified {len(results) - len(bad)} of {len(results)} entries, {len(bad)} problem(s)"
+                      + (f", {len(repaired)} repaired" if repaired else ""))
     if bad:
         raise typer.Exit(1)
 
@@ -447,9 +458,9 @@ def gc(
     older_than: Annotated[float, typer.Option("--older-than", min=0, help="seconds; younger leftovers are kept")] = 3600,
     registry: RegistryOption = "",
 ) -> None:
-    """Delete staging leftovers of writers that were killed mid-write."""
+    """Delete what writers killed mid-write left: staging directories and temporary files."""
     removed = open_registry(registry).collect_garbage(older_than)
-    console.print(f"removed {removed} stale staging director{'y' if removed == 1 else 'ies'}")
+    console.print(f"removed {removed} stale leftover{'' if removed == 1 else 's'} of killed writers")
 
 
 @functools.cache
@@ -477,4 +488,8 @@ def main() -> None:
     except ValidationError as exc:
         problems = describe(exc.errors())
         err_console.print(f"[red]error:[/red] {problems}")
+        sys.exit(1)
+    except OSError as exc:  # a full disk or a refused write outside the registry's own edits
+        where = f" ({exc.filename})" if exc.filename else ""
+        err_console.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False)
         sys.exit(1)

@@ -44,3 +44,8 @@ class IncompatiblePromptError(PromptmuxError, ValueError):
 class CorruptFileError(PromptmuxError):
     """A registry file (task.json, a manifest, an alias or rollout file) cannot be parsed;
     the message names the file, and so the task."""
+
+
+class StorageError(PromptmuxError):
+    """The registry's storage refused a write (a full disk, no permission); the message says
+    whether the edit changed nothing or will be finished later."""

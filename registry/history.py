@@ -25,8 +25,10 @@ class Change(StrictModel):
     details: dict[str, Any] = Field(default_factory=dict)
     stats: dict[str, Any] | None = Field(None, description="the statistics the decision was made on")
 
-    def file_name(self) -> str:
-        return f"{self.at.strftime('%Y%m%dT%H%M%S.%f')}-{secrets.token_hex(4)}.json"
+    def file_name(self, key: str | None = None) -> str:
+        """`<time>-<key>.json`; an edit passes a key derived from its id, so that applying it
+        again creates the same name (and so never a second entry); else a random one."""
+        return f"{self.at.strftime('%Y%m%dT%H%M%S.%f')}-{key or secrets.token_hex(4)}.json"
 
     def summary(self) -> str:
         details = ", ".join(f"{key}={value}" for key, value in self.details.items())

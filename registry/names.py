@@ -10,6 +10,7 @@ import re
 from promptmux.registry.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: str.isdigit() takes "²" and "٣"
 RESERVED_ALIASES = frozenset({"latest"})
 
 
@@ -21,6 +22,11 @@ def validate_name(name: str, what: str = "name") -> str:
             "'.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def parse_version(text: str) -> int | None:
+    """The version number `text` spells in ASCII digits (1, 2, ...), else None."""
+    return int(text) if VERSION_PATTERN.fullmatch(text) else None
 
 
 def validate_alias(name: str) -> str:

@@ -9,20 +9,31 @@ the request id: the same id sent twice, to any replica, is one file, and replica
 number of machines write without conflicting. The guard rails read what the replicas
 served: each replica appends, while a task has a rollout, one immutable window of its
 per-variant requests, errors and latencies under `tasks/<task>/serving/`.
+
+An experiment counts only its own traffic. It has an id (`RolloutPolicy.experiment`),
+which its split carries (`RolloutSpec.experiment`); the router stamps every request the
+split assigns with that id and the variant, inside the request's signed feedback id, and
+only outcomes and served requests carrying this experiment's id decide. Requests pinned to
+a version or an alias, other experiments' requests and answers issued before it began are
+stored like any other, but never decide.
 """
 
 import hashlib
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from promptmux.registry.schemas import StrictModel, utc_now
+from promptmux.registry.history import Change
+from promptmux.registry.schemas import RolloutSpec, RolloutVariant, StrictModel, utc_now
 from promptmux.registry.sequential import SequentialTest
 
 DEFAULT_STEPS = [5.0, 25.0, 50.0]
 
 
 class RolloutPolicy(StrictModel):
+    experiment: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]{0,63})?$", description="the experiment's id, stamped "
+                            "on every request its split routes; only outcomes carrying it decide (default: from started_at)")
     control: int = Field(ge=1)
     candidate: int = Field(ge=1)
     steps: list[float] = Field(default_factory=lambda: list(DEFAULT_STEPS), min_length=1,
@@ -46,11 +57,46 @@ class RolloutPolicy(StrictModel):
             raise ValueError("steps are rising candidate shares between 0 and 100 percent, e.g. 5,25,50")
         if self.step >= len(self.steps):
             raise ValueError(f"step {self.step} is past the last of {len(self.steps)} steps")
+        if not self.experiment:  # stable for a policy written before experiments had ids
+            self.experiment = f"x{self.started_at.strftime('%Y%m%d-%H%M%S%f')}"
         return self
 
     @property
     def share(self) -> float:
         return self.steps[self.step]
+
+    def own(self, outcomes: "list[Outcome]") -> "list[Outcome]":
+        """The outcomes of requests this experiment's split routed: its id, a side's name and version."""
+        versions = {"control": self.control, "candidate": self.candidate}
+        return [o for o in outcomes if o.experiment == self.experiment and versions.get(o.variant) == o.version]
+
+    def split(self) -> RolloutSpec:
+        """The traffic split of the current step, carrying the experiment's id."""
+        return RolloutSpec(experiment=self.experiment, variants=[
+            RolloutVariant(version=self.control, weight=100 - self.share, name="control"),
+            RolloutVariant(version=self.candidate, weight=self.share, name="candidate")])
+
+
+class RolloutDecision(StrictModel):
+    """What the controller decided at one step of one experiment, written as one create-only
+    record (`tasks/<task>/decisions/<experiment>-<step or end>.json`) before anything acts on
+    it: a controller that dies half-way leaves it to be applied, never decided again, and two
+    controllers cannot decide one step twice."""
+
+    experiment: str
+    step: int = Field(ge=0, description="the policy step it was made at")
+    change: Change = Field(description="the history entry: action, reason, the statistics it was made on")
+    next_policy: RolloutPolicy | None = Field(None, description="a step: the policy of the next step")
+    winner: int | None = Field(None, ge=1, description="an end: the version `production` moves to")
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> "RolloutDecision":
+        if (self.next_policy is None) == (self.winner is None):
+            raise ValueError("a decision either moves to the next step or ends with a winner")
+        return self
+
+    def file_name(self) -> str:
+        return f"{self.experiment}-{'end' if self.winner is not None else f'step{self.step}'}.json"
 
 
 class Outcome(StrictModel):
@@ -60,6 +106,7 @@ class Outcome(StrictModel):
     task: str
     version: int = Field(ge=1)
     variant: str
+    experiment: str | None = Field(None, description="the automatic rollout that routed the request, if one did")
     score: float = Field(ge=0.0, le=1.0)
     label: str | None = Field(None, description="the gold label, for a classification")
     predicted: str | None = Field(None, description="the label the server answered")
@@ -73,21 +120,28 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5
                      30.0, 60.0, 120.0, float("inf"))
 
 
+Result = Literal["ok", "error", "timeout", "cancelled"]
+
+
 class VariantServed(StrictModel):
     """One replica's requests of one version under one variant, in one window."""
 
     version: int = Field(ge=1)
     variant: str
+    experiment: str | None = Field(None, description="the automatic rollout that routed these requests, if one did")
     requests: int = 0
-    errors: int = Field(0, description="requests that failed on the server's side or timed out")
+    errors: int = Field(0, description="requests that failed on the server's side (or for their version), or timed out")
+    cancelled: int = Field(0, description="requests whose client went away first")
     latency_buckets: list[int] = Field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S),
                                        description="successful requests per latency bucket (LATENCY_BUCKETS_S)")
 
-    def add(self, latency_s: float | None) -> None:
-        """One request: its latency when it succeeded, None when it failed."""
+    def add(self, result: Result, latency_s: float = 0.0) -> None:
+        """One request, with its result (and its latency when it succeeded)."""
         self.requests += 1
-        if latency_s is None:
+        if result in ("error", "timeout"):
             self.errors += 1
+        elif result == "cancelled":
+            self.cancelled += 1
         else:
             self.latency_buckets[next(i for i, bound in enumerate(LATENCY_BUCKETS_S) if latency_s <= bound)] += 1
 

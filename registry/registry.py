@@ -16,13 +16,15 @@ the task's lock because each checks the others (an alias may not point at an arc
 version, a version may not be archived while something points at it). That lock is a
 `flock` on local disks and in-process only on object stores: run alias and rollout edits of
 one task from one place at a time there (registrations may come from anywhere).
-Every edit that changes routing ends with an entry in the change log.
+Every edit that changes routing ends with an entry in the change log, and is journaled
+(`edits.py`): it completes, or leaves nothing visible, even if its writer is killed or the
+disk fills half-way.
 """
 
 import os
 import secrets
-from collections.abc import Collection
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,25 +33,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import fsspec
 from pydantic import BaseModel, ValidationError
 
-from promptmux.registry.changes import ChangeLog
+from promptmux.registry.changes import ChangeKind, ChangeLog
+from promptmux.registry.edits import Edit, EditJournal
 from promptmux.registry.errors import (
     ConflictError,
     CorruptFileError,
     InvalidArtifactError,
     NotFoundError,
     PromptmuxError,
+    StorageError,
     describe,
 )
 from promptmux.registry.history import MANUAL, Change
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.names import validate_alias, validate_name
-from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow
+from promptmux.registry.names import parse_version, validate_alias, validate_name
+from promptmux.registry.policy import Outcome, RolloutDecision, RolloutPolicy, ServedWindow
 from promptmux.registry.schemas import (
     AliasRecord,
     BaseModelFingerprint,
     PromptVersion,
     RolloutSpec,
-    RolloutVariant,
     TaskRecord,
     TaskSpec,
     TaskView,
@@ -64,6 +67,9 @@ if TYPE_CHECKING:
 REGISTRY_ENV = "PROMPTMUX_REGISTRY"
 MAX_CLAIM_ATTEMPTS = 10_000
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+ClaimT = TypeVar("ClaimT")
+POLICY_FILE = "rollout-policy.json"
+DEFAULT_ALIAS = "production"
 
 
 def default_registry_uri() -> str:
@@ -80,10 +86,11 @@ class VerifyResult:
     task: str
     version: int | None
     problem: str | None
+    repaired: bool = False  # the problem was a half-done edit or decision, and `repair` finished it
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None or self.repaired
 
 
 
@@ -97,9 +104,10 @@ def _artifact() -> ModuleType:
 class Registry:
     """Versioned soft prompts per task, on local disk or any fsspec URL."""
 
-    def __init__(self, uri: str | None = None, create: bool = True) -> None:
-        self.storage: Storage = open_storage(uri or default_registry_uri(), create)
+    def __init__(self, uri: str | None = None, create: bool = True, storage: Storage | None = None) -> None:
+        self.storage: Storage = storage or open_storage(uri or default_registry_uri(), create)
         self.changes = ChangeLog(self.storage)
+        self.journal = EditJournal(self.storage, self.changes)
 
     @property
     def uri(self) -> str:
@@ -109,8 +117,8 @@ class Registry:
     def create_task(self, spec: TaskSpec, base_fingerprint: BaseModelFingerprint, exist_ok: bool = False) -> TaskRecord:
         """Create a task; with `exist_ok`, return the existing one if its base model matches."""
         record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
-        if self.storage.create(f"{_task_rel(spec.name)}/task.json", record.model_dump_json(indent=2).encode()):
-            self.changes.append(spec.name, "task")
+        data = record.model_dump_json(indent=2).encode()
+        if self._announced(spec.name, "task", lambda: self.storage.create(f"{_task_rel(spec.name)}/task.json", data)):
             return record
         if not exist_ok:
             raise ConflictError(f"task {spec.name!r} already exists")
@@ -154,30 +162,33 @@ class Registry:
         _artifact().check_fits(tensor, base_fingerprint, record.base_fingerprint)
         if parent_version is not None:
             self.get_version(task, parent_version)
-        digest = _artifact().tensor_sha256(tensor)
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            number = max(self._claimed_numbers(task), default=0) + 1
-            manifest = PromptVersion(
-                task=task,
-                version=number,
-                num_virtual_tokens=tensor.shape[0],
-                token_dim=tensor.shape[1],
-                dtype=_artifact().dtype_name(tensor),
-                base_model=record.spec.base_model,
-                base_fingerprint=record.base_fingerprint,
-                init_method=init_method,
-                init_text=init_text,
-                training=training or {},
-                metrics=metrics or {},
-                data_fingerprint=data_fingerprint,
-                parent_version=parent_version,
-                note=note,
-                sha256=digest,
-            )
-            if self.storage.publish_dir(_version_rel(task, number), _artifact().version_files(manifest, tensor)):
-                self.changes.append(task, "version")
-                return manifest
-        raise ConflictError(f"could not claim a version number for task {task!r}")
+        template = PromptVersion(
+            task=task,
+            version=1,
+            num_virtual_tokens=tensor.shape[0],
+            token_dim=tensor.shape[1],
+            dtype=_artifact().dtype_name(tensor),
+            base_model=record.spec.base_model,
+            base_fingerprint=record.base_fingerprint,
+            init_method=init_method,
+            init_text=init_text,
+            training=training or {},
+            metrics=metrics or {},
+            data_fingerprint=data_fingerprint,
+            parent_version=parent_version,
+            note=note,
+            sha256=_artifact().tensor_sha256(tensor),
+        )
+
+        def claim() -> PromptVersion:
+            for _ in range(MAX_CLAIM_ATTEMPTS):
+                manifest = template.model_copy(update={"version": max(self._claimed_numbers(task), default=0) + 1})
+                if self.storage.publish_dir(_version_rel(task, manifest.version),
+                                            _artifact().version_files(manifest, tensor)):
+                    return manifest
+            raise ConflictError(f"could not claim a version number for task {task!r}")
+
+        return self._announced(task, "version", claim)
 
     def versions(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
         self.get_task(task)
@@ -208,7 +219,9 @@ class Registry:
         """A version by number, alias name, or `latest`/None."""
         if ref is None or ref == "latest":
             return self.latest(task)
-        if isinstance(ref, int) or ref.isdigit():
+        if isinstance(ref, int):
+            return self.get_version(task, ref)
+        if parse_version(ref) is not None:
             return self.get_version(task, int(ref))
         aliases = self.aliases(task)
         if ref not in aliases:
@@ -234,7 +247,7 @@ class Registry:
 
     def archive(self, task: str, version: int) -> None:
         """Retire a version: it stays loadable by number but is no longer `latest`."""
-        with self._task_lock(task):
+        with self._editing(task):
             self.get_version(task, version)
             users = [f"alias {name!r}" for name, target in self.aliases(task).items() if target == version]
             rollout = self.rollout(task)
@@ -242,11 +255,11 @@ class Registry:
                 users.append("the rollout")
             if users:
                 raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
-            self.storage.write_bytes(f"{_task_rel(task)}/archived/{version}", utc_now().isoformat().encode())
-            self.changes.append(task, "archive")
+            self.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
 
     def archived_versions(self, task: str) -> set[int]:
-        return {int(name) for name in self.storage.listdir(f"{_task_rel(task)}/archived") if name.isdigit()}
+        return {number for name in self.storage.listdir(f"{_task_rel(task)}/archived")
+                if (number := parse_version(name)) is not None}
 
     # ------------------------------------------------------ aliases, rollouts
     def aliases(self, task: str) -> dict[str, int]:
@@ -263,30 +276,33 @@ class Registry:
         return result
 
     def set_alias(self, task: str, alias: str, version: int, actor: str = MANUAL, reason: str = "") -> None:
+        """Point `alias` at `version` (nothing happens if it points there already)."""
         validate_alias(alias)
-        with self._task_lock(task):
+        with self._editing(task):
             self._check_servable(task, version)
-            current = self.alias_records(task).get(alias)
-            if current is None or current.version == version:
-                previous = current.previous if current else None
-            else:
-                previous = current.version
-            record = AliasRecord(version=version, previous=previous)
-            self.storage.write_bytes(_alias_rel(task, alias), record.model_dump_json().encode())
-            self.changes.append(task, "alias")
-            self.record_change(task, Change(actor=actor, action="alias", reason=reason, details={
-                "alias": alias, "version": version, "was": current.version if current else None}))
+            edit = self._alias_edit(task, alias, version, actor, reason)
+            if edit is not None:
+                self.journal.run(edit)
+
+    def _alias_edit(self, task: str, alias: str, version: int, actor: str, reason: str) -> Edit | None:
+        """The edit that moves `alias` to `version`, recording where it pointed before (servers
+        fall back to that version while this one fails validation); None if it is there already."""
+        current = self.alias_records(task).get(alias)
+        if current is not None and current.version == version:
+            return None
+        was = current.version if current else None
+        change = Change(actor=actor, action="alias", reason=reason, details={"alias": alias, "version": version, "was": was})
+        return Edit(task=task, what="alias", history=[change],
+                    writes={f"aliases/{alias}.json": AliasRecord(version=version, previous=was).model_dump_json()})
 
     def delete_alias(self, task: str, alias: str, actor: str = MANUAL, reason: str = "") -> None:
         validate_alias(alias)
-        with self._task_lock(task):
+        with self._editing(task):
             was = self.aliases(task).get(alias)
             if was is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
-            self.storage.remove(_alias_rel(task, alias))
-            self.changes.append(task, "alias")
-            self.record_change(task, Change(actor=actor, action="alias-delete", reason=reason,
-                                            details={"alias": alias, "was": was}))
+            change = Change(actor=actor, action="alias-delete", reason=reason, details={"alias": alias, "was": was})
+            self.journal.run(Edit(task=task, what="alias", removes=[f"aliases/{alias}.json"], history=[change]))
 
     def rollout(self, task: str) -> RolloutSpec | None:
         rel = f"{_task_rel(task)}/rollout.json"
@@ -294,50 +310,90 @@ class Registry:
         return None if data is None else self._parse(RolloutSpec, data, rel)
 
     def set_rollout(self, task: str, spec: RolloutSpec, actor: str = MANUAL, reason: str = "") -> None:
-        with self._task_lock(task):
+        """Split the task's default traffic; set by hand, it stops an automatic rollout."""
+        with self._editing(task):
             for variant in spec.variants:
                 self._check_servable(task, variant.version)
-            self.storage.write_bytes(f"{_task_rel(task)}/rollout.json", spec.model_dump_json(indent=2).encode())
-            self.changes.append(task, "rollout")
-            self._stop_auto_rollout(task, actor)
             split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
-            self.record_change(task, Change(actor=actor, action="rollout", reason=reason, details=split))
+            change = Change(actor=actor, action="rollout", reason=reason, details=split)
+            self.journal.run(Edit(task=task, what="rollout", writes={"rollout.json": spec.model_dump_json(indent=2)},
+                                  removes=[POLICY_FILE] if actor == MANUAL else [], history=[change]))
 
     def clear_rollout(self, task: str, actor: str = MANUAL, reason: str = "") -> None:
-        """Remove the rollout file, also one that cannot be parsed any more."""
-        with self._task_lock(task):
+        """Remove the rollout file, also one that cannot be parsed any more (and any automatic rollout)."""
+        with self._editing(task):
             if not self.storage.exists(f"{_task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
-            self.storage.remove(f"{_task_rel(task)}/rollout.json")
-            self.changes.append(task, "rollout")
-            self._stop_auto_rollout(task, actor)
-            self.record_change(task, Change(actor=actor, action="rollout-clear", reason=reason))
+            change = Change(actor=actor, action="rollout-clear", reason=reason)
+            self.journal.run(Edit(task=task, what="rollout", removes=["rollout.json", POLICY_FILE], history=[change]))
 
     # ------------------------------------------------------ automatic rollouts
     def auto_rollout(self, task: str) -> RolloutPolicy | None:
-        rel = f"{_task_rel(task)}/rollout-policy.json"
+        rel = f"{_task_rel(task)}/{POLICY_FILE}"
         data = self._read_or_none(rel)
         return None if data is None else self._parse(RolloutPolicy, data, rel)
 
-    def _stop_auto_rollout(self, task: str, actor: str) -> None:
-        """A person who sets or clears a split by hand takes over from the controller."""
-        if actor == MANUAL and self.storage.exists(f"{_task_rel(task)}/rollout-policy.json"):
-            self.storage.remove(f"{_task_rel(task)}/rollout-policy.json")
-
     def set_auto_rollout(self, task: str, policy: RolloutPolicy, actor: str = MANUAL, reason: str = "") -> None:
-        """Start (or move on) an automatic rollout: the policy, and the split of its current step."""
-        share = policy.share
-        spec = RolloutSpec(variants=[RolloutVariant(version=policy.control, weight=100 - share, name="control"),
-                                     RolloutVariant(version=policy.candidate, weight=share, name="candidate")])
-        self.set_rollout(task, spec, actor, reason)
-        self.storage.write_bytes(f"{_task_rel(task)}/rollout-policy.json", policy.model_dump_json(indent=2).encode())
+        """Start an automatic rollout: its policy, and the split of its first step, in one edit."""
+        with self._editing(task):
+            for version in (policy.control, policy.candidate):
+                self._check_servable(task, version)
+            spec = policy.split()
+            split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
+            change = Change(actor=actor, action="rollout", reason=reason, details=split)
+            self.journal.run(Edit(task=task, what="rollout", history=[change], writes={
+                "rollout.json": spec.model_dump_json(indent=2), POLICY_FILE: policy.model_dump_json(indent=2)}))
 
-    def end_auto_rollout(self, task: str, winner: int, actor: str, reason: str) -> None:
-        """Move `production` to the winner, then clear the rollout and its policy."""
-        self.set_alias(task, "production", winner, actor, reason)
-        self.storage.remove(f"{_task_rel(task)}/rollout-policy.json")
-        if self.rollout(task) is not None:
-            self.clear_rollout(task, actor, reason)
+    def decision(self, task: str, policy: RolloutPolicy) -> RolloutDecision | None:
+        """The decision recorded for the policy's current step, if any: a controller that died
+        before applying it left it for the next one to apply (never to decide again)."""
+        for name in (f"{policy.experiment}-end", f"{policy.experiment}-step{policy.step}"):
+            rel = f"{_task_rel(task)}/decisions/{name}.json"
+            data = self._read_or_none(rel)
+            if data is not None:
+                return self._parse(RolloutDecision, data, rel)
+        return None
+
+    def record_decision(self, task: str, decision: RolloutDecision) -> RolloutDecision:
+        """Write a decision as one create-only record before anything acts on it; the stored
+        one is returned (another controller's, if it decided this step first)."""
+        rel = f"{_task_rel(task)}/decisions/{decision.file_name()}"
+        try:
+            created = self.storage.create(rel, decision.model_dump_json(indent=2).encode())
+        except OSError as exc:
+            raise StorageError(f"cannot write to the registry at {self.uri}: {exc.strerror or exc}; the decision on "
+                               f"{task} was not recorded, nothing changed: it will be made again") from exc
+        return decision if created else self._parse(RolloutDecision, self.storage.read_bytes(rel), rel)
+
+    def apply_decision(self, task: str, decision: RolloutDecision) -> bool:
+        """Carry out a recorded decision, once: the next step's split and policy, or `production`
+        on the winner and the rollout ended, with the history, all in one journaled edit.
+        False when it was carried out already."""
+        with self._editing(task):
+            policy = self.auto_rollout(task)
+            if policy is None or (policy.experiment, policy.step) != (decision.experiment, decision.step):
+                return False
+            self.journal.run(self._decision_edit(task, decision))
+            return True
+
+    def _decision_edit(self, task: str, decision: RolloutDecision) -> Edit:
+        edit_id = decision.file_name().removesuffix(".json")
+        if decision.next_policy is not None:
+            return Edit(id=edit_id, task=task, what="rollout", history=[decision.change], writes={
+                "rollout.json": decision.next_policy.split().model_dump_json(indent=2),
+                POLICY_FILE: decision.next_policy.model_dump_json(indent=2)})
+        assert decision.winner is not None  # an ending decision names its winner
+        moved = self._alias_edit(task, DEFAULT_ALIAS, decision.winner, decision.change.actor, decision.change.reason)
+        return Edit(id=edit_id, task=task, what="rollout", writes=moved.writes if moved else {},
+                    removes=["rollout.json", POLICY_FILE], history=[*(moved.history if moved else []), decision.change])
+
+    def finish_pending(self, task: str | None = None) -> list[Edit]:
+        """Finish every edit a writer left half-done (of one task, or all), each under its task's lock."""
+        finished = []
+        for name in sorted({edit.task for edit in self.journal.pending(task)}):
+            with self._task_lock(name):
+                finished += self.journal.finish(name)
+        return finished
 
     def feedback_key(self) -> bytes:
         """The key serving replicas sign feedback ids with, made on first use: every replica
@@ -353,12 +409,22 @@ class Registry:
         return bytes.fromhex(data.decode())
 
     def record_outcome(self, outcome: Outcome) -> bool:
-        """Store one piece of feedback durably; False if that request's feedback is already stored."""
+        """Store one piece of feedback durably, claimed with a create-only write: True for the
+        one claim of a request id (whatever the number of replicas and concurrent posts), False
+        when the same outcome was stored already, `ConflictError` when a different one was (the
+        first stands)."""
         rel = f"{_task_rel(outcome.task)}/outcomes/{outcome.file_name()}"
-        if self.storage.exists(rel):
-            return False
-        self.storage.write_bytes(rel, outcome.model_dump_json().encode())
-        return True
+        try:
+            if self.storage.create(rel, outcome.model_dump_json().encode()):
+                return True
+        except OSError as exc:
+            raise StorageError(f"cannot write to the registry at {self.uri}: {exc.strerror or exc}; the feedback was not "
+                               "recorded, nothing changed: send it again") from exc
+        stored = self._parse(Outcome, self.storage.read_bytes(rel), rel)
+        if (stored.label, stored.score) != (outcome.label, outcome.score):
+            given = f"label {stored.label!r}" if stored.label is not None else f"score {stored.score:g}"
+            raise ConflictError(f"feedback for this output was recorded already, with {given}; the first stands")
+        return False
 
     def outcome_files(self, task: str, kind: str = "outcomes") -> list[str]:
         """Names of a task's outcome files (`kind="serving"`: its served windows)."""
@@ -377,10 +443,6 @@ class Registry:
         return self._parse(ServedWindow, self.storage.read_bytes(rel), rel)
 
     # ---------------------------------------------------------------- history
-    def record_change(self, task: str, change: Change) -> None:
-        """Append one change to the task's history (an immutable file of its own)."""
-        self.storage.write_bytes(f"{_task_rel(task)}/history/{change.file_name()}", change.model_dump_json().encode())
-
     def history(self, task: str) -> list[Change]:
         """Every recorded change of a task, oldest first."""
         self.get_task(task)
@@ -409,12 +471,14 @@ class Registry:
             rollout=self.rollout(task),
         )
 
-    def verify(self, task: str | None = None) -> list[VerifyResult]:
+    def verify(self, task: str | None = None, repair: bool = False) -> list[VerifyResult]:
         """Re-read every version (or one task's): parse, re-hash, compare with its manifest,
-        and check that aliases and rollouts point at existing versions."""
+        and check that aliases and rollouts point at existing versions. Also report edits a
+        writer left half-done and rollout decisions recorded but not applied; with `repair`,
+        finish them (each problem is then reported as repaired)."""
         if task is not None:
             self.get_task(task)  # an unknown task is an error, not "0 of 0 verified"
-        results: list[VerifyResult] = []
+        results = self._unfinished(task, repair)
         for name in [task] if task else self.list_tasks():
             numbers = self.version_numbers(name)
             for number in numbers:
@@ -431,10 +495,35 @@ class Registry:
                     results.append(VerifyResult(name, None, f"{what} points at missing version {version}"))
         return results
 
+    def _unfinished(self, task: str | None, repair: bool) -> list[VerifyResult]:
+        """Half-done edits, unreadable edit records and decided-but-unapplied rollout decisions
+        (a decision whose edit is half-done is that edit, reported once)."""
+        pending = self.journal.pending(task)
+        results = [VerifyResult(edit.task, None, f"half-done edit ({edit.summary()})", repaired=repair) for edit in pending]
+        if repair:
+            self.finish_pending(task)
+        results += [VerifyResult(task or "-", None, f"{self.uri}/{rel}: unreadable edit record")
+                    for rel in self.journal.unreadable()]
+        busy = set() if repair else {edit.task for edit in pending}
+        for name in [task] if task else self.list_tasks():
+            try:
+                policy = self.auto_rollout(name)
+                decision = self.decision(name, policy) if policy and name not in busy else None
+            except CorruptFileError as exc:
+                results.append(VerifyResult(name, None, str(exc)))
+                continue
+            if decision is not None:
+                results.append(VerifyResult(name, None, f"rollout decision {decision.file_name()} "
+                                            f"({decision.change.summary()}) recorded but not applied", repaired=repair))
+                if repair:
+                    self.apply_decision(name, decision)
+        return results
+
     def collect_garbage(self, older_than_s: float = 3600.0) -> int:
-        """Remove what writers killed mid-write left in staging (never visible to readers);
-        only leftovers older than `older_than_s`, so writers still at work are untouched."""
-        return self.storage.remove_stale_staging(older_than_s)
+        """Remove what killed writers left behind, anywhere in the registry: staging directories
+        and temporary files (never visible to readers); only leftovers older than
+        `older_than_s`, so writers still at work are untouched."""
+        return self.storage.remove_stale_leftovers(older_than_s)
 
     # ------------------------------------------------------- import / export
     def import_peft(
@@ -508,7 +597,8 @@ class Registry:
 
     def _claimed_numbers(self, task: str) -> list[int]:
         """Every version directory, including one a writer is still (or died) filling."""
-        return sorted(int(name) for name in self.storage.listdir(f"{_task_rel(task)}/versions") if name.isdigit())
+        return sorted(number for name in self.storage.listdir(f"{_task_rel(task)}/versions")
+                      if (number := parse_version(name)) is not None)
 
     def version_numbers(self, task: str, known: Collection[int] = ()) -> list[int]:
         """The visible versions: complete directories (a manifest is written last). Versions in
@@ -523,9 +613,39 @@ class Registry:
         if version in self.archived_versions(task):
             raise ConflictError(f"version {version} of {task!r} is archived")
 
-    def _task_lock(self, task: str) -> AbstractContextManager[None]:
+    @contextmanager
+    def _task_lock(self, task: str) -> Iterator[None]:
         self.get_task(task)
-        return self.storage.lock(f"{_task_rel(task)}/meta")
+        with self.storage.lock(f"{_task_rel(task)}/meta"):
+            yield
+
+    @contextmanager
+    def _editing(self, task: str) -> Iterator[None]:
+        """The task's lock, with any edit a writer left half-done finished first: so an edit
+        left behind is always the task's latest, and finishing it is always right."""
+        with self._task_lock(task):
+            self.journal.finish(task)
+            yield
+
+    def _announced(self, task: str, what: ChangeKind, claim: Callable[[], ClaimT]) -> ClaimT:
+        """Run `claim`, a create-only write that makes something new visible (a task, a version),
+        between recording and applying its announcement: if it claims nothing (returns a falsy
+        value) or fails, the record is withdrawn and nothing changed."""
+        edit = Edit(task=task, what=what)
+        self.journal.begin(edit)
+        try:
+            claimed = claim()
+        except BaseException as exc:
+            self.journal.withdraw(edit)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write to the registry at {self.uri}: {exc.strerror or exc}; nothing was "
+                                   f"{'registered' if what == 'version' else 'created'}") from exc
+            raise
+        if not claimed:
+            self.journal.withdraw(edit)
+            return claimed
+        self.journal.apply(edit)
+        return claimed
 
     def _parse(self, schema: type[SchemaT], data: bytes, rel: str) -> SchemaT:
         try:

@@ -18,10 +18,10 @@ from promptmux.registry.sequential import ArmOutcomes
 def plot_rollout(task: str, policy: RolloutPolicy, outcomes: list[Outcome], history: list[Change], path: Path) -> None:
     figure = Figure(figsize=(8, 5))  # no pyplot: no backend, no global state
     scores, shares = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    ordered = sorted((o for o in outcomes if o.at >= policy.started_at), key=lambda o: o.at)
+    ordered = sorted(policy.own(outcomes), key=lambda o: o.at)
     for side, version in (("control", policy.control), ("candidate", policy.candidate)):
         arm, times, means, lows, highs = ArmOutcomes(), [], [], [], []
-        for outcome in (o for o in ordered if o.version == version):
+        for outcome in (o for o in ordered if o.variant == side):
             arm.add(outcome.score)
             low, high = arm.interval()
             times.append(outcome.at)

@@ -198,6 +198,8 @@ class RolloutSpec(StrictModel):
 
     variants: list[RolloutVariant] = Field(min_length=1, max_length=16)
     sticky: bool = True
+    experiment: str | None = Field(None, max_length=64, description="the automatic rollout this split belongs to: "
+                                   "the router stamps the requests it assigns with it")
     updated_at: datetime = Field(default_factory=utc_now)
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import threading
 import time
@@ -45,6 +46,7 @@ from fsspec.implementations.local import LocalFileSystem
 from promptmux.registry.errors import NotFoundError, PromptmuxError
 
 STAGING_DIR = ".staging"
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what `LocalStorage._place` writes before its rename
 CONDITIONAL_PUT_PROTOCOLS = {"s3", "s3a"}
 
 
@@ -127,8 +129,8 @@ class Storage:
             self.write_bytes(f"{rel}/{name}", data)
         return True
 
-    def remove_stale_staging(self, older_than_s: float) -> int:
-        """Delete staging leftovers of writers that died mid-write; object stores have none."""
+    def remove_stale_leftovers(self, older_than_s: float) -> int:
+        """Delete what writers that died mid-write left; object stores have no such leftovers."""
         return 0
 
     @contextmanager
@@ -202,12 +204,20 @@ class LocalStorage(Storage):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def remove_stale_staging(self, older_than_s: float) -> int:
-        staging = Path(self.path(STAGING_DIR))
+    def remove_stale_leftovers(self, older_than_s: float) -> int:
+        """Staging directories and temporary files (`.<name>.<hex>.tmp`, anywhere) older than
+        `older_than_s`: what a writer killed between writing and renaming left."""
         cutoff = time.time() - older_than_s
-        stale = [entry for entry in staging.iterdir() if entry.stat().st_mtime < cutoff] if staging.is_dir() else []
+        staging = Path(self.path(STAGING_DIR))
+        stale = [entry for entry in staging.iterdir() if _mtime(entry) < cutoff] if staging.is_dir() else []
         for entry in stale:
             shutil.rmtree(entry, ignore_errors=True)
+        for folder, _, files in os.walk(self.root):
+            temporary = [Path(folder) / name for name in files if TEMP_NAME.fullmatch(name)]
+            for path in temporary:
+                if _mtime(path) < cutoff:
+                    path.unlink(missing_ok=True)
+                    stale.append(path)
         return len(stale)
 
     @contextmanager
@@ -221,6 +231,13 @@ class LocalStorage(Storage):
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile
+        return float("inf")
 
 
 def _write_synced(path: Path, data: bytes) -> None:

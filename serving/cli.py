@@ -95,6 +95,10 @@ def serve_command(
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="the most tokens any request may ask for [default: 1024]")
     ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(min=1, help="positions a request may use (virtual + input + new tokens) [default: "
+                                 "the model's max_position_embeddings]")
+    ] = None,
     refresh_interval: Annotated[float, typer.Option(min=0.1, help="seconds between registry refreshes")] = 2.0,
     drain_timeout: Annotated[
         float | None, typer.Option(min=0, help="on Ctrl-C or SIGTERM, seconds requests in flight may take to "
@@ -112,7 +116,8 @@ def serve_command(
     load_config(model_id, trust_remote_code)  # before a cluster starts, whose replicas would fail with a long traceback
     engine = {"base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
               "max_batch_size": max_batch_size, "trust_remote_code": trust_remote_code,
-              **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {})}
+              **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}),
+              **({"max_model_len": max_model_len} if max_model_len is not None else {})}
     settings = ServeSettings.model_validate({
         "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval,
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),

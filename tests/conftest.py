@@ -12,6 +12,7 @@ os.environ.setdefault("PROMPTMUX_CACHE", str(Path(__file__).resolve().parent.par
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
@@ -20,6 +21,7 @@ from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
 
 
 @pytest.fixture(scope="session")

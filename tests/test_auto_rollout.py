@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptmux.registry import Registry, TaskSpec
+from promptmux.registry import ConflictError, Registry, TaskSpec
 from promptmux.registry.auto_rollout import Experiment, OutcomeLog, advance
 from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, VariantServed
@@ -29,14 +29,13 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def feed(registry: Registry, rng: random.Random, rates: dict[int, float], count: int, start: int) -> None:
-    """`count` outcomes, each for the version the current split routes it to."""
+    """`count` outcomes, each for the variant the current split routes it to, stamped as the router stamps it."""
     rollout = registry.rollout("reviews")
-    versions = [v.version for v in rollout.variants]
-    weights = [v.weight for v in rollout.variants]
     for i in range(count):
-        version = rng.choices(versions, weights)[0]
-        registry.record_outcome(Outcome(id=f"req-{start + i}", task="reviews", version=version,
-                                        variant=f"v{version}", score=float(rng.random() < rates[version])))
+        variant = rng.choices(rollout.variants, [v.weight for v in rollout.variants])[0]
+        registry.record_outcome(Outcome(id=f"req-{start + i}", task="reviews", version=variant.version,
+                                        variant=variant.name, experiment=rollout.experiment,
+                                        score=float(rng.random() < rates[variant.version])))
 
 
 def run_loop(registry: Registry, rates: dict[int, float], seed: int) -> list:
@@ -75,18 +74,26 @@ def test_a_worse_candidate_is_rolled_back_at_its_first_step(registry: Registry) 
     assert registry.aliases("reviews")["production"] == 1 and registry.rollout("reviews") is None
 
 
-def test_feedback_counts_once_per_request_and_only_since_the_rollout_began(registry: Registry) -> None:
+def test_feedback_counts_once_per_request_and_only_for_its_own_experiment(registry: Registry) -> None:
     old = Outcome(id="before", task="reviews", version=2, variant="v2", score=0.0, at=utc_now() - timedelta(days=1))
     assert registry.record_outcome(old)
     registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))
-    outcome = Outcome(id="req-1", task="reviews", version=2, variant="candidate", score=1.0)
-    assert registry.record_outcome(outcome) and not registry.record_outcome(outcome.model_copy(update={"score": 0.0}))
-    log = OutcomeLog(registry, "reviews")
-    assert len(log.read()) == 2
-    assert advance(registry, log) is None  # too few outcomes to decide anything
     policy = registry.auto_rollout("reviews")
+    outcome = Outcome(id="req-1", task="reviews", version=2, variant="candidate", experiment=policy.experiment, score=1.0)
+    assert registry.record_outcome(outcome) and not registry.record_outcome(outcome)
+    with pytest.raises(ConflictError, match="recorded already, with score 1; the first stands"):
+        registry.record_outcome(outcome.model_copy(update={"score": 0.0}))
+    strangers = [  # stored, but none of them decides: no experiment, another experiment, a pinned version
+        Outcome(id="pinned", task="reviews", version=2, variant="v2", score=0.0),
+        Outcome(id="other", task="reviews", version=2, variant="candidate", experiment="x-earlier", score=0.0),
+        Outcome(id="replayed", task="reviews", version=2, variant="candidate", score=0.0),
+    ]
+    assert all(registry.record_outcome(o) for o in strangers)
+    log = OutcomeLog(registry, "reviews")
+    assert len(log.read()) == 5
+    assert advance(registry, log) is None  # too few outcomes to decide anything
     experiment = Experiment.of(policy, log.read())
-    assert experiment.candidate.count == 1 and experiment.candidate.mean == 1.0
+    assert experiment.candidate.count == 1 and experiment.candidate.mean == 1.0 and experiment.control.count == 0
 
 
 def test_a_manual_split_takes_over_from_the_controller(registry: Registry) -> None:
@@ -97,15 +104,15 @@ def test_a_manual_split_takes_over_from_the_controller(registry: Registry) -> No
     assert registry.history("reviews")[-1].reason == "pausing the experiment"
 
 
-def window(replica: str, served: list[tuple[int, str, int, int, float]]) -> ServedWindow:
+def window(replica: str, served: list[tuple[int, str, int, int, float]], experiment: str | None) -> ServedWindow:
     """A window of (version, variant, ok requests, failed requests, latency of each ok one)."""
     variants = []
     for version, variant, ok, failed, latency in served:
-        counts = VariantServed(version=version, variant=variant)
+        counts = VariantServed(version=version, variant=variant, experiment=experiment)
         for _ in range(ok):
-            counts.add(latency)
+            counts.add("ok", latency)
         for _ in range(failed):
-            counts.add(None)
+            counts.add("error")
         variants.append(counts)
     return ServedWindow(replica=replica, start=utc_now(), variants=variants)
 
@@ -118,14 +125,19 @@ def test_a_candidate_that_breaks_a_guard_rail_is_rolled_back_whatever_its_outcom
     registry: Registry, candidate: tuple, reason: str
 ) -> None:
     registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))
+    experiment = registry.auto_rollout("reviews").experiment
     log = OutcomeLog(registry, "reviews")
-    registry.record_served("reviews", window("a:1", [(1, "control", 30, 0, 0.04), (2, "candidate", 10, 0, 0.04)]))
+    registry.record_served("reviews", window("a:1", [(1, "control", 30, 0, 0.04), (2, "candidate", 10, 0, 0.04)],
+                                             experiment))
     assert advance(registry, log) is None  # too few candidate requests for the guard rails yet
-    registry.record_served("reviews", window("b:2", [(1, "control", 40, 1, 0.04), candidate]))
-    registry.record_served("reviews", window("a:1", [(1, "production", 500, 500, 9.0)]))  # not the experiment's
+    registry.record_served("reviews", window("b:2", [(1, "control", 40, 1, 0.04), candidate], experiment))
+    registry.record_served("reviews", window("a:1", [(1, "production", 500, 500, 9.0)], None))  # not the experiment's
+    registry.record_served("reviews", window("a:1", [(2, "candidate", 500, 0, 0.01)], "x-earlier"))  # nor these
     for i in range(40):  # and its outcomes say it is better
-        registry.record_outcome(Outcome(id=f"c{i}", task="reviews", version=2, variant="candidate", score=1.0))
-        registry.record_outcome(Outcome(id=f"k{i}", task="reviews", version=1, variant="control", score=float(i % 2)))
+        registry.record_outcome(Outcome(id=f"c{i}", task="reviews", version=2, variant="candidate",
+                                        experiment=experiment, score=1.0))
+        registry.record_outcome(Outcome(id=f"k{i}", task="reviews", version=1, variant="control",
+                                        experiment=experiment, score=float(i % 2)))
     change = advance(registry, log)
     assert change.action == "rollback" and change.reason == reason
     assert registry.aliases("reviews")["production"] == 1 and registry.auto_rollout("reviews") is None

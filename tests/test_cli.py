@@ -117,8 +117,10 @@ def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
     policy = filled.auto_rollout("sentiment")
     assert (policy.control, policy.candidate, policy.steps, policy.min_samples_per_step) == (1, 2, [5, 20, 60], 5)
     assert "control (v1):95% / candidate (v2):5%" in started.out
+    sides = {1: "control", 2: "candidate"}
     for i, (version, score) in enumerate([(1, 1.0), (1, 0.0), (2, 1.0), (2, 1.0), (1, 1.0)]):
-        filled.record_outcome(Outcome(id=f"r{i}", task="sentiment", version=version, variant="x", score=score))
+        filled.record_outcome(Outcome(id=f"r{i}", task="sentiment", version=version, variant=sides[version],
+                                      experiment=policy.experiment, score=score))
     status = json.loads(cli("registry", "rollout-status", "sentiment", *uri, "--json").out)
     assert status["control"] == {"version": 1, "outcomes": 3, "mean": pytest.approx(0.6667, abs=1e-4),
                                  "interval": status["control"]["interval"], "requests": 0, "error_rate": 0.0, "p99_s": 0.0}

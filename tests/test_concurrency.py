@@ -60,6 +60,8 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, llama_fp
 
 
 def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+    """A writer killed anywhere leaves either nothing or an edit that `verify` names as half-done
+    and `verify --repair` finishes: each alias move then is in the history exactly once."""
     registry = _shared_task(tmp_path, llama_fp)
     rng = random.Random(0)
     for round_ in range(6):
@@ -68,8 +70,12 @@ def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseMod
         time.sleep(rng.uniform(0.05, 0.4))
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=60)
-        results = registry.verify()
-        assert results and all(r.ok for r in results), [r.problem for r in results if not r.ok]
+        problems = [r.problem for r in registry.verify() if not r.ok]
+        assert all(p.startswith("half-done edit") for p in problems), problems
+        assert all(r.ok for r in registry.verify(repair=True)) and all(r.ok for r in registry.verify())
+        moves = [c.details["version"] for c in registry.history("shared") if c.action == "alias"]
+        assert moves == sorted(set(moves)), moves  # rising, none twice
+        assert registry.aliases("shared").get("production", moves[-1] if moves else None) == (moves[-1] if moves else None)
         latest = registry.latest("shared").version
         assert registry.aliases("shared")["production"] <= latest
         assert json.loads(registry.rollout("shared").model_dump_json())["variants"][0]["version"] <= latest
@@ -102,7 +108,7 @@ def test_concurrent_alias_and_rollout_edits_lose_nothing(tmp_path: Path, llama_f
     assert all(result.ok for result in registry.verify())
 
 
-def test_gc_removes_only_stale_staging_leftovers(cli, tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
+def test_gc_removes_only_stale_leftovers_anywhere(cli, tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
     registry = _shared_task(tmp_path, llama_fp)
     registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp)
     staging = Path(registry.uri) / ".staging"
@@ -112,7 +118,12 @@ def test_gc_removes_only_stale_staging_leftovers(cli, tmp_path: Path, llama_fp: 
         (leftover / "adapter_model.safetensors").write_bytes(b"partial")
     hours_ago = time.time() - 7200
     os.utime(old, (hours_ago, hours_ago))
+    temporary = [Path(registry.uri) / "tasks" / "shared" / "history" / f".{name}.{'a' * 32}.tmp" for name in ("x", "y")]
+    for leftover in temporary:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"{")
+    os.utime(temporary[0], (hours_ago, hours_ago))
     result = cli("registry", "gc", "--registry", registry.uri)
-    assert result.code == 0 and "removed 1 stale staging directory" in result.out
-    assert not old.exists() and fresh.exists()
+    assert result.code == 0 and "removed 2 stale leftovers" in result.out
+    assert not old.exists() and fresh.exists() and not temporary[0].exists() and temporary[1].exists()
     assert [v.version for v in registry.versions("shared")] == [1]

@@ -2,8 +2,10 @@
 
 The fake runner gives every row the token `1 + (its input length + tokens so far) % 50`
 (never EOS), so a row runs to its `max_new_tokens` and its tokens say which row it is.
-What is checked here is admission (FIFO, token budget, queue bound, static batches),
-rows leaving, and failures staying with their own request.
+The fake has a position table of `POSITIONS` entries, as GPT-2 has: a forward past it
+raises, as a real one does. What is checked here is admission (FIFO, token budget, queue
+bound, static batches, positions), rows leaving, and failures staying with their own
+request.
 """
 
 import pytest
@@ -12,12 +14,13 @@ import torch
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import OverloadedError, RequestError
+from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError, check_positions
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptKey
 from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
 
 VOCAB = 64
+POSITIONS = 48
 LIMITS = EngineConfig(max_batch_size=4, admit_fraction=0.25, max_admission_wait_steps=0)
 
 
@@ -50,12 +53,17 @@ class FakeRunner:
         self.prefills: list[list[GenerationRow]] = []
         self.classified: list[int] = []  # rows per classify call
 
+    def check_positions(self, virtual: int, inputs: int, new: int) -> None:
+        check_positions(virtual, inputs, new, POSITIONS, f"the model's {POSITIONS} positions")
+
     def prefill(self, rows: list[GenerationRow]) -> FakeBatch:
         self.prefills.append(rows)
+        beyond(max(row.prompt.num_virtual_tokens + len(row.input_ids) for row in rows))
         return FakeBatch([len(row.input_ids) for row in rows])
 
     def decode_step(self, batch: FakeBatch, tokens: torch.Tensor) -> None:
         assert tokens.shape == (len(batch.lengths),)
+        beyond(PROMPT.num_virtual_tokens + max(batch.lengths) + 1)
         batch.lengths = [n + 1 for n in batch.lengths]
         batch.logits = next_logits(batch.lengths)
 
@@ -75,6 +83,19 @@ class FakeRunner:
 
 
 PROMPT = CachedPrompt(PromptKey("fake", 1, ""), torch.zeros((2, 8)))
+
+
+def beyond(positions: int) -> None:
+    """What a forward over more positions than the table holds does."""
+    if positions > POSITIONS:
+        raise IndexError("index out of range in self")
+
+
+class UncheckedRunner(FakeRunner):
+    """A runner whose admission check is skipped, as if a row had bypassed the edge and the engine."""
+
+    def check_positions(self, virtual: int, inputs: int, new: int) -> None:
+        pass
 
 
 def row(inputs: int, new: int) -> GenerationRow:
@@ -168,3 +189,48 @@ def test_a_classification_with_a_bad_verbalizer_fails_alone() -> None:
     assert isinstance(results["bad"], IndexError) and "outside the vocabulary" in str(results["bad"])
     assert [o.label for o in results["good"]] == ["yes"] and [o.label for o in results["also good"]] == ["a"]
     assert runner.classified == [3, 1, 1, 1]  # all together, then each alone after the failure
+
+
+def alone(r: GenerationRow) -> list[int]:
+    scheduler = Scheduler(LIMITS, FakeRunner())
+    state = scheduler.submit(r)
+    run(scheduler)
+    return state.generated
+
+
+def test_a_row_past_the_models_positions_fails_alone_at_admission() -> None:
+    normal = [row(3, 10), row(6, 8), row(2, 12)]
+    scheduler = Scheduler(LIMITS, FakeRunner())
+    states = [scheduler.submit(r) for r in normal[:2]]
+    overflow = scheduler.submit(row(20, 40))  # 2 virtual + 20 + 40 > 48 positions
+    states.append(scheduler.submit(normal[2]))
+    run(scheduler)
+    assert isinstance(overflow.failure, PositionLimitError) and overflow.generated == []
+    assert str(overflow.failure) == "virtual tokens (2) + input tokens (20) + max_new_tokens (40) = 62 exceed the model's 48 positions"
+    assert not overflow.failure.version_caused  # 20 + 40 do not fit without the prompt either
+    assert [s.generated for s in states] == [alone(r) for r in normal] and all(s.error is None for s in states)
+
+
+def test_a_row_that_breaks_a_decode_step_fails_alone_and_its_neighbours_finish_unchanged() -> None:
+    normal = [row(3, 20), row(6, 22), row(2, 24)]
+    runner = UncheckedRunner()
+    scheduler = Scheduler(LIMITS, runner)
+    states = [scheduler.submit(r) for r in normal[:2]]
+    overflow = scheduler.submit(row(30, 30))  # prefills (32 positions), then runs off the table while decoding
+    states.append(scheduler.submit(normal[2]))
+    run(scheduler)
+    # its 17th token would be fed at position 48: the step fails, and prefilled alone again it fails again
+    assert overflow.error == "index out of range in self" and len(overflow.generated) == POSITIONS - 31
+    assert [s.generated for s in states] == [alone(r) for r in normal] and all(s.error is None for s in states)
+    assert [len(p) for p in runner.prefills] == [4, 1, 1, 1, 1]  # together, then each row alone after the failed step
+
+
+def test_a_row_whose_prefill_fails_fails_alone() -> None:
+    normal = [row(3, 10), row(6, 8)]
+    runner = UncheckedRunner()
+    scheduler = Scheduler(LIMITS, runner)
+    states = [scheduler.submit(normal[0]), scheduler.submit(row(50, 2)), scheduler.submit(normal[1])]
+    run(scheduler)
+    assert states[1].error == "index out of range in self"
+    assert [states[0].generated, states[2].generated] == [alone(r) for r in normal]
+    assert [len(p) for p in runner.prefills] == [3, 1, 1, 1]  # together, then each alone

@@ -72,7 +72,8 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
     registry = build_registry(tmp_path / "registry")
     port, grace = free_port(), 4.0
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry.uri, port, "--drain-timeout", str(grace), "--max-new-tokens", "8000")
+    process = start_serve(registry.uri, port, "--drain-timeout", str(grace), "--max-new-tokens", "8000",
+                          "--max-model-len", "8100")  # the tiny model's rotary positions go on past its 2,048
     short = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
     # far longer than the grace period on any machine (1,024 tokens took 1.2 s here)
     long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
@@ -97,8 +98,11 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
 
     try:
         finite, cut, refused, signalled = asyncio.run(scenario())
-    finally:
-        output, _ = process.communicate(timeout=120)
+    except BaseException:  # stop the server (and the Ray cluster it started) before failing
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+        raise
+    output, _ = process.communicate(timeout=120)
     print(output[-2000:])
     assert process.returncode == 0 and "draining" in output
     for result in finite:  # in flight at SIGTERM, finished after it, in full

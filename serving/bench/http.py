@@ -76,7 +76,7 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
 
     async def direct(body: dict) -> int:
         request = GenerateBody.model_validate(body)
-        outputs = await service.generate(await service.prepare(request.query(), None, request.params), "bench")
+        outputs = await service.generate(await service.prepare(request.query(), None, "bench", request.params), "bench")
         return sum(o.usage.completion_tokens for o in outputs)
 
     try:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from contextlib import aclosing
 
+from promptmux.registry.errors import PromptmuxError
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.errors import EngineUnavailable
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
@@ -123,6 +124,8 @@ class AsyncEngine:
             async for event in events:
                 if event.error:
                     self.check_alive()
+                    if isinstance(events.state.failure, PromptmuxError):  # the request's own fault, e.g. its positions
+                        raise events.state.failure
                     raise EngineFailure(event.error)
                 if event.output is not None:
                     return event.output

@@ -35,6 +35,11 @@ class EngineConfig(StrictModel):
         "from a replica's num_cpus), else the CPUs this process may run on, less the cores other processes keep busy"
     )
     max_input_tokens: int = Field(2048, ge=1)
+    max_model_len: int | None = Field(
+        None, ge=1, description="positions a row may use: virtual + input + new tokens (default: the model's own, "
+        "max_position_embeddings; none for ALiBi models). Raise it only where the model's positions extend (RoPE "
+        "scaling): past a learned position table (GPT-2) a forward fails"
+    )
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 
     def resolved_device(self) -> str:

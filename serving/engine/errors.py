@@ -7,6 +7,19 @@ class RequestError(PromptmuxError, ValueError):
     """The request itself is invalid or exceeds a configured limit."""
 
 
+class PositionLimitError(RequestError):
+    """A row would run past the positions the model has (or the engine's KV budget).
+
+    `version_caused` is true when the input and the new tokens alone would fit and the
+    prompt version's virtual tokens are what pushes the row over: the version, not the
+    request, is at fault, and a rollout counts the refusal against that version's variant.
+    """
+
+    def __init__(self, message: str, version_caused: bool) -> None:
+        super().__init__(message)
+        self.version_caused = version_caused
+
+
 class OverloadedError(PromptmuxError):
     """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""
 
@@ -18,3 +31,14 @@ class EngineUnavailable(PromptmuxError):
 def over_limit(field: str, value: int, limit: int) -> str:
     """The one wording of "too many tokens", under the field name the client sent."""
     return f"{field} {value} exceeds the limit of {limit} (engine.max_new_tokens)"
+
+
+def check_positions(virtual: int, inputs: int, new: int, limit: int, what: str, new_field: str = "max_new_tokens") -> None:
+    """Refuse a row whose virtual tokens, input and new tokens do not fit in `limit`
+    positions (`what` names the limit), naming the three numbers."""
+    needed = virtual + inputs + new
+    if needed > limit:
+        raise PositionLimitError(
+            f"virtual tokens ({virtual}) + input tokens ({inputs}) + {new_field} ({new}) = {needed} exceed {what}",
+            version_caused=inputs + new <= limit,
+        )

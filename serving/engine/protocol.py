@@ -33,6 +33,9 @@ class ModelRunner(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    def check_positions(self, virtual: int, inputs: int, new: int) -> None:
+        """Raise `PositionLimitError` for a row that would not fit the model's positions."""
+
     def prefill(self, rows: list[GenerationRow]) -> RunningBatch:
         """Run the rows' prompts and inputs; the batch holds the logits of their first token."""
 

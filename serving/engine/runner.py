@@ -18,7 +18,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from promptmux.registry import PromptVersion, Registry
-from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer, text_ids
+from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer, max_positions, text_ids
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import (
     ClassificationRow,
@@ -31,7 +31,7 @@ from promptmux.serving.engine.batching import (
 )
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.decoding import DecodeBatch
-from promptmux.serving.engine.errors import RequestError, over_limit
+from promptmux.serving.engine.errors import RequestError, check_positions, over_limit
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, ServingFormat
 from promptmux.serving.engine.threads import CpuThreads
@@ -51,6 +51,7 @@ class Engine:
         self.model.requires_grad_(False)
         self.tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
         self.fingerprint = fingerprint(self.model)
+        self.max_positions = config.max_model_len or max_positions(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = self._eos_ids()
         parameters = inspect.signature(self.model.forward).parameters
@@ -133,6 +134,18 @@ class Engine:
         output.logits = output.logits[:, -keep:]
         return output
 
+    def check_positions(self, virtual: int, inputs: int, new: int, new_field: str = "max_new_tokens") -> None:
+        """Refuse a row that would run past the model's positions or the engine's KV budget
+        (`PositionLimitError`, naming the three numbers): past the position table a forward
+        fails, on a GPU with a device-side assert that poisons every row beside it."""
+        budget = self.config.max_tokens_in_flight
+        if self.max_positions is not None and self.max_positions <= budget:
+            whose = "engine.max_model_len" if self.config.max_model_len else "the model's"
+            limit, what = self.max_positions, f"{whose} {self.max_positions} positions"
+        else:
+            limit, what = budget, f"the engine's KV budget of {budget} tokens (engine.max_tokens_in_flight)"
+        check_positions(virtual, inputs, new, limit, what, new_field)
+
     # ------------------------------------------------------------- generation
     def check_params(self, params: GenerationParams, tokens_field: str = "max_new_tokens") -> None:
         """Refuse parameters past the engine's limits, naming the field as the client sent it."""
@@ -164,6 +177,9 @@ class Engine:
         one sequence per label (input + verbalizer). All sequences, of any tasks, are
         scored in mixed batches.
         """
+        for row in rows:
+            longest = max(len(v) for v in row.verbalizers.values())
+            self.check_positions(row.prompt.num_virtual_tokens, len(row.input_ids), longest, "verbalizer tokens")
         items: list[tuple[int, str | None, Row, list[int]]] = []
         for r, row in enumerate(rows):
             if all(len(v) == 1 for v in row.verbalizers.values()):

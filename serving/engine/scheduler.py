@@ -11,6 +11,12 @@ is admitted only into an empty engine and runs until its longest request ends, f
 rows still occupying their slots. Classification jobs ride the same loop, all pending ones in one
 mixed batch, so the model is only ever driven from one thread.
 
+A failure stays with the row that causes it. A row that would run past the model's
+positions is refused at admission; a prefill that fails is retried row by row; after a
+decode step fails, every row is prefilled again alone with the tokens it has so far (its
+KV recomputed), so only a row that fails alone fails, and a rollout can charge the
+failure to that row's variant (`docs/reliability.md`, "Whose failure is it").
+
 The model is reached only through the `ModelRunner` protocol. Everything here is
 synchronous; `async_engine` runs it on a thread and bridges events to asyncio, and
 `offline.generate` runs it to completion.
@@ -21,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -55,6 +61,7 @@ class RequestState:
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None
+    failure: Exception | None = None  # what `error` says, as raised
     cancelled: bool = False
     emitted_chars: int = 0
     submitted_step: int = 0
@@ -192,9 +199,8 @@ class Scheduler:
             return
         try:
             self._decode()
-        except Exception as exc:  # a failed forward fails the rows in it, never the loop
-            self._fail(self.running, exc)
-            self.running, self.batch = [], None
+        except Exception as exc:  # a failed forward fails the rows that fail alone, never the loop
+            self._recover(exc)
 
     def _run_jobs(self) -> None:
         with self._lock:
@@ -224,26 +230,59 @@ class Scheduler:
         job.on_done(outputs)
 
     def _prefill(self, newcomers: list[RequestState]) -> None:
+        """Prefill the newcomers together and add them to the running batch. A row past the
+        model's positions, or whose sampler cannot be built, fails before the forward; if the
+        forward fails, each row is prefilled alone, so only a row that fails alone fails."""
         ready = []
-        for state in newcomers:  # a row whose sampler cannot be built fails alone, before the forward
+        for state in newcomers:
+            row = state.row
             try:
-                state.sampler = RowSampler(state.row.params, state.row.input_ids, self.runner.device)
+                self.runner.check_positions(row.prompt.num_virtual_tokens, len(row.input_ids), row.params.max_new_tokens)
+                state.sampler = RowSampler(row.params, row.input_ids, self.runner.device)
                 ready.append(state)
             except Exception as exc:  # handed to the request
                 self._fail([state], exc)
         if not ready:
             return
-        newcomers = ready
         try:
-            fresh = self.runner.prefill([state.row for state in newcomers])
-        except Exception as exc:  # the row fails alone
-            self._fail(newcomers, exc)
+            fresh = self.runner.prefill([state.row for state in ready])
+        except Exception as exc:  # handed to the request when it is alone; else each row is tried alone
+            if len(ready) == 1:
+                self._fail(ready, exc)
+                return
+            for state in ready:
+                self._join(state, state.row)
             return
+        self._add(ready, fresh)
+
+    def _join(self, state: RequestState, row: GenerationRow) -> None:
+        """Prefill one row by itself into the running batch; its failure is its own."""
+        try:
+            fresh = self.runner.prefill([row])
+        except Exception as exc:  # handed to the request
+            self._fail([state], exc)
+            return
+        self._add([state], fresh)
+
+    def _add(self, states: list[RequestState], fresh: RunningBatch) -> None:
         if self.batch is None:
             self.batch = fresh
         else:
             self.batch.merge(fresh)
-        self.running += newcomers
+        self.running += states
+
+    def _recover(self, exc: Exception) -> None:
+        """After a decode step failed, rebuild the batch row by row: each unfinished row is
+        prefilled alone with the tokens it has generated so far (its KV recomputed), so a row
+        that fails alone fails with its own error and the rows beside it go on. A lone row,
+        or a static batch (the baseline), fails as it is."""
+        states = [state for state in self.running if not state.done]
+        self.running, self.batch = [], None
+        if len(states) <= 1 or self.static:
+            self._fail(states, exc)
+            return
+        for state in states:
+            self._join(state, replace(state.row, input_ids=state.row.input_ids + state.generated))
 
     @torch.inference_mode()
     def _decode(self) -> None:
@@ -340,5 +379,6 @@ class Scheduler:
     def _fail(self, states: list[RequestState], exc: Exception) -> None:
         for state in states:
             state.error, state.finished_at = str(exc) or type(exc).__name__, time.perf_counter()
+            state.failure = exc
             if state.on_event is not None:
                 state.on_event(StreamEvent("", [], None, None, state.error))

@@ -1,10 +1,10 @@
 """HTTP request and response bodies (the OpenAPI schema of the serving API)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from promptmux.registry.schemas import MaxNewTokens, StrictModel
+from promptmux.registry.schemas import MaxNewTokens, Seed, StopStrings, StrictModel, Temperature, TopP
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.runtime.requests import Query
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
@@ -86,24 +86,43 @@ class FeedbackResponse(BaseModel):
     counted: bool = Field(description="false when this output's feedback had been counted already")
 
 
-class CompletionBody(BaseModel):
-    """OpenAI `POST /v1/completions`; `model` is `task`, `task@3` or `task:alias`, `user` the routing key."""
+# OpenAI fields promptmux does not implement, with the values that ask for nothing: a client
+# that sends one of these (LangChain sends several by default) is served; any other value is
+# refused with 400 naming the field, never silently ignored.
+UNSUPPORTED_OPENAI_FIELDS: dict[str, tuple] = {
+    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "suffix": (None, ""),
+    "stream_options": (None,),
+}
 
-    model_config = ConfigDict(extra="allow")
+
+class CompletionBody(StrictModel):
+    """OpenAI `POST /v1/completions`; `model` is `task`, `task@3` or `task:alias`, `user` the routing key.
+    Fields it does not know, and supported ones with values it cannot honour, are refused."""
 
     model: Text = Field(min_length=1, max_length=140)
-    prompt: Text | list[Text]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
     max_tokens: MaxNewTokens | None = None
-    temperature: float | None = Field(None, ge=0.0, le=10.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: Text | list[Text] | None = None
-    seed: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: Annotated[Text, Field(min_length=1, max_length=256)] | StopStrings | None = None
+    seed: Seed | None = None
     stream: bool = False
     user: Text | None = Field(None, max_length=256)
     n: Literal[1] = 1
     echo: Literal[False] = False
     logprobs: None = None
     best_of: Literal[1] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, neutral in UNSUPPORTED_OPENAI_FIELDS.items():
+            if name in data and data.pop(name) not in neutral:
+                raise ValueError(f"{name} is not supported by promptmux (leave it unset)")
+        return data
 
     def params(self) -> ParamsOverride:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop

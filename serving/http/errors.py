@@ -2,7 +2,8 @@
 
 Domain errors map to statuses by kind (a 4xx says what to fix; overload and a replica
 that cannot serve get 503 with `Retry-After`); a 500 means a bug, and its traceback goes
-to the log, never to the client.
+to the log, never to the client. An invalid body is 422 naming the field on promptmux's own
+routes, and 400 on the OpenAI-compatible ones, as OpenAI answers it.
 """
 
 import logging
@@ -20,6 +21,7 @@ from promptmux.registry import (
     InvalidNameError,
     NotFoundError,
     PromptmuxError,
+    StorageError,
 )
 from promptmux.registry.errors import describe
 from promptmux.serving.engine.errors import EngineUnavailable, OverloadedError, RequestError
@@ -29,11 +31,17 @@ from promptmux.serving.runtime.metrics import ServingMetrics
 log = logging.getLogger(__name__)
 STATUS = [
     (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (EngineUnavailable, 503),
-    (RouteUnavailable, 503),
+    (RouteUnavailable, 503), (StorageError, 503),
     (RequestTimeout, 504), (ForgedFeedbackId, 403), (RequestError, 400), (IncompatiblePromptError, 409), (InvalidArtifactError, 409),
     (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
+OPENAI_ENDPOINTS = {"/v1/completions"}
+
+
+def invalid_status(request: Request) -> int:
+    """An invalid body: 400 on the OpenAI-compatible routes, as OpenAI answers it; 422 on promptmux's own."""
+    return 400 if endpoint_of(request) in OPENAI_ENDPOINTS else 422
 
 
 def endpoint_of(request: Request) -> str:
@@ -66,11 +74,11 @@ def install_error_handlers(app: FastAPI, error: ErrorResponses) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(request, 422, describe(exc.errors(), "body", skip=1) or "invalid request body")
+        return error(request, invalid_status(request), describe(exc.errors(), "body", skip=1) or "invalid request body")
 
     @app.exception_handler(ValidationError)
     async def invalid_value(request: Request, exc: ValidationError) -> JSONResponse:
-        return error(request, 422, describe(exc.errors()))
+        return error(request, invalid_status(request), describe(exc.errors()))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

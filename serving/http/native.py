@@ -28,7 +28,7 @@ def native_router(service: PromptmuxService) -> APIRouter:
 
     @router.post("/v1/generate", response_model=GenerateResponse)
     async def generate(body: GenerateBody) -> GenerateResponse | StreamingResponse:
-        items = await service.prepare(body.query(), TaskKind.generation, body.params)
+        items = await service.prepare(body.query(), TaskKind.generation, "generate", body.params)
         if not body.stream:
             outputs = await service.generate(items, "generate")
             return GenerateResponse(outputs=[
@@ -47,7 +47,7 @@ def native_router(service: PromptmuxService) -> APIRouter:
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyBody) -> ClassifyResponse:
-        items = await service.prepare(body.query(), TaskKind.classification)
+        items = await service.prepare(body.query(), TaskKind.classification, "classify")
         outputs = await service.classify(items, "classify")
         return ClassifyResponse(outputs=[
             ClassifyOutput(id=service.feedback_id(item, o.label), index=i, task=item.task, version=item.version,

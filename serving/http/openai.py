@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
+from promptmux.registry.names import parse_version
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.http.api import CompletionBody
@@ -25,9 +26,10 @@ def parse_model(model: str) -> tuple[str, int | None, str | None]:
     """OpenAI `model` → (task, version, alias): `task`, `task@3` or `task:staging`."""
     if "@" in model:
         task, _, version = model.partition("@")
-        if not version.isdigit() or int(version) < 1:
-            raise RequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer")
-        return task, int(version), None
+        number = parse_version(version)
+        if number is None:
+            raise RequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer (ASCII digits)")
+        return task, number, None
     task, _, alias = model.partition(":")
     return task, None, alias or None
 
@@ -62,7 +64,7 @@ def openai_router(service: PromptmuxService) -> APIRouter:
         task, version, alias = parse_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         query = Query(task, prompts, version, alias, body.user)
-        items = await service.prepare(query, None, body.params(), tokens_field="max_tokens")
+        items = await service.prepare(query, None, "completions", body.params(), tokens_field="max_tokens")
         if items[0].kind is TaskKind.classification:
             labels = await service.classify(items, "completions")
             completion = Completion(body.model, items[0], [service.feedback_id(i, o.label) for i, o in zip(items, labels)])

@@ -3,8 +3,10 @@
 One per application (a small Serve deployment of its own). About every
 `controller_interval_s` it looks at each task with an automatic rollout and lets
 `auto_rollout.advance` read the new feedback, decide and act on the registry; the
-replicas pick the new split or alias up at their next refresh. Registry trouble is
-logged and the next round tries again.
+replicas pick the new split or alias up at their next refresh. Each round first finishes
+any registry edit a writer left half-done (a controller killed mid-decision, say), so a
+restarted controller completes what its predecessor decided. Registry trouble is logged
+and the next round tries again.
 """
 
 import logging
@@ -26,6 +28,8 @@ class RolloutController:
         self._thread = threading.Thread(target=self._loop, name="promptmux-controller", daemon=True)
 
     def run_once(self) -> list[Change]:
+        for edit in self.registry.finish_pending():
+            log.warning("rollout controller: finished a half-done edit (%s)", edit.summary())
         changes = []
         for task in self.registry.list_tasks():
             try:

@@ -2,7 +2,8 @@
 
 Every response carries an id per output. The id holds what the server needs to count
 the feedback without any shared state: the task, the version and rollout variant that
-served it and, for a classification, the label it answered. An HMAC-SHA256 signature
+served it, the automatic rollout whose split routed it (if one did: only such outcomes
+decide that experiment) and, for a classification, the label it answered. An HMAC-SHA256 signature
 under the deployment's key (kept in the registry, so every replica on every node shares
 it) makes it tamper-proof: `pmx1.<payload>.<signature>`, both base64url.
 """
@@ -30,6 +31,7 @@ class Served(StrictModel):
     task: str
     version: int
     variant: str
+    experiment: str | None = None  # the automatic rollout that routed the request
     label: str | None = None  # the label answered, for a classification
     nonce: str  # every request's id is its own
 
@@ -49,8 +51,9 @@ class FeedbackIds:
     def _sign(self, body: str) -> str:
         return _b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES])
 
-    def issue(self, task: str, version: int, variant: str, label: str | None = None) -> str:
-        served = Served(task=task, version=version, variant=variant, label=label, nonce=secrets.token_hex(8))
+    def issue(self, task: str, version: int, variant: str, experiment: str | None = None, label: str | None = None) -> str:
+        served = Served(task=task, version=version, variant=variant, experiment=experiment, label=label,
+                        nonce=secrets.token_hex(8))
         body = _b64(json.dumps(served.model_dump(exclude_none=True), separators=(",", ":")).encode())
         return f"{PREFIX}.{body}.{self._sign(body)}"
 

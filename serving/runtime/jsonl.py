@@ -1,12 +1,13 @@
 """Offline task-level inference on top of the engine (`promptmux generate`).
 
 Generation and classification rows of any tasks are batched together; a bad request
-(unknown task, input too long, ...) becomes an error result for that request alone.
+(unknown task, input too long, past the model's positions, ...) becomes an error result
+for that request alone, and every other request is answered.
 """
 
-from promptmux.registry import PromptmuxError, Registry, TaskKind
+from promptmux.registry import PromptmuxError, Registry
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine.offline import generate
+from promptmux.serving.engine.offline import run
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.requests import prepare
 from promptmux.serving.runtime.routing import RegistryView
@@ -21,8 +22,7 @@ class TaskRunner:
 
     def run(self, requests: list[TaskRequest]) -> list[TaskResult]:
         results: list[TaskResult] = []
-        generation: list[tuple[TaskResult, GenerationRow]] = []
-        classification: list[tuple[TaskResult, ClassificationRow]] = []
+        queued: list[tuple[TaskResult, GenerationRow | ClassificationRow]] = []
         for request in requests:
             try:
                 route = self.view.route(request.task, request.version, request.alias, request.routing_key)
@@ -35,10 +35,10 @@ class TaskRunner:
             result = TaskResult(task=request.task, input=request.input, version=prepared.version,
                                 variant=prepared.variant, kind=prepared.kind.value)
             results.append(result)
-            queue = classification if prepared.kind is TaskKind.classification else generation
-            queue.append((result, prepared.row))
-        for (result, _), output in zip(generation, generate(self.engine, [row for _, row in generation])):
-            result.result = output
-        for (result, _), output in zip(classification, self.engine.classify([row for _, row in classification])):
-            result.result = output
+            queued.append((result, prepared.row))
+        for (result, _), output in zip(queued, run(self.engine, [row for _, row in queued])):
+            if isinstance(output, Exception):
+                result.error = str(output) or type(output).__name__
+            else:
+                result.result = output
         return results

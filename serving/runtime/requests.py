@@ -21,13 +21,38 @@ class Query:
     routing_key: str | None = None
 
 
-@dataclass
-class Prepared:
+@dataclass(frozen=True)
+class Assignment:
+    """Which version and rollout variant serve a request, and the automatic rollout (if any)
+    whose split put it there: what metrics, served windows and feedback ids are keyed by."""
+
     task: str
     version: int
     variant: str
+    experiment: str | None = None
+
+    @classmethod
+    def of(cls, task: str, route: Route) -> "Assignment":
+        return cls(task, route.manifest.version, route.variant, route.experiment)
+
+
+@dataclass
+class Prepared:
+    assignment: Assignment
     kind: TaskKind
     row: GenerationRow | ClassificationRow
+
+    @property
+    def task(self) -> str:
+        return self.assignment.task
+
+    @property
+    def version(self) -> int:
+        return self.assignment.version
+
+    @property
+    def variant(self) -> str:
+        return self.assignment.variant
 
 
 def prepare(
@@ -35,14 +60,22 @@ def prepare(
     params: ParamsOverride | None = None, tokens_field: str = "max_new_tokens",
 ) -> list[Prepared]:
     """Everything that can fail for a request's inputs fails here, before they join a batch:
-    the template, tokenization, the verbalizers and the parameters against the engine's
-    limits. The verbalizers and parameters are the same for every input: done once."""
+    the template, tokenization, the verbalizers, the parameters against the engine's limits,
+    and each input against the model's positions (`PositionLimitError`, naming the virtual
+    tokens, the input and the new tokens). The verbalizers and parameters are the same for
+    every input: done once."""
     if spec.kind is TaskKind.classification:
         row_type: type[GenerationRow] | type[ClassificationRow] = ClassificationRow
-        per_task: GenerationParams | dict[str, list[int]] = engine.verbalizers(spec.labels)
+        verbalizers = engine.verbalizers(spec.labels)
+        per_task: GenerationParams | dict[str, list[int]] = verbalizers
+        new, new_field = max(len(ids) for ids in verbalizers.values()), "verbalizer tokens"
     else:
         row_type, per_task = GenerationRow, (params or ParamsOverride()).apply(spec.generation)
         engine.check_params(per_task, tokens_field)
-    return [Prepared(spec.name, route.manifest.version, route.variant, spec.kind,
-                     row_type(prompt, engine.encode(spec.render(text)), per_task))
-            for text in texts]
+        new, new_field = per_task.max_new_tokens, tokens_field
+    assignment, items = Assignment.of(spec.name, route), []
+    for text in texts:
+        ids = engine.encode(spec.render(text))
+        engine.check_positions(prompt.num_virtual_tokens, len(ids), new, new_field)
+        items.append(Prepared(assignment, spec.kind, row_type(prompt, ids, per_task)))
+    return items

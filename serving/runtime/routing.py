@@ -3,7 +3,9 @@
 Precedence: an explicit version, then an alias, then the task's rollout, then its
 `production` alias, then its latest version. A rollout with a routing key hashes
 (task, key) to a point in [0, 1): the same key lands on the same variant on every
-replica while the split is unchanged; without a key the pick is weighted random.
+replica while the split is unchanged; without a key the pick is weighted random. A route
+the split of an automatic rollout assigns carries the experiment's id (only such routes
+count toward its decision); a pinned version, an alias or a fallback carries none.
 
 The view follows the registry on `refresh()`: it reads the registry's change log from where
 it last stopped and reloads only the tasks named there, so a refresh with nothing changed is
@@ -50,6 +52,7 @@ DEFAULT_ALIAS = "production"
 class Route:
     manifest: PromptVersion
     variant: str
+    experiment: str | None = None  # the automatic rollout whose split assigned this route
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class RegistryView:
         with self._lock:
             chosen = entry.rollout.variants[pick_variant(entry.rollout, task, routing_key, self._rng)]
         if chosen.name not in entry.broken_variants:
-            return Route(self._manifest(entry, chosen.version), chosen.name)
+            return Route(self._manifest(entry, chosen.version), chosen.name, entry.rollout.experiment)
         try:
             return Route(self._default_route(entry).manifest, f"{chosen.name}-fallback")
         except (NotFoundError, RouteUnavailable) as exc:

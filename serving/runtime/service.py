@@ -15,10 +15,10 @@ from typing import TypeVar
 import torch
 
 from promptmux.registry import PromptVersion, Registry, TaskKind
-from promptmux.registry.policy import Outcome, ServedWindow, VariantServed
+from promptmux.registry.policy import Outcome, Result, ServedWindow, VariantServed
 from promptmux.registry.schemas import utc_now
 from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
-from promptmux.serving.engine.errors import RequestError
+from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import StreamEvent
@@ -26,7 +26,7 @@ from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.errors import RequestTimeout
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
-from promptmux.serving.runtime.requests import Prepared, Query, prepare
+from promptmux.serving.runtime.requests import Assignment, Prepared, Query, prepare
 from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
@@ -48,28 +48,46 @@ class InFlight:
 
 
 class ServedCounters:
-    """What this replica served per (task, version, variant) since the last window was written:
-    the guard rails of automatic rollouts read these windows from the registry."""
+    """What this replica served per assignment (task, version, variant, experiment) since the
+    last window was written, by result: the guard rails of automatic rollouts read these
+    windows from the registry."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._start = utc_now()
-        self._counts: dict[tuple[str, int, str], VariantServed] = {}
+        self._counts: dict[Assignment, VariantServed] = {}
 
-    def add(self, item: Prepared, latency_s: float | None) -> None:
+    def add(self, assignment: Assignment, result: Result, latency_s: float = 0.0) -> None:
         with self._lock:
-            key = (item.task, item.version, item.variant)
-            self._counts.setdefault(key, VariantServed(version=item.version, variant=item.variant)).add(latency_s)
+            served = self._counts.setdefault(assignment, VariantServed(
+                version=assignment.version, variant=assignment.variant, experiment=assignment.experiment))
+            served.add(result, latency_s)
 
     def take(self, replica: str, tasks: set[str]) -> dict[str, ServedWindow]:
         """This window's figures of `tasks` (the others are dropped); a new window starts."""
         with self._lock:
             counts, start, self._counts, self._start = self._counts, self._start, {}, utc_now()
         windows: dict[str, ServedWindow] = {}
-        for (task, _, _), served in counts.items():
-            if task in tasks:
-                windows.setdefault(task, ServedWindow(replica=replica, start=start, variants=[])).variants.append(served)
+        for assignment, served in counts.items():
+            if assignment.task in tasks:
+                window = windows.setdefault(assignment.task, ServedWindow(replica=replica, start=start, variants=[]))
+                window.variants.append(served)
         return windows
+
+
+def result_of(exc: BaseException) -> Result | None:
+    """How a request that raised `exc` counts: a failure of the server (or of the version that
+    served it), a timeout, a cancel; None for a refusal that says nothing of the version (an
+    invalid request, a full queue), which is not counted against any variant."""
+    if isinstance(exc, RequestTimeout):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, PositionLimitError):
+        return "error" if exc.version_caused else None
+    if isinstance(exc, RequestError | OverloadedError):
+        return None
+    return "error"
 
 
 class PromptmuxService:
@@ -148,12 +166,14 @@ class PromptmuxService:
 
     # ------------------------------------------------------------- requests
     async def prepare(
-        self, query: Query, kind: TaskKind | None, params: ParamsOverride | None = None,
+        self, query: Query, kind: TaskKind | None, endpoint: str, params: ParamsOverride | None = None,
         tokens_field: str = "max_new_tokens",
     ) -> list[Prepared]:
         """Route once per request and prepare every input; refuse the wrong kind of task
         (`kind=None` accepts both). A prompt not yet resident is loaded on a worker thread,
-        off the event loop. `tokens_field` is what the client calls max_new_tokens."""
+        off the event loop. `tokens_field` is what the client calls max_new_tokens. A request
+        the routed version's virtual tokens push past the model's positions is counted as a
+        failure of that version's variant before it is refused."""
         texts = query.texts
         if len(texts) > self.settings.max_inputs_per_request:
             raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
@@ -165,48 +185,63 @@ class PromptmuxService:
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
         prompts = self.engine.prompts
         prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
-        return prepare(self.engine, spec, route, prompt, texts, params, tokens_field)
+        try:
+            return prepare(self.engine, spec, route, prompt, texts, params, tokens_field)
+        except PositionLimitError as exc:
+            self.count(endpoint, [Assignment.of(spec.name, route)] * len(texts), result_of(exc))
+            raise
 
     def feedback_id(self, item: Prepared, label: str | None = None) -> str:
         """The signed id an output carries, which `POST /v1/feedback` takes back."""
-        return self.ids.issue(item.task, item.version, item.variant, label)
+        a = item.assignment
+        return self.ids.issue(a.task, a.version, a.variant, a.experiment, label)
 
     def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
-        labels, latency = (item.task, str(item.version), item.variant), time.perf_counter() - started
-        self.count(endpoint, [item], "ok")
-        self.served.add(item, latency)
+        a, latency = item.assignment, time.perf_counter() - started
+        labels = (a.task, str(a.version), a.variant)
+        self.count(endpoint, [a], "ok", latency)
         self.metrics.latency.labels(endpoint, *labels).observe(latency)
         self.metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
 
-    def count(self, endpoint: str, items: list[Prepared], status: str) -> None:
-        """Count requests by outcome: ok, cancelled (the client went away), timeout (504), error."""
-        for item in items:
-            self.metrics.requests.labels(endpoint, item.task, str(item.version), item.variant, status).inc()
-            if status in ("error", "timeout"):
-                self.served.add(item, None)
+    def count(self, endpoint: str, assignments: list[Assignment], result: Result | None, latency_s: float = 0.0) -> None:
+        """Count requests by result (ok, error, timeout: 504, cancelled: the client went away)
+        under the variant that served each, for the metrics and for the rollouts' guard rails;
+        a result of None (a refusal that says nothing of the version) is not counted."""
+        if result is None:
+            return
+        for a in assignments:
+            self.metrics.requests.labels(endpoint, a.task, str(a.version), a.variant, result).inc()
+            self.served.add(a, result, latency_s)
 
     async def generate(self, items: list[Prepared], endpoint: str) -> list[GenerationOutput]:
-        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items))
+        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items), return_exceptions=True)
         return await self._finish(work, endpoint, items)
 
     async def classify(self, items: list[Prepared], endpoint: str) -> list[ClassificationOutput]:
         return await self._finish(self.async_engine.classify([item.row for item in items]), endpoint, items)
 
-    async def _finish(self, work: Awaitable[list[R]], endpoint: str, items: list[Prepared]) -> list[R]:
-        """Every output of a plain request within its deadline, each recorded; a request that
-        does not finish is counted as timed out (`RequestTimeout`, HTTP 504) or cancelled."""
+    async def _finish(self, work: Awaitable[list[R | BaseException]], endpoint: str, items: list[Prepared]) -> list[R]:
+        """Every output of a plain request within its deadline. Each input is counted with its
+        own result under its own variant (a request of several inputs may fail in one of them);
+        the first failure is then raised. A request that does not finish is counted as timed
+        out (`RequestTimeout`, HTTP 504) or cancelled."""
         started = time.perf_counter()
         try:
             outputs = await Deadline(self.settings.request_timeout_s).wait(work)
-        except RequestTimeout:
-            self.count(endpoint, items, "timeout")
+        except (RequestTimeout, asyncio.CancelledError) as exc:
+            self.count(endpoint, [item.assignment for item in items], result_of(exc))
             raise
-        except asyncio.CancelledError:
-            self.count(endpoint, items, "cancelled")
-            raise
+        except Exception as exc:  # the whole job failed (a classification): every input with it
+            outputs = [exc] * len(items)
         for item, output in zip(items, outputs):
-            self.record(endpoint, item, output.usage, started)
+            if isinstance(output, BaseException):
+                self.count(endpoint, [item.assignment], result_of(output))
+            else:
+                self.record(endpoint, item, output.usage, started)
+        failure = next((output for output in outputs if isinstance(output, BaseException)), None)
+        if failure is not None:
+            raise failure
         return list(outputs)
 
     def open_streams(self, items: list[Prepared]) -> list[EventStream]:
@@ -242,18 +277,18 @@ class PromptmuxService:
                 try:
                     index, event = await deadline.wait(queue.get())
                 except RequestTimeout as exc:
-                    self.count(endpoint, [items[i] for i in unfinished], "timeout")
+                    self.count(endpoint, [items[i].assignment for i in unfinished], "timeout")
                     yield 0, StreamEvent("", [], error=str(exc))
                     return
                 if event.output is not None:
                     self.record(endpoint, items[index], event.output.usage, started)
                 if event.error:
-                    self.count(endpoint, [items[index]], "error")
+                    self.count(endpoint, [items[index].assignment], "error")
                 if event.finish_reason or event.error:
                     unfinished.discard(index)
                 yield index, event
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
-            self.count(endpoint, [items[i] for i in unfinished], "cancelled")
+            self.count(endpoint, [items[i].assignment for i in unfinished], "cancelled")
             raise
         finally:
             for task in pumps:
@@ -261,18 +296,21 @@ class PromptmuxService:
 
     # ------------------------------------------------------------- feedback
     async def feedback(self, feedback_id: str, score: float | None, label: str | None) -> bool:
-        """Count one piece of feedback on a served request, durably, before answering; False
-        when that request's feedback was already counted (by any replica)."""
+        """Count one piece of feedback on a served request, durably, before answering: True for
+        the one create-only claim of its id, False when the same feedback was counted already
+        (by any replica), `ConflictError` (409) when different feedback was."""
         served = self.ids.verify(feedback_id)
         spec = self.view.task(served.task).record.spec
-        if label is not None:
-            if served.label is None:
-                raise RequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
+        if served.label is None and label is not None:
+            raise RequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
+        if served.label is not None:
+            if label is None:  # a score would skip the check against the label answered
+                raise RequestError(f"{served.task} is a classification task: send the gold label ('label'), not a score")
             if label not in spec.labels:
                 raise RequestError(f"unknown label {label!r} for {served.task} (labels: {', '.join(spec.labels)})")
             score = float(label == served.label)
         outcome = Outcome(id=feedback_id, task=served.task, version=served.version, variant=served.variant,
-                          score=score, label=label, predicted=served.label)
+                          experiment=served.experiment, score=score, label=label, predicted=served.label)
         counted = await asyncio.to_thread(self.registry.record_outcome, outcome)
         if counted:
             labels = (served.task, str(served.version), served.variant)
