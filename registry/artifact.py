@@ -1,10 +1,12 @@
-"""The on-disk form of one prompt version: a PEFT prompt-tuning adapter plus our manifest.
+"""The on-disk form of one prompt version: a PEFT adapter plus our manifest.
 
 A version directory holds
 
-* `adapter_model.safetensors` with the single key `prompt_embeddings`
-  (`[num_virtual_tokens, token_dim]`, PEFT's own layout for causal LMs),
-* `adapter_config.json`, a `PromptTuningConfig` written by PEFT's own dataclass,
+* `adapter_model.safetensors`: the method's tensors under PEFT's own keys
+  (`prompt_embeddings`, and for multitask prompt tuning `prefix_task_cols` and
+  `prefix_task_rows`; `registry/methods.py` says what each method stores),
+* `adapter_config.json`: the method's PEFT config (written by PEFT's own config class, or,
+  for an imported adapter, kept byte for byte as PEFT wrote it),
 * `promptmux.json`, the `PromptVersion` manifest (written last: it makes the version
   visible on object stores),
 
@@ -23,91 +25,64 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
-from promptmux.registry.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.registry.errors import InvalidArtifactError
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion
-
-TENSOR_KEY = "prompt_embeddings"
-SUPPORTED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-MAX_VIRTUAL_TOKENS = 4096
-MAX_TENSOR_FILE_BYTES = 512 * 1024 * 1024
+from promptmux.registry.methods import EMBEDDINGS, MAX_TENSOR_BYTES, SUPPORTED_DTYPES, Prompt
+from promptmux.registry.schemas import PromptVersion
 
 
-def validate_prompt_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """Return a detached, contiguous CPU copy of a valid prompt tensor, or raise."""
-    if not isinstance(tensor, torch.Tensor):
-        raise InvalidArtifactError(f"a soft prompt must be a tensor, got {type(tensor).__name__}")
-    if tensor.dim() != 2:
-        raise InvalidArtifactError(
-            f"a soft prompt must be 2-D [num_virtual_tokens, token_dim], got shape {tuple(tensor.shape)}"
-        )
-    if tensor.dtype not in SUPPORTED_DTYPES:
-        raise InvalidArtifactError(
-            f"a soft prompt must be float32, bfloat16 or float16, got {str(tensor.dtype).removeprefix('torch.')}"
-        )
-    rows, cols = tensor.shape
-    if not 1 <= rows <= MAX_VIRTUAL_TOKENS or cols < 1:
-        raise InvalidArtifactError(
-            f"a soft prompt needs 1..{MAX_VIRTUAL_TOKENS} virtual tokens and a positive token_dim, "
-            f"got shape {tuple(tensor.shape)}"
-        )
-    tensor = tensor.detach().to("cpu").contiguous()
-    if not torch.isfinite(tensor).all():
-        raise InvalidArtifactError("a soft prompt must be finite: it contains NaN or Inf values")
-    return tensor
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the raw bytes of `prompt_embeddings`, then of every other tensor by name (so a
+    plain soft prompt's digest is that of its one tensor)."""
+    digest = hashlib.sha256(_raw(tensors[EMBEDDINGS]))
+    for name in sorted(set(tensors) - {EMBEDDINGS}):
+        digest.update(name.encode())
+        digest.update(_raw(tensors[name]))
+    return digest.hexdigest()
 
 
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """sha256 of the raw bytes of a contiguous CPU tensor, in its own dtype."""
-    return hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes()).hexdigest()
+def _raw(tensor: torch.Tensor) -> bytes:
+    return tensor.contiguous().view(torch.uint8).numpy().tobytes()
 
 
-def encode_tensor(tensor: torch.Tensor) -> bytes:
-    return save_safetensors({TENSOR_KEY: tensor})
-
-
-def decode_tensor(data: bytes, source: str) -> torch.Tensor:
-    """Parse safetensors bytes holding a prompt; refuse anything else with a clear error."""
+def decode_tensors(data: bytes, source: str) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes; refuse anything else with a clear error."""
     _check_size(len(data), source)
     try:
-        tensors = load_safetensors(data)
+        return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise InvalidArtifactError(f"{source}: not a readable safetensors file ({exc})") from exc
-    return _prompt_from(tensors, source)
 
 
-def read_tensor_file(path: str, source: str) -> torch.Tensor:
-    """Like `decode_tensor` for a local file, memory-mapped by safetensors instead of read whole."""
+def read_tensor_file(path: str, source: str) -> dict[str, torch.Tensor]:
+    """Like `decode_tensors` for a local file, memory-mapped by safetensors instead of read whole."""
     _check_size(os.path.getsize(path), source)
     try:
-        tensors = load_safetensors_file(path)
+        return load_safetensors_file(path)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise InvalidArtifactError(f"{source}: not a readable safetensors file ({exc})") from exc
-    return _prompt_from(tensors, source)
 
 
 def _check_size(size: int, source: str) -> None:
-    if size > MAX_TENSOR_FILE_BYTES:
+    if size > MAX_TENSOR_BYTES:
         raise InvalidArtifactError(f"{source}: {size} bytes is larger than any soft prompt")
-
-
-def _prompt_from(tensors: dict[str, torch.Tensor], source: str) -> torch.Tensor:
-    if TENSOR_KEY not in tensors:
-        raise InvalidArtifactError(f"{source}: no '{TENSOR_KEY}' tensor (found {sorted(tensors)})")
-    return validate_prompt_tensor(tensors[TENSOR_KEY])
 
 
 def dtype_name(tensor: torch.Tensor) -> str:
     return SUPPORTED_DTYPES[tensor.dtype]
 
 
-def adapter_config(manifest: PromptVersion) -> bytes:
-    """`adapter_config.json` from PEFT's own config class, so the installed PEFT accepts it.
-
-    The init is recorded as RANDOM: the trained values are in the safetensors file, and
-    a TEXT init would make PEFT want the tokenizer again on load. The real init method
-    lives in our manifest.
-    """
+def adapter_config(manifest: PromptVersion, prompt: Prompt) -> bytes:
+    """`adapter_config.json`: the adapter's own bytes when it was imported, the config PEFT
+    trained it with otherwise, or for a bare tensor a `PromptTuningConfig` from PEFT's own
+    class, so the installed PEFT accepts it. A bare tensor's init is recorded as RANDOM: the
+    trained values are in the safetensors file, and a TEXT init would make PEFT want the
+    tokenizer again on load. The real init method lives in our manifest."""
+    if CONFIG_FILE in prompt.files:
+        return prompt.files[CONFIG_FILE]
+    if prompt.peft_config:
+        config = {**prompt.peft_config, "inference_mode": True, "base_model_name_or_path": manifest.base_model}
+        return json.dumps(config, indent=2, sort_keys=True, default=str).encode()
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=manifest.num_virtual_tokens,
@@ -121,40 +96,10 @@ def adapter_config(manifest: PromptVersion) -> bytes:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode()
 
 
-def version_files(manifest: PromptVersion, tensor: torch.Tensor) -> dict[str, bytes]:
-    """The files of a version directory, manifest last."""
+def version_files(manifest: PromptVersion, prompt: Prompt) -> dict[str, bytes]:
+    """The files of a version directory, manifest last; an imported adapter's files verbatim."""
     return {
-        TENSOR_FILE: encode_tensor(tensor),
-        CONFIG_FILE: adapter_config(manifest),
+        TENSOR_FILE: prompt.files.get(TENSOR_FILE) or save_safetensors(prompt.tensors),
+        CONFIG_FILE: adapter_config(manifest, prompt),
         MANIFEST_FILE: manifest.model_dump_json(indent=2).encode(),
     }
-
-
-def check_fits(tensor: torch.Tensor, fingerprint: BaseModelFingerprint, expected: BaseModelFingerprint) -> None:
-    """Refuse a prompt that was not made for the task's base model, saying what differs."""
-    problem = expected.misfit(fingerprint, tensor.shape[1])
-    if problem:
-        raise IncompatiblePromptError(f"prompt does not fit the task's base model: {problem}")
-
-
-PEFT_PROMPT_TYPES = {"PROMPT_TUNING": "imported-prompt-tuning", "P_TUNING": "imported-p-tuning"}
-
-
-def parse_peft_config(data: bytes, source: str) -> dict:
-    """Read a PEFT adapter config and check it is a causal-LM prompt we can serve."""
-    try:
-        config = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise InvalidArtifactError(f"{source}: adapter_config.json is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidArtifactError(f"{source}: adapter_config.json must hold a JSON object")
-    peft_type = config.get("peft_type")
-    if peft_type not in PEFT_PROMPT_TYPES:
-        raise InvalidArtifactError(
-            f"{source}: peft_type {peft_type!r} is not supported; promptmux imports PROMPT_TUNING and P_TUNING adapters"
-        )
-    if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise InvalidArtifactError(f"{source}: task_type {config.get('task_type')!r} is not supported (CAUSAL_LM only)")
-    if config.get("num_transformer_submodules", 1) not in (None, 1):
-        raise InvalidArtifactError(f"{source}: adapters for encoder-decoder models are not supported")
-    return config

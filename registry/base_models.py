@@ -275,6 +275,8 @@ def fingerprint(model: PreTrainedModel) -> BaseModelFingerprint:
         vocab_size=embedding.shape[0],
         num_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=getattr(config, "head_dim", None) or embedding.shape[1] // config.num_attention_heads,
         embedding_sha256=hashlib.sha256(canonical).hexdigest(),
     )
 

@@ -113,6 +113,8 @@ def _table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
+SHORT_METHODS = {"prompt_tuning": "prompt", "p_tuning": "p-tuning", "prefix_tuning": "prefix",
+                 "multitask_prompt_tuning": "multitask"}
 HEADLINE = [  # (figure, its key, the untuned base model's key): what `registry show` puts first
     ("accuracy", "accuracy", "base_accuracy"), ("macro F1", "macro_f1", "base_macro_f1"),
     ("perplexity", "perplexity_after", "perplexity_before"), ("loss", "eval_loss_after", "eval_loss_before"),
@@ -200,16 +202,16 @@ def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) 
     if spec.labels:
         console.print("labels: " + ", ".join(f"{k} → {v!r}" for k, v in spec.labels.items()))
     console.print(f"rollout: {_rollout_text(view.rollout)}")
-    table = _table("version", "aliases", "tokens", "dtype", "created", "init", "metrics", "sha256", "note")
+    table = _table("version", "aliases", "method, init", "tokens", "dtype", "created", "metrics", "sha256", "note")
     for v in view.versions:
         m = v.manifest
         table.add_row(
             f"{m.version}{' (archived)' if v.archived else ''}",
             ", ".join(v.aliases) or "-",
+            f"{SHORT_METHODS[m.method]}{'' if m.task_id is None else f' {m.task_id}'}, {m.init_method}",
             str(m.num_virtual_tokens),
             m.dtype,
             m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            m.init_method,
             _metrics_summary(m.metrics) or "-",
             m.sha256[:12],
             m.note,
@@ -219,8 +221,11 @@ def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) 
 
 @registry_app.command("import")
 def import_adapter(
-    peft_dir: Annotated[str, typer.Argument(help="PEFT prompt-tuning / p-tuning adapter directory (path or URL)")],
+    peft_dir: Annotated[str, typer.Argument(help="PEFT adapter directory (path or URL): prompt tuning, P-tuning, "
+                                            "prefix tuning or multitask prompt tuning")],
     task: Annotated[str, typer.Option("--task", help="task to register the prompt under")],
+    task_id: Annotated[int | None, typer.Option("--task-id", min=0, help="multitask prompt tuning: which of the "
+                                                "adapter's tasks this one serves")] = None,
     base_model: BaseModelOption = None,
     kind: KindOption = None,
     template: TemplateOption = None,
@@ -230,8 +235,9 @@ def import_adapter(
     registry: RegistryOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Register a PEFT adapter's soft prompt as the task's next version. A new task is
-    created as --kind, --template and --labels say (default: generation, template {input})."""
+    """Register a PEFT prompt-learning adapter as the task's next version, its files kept as
+    PEFT wrote them. A new task is created as --kind, --template and --labels say (default:
+    generation, template {input})."""
     from promptmux.registry.base_models import check_base_model, fingerprint, load_model
 
     reg = open_registry(registry, create=True)
@@ -250,11 +256,13 @@ def import_adapter(
     spec = existing or TaskSpec(name=task, base_model=model_id, **described)
     check_base_model(model_id)
     model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
-    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec)
+    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec,
+                               task_id=task_id)
     if as_json:
         print_json({"task": task, "version": manifest.version, "uri": reg.version_uri(task, manifest.version)})
     else:
-        console.print(f"registered {task} version {manifest.version} ({spec.kind.value} task)")
+        method = manifest.method.replace("_", " ")
+        console.print(f"registered {task} version {manifest.version} ({spec.kind.value} task, {method})")
 
 
 def _adapter_base_model(peft_dir: str) -> str | None:

@@ -38,6 +38,7 @@ from promptmux.registry.edits import Edit, EditJournal
 from promptmux.registry.errors import (
     ConflictError,
     CorruptFileError,
+    IncompatiblePromptError,
     InvalidArtifactError,
     NotFoundError,
     PromptmuxError,
@@ -63,6 +64,8 @@ from promptmux.registry.storage import LocalStorage, Storage, open_storage
 
 if TYPE_CHECKING:
     import torch
+
+    from promptmux.registry.methods import Prompt
 
 REGISTRY_ENV = "PROMPTMUX_REGISTRY"
 MAX_CLAIM_ATTEMPTS = 10_000
@@ -100,6 +103,13 @@ def _artifact() -> ModuleType:
     from promptmux.registry import artifact
 
     return artifact
+
+
+def _methods() -> ModuleType:
+    """The PEFT methods' code (torch), loaded as lazily as `_artifact`."""
+    from promptmux.registry import methods
+
+    return methods
 
 class Registry:
     """Versioned soft prompts per task, on local disk or any fsspec URL."""
@@ -145,7 +155,7 @@ class Registry:
     def register(
         self,
         task: str,
-        embeddings: "torch.Tensor",
+        prompt: "torch.Tensor | Prompt",
         base_fingerprint: BaseModelFingerprint,
         *,
         init_method: str = "random",
@@ -156,18 +166,22 @@ class Registry:
         parent_version: int | None = None,
         note: str = "",
     ) -> PromptVersion:
-        """Store `embeddings` as the task's next version and return its manifest."""
+        """Store a prompt (a soft prompt's tensor, or any method's `Prompt`) as the task's next
+        version and return its manifest. It is checked first: its tensors, its config against
+        them, and its fit to the task's base model (`base_fingerprint` is the model it was
+        made on, checked against the task's)."""
         record = self.get_task(task)
-        tensor = _artifact().validate_prompt_tensor(embeddings)
-        _artifact().check_fits(tensor, base_fingerprint, record.base_fingerprint)
+        prompt = self._checked(prompt, base_fingerprint, record.base_fingerprint, f"{task} (new version)")
         if parent_version is not None:
             self.get_version(task, parent_version)
         template = PromptVersion(
             task=task,
             version=1,
-            num_virtual_tokens=tensor.shape[0],
-            token_dim=tensor.shape[1],
-            dtype=_artifact().dtype_name(tensor),
+            method=prompt.method,
+            task_id=prompt.task_id,
+            num_virtual_tokens=prompt.embeddings.shape[0],
+            token_dim=prompt.embeddings.shape[1],
+            dtype=_artifact().dtype_name(prompt.embeddings),
             base_model=record.spec.base_model,
             base_fingerprint=record.base_fingerprint,
             init_method=init_method,
@@ -177,18 +191,34 @@ class Registry:
             data_fingerprint=data_fingerprint,
             parent_version=parent_version,
             note=note,
-            sha256=_artifact().tensor_sha256(tensor),
+            sha256=_artifact().tensors_sha256(prompt.tensors),
         )
 
         def claim() -> PromptVersion:
             for _ in range(MAX_CLAIM_ATTEMPTS):
                 manifest = template.model_copy(update={"version": max(self._claimed_numbers(task), default=0) + 1})
                 if self.storage.publish_dir(_version_rel(task, manifest.version),
-                                            _artifact().version_files(manifest, tensor)):
+                                            _artifact().version_files(manifest, prompt)):
                     return manifest
             raise ConflictError(f"could not claim a version number for task {task!r}")
 
         return self._announced(task, "version", claim)
+
+    @staticmethod
+    def _checked(prompt: "torch.Tensor | Prompt", made_on: BaseModelFingerprint, expected: BaseModelFingerprint,
+                 source: str) -> "Prompt":
+        """`prompt` as a checked `Prompt` (a bare tensor is a soft prompt), fitting the task's base model."""
+        methods = _methods()
+        if not isinstance(prompt, methods.Prompt):
+            prompt = methods.Prompt("prompt_tuning", {methods.EMBEDDINGS: prompt})
+        prompt.tensors = methods.prompt_tensors(prompt.tensors, prompt.method, source)
+        methods.check_consistent(prompt, source)
+        width = prompt.embeddings.shape[1] if prompt.method != "prefix_tuning" else None
+        problem = expected.misfit(made_on, width)
+        if problem:
+            raise IncompatiblePromptError(f"prompt does not fit the task's base model: {problem}")
+        methods.check_fits(prompt, made_on, source)
+        return prompt
 
     def versions(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
         self.get_task(task)
@@ -231,19 +261,24 @@ class Registry:
     def version_uri(self, task: str, version: int) -> str:
         return self.storage.url(_version_rel(task, version))
 
-    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, "torch.Tensor"]:
-        """Manifest and tensor of a version, checked against the manifest's sha256 and shape."""
+    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, "Prompt"]:
+        """Manifest and prompt of a version, its tensors checked against the manifest's sha256 and shape."""
         manifest = self.get_version(task, version)
         source, rel = f"{task}@{version}", f"{_version_rel(task, version)}/{TENSOR_FILE}"
         local = self.storage.local_path(rel)
         if local is not None and os.path.isfile(local):
-            tensor = _artifact().read_tensor_file(local, source)
+            tensors = _artifact().read_tensor_file(local, source)
         else:
-            tensor = _artifact().decode_tensor(self.storage.read_bytes(rel), source)
-        problem = _mismatch(manifest, tensor)
+            tensors = _artifact().decode_tensors(self.storage.read_bytes(rel), source)
+        prompt = _methods().Prompt(manifest.method, _methods().prompt_tensors(tensors, manifest.method, source),
+                                   task_id=manifest.task_id)
+        problem = _mismatch(manifest, prompt)
         if problem:
             raise InvalidArtifactError(f"{source}: {problem}")
-        return manifest, tensor
+        if manifest.method == "prefix_tuning":  # its layout is in its config
+            prompt.peft_config = _methods().parse_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"),
+                                                         source)
+        return manifest, prompt
 
     def archive(self, task: str, version: int) -> None:
         """Retire a version: it stays loadable by number but is no longer `latest`."""
@@ -534,13 +569,16 @@ class Registry:
         base_model: str,
         note: str = "",
         spec: TaskSpec | None = None,
+        task_id: int | None = None,
     ) -> PromptVersion:
-        """Register the soft prompt of a PEFT prompt-tuning or p-tuning checkpoint directory
-        (local path or fsspec URL), creating the task if needed: as `spec` says, by default a
+        """Register a PEFT adapter directory (local path or fsspec URL) of any prompt-learning
+        method (`registry/methods.py`; `task_id` chooses a multitask prompt's task), keeping its
+        files as PEFT wrote them, and creating the task if needed: as `spec` says, by default a
         generation task with template `{input}`."""
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
-        config = _artifact().parse_peft_config(_read_source(fs, f"{root}/{CONFIG_FILE}", source), source)
+        config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source)
+        config = _methods().parse_config(config_bytes, source)
         tensor_path = f"{root}/{TENSOR_FILE}"
         if not fs.exists(tensor_path):
             if fs.exists(f"{root}/adapter_model.bin"):
@@ -549,31 +587,31 @@ class Registry:
                     "(save the adapter with safe_serialization=True)"
                 )
             raise InvalidArtifactError(f"{source}: no {TENSOR_FILE}")
-        tensor = _artifact().decode_tensor(_read_source(fs, tensor_path, source), source)
-        declared = config.get("num_virtual_tokens")
-        if declared is not None and declared != tensor.shape[0]:
-            raise InvalidArtifactError(
-                f"{source}: adapter_config says {declared} virtual tokens but the tensor has {tensor.shape[0]}"
-            )
-        if self.has_task(task):
-            _artifact().check_fits(tensor, base_fingerprint, self.get_task(task).base_fingerprint)
-        else:
-            _artifact().check_fits(tensor, base_fingerprint, base_fingerprint)
+        tensor_bytes = _read_source(fs, tensor_path, source)
+        method = _methods().PEFT_TYPES[config["peft_type"]]
+        if method == "multitask_prompt_tuning" and task_id is None and config.get("num_tasks") == 1:
+            task_id = 0
+        prompt = _methods().Prompt(method, _artifact().decode_tensors(tensor_bytes, source), config, task_id,
+                                   {CONFIG_FILE: config_bytes, TENSOR_FILE: tensor_bytes})
+        expected = self.get_task(task).base_fingerprint if self.has_task(task) else base_fingerprint
+        prompt = self._checked(prompt, base_fingerprint, expected, source)  # before a task is created for it
+        if not self.has_task(task):
             self.create_task(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
         init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
         return self.register(
             task,
-            tensor,
+            prompt,
             base_fingerprint,
-            init_method=_artifact().PEFT_PROMPT_TYPES[config["peft_type"]] + (f" ({init})" if init else ""),
+            init_method=f"imported-{method.replace('_', '-')}" + (f" ({init})" if init else ""),
             init_text=config.get("prompt_tuning_init_text"),
             training={"imported_from": source, "peft_type": config["peft_type"]},
             note=note,
         )
 
     def export(self, task: str, version: int, destination: str) -> str:
-        """Write a version as a PEFT adapter directory at `destination` (path or fsspec URL)."""
-        manifest, tensor = self.load_prompt(task, version)
+        """Write a version as a PEFT adapter directory at `destination` (path or fsspec URL): its
+        files as stored (an imported adapter's as PEFT wrote them), checked first."""
+        self.load_prompt(task, version)  # its sha256 and shape
         fs, root = fsspec.core.url_to_fs(destination)
         root = root.rstrip("/")
         if self._holds(fs, root):
@@ -581,8 +619,8 @@ class Registry:
         if fs.exists(f"{root}/{CONFIG_FILE}") or fs.exists(f"{root}/{TENSOR_FILE}"):
             raise ConflictError(f"{destination} already holds an adapter; choose an empty directory")
         fs.makedirs(root, exist_ok=True)
-        for name, data in _artifact().version_files(manifest, tensor).items():
-            fs.pipe_file(f"{root}/{name}", data)
+        for name in (TENSOR_FILE, CONFIG_FILE, MANIFEST_FILE):
+            fs.pipe_file(f"{root}/{name}", self.storage.read_bytes(f"{_version_rel(task, version)}/{name}"))
         return destination
 
     # --------------------------------------------------------------- helpers
@@ -663,7 +701,7 @@ class Registry:
     def _verify_version(self, task: str, version: int) -> str | None:
         try:
             manifest, _ = self.load_prompt(task, version)
-            _artifact().parse_peft_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"), "")
+            _methods().parse_config(self.storage.read_bytes(f"{_version_rel(task, version)}/{CONFIG_FILE}"), "")
         except (PromptmuxError, ValueError) as exc:
             return str(exc)
         if manifest.version != version or manifest.task != task:
@@ -671,8 +709,9 @@ class Registry:
         return None
 
 
-def _mismatch(manifest: PromptVersion, tensor: "torch.Tensor") -> str | None:
-    if _artifact().tensor_sha256(tensor) != manifest.sha256:
+def _mismatch(manifest: PromptVersion, prompt: "Prompt") -> str | None:
+    tensor = prompt.embeddings
+    if _artifact().tensors_sha256(prompt.tensors) != manifest.sha256:
         return "sha256 of the tensor does not match the manifest (the file was altered or corrupted)"
     if tuple(tensor.shape) != (manifest.num_virtual_tokens, manifest.token_dim) or _artifact().dtype_name(tensor) != manifest.dtype:
         return (

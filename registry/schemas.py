@@ -6,7 +6,7 @@ and the objects the serving runtime and the task scripts exchange with the regis
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,6 +22,8 @@ def utc_now() -> datetime:
 
 
 DEFAULT_BASE_MODEL = "tiny-random-llama"  # embedded, random weights: for tests and first steps
+# PEFT's prompt-learning methods for decoder-only models (`registry/methods.py`)
+Method = Literal["prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning"]
 
 class StrictModel(BaseModel):
     """A model at a boundary (HTTP body, registry file, config): unknown fields are refused."""
@@ -115,6 +117,19 @@ class TaskSpec(StrictModel):
         return self.template.replace(INPUT_PLACEHOLDER, text)
 
 
+class KvShape(StrictModel):
+    """The shape of a model's keys and values per layer: what a prefix must match."""
+
+    layers: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+
+    @property
+    def width(self) -> int:
+        """A prefix row's width: every layer's key and value, flattened."""
+        return self.layers * 2 * self.kv_heads * self.head_dim
+
+
 class BaseModelFingerprint(StrictModel):
     """Identifies a base model well enough to tell whether a soft prompt was trained on it."""
 
@@ -124,7 +139,13 @@ class BaseModelFingerprint(StrictModel):
     vocab_size: int
     num_layers: int
     num_attention_heads: int
+    num_key_value_heads: int | None = Field(None, description="grouped-query attention: fewer key/value heads")
+    head_dim: int | None = None
     embedding_sha256: str = Field(description="sha256 of the input-embedding matrix rounded to bfloat16")
+
+    def kv_shape(self) -> KvShape:
+        return KvShape(layers=self.num_layers, kv_heads=self.num_key_value_heads or self.num_attention_heads,
+                       head_dim=self.head_dim or self.hidden_size // self.num_attention_heads)
 
     def misfit(self, other: "BaseModelFingerprint", token_dim: int | None = None) -> str | None:
         """What keeps a prompt made for `other` (with `token_dim` columns) off this model, in
@@ -153,8 +174,10 @@ class PromptVersion(StrictModel):
 
     task: str
     version: int = Field(ge=1)
+    method: Method = Field("prompt_tuning", description="the PEFT prompt-learning method it was made with")
+    task_id: int | None = Field(None, ge=0, description="multitask prompt tuning: the task of the adapter it serves")
     num_virtual_tokens: int = Field(ge=1)
-    token_dim: int = Field(ge=1)
+    token_dim: int = Field(ge=1, description="the width of prompt_embeddings (a prefix: layers x 2 x KV heads x head size)")
     dtype: str
     base_model: str
     base_fingerprint: BaseModelFingerprint
@@ -166,7 +189,8 @@ class PromptVersion(StrictModel):
     parent_version: int | None = None
     created_at: datetime = Field(default_factory=utc_now)
     note: str = ""
-    sha256: str = Field(description="sha256 of the raw tensor bytes (row-major, stored dtype)")
+    sha256: str = Field(description="sha256 of the raw tensor bytes (row-major, stored dtype): prompt_embeddings, "
+                        "then any other tensor by name")
 
 
 class AliasRecord(StrictModel):

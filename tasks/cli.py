@@ -30,7 +30,7 @@ def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
 
 def _help(field: str) -> str:
     info = TrainConfig.model_fields[field]
-    return f"{info.description} [default: {info.default}]"
+    return info.description if info.default is None else f"{info.description} [default: {info.default}]"
 
 
 def train(
@@ -49,7 +49,10 @@ def train(
     limit: Annotated[int | None, typer.Option(min=1, help="use only the first N training records")] = None,
     base_model: BaseModelOption = None,
     registry: RegistryOption = "",
-    init: Annotated[str | None, _option("--init", _help("init"))] = None,
+    method: Annotated[str | None, _option("--method", _help("method"))] = None,
+    prefix_projection: Annotated[bool | None, typer.Option("--prefix-projection/--no-prefix-projection",
+                                                           help=_help("prefix_projection"), show_default=False)] = None,
+    init: Annotated[str | None, _option("--init", _help("init") + " (random, text or sample-vocab)")] = None,
     init_text: Annotated[str | None, _option("--init-text", _help("init_text"))] = None,
     num_virtual_tokens: Annotated[int | None, _option("--num-virtual-tokens", _help("num_virtual_tokens"), min=1)] = None,
     lr: Annotated[float | None, _option("--lr", _help("lr"), min=0.0)] = None,
@@ -71,7 +74,7 @@ def train(
     trust_remote_code: TrustRemoteCode = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary")] = False,
 ) -> None:
-    """Train a soft prompt with PEFT prompt tuning, compare it with the base model, register it.
+    """Train a prompt (PEFT prompt tuning, P-tuning or prefix tuning), compare it with the base model, register it.
 
     Training settings come from the spec file's `training:` section and record fields from
     its `data:` section; flags override both.
@@ -89,7 +92,7 @@ def train(
         {"name": task, "kind": kind, "template": template, "base_model": base_model,
          "labels": parse_labels(labels) if labels else None},
         {"input_field": input_field, "target_field": target_field, "input_pattern": input_pattern},
-        {"init": init, "init_text": init_text, "num_virtual_tokens": num_virtual_tokens, "lr": lr,
+        {"method": method, "prefix_projection": prefix_projection, "init": init, "init_text": init_text, "num_virtual_tokens": num_virtual_tokens, "lr": lr,
          "lr_scheduler": lr_scheduler, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
          "validation_fraction": validation_fraction, "early_stopping_patience": early_stopping_patience,
          "max_input_tokens": max_input_tokens, "max_output_tokens": max_output_tokens, "bf16": bf16, "seed": seed,

@@ -10,13 +10,22 @@ from pydantic import Field, model_validator
 
 from promptmux.registry.schemas import StrictModel
 
+TrainMethod = Literal["prompt", "p-tuning", "prefix"]
+DEFAULT_LR: dict[str, float] = {"prompt": 3e-2, "p-tuning": 3e-3, "prefix": 3e-3}
+
 
 class TrainConfig(StrictModel):
     base_model: str = Field(description="Hugging Face id, local path or embedded id")
+    method: TrainMethod = Field("prompt", description="PEFT method: prompt (prompt tuning), p-tuning (an MLP prompt "
+                                "encoder) or prefix (prefix tuning: every layer's keys and values)")
     num_virtual_tokens: int = Field(20, ge=1, le=1024, description="rows of the soft prompt")
-    init: Literal["random", "text", "sample-vocab"] = Field("text", description="how the prompt starts")
+    init: Literal["random", "text", "sample-vocab"] = Field("text", description="how the prompt starts (prompt "
+                                                             "tuning; the other methods start at random)")
+    prefix_projection: bool = Field(True, description="prefix tuning: train the prefix through an MLP (Li and Liang's "
+                                    "reparameterization); the prefix it outputs is what is registered")
     init_text: str | None = Field(None, description="text whose token embeddings start the prompt (init=text)")
-    lr: float = Field(3e-2, gt=0, description="peak learning rate")
+    lr: float | None = Field(None, gt=0, description="peak learning rate [default: 0.03 for prompt tuning, 0.003 for "
+                             "P-tuning and prefix tuning, as measured in docs/quality.md]")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="learning-rate schedule after warm-up"
     )
@@ -40,6 +49,10 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _init_text_needs_text_init(self) -> "TrainConfig":
+        if self.method != "prompt":  # a spec file's prompt-tuning init does not apply: these start at random
+            self.init, self.init_text = "random", None
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
         if self.init_text is not None and self.init != "text":
             raise ValueError("init_text is only used with init=text")
         return self

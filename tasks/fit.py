@@ -1,9 +1,12 @@
-"""The training loop: `transformers.Trainer` on a PEFT prompt-tuning model.
+"""The training loop: `transformers.Trainer` on a PEFT prompt-learning model.
 
 Trainer brings gradient accumulation, bf16, learning-rate schedules, periodic validation,
-early stopping, best-checkpoint selection and multi-GPU runs (`torchrun`,
-`accelerate launch`); what is ours is the data, a rich progress bar, the learning curve
-and a warning when training loss collapses while validation loss does not follow it.
+early stopping and multi-GPU runs (`torchrun`, `accelerate launch`); what is ours is the
+data, a rich progress bar, the learning curve, a warning when training loss collapses while
+validation loss does not follow it, and keeping the best prompt: Trainer's own
+`load_best_model_at_end` reloads an adapter from its checkpoint, which PEFT refuses for
+prefix tuning (a projected prefix saves its output, not the MLP; peft#2256), so the
+trainable parameters of the best validation pass are kept in memory and put back at the end.
 """
 
 import math
@@ -89,6 +92,28 @@ class _RichProgress(TrainerCallback):
         self.progress.stop()
 
 
+class _BestPrompt(TrainerCallback):
+    """Keep a copy of the trainable parameters at each new best validation loss; restore it at the end."""
+
+    def __init__(self, model: PeftModel) -> None:
+        self.model = model
+        self.best_loss = math.inf
+        self.best: dict[str, torch.Tensor] = {}
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None,
+                    **kwargs) -> None:
+        loss = (metrics or {}).get("eval_loss", math.inf)
+        if loss < self.best_loss:
+            self.best_loss = loss
+            self.best = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if name in self.best:
+                    param.copy_(self.best[name])
+
+
 def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, device: str) -> TrainingArguments:
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     return TrainingArguments(
@@ -103,11 +128,7 @@ def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, dev
         eval_strategy="steps",
         eval_steps=eval_steps,
         eval_on_start=True,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
-        load_best_model_at_end=True,
+        save_strategy="no",  # the best prompt is kept in memory (`_BestPrompt`)
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         prediction_loss_only=True,
@@ -125,11 +146,11 @@ def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, dev
 
 def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation: list[Example], config: TrainConfig,
         work_dir: Path, console: Console) -> Curve:
-    """Train the prompt; on return the model holds the checkpoint with the best validation loss."""
+    """Train the prompt; on return the model holds the prompt with the best validation loss."""
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
     checkpoints = work_dir / "checkpoints"
     args = _arguments(config, steps_per_epoch, checkpoints, model.device.type)
-    callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}")]
+    callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}"), _BestPrompt(model)]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, encoder),

@@ -1,10 +1,12 @@
-"""The PEFT prompt-tuning configuration a task's training starts from: `random`, `text`
-(from an init text, tokenized by the base model's own tokenizer) or `sample-vocab`.
+"""The PEFT configuration a task's training starts from, by method: prompt tuning (`random`,
+`text` from an init text tokenized by the base model's own tokenizer, or `sample-vocab`),
+P-tuning (an MLP prompt encoder) or prefix tuning (optionally through an MLP projection).
 """
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from peft import PeftConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
 from promptmux.registry.base_models import resolve_model_path
+from promptmux.tasks.config import TrainConfig
 
 INIT_METHODS = {"random": PromptTuningInit.RANDOM, "text": PromptTuningInit.TEXT, "sample-vocab": PromptTuningInit.SAMPLE_VOCAB}
 
@@ -24,3 +26,12 @@ def prompt_config(
         tokenizer_name_or_path=resolve_model_path(base_model) if method == "text" else None,
     )
 
+
+def peft_config(config: TrainConfig, init_text: str) -> PeftConfig:
+    """The PEFT config of `config.method`."""
+    if config.method == "p-tuning":
+        return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
+    if config.method == "prefix":
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+                                  prefix_projection=config.prefix_projection)
+    return prompt_config(config.base_model, config.num_virtual_tokens, config.init, init_text)

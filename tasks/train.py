@@ -1,5 +1,6 @@
-"""Train a task's soft prompt with PEFT prompt tuning, evaluate it against the untuned base
-model, and register it as the task's next version.
+"""Train a task's prompt with a PEFT prompt-learning method (prompt tuning, P-tuning or prefix
+tuning), evaluate it against the untuned base model, and register it as the task's next
+version.
 
 The training data is split once more: a validation share drives early stopping and the
 choice of the best checkpoint (`fit`), and the held-out set is touched only by the
@@ -20,13 +21,14 @@ from rich.console import Console
 
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer, resolve_device
+from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, Example, split
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit
-from promptmux.tasks.prompt_init import prompt_config
+from promptmux.tasks.prompt_init import peft_config
 
 
 @dataclass
@@ -51,8 +53,20 @@ def _prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskE
     tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
     base = load_model(config.base_model, torch.float32, device, config.trust_remote_code)
     init_text = config.init_text or default_init_text(spec)
-    model = get_peft_model(base, prompt_config(config.base_model, config.num_virtual_tokens, config.init, init_text))
+    model = get_peft_model(base, peft_config(config, init_text))
     return model, TaskEncoder(spec, tokenizer, config.max_input_tokens, config.max_output_tokens), init_text
+
+
+def trained_prompt(model: PeftModel) -> torch.Tensor | Prompt:
+    """What a trained PEFT model registers: its prompt embeddings (for P-tuning the encoder's
+    output, for prefix tuning the prefix after its projection), as PEFT saves them, with the
+    PEFT config it was trained with (a prompt-tuning prompt gets the registry's own config)."""
+    tensor = model.get_prompt_embedding_to_save("default").detach().cpu()
+    config = model.peft_config["default"]
+    method = PEFT_TYPES[config.peft_type]  # PeftType is a str enum
+    if method == "prompt_tuning":
+        return tensor
+    return Prompt(method, {EMBEDDINGS: tensor}, json.loads(json.dumps(config.to_dict(), default=str)))
 
 
 def plot_curve(curve: Curve, title: str, path: Path) -> None:
@@ -127,7 +141,7 @@ def train_task(
     parent = registry.latest(spec.name).version if registry.versions(spec.name, include_archived=False) else None
     manifest = registry.register(
         spec.name,
-        model.get_prompt_embedding_to_save("default").detach().cpu(),
+        trained_prompt(model),
         base_fingerprint,
         init_method=config.init,
         init_text=init_text if config.init == "text" else None,

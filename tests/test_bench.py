@@ -17,7 +17,8 @@ def test_bench_engine_quick_reports_its_ratios(cli, tmp_path: Path) -> None:
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    check_ratios(report, result.out, {"mixed_over_single", "engine_over_peft", "pinned_kv_speedup", "busy_over_quiet"})
+    check_ratios(report, result.out, {"mixed_over_single", "mixed_methods_over_single", "engine_over_peft",
+                                      "pinned_kv_speedup", "busy_over_quiet"})
     assert len(report["timings_s"]["mixed"]) == len(report["timings_s"]["mixed_beside_busy"]) == report["config"]["repeats"]
     assert report["config"]["cls_virtual_tokens"] == 100 and report["machine"]["torch"]
 

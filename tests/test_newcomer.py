@@ -94,7 +94,7 @@ def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Pa
     result = cli("registry", "import", str(adapter), "--task", "reviews", "--kind", "classification",
                  "--labels", "neg= no,pos= yes", "--template", "Review: {input}\nHappy?", "--registry", str(registry))
     assert result.code == 0, result.err
-    assert "registered reviews version 1 (classification task)" in result.out
+    assert "registered reviews version 1 (classification task, prompt tuning)" in result.out
     spec = Registry(str(registry)).get_task("reviews").spec
     assert (spec.kind, spec.labels, spec.template) == (TaskKind.classification, {"neg": " no", "pos": " yes"},
                                                        "Review: {input}\nHappy?")

@@ -81,7 +81,7 @@ def test_a_prompt_that_overflows_the_serving_dtype_is_refused(tmp_path: Path) ->
     assert half.stats().entries == 0 and half.stats().bytes == 0
     full = PromptCache(registry, 64 * MiB, ServingFormat(fp, torch.float32, torch.device("cpu")))
     assert float(full.get(manifest).embeds.max()) == 1e6  # the same file serves in float32
-    assert torch.equal(registry.load_prompt("loud", 1)[1], tensor)  # and the registry is untouched
+    assert torch.equal(registry.load_prompt("loud", 1)[1].embeddings, tensor)  # and the registry is untouched
 
 
 def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engine: Engine) -> None:

@@ -36,7 +36,7 @@ def test_the_readme_shell_blocks_run_in_order(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     for expected in ("registered grooming version 1", "registered act-as version 2", "registered act-as-copy version 1",
-                     "registered grooming-copy version 1 (classification task)", "wrote 4 results to results.jsonl (0 failed)",
+                     "registered grooming-copy version 1 (classification task, prompt tuning)", "wrote 4 results to results.jsonl (0 failed)",
                      '"status":"ok"', "data: [DONE]", '"label"', "text_completion", "promptmux_requests_total",
                      "'task': 'act-as'", "draining"):
         assert expected in output, (expected, output[-6000:])

@@ -3,13 +3,16 @@
 A mixed batch of the real model's tasks — dog grooming (classification, 20 virtual
 tokens) and two generation tasks (8 and 20 virtual tokens) — runs through the engine on
 both KV paths; every row's greedy tokens and every label must equal what
-`PeftModel.from_pretrained(base, version_dir)` computes for that row alone.
+`PeftModel.from_pretrained(base, version_dir)` computes for that row alone. So does a
+mixed batch of adapters of all four PEFT prompt-learning methods, made by PEFT on the real
+model (a prefix there has 3 KV heads for 9 attention heads).
 """
 
 from pathlib import Path
 
 import pytest
 import torch
+from peft_adapters import make_adapters
 from peft_reference import peft_generate, peft_logprobs
 
 from promptmux.registry import Registry, TaskSpec
@@ -104,6 +107,27 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
         assert verdict.probabilities == pytest.approx(
             dict(zip(scores, torch.softmax(torch.tensor(list(scores.values())), 0).tolist())), abs=1e-3
         )
+
+
+def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Path) -> None:
+    try:
+        model = load_model(REAL_MODEL, dtype="float32")
+    except ModelUnavailableError as exc:
+        pytest.skip(f"the real model cannot be built here: {exc}")
+    registry = Registry(str(tmp_path / "registry"))
+    adapters = make_adapters(REAL_MODEL, tmp_path / "adapters")  # two of each method
+    for adapter in adapters:
+        registry.import_peft(str(adapter.folder), adapter.name, fingerprint(model), REAL_MODEL, task_id=adapter.task_id,
+                             spec=TaskSpec(name=adapter.name, base_model=REAL_MODEL))
+    engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", cpu_threads=2), registry)
+    rows = [(adapter, text) for text in ("a travel guide", "the sea") for adapter in adapters]
+    outputs = generate(engine, [GenerationRow(engine.prompt(registry.latest(a.name)), engine.encode(text),
+                                              GenerationParams(max_new_tokens=8)) for a, text in rows])
+    for (adapter, text), output in zip(rows, outputs):
+        expected = peft_generate(REAL_MODEL, registry.version_uri(adapter.name, 1), engine.encode(text), 8,
+                                 eos_ids=tuple(engine.eos_ids), task_id=adapter.task_id)
+        assert output.token_ids == expected, (adapter.name, text)
+    assert engine.prompt(registry.latest("prefix")).kv[0][0].shape[0] == 3  # SmolLM2's KV heads
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def test_versions_increase_and_resolve(registry: Registry, task: str, llama_fp: 
     assert registry.resolve(task, 1).sha256 == first.sha256
     assert registry.resolve(task, "1").metrics == {"accuracy": 0.5}
     manifest, tensor = registry.load_prompt(task, 2)
+    tensor = tensor.embeddings
     assert manifest.parent_version == 1 and manifest.note == "longer"
     assert torch.equal(tensor, random_prompt(rows=6, seed=2))
     assert [v.version for v in registry.versions(task)] == [1, 2]
@@ -177,7 +178,7 @@ def test_incompatible_prompts_are_refused_saying_what_differs(registry: Registry
 def test_bf16_prompts_keep_their_dtype(registry: Registry, task: str, llama_fp) -> None:
     manifest = registry.register(task, random_prompt().to(torch.bfloat16), llama_fp)
     assert manifest.dtype == "bfloat16"
-    assert registry.load_prompt(task, 1)[1].dtype == torch.bfloat16
+    assert registry.load_prompt(task, 1)[1].embeddings.dtype == torch.bfloat16
 
 
 def test_verify_detects_altered_and_truncated_files(registry: Registry, task: str, llama_fp) -> None:
@@ -219,7 +220,7 @@ def test_fsspec_memory_backend(llama_fp: BaseModelFingerprint) -> None:
     registry.set_alias("mem", "production", 2)
     assert registry.resolve("mem", "production").version == 2
     assert registry.version_uri("mem", 2) == "memory://promptmux-test-registry/tasks/mem/versions/2"
-    assert torch.equal(registry.load_prompt("mem", 3)[1], random_prompt(seed=2))
+    assert torch.equal(registry.load_prompt("mem", 3)[1].embeddings, random_prompt(seed=2))
     assert all(r.ok for r in registry.verify()) and len(registry.verify()) == 3
     # a version directory without its manifest (a writer that died mid-upload) is invisible
     registry.storage.write_bytes("tasks/mem/versions/4/adapter_model.safetensors", b"partial")

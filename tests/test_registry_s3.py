@@ -47,7 +47,7 @@ def test_a_task_lives_its_whole_life_on_s3_through_the_cli(s3_registry: Registry
     imported = cli("registry", "import", exported, "--task", "copy", "--registry", uri, "--json")
     assert imported.code == 0, imported.err
     assert json.loads(imported.out)["version"] == 1
-    assert torch.equal(s3_registry.load_prompt("copy", 1)[1], s3_registry.load_prompt("sentiment", 3)[1])
+    assert torch.equal(s3_registry.load_prompt("copy", 1)[1].embeddings, s3_registry.load_prompt("sentiment", 3)[1].embeddings)
     local = tmp_path / "local-export"
     assert cli("registry", "export", "copy", "1", str(local), "--registry", uri).code == 0
     assert (local / "adapter_model.safetensors").is_file()

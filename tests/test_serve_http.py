@@ -140,7 +140,7 @@ def test_live_promote_and_rollback_while_requests_flow(served) -> None:
     body = {"task": "summarize", "input": "the day", "params": {"max_new_tokens": 2}}
     wait_until(lambda: post(url, "/v1/generate", body).json()["outputs"][0]["variant"] == "production", timeout=20)
     fp = registry.get_task("summarize").base_fingerprint
-    new = registry.register("summarize", registry.load_prompt("summarize", 1)[1] * 0.5, fp, parent_version=1)
+    new = registry.register("summarize", registry.load_prompt("summarize", 1)[1].embeddings * 0.5, fp, parent_version=1)
     stop, observed = time.monotonic() + 60, []
 
     async def flow(until_version: int) -> float:
@@ -168,7 +168,7 @@ def test_corrupt_new_version_is_refused_and_traffic_stays(served) -> None:
     body = {"task": "grooming", "input": "Lovely", "routing_key": "k"}
     wait_until(lambda: post(url, "/v1/classify", body).json()["outputs"][0]["version"] == 2, timeout=20)
     fp = registry.get_task("grooming").base_fingerprint
-    bad = registry.register("grooming", registry.load_prompt("grooming", 2)[1] + 1, fp)
+    bad = registry.register("grooming", registry.load_prompt("grooming", 2)[1].embeddings + 1, fp)
     tensor_file = Path(registry.version_uri("grooming", bad.version)) / "adapter_model.safetensors"
     data = bytearray(tensor_file.read_bytes())
     data[-3] ^= 0xFF

@@ -1,5 +1,6 @@
-"""What the benchmarks share: a throwaway registry of random prompts, side-by-side timing
-(A B B A ..., after a warm-up, so neither side always runs first), and percentiles."""
+"""What the benchmarks share: throwaway registries of random prompts (of every PEFT method),
+side-by-side timing (A B B A ..., after a warm-up, so neither side always runs first), and
+percentiles."""
 
 import statistics
 import tempfile
@@ -8,9 +9,12 @@ from collections.abc import Callable
 
 import torch
 
-from promptmux.registry import Registry, TaskSpec
+from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.registry.schemas import GenerationParams
+from promptmux.registry.methods import EMBEDDINGS, TASK_COLS, TASK_ROWS, Prompt
+from promptmux.registry.schemas import GenerationParams, Method
+
+METHODS: tuple[Method, ...] = ("prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning")
 
 
 def bench_registry(
@@ -25,6 +29,34 @@ def bench_registry(
         for length in lengths:
             registry.register(name, torch.randn(length, fp.hidden_size, generator=generator) * 0.5, fp)
     return registry
+
+
+def methods_registry(base_model: str, virtual_tokens: int) -> Registry:
+    """A registry in a temporary folder with one task per PEFT method (named after it), each
+    a random prompt of `virtual_tokens` rows in that method's own form."""
+    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-methods-"))
+    fp = fingerprint(load_model(base_model, dtype="float32"))
+    generator = torch.Generator().manual_seed(1)
+    for method in METHODS:
+        registry.create_task(TaskSpec(name=method.replace("_", "-"), base_model=base_model), fp)
+        registry.register(method.replace("_", "-"), random_prompt(method, fp, virtual_tokens, generator), fp)
+    return registry
+
+
+def random_prompt(method: Method, fp: BaseModelFingerprint, n: int, generator: torch.Generator) -> Prompt:
+    """A random prompt of `method` for the model `fp` describes, as PEFT would store it."""
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.5
+
+    if method == "prefix_tuning":
+        shape = fp.kv_shape()
+        config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": n, "num_layers": shape.layers,
+                  "num_attention_heads": shape.kv_heads, "token_dim": shape.kv_heads * shape.head_dim}
+        return Prompt(method, {EMBEDDINGS: randn(n, shape.width)}, config)
+    if method == "multitask_prompt_tuning":
+        return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size), TASK_COLS: randn(2, n, 4),
+                               TASK_ROWS: randn(2, 4, fp.hidden_size)}, {"peft_type": "MULTITASK_PROMPT_TUNING"}, 1)
+    return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size)}, {"peft_type": method.upper()})
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

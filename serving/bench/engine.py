@@ -2,6 +2,10 @@
 
 * `mixed_over_single`: throughput of B rows spread over T tasks / the same B rows all
   on one task (what mixing tasks costs);
+* `mixed_methods_over_single`: throughput of B rows spread over the four PEFT methods
+  (prompt tuning, P-tuning, multitask prompt tuning, prefix tuning) / the same B rows on
+  one prompt-tuned task (what mixing methods costs), with each method's pinned-KV bytes
+  per task;
 * `engine_over_peft`: the engine on the mixed batch / PEFT as users run it today, one
   adapter at a time with a sub-batch per task;
 * `pinned_kv_speedup`: classification throughput with each prompt's KV precomputed /
@@ -22,7 +26,7 @@ from peft import PeftModel
 from promptmux.registry import Registry
 from promptmux.registry.base_models import load_model
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.bench.common import bench_registry, medians, side_by_side, timed
+from promptmux.serving.bench.common import METHODS, bench_registry, medians, methods_registry, side_by_side, timed
 from promptmux.serving.bench.machine import busy_neighbour, load_average, machine_report, workload
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
@@ -30,7 +34,8 @@ from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
 ADAPT_S = 3.0
-TARGETS = {"mixed_over_single": 0.95, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5, "busy_over_quiet": 0.5}
+TARGETS = {"mixed_over_single": 0.95, "mixed_methods_over_single": 0.9, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5,
+           "busy_over_quiet": 0.5}
 SIZES = {
     "quick": {"base_model": "bench-random-llama", "tasks": 16, "batch": 16, "new_tokens": 8, "input_tokens": 16,
               "virtual_tokens": 20, "cls_virtual_tokens": 100, "cls_input_tokens": 32, "repeats": 3},
@@ -57,6 +62,11 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     params = GenerationParams(max_new_tokens=new, min_new_tokens=new)
     mixed = [GenerationRow(pinned.prompt(registry.get_version(t, 1)), x, params) for t, x in zip(row_tasks, inputs)]
     single = [GenerationRow(mixed[0].prompt, x, params) for x in inputs]
+    by_method = methods_registry(base_model, size["virtual_tokens"])
+    methods_engine = Engine(config, by_method)
+    method_prompts = {m: methods_engine.prompt(by_method.latest(m.replace("_", "-"))) for m in METHODS}
+    mixed_methods = [GenerationRow(method_prompts[METHODS[b % len(METHODS)]], x, params) for b, x in enumerate(inputs)]
+    one_method = [GenerationRow(method_prompts["prompt_tuning"], x, params) for x in inputs]
 
     def classify(engine: Engine) -> Callable[[], object]:
         verbalizers = engine.verbalizers({"0": "0", "1": "1"})
@@ -67,6 +77,8 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     repeats = size["repeats"]
     timings = {
         **side_by_side({"mixed": lambda: generate(pinned, mixed), "single": lambda: generate(pinned, single)}, repeats, dev),
+        **side_by_side({"mixed_methods": lambda: generate(methods_engine, mixed_methods),
+                        "one_method": lambda: generate(methods_engine, one_method)}, repeats, dev),
         **side_by_side({"engine": lambda: generate(pinned, mixed),
                         "peft": peft_per_task(registry, config, row_tasks, inputs, new)}, repeats, dev),
         **side_by_side({"pinned_kv": classify(pinned), "recompute": classify(recompute)}, repeats, dev),
@@ -77,6 +89,8 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     median = medians(timings)
     return {
         "mixed_over_single": round(median["single"] / median["mixed"], 3),
+        "mixed_methods_over_single": round(median["one_method"] / median["mixed_methods"], 3),
+        "pinned_kv_bytes_per_task": {method: prompt.nbytes for method, prompt in method_prompts.items()},
         "engine_over_peft": round(median["peft"] / median["engine"], 3),
         "pinned_kv_speedup": round(median["recompute"] / median["pinned_kv"], 3),
         "busy_over_quiet": round(median["mixed"] / median["mixed_beside_busy"], 3),

@@ -1,16 +1,20 @@
-"""A bounded, validated cache of soft prompts on the model's device.
+"""A bounded, validated cache of prompts on the model's device.
 
 Entries are keyed by (task, version, sha256), so a version is never confused with
 another registry's version of the same number. Loading goes through the registry
-(safetensors only, sha256- and shape-checked), then the checks that only the serving
-side can make: the prompt fits the served base model, its values stay finite once cast
-to the serving dtype, and it fits in the cache at all.
+(safetensors only, sha256- and shape-checked), derives what serving needs of the version's
+PEFT method (`registry/methods.py`: a soft prompt's embeddings, or a prefix's keys and
+values), then makes the checks that only the serving side can make: the prompt fits the
+served base model (a prefix: its layers, KV heads and head size against the engine's own
+keys and values), its values stay finite once cast to the serving dtype, and it fits in
+the cache at all.
 
 The cache is bounded in bytes by a running count and evicts the least recently used
 entry; a batch in flight keeps its own references, so eviction never pulls tensors
-from under it. Each entry is charged for its embedding and for the key/value states
-of its virtual tokens (pinned KV), which the engine computes on its own thread at the
-prompt's first batch: loading never runs the model, so any thread may load.
+from under it. Each entry is charged its real bytes: a soft prompt its embedding and the
+key/value states of its virtual tokens (pinned KV), which the engine computes on its own
+thread at the prompt's first batch; a prefix its keys and values, 2 x layers x KV heads x
+head size x tokens x dtype size. Loading never runs the model, so any thread may load.
 
 Loads are single-flight (IBM TGIS's prompt cache has the same aim): threads that miss
 the same key wait for the one load in progress instead of reading the file again.
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
+from promptmux.registry.methods import serving_form
 from promptmux.registry.schemas import BaseModelFingerprint
 
 MiB = 2**20
@@ -43,24 +48,36 @@ class PromptKey:
 @dataclass(eq=False)
 class CachedPrompt:
     key: PromptKey
-    embeds: torch.Tensor  # [virtual tokens, hidden], serving dtype, on the device
+    embeds: torch.Tensor | None  # [virtual tokens, hidden], serving dtype, on the device; None for a prefix
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [heads, virtual tokens, head dim]
     nbytes: int = 0  # what the cache charges: the embedding and its KV, pinned or not yet
 
     @property
     def num_virtual_tokens(self) -> int:
-        return self.embeds.shape[0]
+        return self.embeds.shape[0] if self.embeds is not None else self.kv[0][0].shape[1]
 
 
 @dataclass(frozen=True)
 class ServingFormat:
-    """What a prompt must become to serve: the model it must fit, its dtype and device, and
-    the bytes of pinned KV per virtual token (0 when pinned KV is off)."""
+    """What a prompt must become to serve: the model it must fit, its dtype and device, the
+    bytes of pinned KV per virtual token (0 when pinned KV is off), and the shape of the
+    model's keys and values per layer, (KV heads, head size), as its own cache holds them
+    (empty when pinned KV is off: then a prefix cannot be served)."""
 
     fingerprint: BaseModelFingerprint
     dtype: torch.dtype
     device: torch.device
     kv_bytes_per_token: int = 0
+    kv_layout: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, fingerprint: BaseModelFingerprint, dtype: torch.dtype, device: torch.device,
+           pinned: list[tuple[torch.Tensor, torch.Tensor]] | None) -> "ServingFormat":
+        """The format of an engine whose pinned KV, measured on a probe prompt, is `pinned` (None: off)."""
+        if pinned is None:
+            return cls(fingerprint, dtype, device)
+        nbytes = sum(t.numel() * t.element_size() for pair in pinned for t in pair)
+        return cls(fingerprint, dtype, device, nbytes // pinned[0][0].shape[1], tuple((k.shape[0], k.shape[2]) for k, _ in pinned))
 
 
 @dataclass
@@ -131,26 +148,50 @@ class PromptCache:
         return entry
 
     def _load(self, manifest: PromptVersion) -> CachedPrompt:
-        loaded, tensor = self.registry.load_prompt(manifest.task, manifest.version)
+        loaded, prompt = self.registry.load_prompt(manifest.task, manifest.version)
         source = f"{loaded.task}@{loaded.version}"
-        problem = self.serving.fingerprint.misfit(loaded.base_fingerprint, tensor.shape[1])
+        form = serving_form(prompt)
+        width = form.embeds.shape[1] if form.embeds is not None else None
+        problem = self.serving.fingerprint.misfit(loaded.base_fingerprint, width)
         if problem:
             raise IncompatiblePromptError(f"{source} does not fit the served base model: {problem}")
-        embeds = tensor.to(self.serving.device, self.serving.dtype)
-        if not torch.isfinite(embeds).all():
-            largest = float(tensor.abs().max())
-            raise IncompatiblePromptError(
-                f"{source} does not fit {str(self.serving.dtype).removeprefix('torch.')}: values up to {largest:.4g} "
-                "overflow it; serve in a wider dtype (engine.dtype) or retrain the prompt"
-            )
-        n = embeds.shape[0]
-        nbytes = embeds.numel() * embeds.element_size() + n * self.serving.kv_bytes_per_token
+        if form.embeds is not None:
+            embeds, kv = self._cast(form.embeds, source), None
+            nbytes = embeds.numel() * embeds.element_size() + form.num_virtual_tokens * self.serving.kv_bytes_per_token
+        else:
+            self._check_prefix(form.kv, source)
+            embeds, kv = None, [(self._cast(k, source), self._cast(v, source)) for k, v in form.kv]
+            nbytes = sum(t.numel() * t.element_size() for pair in kv for t in pair)
         if nbytes > self.capacity_bytes:
             raise IncompatiblePromptError(
                 f"{source} needs {_size(nbytes)} with its KV; the whole prompt cache holds "
                 f"{_size(self.capacity_bytes)} (engine.prompt_cache_mb)"
             )
-        return CachedPrompt(PromptKey.of(loaded), embeds, None, nbytes)
+        return CachedPrompt(PromptKey.of(loaded), embeds, kv, nbytes)
+
+    def _cast(self, tensor: torch.Tensor, source: str) -> torch.Tensor:
+        """The tensor in the serving dtype on the device, refused if it overflows the dtype."""
+        cast = tensor.to(self.serving.device, self.serving.dtype)
+        if not torch.isfinite(cast).all():
+            largest = float(tensor.abs().max())
+            raise IncompatiblePromptError(
+                f"{source} does not fit {str(self.serving.dtype).removeprefix('torch.')}: values up to {largest:.4g} "
+                "overflow it; serve in a wider dtype (engine.dtype) or retrain the prompt"
+            )
+        return cast
+
+    def _check_prefix(self, kv: list[tuple[torch.Tensor, torch.Tensor]], source: str) -> None:
+        """A prefix is served as the model's own keys and values: the same layers, KV heads and head size."""
+        if not self.serving.kv_layout:
+            raise IncompatiblePromptError(f"{source} is a prefix-tuned prompt: it is served as pinned KV, which this "
+                                          "engine does not use (engine.pinned_kv is off, or the model's cache layout "
+                                          "is unsupported)")
+        layout = tuple((key.shape[0], key.shape[2]) for key, _ in kv)
+        if layout != self.serving.kv_layout:
+            (heads, head_dim), (model_heads, model_dim) = layout[0], self.serving.kv_layout[0]
+            raise IncompatiblePromptError(
+                f"{source}: a prefix of {len(layout)} layers x {heads} KV heads x {head_dim} does not fit the served "
+                f"model's {len(self.serving.kv_layout)} layers x {model_heads} KV heads x {model_dim}")
 
     def _evict(self) -> None:
         """Drop the least recently used entries until the count fits (the newest always does)."""

@@ -57,9 +57,9 @@ class Engine:
         parameters = inspect.signature(self.model.forward).parameters
         self.takes_position_ids = "position_ids" in parameters
         self._takes_logits_to_keep = "logits_to_keep" in parameters
-        kv_bytes_per_token = self._pinned_kv_bytes_per_token() if config.pinned_kv else None
-        self.pinned_kv = kv_bytes_per_token is not None
-        serving = ServingFormat(self.fingerprint, self.model.dtype, self.device, kv_bytes_per_token or 0)
+        probe = self._pinned_kv_probe() if config.pinned_kv else None
+        self.pinned_kv = probe is not None
+        serving = ServingFormat.of(self.fingerprint, self.model.dtype, self.device, probe)
         self.prompts = PromptCache(registry, int(config.prompt_cache_mb * MiB), serving)
 
     @property
@@ -77,9 +77,10 @@ class Engine:
             if row.prompt.kv is None:
                 row.prompt.kv = virtual_token_kv(self.model, row.prompt.embeds, self.takes_position_ids)
 
-    def _pinned_kv_bytes_per_token(self) -> int | None:
+    def _pinned_kv_probe(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Check once, on a random probe, that pinned KV reproduces the embedding path; the
-        bytes of KV per virtual token if it does, else None (virtual tokens are recomputed)."""
+        probe's KV (its shapes and bytes are the model's) if it does, else None (virtual tokens
+        are recomputed, and prefix-tuned prompts cannot be served)."""
         generator = torch.Generator().manual_seed(0)
         hidden = self.fingerprint.hidden_size
         rows = []
@@ -98,8 +99,7 @@ class Engine:
         if not torch.allclose(a, b, rtol=0.0, atol=0.02 * float(b.abs().max()) + 1e-4):
             log.warning("%s: pinned KV does not reproduce the model; recomputing virtual tokens", self.config.base_model)
             return None
-        probe = rows[0].prompt
-        return sum(t.numel() * t.element_size() for pair in probe.kv for t in pair) // probe.num_virtual_tokens
+        return rows[0].prompt.kv
 
     # ----------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
