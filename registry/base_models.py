@@ -39,11 +39,14 @@ from transformers import (
 )
 
 from promptmux.registry.errors import PromptmuxError
-from promptmux.registry.schemas import BaseModelFingerprint
+from promptmux.registry.schemas import BaseModelFingerprint, InvalidConversationError, Message, TaskSpec
 
 EMBEDDED_SEED = 0
 # Bump when an embedded recipe changes so stale cached builds are not reused.
-EMBEDDED_RECIPE_VERSION = 2
+EMBEDDED_RECIPE_VERSION = 3
+# The random models' chat template (ChatML, as SmolLM2's), so chat-format tasks run on them too.
+CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # A wide init keeps the random models' next-token distributions far from uniform, so
 # greedy decoding produces varied tokens and parity tests compare something.
 _TOKENS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None, "initializer_range": 0.2}
@@ -172,6 +175,7 @@ def resolve_model_path(model_id: str) -> str:
 
 def _build_random(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = ByT5Tokenizer()
+    tokenizer.chat_template = CHATML
     config = EMBEDDED_MODELS[model_id](len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(EMBEDDED_SEED)
@@ -306,6 +310,36 @@ def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, error: type[Exceptio
     if not ids:
         raise error(f"{text!r} tokenizes to nothing")
     return ids
+
+
+class NoChatTemplateError(PromptmuxError):
+    """A chat-format task on a base model whose tokenizer has no chat template."""
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, model_id: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise NoChatTemplateError(f"{model_id} has no chat template: a chat-format task needs one (use format text, or "
+                                  "a base model whose tokenizer has a chat template)")
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> list[int]:
+    """Token ids of a conversation through the model's own chat template, with the generation
+    prompt: the model is to answer as the assistant."""
+    check_chat_template(tokenizer, getattr(tokenizer, "name_or_path", "the base model"))
+    return list(tokenizer.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
+
+
+def encode_task_input(tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, request: "str | list[Message]") -> list[int]:
+    """A task's model input for a request, as promptmux feeds it everywhere (training,
+    evaluation, serving): a text is framed by the template (a chat-format task: as the user
+    message of a conversation); a conversation is for chat-format tasks only."""
+    if spec.format == "chat":
+        messages = [Message(role="user", content=request)] if isinstance(request, str) else request
+        return encode_chat(tokenizer, spec.conversation(messages))
+    if not isinstance(request, str):
+        raise InvalidConversationError(f"task {spec.name!r} takes a text, not a conversation")
+    return encode_input(tokenizer, spec.render(request))
 
 
 def encode_input(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -51,6 +51,11 @@ BaseModelOption = Annotated[
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="allow model code from the checkpoint")]
 KindOption = Annotated[TaskKind | None, typer.Option("--kind", help="generation or classification", show_default=False)]
 TemplateOption = Annotated[str | None, typer.Option(help="input template with {input}", show_default=False)]
+FormatOption = Annotated[str | None, typer.Option("--format", help="text (the template is the model input) or chat "
+                                                  "(the template is the user message, through the model's chat template)",
+                                                  show_default=False)]
+SystemOption = Annotated[str | None, typer.Option("--system", help="a chat-format task's system message",
+                                                  show_default=False)]
 LabelsOption = Annotated[
     str | None, typer.Option(help="classification labels: 0,1 or pos=positive,neg=negative", show_default=False)
 ]
@@ -123,11 +128,15 @@ HEADLINE = [  # (figure, its key, the untuned base model's key): what `registry 
 
 def _metrics_summary(metrics: dict[str, Any]) -> str:
     """Accuracy and macro F1 (classification) or perplexity and loss (generation), each beside
-    the untuned base model's; otherwise the first few numbers recorded."""
+    the untuned base model's (its fair zero-shot form, and the task's template form where
+    that differs); otherwise the first few numbers recorded."""
     figures = []
     for label, key, base in HEADLINE:
         if isinstance(metrics.get(key), int | float):
             against = f" (base {metrics[base]:.3f})" if isinstance(metrics.get(base), int | float) else ""
+            template = metrics.get(f"template_{base}")
+            if against and isinstance(template, int | float) and template != metrics[base]:
+                against = f" (base {metrics[base]:.3f}, its template {template:.3f})"
             figures.append(f"{label} {metrics[key]:.3f}{against}")
     if figures:
         return ", ".join(figures[:2])
@@ -198,7 +207,7 @@ def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) 
         return
     spec = view.spec
     console.print(f"[bold]{spec.name}[/bold] ({spec.kind.value}) on {spec.base_model}")
-    console.print(f"template: {spec.template!r}")
+    console.print(f"template: {spec.template!r}" + (f" (chat format, system {spec.system!r})" if spec.format == "chat" else ""))
     if spec.labels:
         console.print("labels: " + ", ".join(f"{k} → {v!r}" for k, v in spec.labels.items()))
     console.print(f"rollout: {_rollout_text(view.rollout)}")
@@ -230,6 +239,8 @@ def import_adapter(
     kind: KindOption = None,
     template: TemplateOption = None,
     labels: LabelsOption = None,
+    task_format: FormatOption = None,
+    system: SystemOption = None,
     note: Annotated[str, typer.Option(help="free-text note stored with the version")] = "",
     trust_remote_code: TrustRemoteCode = False,
     registry: RegistryOption = "",
@@ -238,7 +249,7 @@ def import_adapter(
     """Register a PEFT prompt-learning adapter as the task's next version, its files kept as
     PEFT wrote them. A new task is created as --kind, --template and --labels say (default:
     generation, template {input})."""
-    from promptmux.registry.base_models import check_base_model, fingerprint, load_model
+    from promptmux.registry.base_models import check_base_model, check_chat_template, fingerprint, load_model, load_tokenizer
 
     reg = open_registry(registry, create=True)
     named_by_adapter = _adapter_base_model(peft_dir)  # the adapter is checked before any model loads
@@ -246,15 +257,18 @@ def import_adapter(
     model_id = base_model or (existing.base_model if existing else None) or named_by_adapter
     if model_id is None:
         raise PromptmuxError("the adapter does not name its base model: pass --base-model")
-    described = {"kind": kind, "template": template, "labels": parse_labels(labels) if labels else None}
+    described = {"kind": kind, "template": template, "labels": parse_labels(labels) if labels else None,
+                 "format": task_format, "system": system}
     described = {key: value for key, value in described.items() if value is not None}
     if existing is not None:
         differing = [key for key, value in described.items() if getattr(existing, key) != value]
         if differing:
-            raise PromptmuxError(f"task {task!r} exists with another {', '.join(differing)}; --kind, --template and "
-                                 "--labels describe a new task")
+            raise PromptmuxError(f"task {task!r} exists with another {', '.join(differing)}; --kind, --template, "
+                                 "--labels, --format and --system describe a new task")
     spec = existing or TaskSpec(name=task, base_model=model_id, **described)
     check_base_model(model_id)
+    if spec.format == "chat":
+        check_chat_template(load_tokenizer(model_id, trust_remote_code), model_id)
     model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
     manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec,
                                task_id=task_id)

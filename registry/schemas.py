@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from promptmux.registry.errors import PromptmuxError
 from promptmux.registry.names import validate_name
 
 INPUT_PLACEHOLDER = "{input}"
@@ -57,6 +58,8 @@ TopK = Annotated[int, Field(ge=0, le=1_000_000, description="0 disables top-k fi
 RepetitionPenalty = Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)]
 StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=16)]
 Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="sampling seed (64-bit unsigned)")]
+Logprobs = Annotated[int, Field(ge=0, le=5, description="return each generated token's log-probability with its N most "
+                                "likely alternatives (0..5)")]
 
 
 class GenerationParams(StrictModel):
@@ -70,6 +73,7 @@ class GenerationParams(StrictModel):
     repetition_penalty: RepetitionPenalty = 1.0
     stop: StopStrings = Field(default_factory=list)
     seed: Seed | None = None
+    logprobs: Logprobs | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "GenerationParams":
@@ -78,11 +82,26 @@ class GenerationParams(StrictModel):
         return self
 
 
+class InvalidConversationError(PromptmuxError, ValueError):
+    """A conversation a task cannot take (no user message, or a conversation for a text task)."""
+
+
+class Message(StrictModel):
+    """One turn of a conversation, as chat templates take it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class TaskSpec(StrictModel):
     """What a task is: how inputs are templated, what it outputs, which base model it runs on."""
 
     name: str
     kind: TaskKind = TaskKind.generation
+    format: Literal["text", "chat"] = Field(
+        "text", description="text: the template is the model input; chat: the template is the user message, rendered "
+        "with the base model's own chat template and its generation prompt")
+    system: str | None = Field(None, description="chat: the system message before the conversation")
     template: str = Field(INPUT_PLACEHOLDER, description="input template, e.g. 'Comment: {input}\\nSatisfaction:\\n'")
     labels: dict[str, str] = Field(default_factory=dict, description="label -> verbalizer string (classification)")
     generation: GenerationParams = Field(default_factory=GenerationParams)
@@ -102,6 +121,12 @@ class TaskSpec(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _system_needs_chat(self) -> "TaskSpec":
+        if self.system is not None and self.format != "chat":
+            raise ValueError("a system message needs format chat")
+        return self
+
+    @model_validator(mode="after")
     def _labels_match_kind(self) -> "TaskSpec":
         if self.kind is TaskKind.classification:
             if len(self.labels) < 2:
@@ -113,8 +138,22 @@ class TaskSpec(StrictModel):
         return self
 
     def render(self, text: str) -> str:
-        """The model input for one request (plain substitution: braces in inputs are safe)."""
+        """The model input for one request (plain substitution: braces in inputs are safe); for
+        a chat-format task, the user message."""
         return self.template.replace(INPUT_PLACEHOLDER, text)
+
+    def conversation(self, messages: list[Message]) -> list[Message]:
+        """What a chat-format task renders through the chat template: the task's system
+        message unless the conversation brings its own, then the conversation with its last
+        user message framed by the template (what the task was trained on)."""
+        users = [i for i, m in enumerate(messages) if m.role == "user"]
+        if not users:
+            raise InvalidConversationError("a conversation needs a user message")
+        last = users[-1]
+        framed = [m if i != last else Message(role="user", content=self.render(m.content)) for i, m in enumerate(messages)]
+        if self.system is not None and all(m.role != "system" for m in messages):
+            framed.insert(0, Message(role="system", content=self.system))
+        return framed
 
 
 class KvShape(StrictModel):

@@ -9,9 +9,11 @@ import typer
 from promptmux.registry import PromptmuxError
 from promptmux.registry.cli import (
     BaseModelOption,
+    FormatOption,
     KindOption,
     LabelsOption,
     RegistryOption,
+    SystemOption,
     TemplateOption,
     TrustRemoteCode,
     console,
@@ -40,6 +42,8 @@ def train(
     kind: KindOption = None,
     template: TemplateOption = None,
     labels: LabelsOption = None,
+    task_format: FormatOption = None,
+    system: SystemOption = None,
     input_field: Annotated[str | None, _option("--input-field", "record field holding the input [default: input]")] = None,
     target_field: Annotated[str | None, _option("--target-field", "record field holding the target [default: output]")] = None,
     input_pattern: Annotated[str | None, _option("--input-pattern", "regex with one group: the part of the input the "
@@ -90,7 +94,7 @@ def train(
     spec, data_fields, config = resolve(
         {"base_model": DEFAULT_BASE_MODEL, **fields},
         {"name": task, "kind": kind, "template": template, "base_model": base_model,
-         "labels": parse_labels(labels) if labels else None},
+         "labels": parse_labels(labels) if labels else None, "format": task_format, "system": system},
         {"input_field": input_field, "target_field": target_field, "input_pattern": input_pattern},
         {"method": method, "prefix_projection": prefix_projection, "init": init, "init_text": init_text, "num_virtual_tokens": num_virtual_tokens, "lr": lr,
          "lr_scheduler": lr_scheduler, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,

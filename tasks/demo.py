@@ -38,7 +38,7 @@ from promptmux.registry.policy import RolloutPolicy
 from promptmux.registry.ports import free_port
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
-from promptmux.tasks.report import print_report
+from promptmux.tasks.report import base_rows, print_report
 from promptmux.tasks.spec_file import example
 
 DATA = Path(__file__).resolve().parent / "examples" / "data"
@@ -276,7 +276,9 @@ def _seed_table(metrics: dict) -> Table:
     for column in ("model", "accuracy", "macro F1"):
         table.add_column(column)
     table.add_row("SmolLM2-135M + tuned prompt", f"{metrics['accuracy']:.3f}", f"{metrics['macro_f1']:.3f}")
-    table.add_row("SmolLM2-135M untuned", f"{metrics['base_accuracy']:.3f}", f"{metrics['base_macro_f1']:.3f}")
+    for name, key in base_rows(metrics):
+        table.add_row(f"SmolLM2-135M {name.removeprefix('untuned base model ')} untuned", f"{metrics[key]['accuracy']:.3f}",
+                      f"{metrics[key]['macro_f1']:.3f}")
     table.add_row("Granite-13B + tuned prompt (seed)", *(f"{v:.3f}" for v in SEED_TABLE["tuned"]))
     table.add_row("Granite-13B untuned (seed)", *(f"{v:.3f}" for v in SEED_TABLE["base"]))
     return table

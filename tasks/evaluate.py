@@ -1,9 +1,13 @@
 """Held-out evaluation of a prompt-tuned model, before and after tuning.
 
-Classification: every label's verbalizer is scored by log-probability after the input;
-"before" is the untuned base model prompted with the template and the init text (the
-watsonx tutorial's comparison). Generation: held-out loss and perplexity, and sample
-generations (the PEFT tutorial's check).
+Classification: every label's verbalizer is scored by log-probability after the input.
+"Before" is the untuned base model in two forms, both reported so neither is hidden: its
+best plain zero-shot form, the fair baseline (its own chat template, the task's
+instruction, the input and the answers it may give, scored as the first word of the
+assistant's answer; the template form where the model has no chat template), and the
+soft prompt's own form without the soft prompt (the template after the instruction; a
+chat-format task's own rendering), the watsonx tutorial's comparison. Generation: held-out
+loss and perplexity, and sample generations (the PEFT tutorial's check).
 """
 
 import contextlib
@@ -56,12 +60,10 @@ class Evaluator:
         sequences = [self.encoder.sequence(e) for e in examples]
         return -sum(self.target_logprob_sums(sequences)) / sum(n for _, n in sequences)
 
-    def label_scores(self, examples: list[Example], base_only: bool) -> list[list[float]]:
-        """Log-probability of every label's verbalizer per example. Single-token verbalizers
-        need one forward per input; longer ones one per (input, label)."""
-        labels, verbalizers = list(self.encoder.verbalizers), self.encoder.verbalizers
-        prefix = f"{self.init_text}\n" if base_only else ""
-        inputs = [self.encoder.input_ids(e.input, prefix) for e in examples]
+    def label_scores(self, inputs: list[list[int]], verbalizers: dict[str, list[int]], base_only: bool) -> list[list[float]]:
+        """Log-probability of every label's verbalizer after each input. Single-token
+        verbalizers need one forward per input; longer ones one per (input, label)."""
+        labels = list(verbalizers)
         if all(len(v) == 1 for v in verbalizers.values()):
             scores = []
             for start, logits in self._logits(inputs, base_only):
@@ -74,6 +76,16 @@ class Evaluator:
             )
             scores = [flat[i * len(labels): (i + 1) * len(labels)] for i in range(len(inputs))]
         return scores
+
+    def classify(self, examples: list[Example], inputs: list[list[int]], verbalizers: dict[str, list[int]],
+                 base_only: bool) -> tuple[dict, float]:
+        """The classification report of `inputs` scored with `verbalizers`, and the loss of the gold labels."""
+        labels = list(verbalizers)
+        scores = self.label_scores(inputs, verbalizers, base_only)
+        predicted = [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
+        report = classification_report([e.target for e in examples], predicted, labels)
+        gold = [(row[labels.index(e.target)], len(verbalizers[e.target])) for row, e in zip(scores, examples)]
+        return report, -sum(score for score, _ in gold) / sum(n for _, n in gold)
 
     @torch.no_grad()
     def samples(self, examples: list[Example]) -> list[dict]:
@@ -95,15 +107,26 @@ class Evaluator:
 
     def evaluate(self, examples: list[Example], stage: str) -> dict:
         if self.encoder.spec.kind is TaskKind.classification:
-            base_only, labels = stage == "before", list(self.encoder.verbalizers)
-            scores = self.label_scores(examples, base_only)
-            predicted = [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
-            report = classification_report([e.target for e in examples], predicted, labels)
-            # The training loss on the held-out set: what the validation loss is compared with.
-            gold = [(row[labels.index(e.target)], len(self.encoder.verbalizers[e.target])) for row, e in zip(scores, examples)]
-            loss = -sum(score for score, _ in gold) / sum(n for _, n in gold)
-            return {"base_model" if base_only else "tuned": report, f"eval_loss_{stage}": loss}
+            return self._classification(examples, stage)
         loss = self.eval_loss(examples)
         return {f"eval_loss_{stage}": loss, f"perplexity_{stage}": math.exp(min(loss, 50.0)),
                 f"samples_{stage}": self.samples(examples)}
 
+    def _classification(self, examples: list[Example], stage: str) -> dict:
+        """After tuning: the tuned prompt. Before: the untuned model in its template form and,
+        where it has a chat template, in its chat zero-shot form (the fair baseline). The loss
+        (the training loss on the held-out set, what the validation loss is compared with) is
+        the soft-prompt form's."""
+        encoder = self.encoder
+        if stage == "after":
+            report, loss = self.classify(examples, [encoder.input_ids(e.input) for e in examples], encoder.verbalizers, False)
+            return {"tuned": report, "eval_loss_after": loss}
+        template, loss = self.classify(examples, [encoder.template_zero_shot_ids(e.input, self.init_text) for e in examples],
+                                       encoder.verbalizers, True)
+        result = {"template_base_model": template, "base_model": template, "base_form": "template", "eval_loss_before": loss}
+        if encoder.has_chat_template:
+            answers = {label: encoder.text_ids(word) for label, word in encoder.chat_answers().items()}
+            chat, _ = self.classify(examples, [encoder.chat_zero_shot_ids(e.input, self.init_text) for e in examples],
+                                    answers, True)
+            result.update(base_model=chat, base_form="chat zero-shot")
+        return result

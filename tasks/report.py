@@ -14,7 +14,7 @@ def comparison_table(spec: TaskSpec, metrics: dict) -> Table:
     if spec.kind is TaskKind.classification:
         for column in ("model", "accuracy", "macro F1"):
             table.add_column(column)
-        for name, key in (("tuned prompt", "tuned"), ("untuned base model", "base_model")):
+        for name, key in (("tuned prompt", "tuned"), *base_rows(metrics)):
             table.add_row(name, f"{metrics[key]['accuracy']:.3f}", f"{metrics[key]['macro_f1']:.3f}")
         return table
     for column in ("", "held-out loss", "perplexity"):
@@ -22,6 +22,14 @@ def comparison_table(spec: TaskSpec, metrics: dict) -> Table:
     for stage in ("before", "after"):
         table.add_row(f"{stage} tuning", f"{metrics[f'eval_loss_{stage}']:.3f}", f"{metrics[f'perplexity_{stage}']:.2f}")
     return table
+
+
+def base_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(row name, metrics key) of the untuned baselines: the fair one (the model's chat
+    zero-shot form, or its template form without a chat template) and the template form."""
+    if metrics.get("base_form") != "chat zero-shot":
+        return [("untuned base model (template)", "base_model")]
+    return [("untuned base model (chat zero-shot)", "base_model"), ("untuned base model (template)", "template_base_model")]
 
 
 def confusion_table(report: dict, title: str) -> Table:

@@ -130,7 +130,9 @@ def train_task(
                "warnings": curve.warnings, "train_seconds": round(time.time() - started, 2)}
     if spec.kind is TaskKind.classification:
         metrics.update(accuracy=after["tuned"]["accuracy"], macro_f1=after["tuned"]["macro_f1"],
-                       base_accuracy=before["base_model"]["accuracy"], base_macro_f1=before["base_model"]["macro_f1"])
+                       base_accuracy=before["base_model"]["accuracy"], base_macro_f1=before["base_model"]["macro_f1"],
+                       template_base_accuracy=before["template_base_model"]["accuracy"],
+                       template_base_macro_f1=before["template_base_model"]["macro_f1"])
     output_dir.mkdir(parents=True, exist_ok=True)
     curve_png, metrics_json = output_dir / "learning_curve.png", output_dir / "metrics.json"
     plot_curve(curve, f"{spec.name} on {config.base_model}", curve_png)

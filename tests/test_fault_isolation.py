@@ -128,6 +128,8 @@ VALID = {  # a normal body per endpoint (sampling, so that every parameter count
                      "params": {"max_new_tokens": 4, "temperature": 0.8, "top_k": 20, "seed": 1}},
     "/v1/classify": {"task": "grooming", "input": "kind staff"},
     "/v1/completions": {"model": "summarize", "prompt": "a day", "max_tokens": 4, "temperature": 0.8, "seed": 1},
+    "/v1/chat/completions": {"model": "summarize", "messages": [{"role": "user", "content": "a day"}], "max_tokens": 4,
+                             "temperature": 0.8, "seed": 1, "logprobs": True, "top_logprobs": 2, "n": 2},
 }
 NORMAL = [  # greedy and seeded sampling, three tasks, both kinds
     ("/v1/generate", {"task": "act-as", "input": "a chef", "params": {"max_new_tokens": 12, "min_new_tokens": 12}}),
@@ -135,6 +137,8 @@ NORMAL = [  # greedy and seeded sampling, three tasks, both kinds
                                                                           "top_p": 0.9, "seed": 7}}),
     ("/v1/classify", {"task": "grooming", "input": "Lovely staff, my dog looks great"}),
     ("/v1/completions", {"model": "act-as@2", "prompt": "a judge", "max_tokens": 8, "seed": 3, "temperature": 1.2}),
+    ("/v1/chat/completions", {"model": "act-as", "messages": [{"role": "user", "content": "a coach"}], "max_tokens": 8,
+                              "seed": 5, "temperature": 0.7, "n": 2}),
 ]
 
 

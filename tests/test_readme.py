@@ -38,7 +38,8 @@ def test_the_readme_shell_blocks_run_in_order(tmp_path: Path) -> None:
     for expected in ("registered grooming version 1", "registered act-as version 2", "registered act-as-copy version 1",
                      "registered grooming-copy version 1 (classification task, prompt tuning)", "wrote 4 results to results.jsonl (0 failed)",
                      '"status":"ok"', "data: [DONE]", '"label"', "text_completion", "promptmux_requests_total",
-                     "'task': 'act-as'", "draining"):
+                     "'task': 'act-as'", "draining", "registered act-as-chat version 1", '"object":"chat.completion"',
+                     "chat.completion length", "\nTrue\n"):
         assert expected in output, (expected, output[-6000:])
     variants = set(re.findall(r"'variant': '(v[12])'", output))
     assert variants == {"v1", "v2"}, output[-3000:]  # six routing keys over a 50/50 rollout reach both versions

@@ -21,11 +21,26 @@ class Usage(StrictModel):
         )
 
 
+class TopLogprob(StrictModel):
+    token_id: int
+    logprob: float
+
+
+class TokenLogprob(StrictModel):
+    """A generated token's log-probability under the model (before any sampling processor),
+    with the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[TopLogprob]
+
+
 class GenerationOutput(StrictModel):
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
     usage: Usage
+    logprobs: list[TokenLogprob] | None = None
 
 
 class ClassificationOutput(StrictModel):

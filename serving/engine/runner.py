@@ -17,9 +17,18 @@ import logging
 import torch
 from transformers.utils import ModelOutput
 
-from promptmux.registry import PromptVersion, Registry
-from promptmux.registry.base_models import encode_input, fingerprint, load_model, load_tokenizer, max_positions, text_ids
-from promptmux.registry.schemas import GenerationParams
+from promptmux.registry import PromptVersion, Registry, TaskSpec
+from promptmux.registry.base_models import (
+    NoChatTemplateError,
+    encode_input,
+    encode_task_input,
+    fingerprint,
+    load_model,
+    load_tokenizer,
+    max_positions,
+    text_ids,
+)
+from promptmux.registry.schemas import GenerationParams, Message
 from promptmux.serving.engine.batching import (
     ClassificationRow,
     GenerationRow,
@@ -104,7 +113,18 @@ class Engine:
     # ----------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
         """Token ids of a rendered input (a trailing EOS some tokenizers append is dropped)."""
-        ids = encode_input(self.tokenizer, text)
+        return self._within_limits(encode_input(self.tokenizer, text))
+
+    def encode_request(self, spec: TaskSpec, request: "str | list[Message]") -> list[int]:
+        """Token ids of a task's request: a text framed by its template, or (a chat-format task) a
+        conversation through the base model's chat template; the same function training uses."""
+        try:
+            ids = encode_task_input(self.tokenizer, spec, request)
+        except NoChatTemplateError as exc:
+            raise RequestError(str(exc)) from exc
+        return self._within_limits(ids)
+
+    def _within_limits(self, ids: list[int]) -> list[int]:
         if not ids:
             raise RequestError("the input is empty after tokenization")
         if len(ids) > self.config.max_input_tokens:

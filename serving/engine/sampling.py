@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from promptmux.registry.schemas import GenerationParams
+from promptmux.serving.engine.outputs import TokenLogprob, TopLogprob
 
 HISTORY_CHUNK = 256
 
@@ -107,3 +108,12 @@ def select_tokens(
             except Exception as exc:  # handed to the request
                 failures[b] = exc
     return tokens, failures
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability in a row's raw next-token `logits` [vocab] (before any
+    processor, as OpenAI and vLLM report them), with the `top` most likely alternatives."""
+    logprobs = torch.log_softmax(logits.float(), -1)
+    values, indices = logprobs.topk(top) if top else (logprobs[:0], logprobs[:0].long())
+    return TokenLogprob(token_id=token, logprob=float(logprobs[token]),
+                        top=[TopLogprob(token_id=int(i), logprob=float(v)) for v, i in zip(values.tolist(), indices.tolist())])

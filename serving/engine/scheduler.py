@@ -35,9 +35,9 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.detokenizer import IncrementalDetokenizer
 from promptmux.serving.engine.errors import OverloadedError, RequestError
-from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob, Usage
 from promptmux.serving.engine.protocol import ModelRunner, RunningBatch
-from promptmux.serving.engine.sampling import RowSampler, select_tokens
+from promptmux.serving.engine.sampling import RowSampler, select_tokens, token_logprob
 
 
 @dataclass
@@ -49,6 +49,7 @@ class StreamEvent:
     finish_reason: str | None = None
     output: GenerationOutput | None = None
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of `token_ids`, when the request asked for them
 
 
 @dataclass(eq=False)
@@ -59,6 +60,7 @@ class RequestState:
     sampler: RowSampler | None = None
     detokenizer: IncrementalDetokenizer | None = None  # when text is needed before the end
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asks for them
     finish_reason: str | None = None
     error: str | None = None
     failure: Exception | None = None  # what `error` says, as raised
@@ -86,6 +88,7 @@ class RequestState:
             token_ids=self.generated,
             finish_reason=self.finish_reason or "length",
             usage=Usage.count(len(self.row.input_ids), len(self.generated), self.row.prompt.num_virtual_tokens),
+            logprobs=self.logprobs,
         )
 
 
@@ -136,7 +139,8 @@ class Scheduler:
     ) -> RequestState:
         """Queue a request. `on_event` gets every delta when `stream`, else only the final event.
         Its parameters were checked where it was prepared; only the engine's limits are checked here."""
-        state = RequestState(row, on_event, stream, submitted_step=self.steps)
+        state = RequestState(row, on_event, stream, submitted_step=self.steps,
+                             logprobs=[] if row.params.logprobs is not None else None)
         if row.params.stop or (on_event is not None and stream):
             state.detokenizer = IncrementalDetokenizer(self.runner.decode)
         if state.reserved_tokens > self.limits.max_tokens_in_flight:
@@ -296,7 +300,8 @@ class Scheduler:
         )
         for j, exc in failures.items():
             self._fail([states[j]], exc)
-        keep = [j for j, (state, token) in enumerate(zip(states, tokens)) if not state.done and not self._accept_alone(state, token)]
+        keep = [j for j, (state, token) in enumerate(zip(states, tokens))
+                if not state.done and not self._accept_alone(state, token, batch.logits[j])]
         if not keep:
             self.running, self.batch = [], None
             return
@@ -311,16 +316,17 @@ class Scheduler:
             last = [s.generated[-1] for s in self.running]
         self.runner.decode_step(batch, torch.tensor(last, device=self.runner.device))
 
-    def _accept_alone(self, state: RequestState, token: int) -> bool:
+    def _accept_alone(self, state: RequestState, token: int, logits: torch.Tensor) -> bool:
         """`_accept`, failing only this row if recording its token fails."""
         try:
-            return self._accept(state, token)
+            return self._accept(state, token, logits)
         except Exception as exc:  # the row fails alone
             self._fail([state], exc)
             return True
 
-    def _accept(self, state: RequestState, token: int) -> bool:
-        """Record one token for a row and emit its delta; True when the row is finished."""
+    def _accept(self, state: RequestState, token: int, logits: torch.Tensor) -> bool:
+        """Record one token for a row (and its log-probability, when asked for, from the row's
+        raw `logits`) and emit its delta; True when the row is finished."""
         now = time.perf_counter()
         state.first_token_at = state.first_token_at or now
         if state.cancelled:
@@ -329,6 +335,8 @@ class Scheduler:
         params = state.row.params
         new = [] if token in self.runner.eos_ids else [token]
         state.generated += new
+        if new and state.logprobs is not None:
+            state.logprobs.append(token_logprob(logits, token, params.logprobs))
         if not new:
             state.finish_reason = "stop"
         elif len(state.generated) >= params.max_new_tokens:
@@ -360,7 +368,8 @@ class Scheduler:
             text = text.rstrip("\ufffd")
             text = text[: max(len(text) - hold, state.emitted_chars)]
         delta, state.emitted_chars = text[state.emitted_chars:], max(len(text), state.emitted_chars)
-        state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output))
+        logprobs = state.logprobs[len(state.logprobs) - len(new_tokens):] if state.logprobs and new_tokens else []
+        state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output, logprobs=logprobs))
 
     def fail_everything(self, exc: Exception) -> None:
         """Fail every request the loop holds: running, waiting and classification jobs."""

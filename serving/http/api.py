@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from promptmux.registry.schemas import MaxNewTokens, Seed, StopStrings, StrictModel, Temperature, TopP
+from promptmux.registry.schemas import Logprobs, MaxNewTokens, Message, Seed, StopStrings, StrictModel, Temperature, TopP
 from promptmux.serving.engine.outputs import Usage
 from promptmux.serving.runtime.requests import Query
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
@@ -90,41 +90,127 @@ class FeedbackResponse(BaseModel):
 # that sends one of these (LangChain sends several by default) is served; any other value is
 # refused with 400 naming the field, never silently ignored.
 UNSUPPORTED_OPENAI_FIELDS: dict[str, tuple] = {
-    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "suffix": (None, ""),
-    "stream_options": (None,),
+    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+}
+UNSUPPORTED_COMPLETION_FIELDS: dict[str, tuple] = {**UNSUPPORTED_OPENAI_FIELDS, "suffix": (None, "")}
+UNSUPPORTED_CHAT_FIELDS: dict[str, tuple] = {
+    **UNSUPPORTED_OPENAI_FIELDS, "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
+    "function_call": (None, "none"), "response_format": (None, {"type": "text"}), "parallel_tool_calls": (None,),
+    "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "reasoning_effort": (None,),
+    "web_search_options": (None,),
 }
 
 
-class CompletionBody(StrictModel):
-    """OpenAI `POST /v1/completions`; `model` is `task`, `task@3` or `task:alias`, `user` the routing key.
-    Fields it does not know, and supported ones with values it cannot honour, are refused."""
+def refuse_unsupported(data: object, unsupported: dict[str, tuple]) -> object:
+    """`data` without the unsupported fields that carry a neutral value; any other value of
+    one is refused, naming the field."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name, neutral in unsupported.items():
+        if name in data and data.pop(name) not in neutral:
+            raise ValueError(f"{name} is not supported by promptmux (leave it unset)")
+    return data
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
+class OpenAIBody(StrictModel):
+    """What OpenAI's completions and chat completions share: `model` is `task`, `task@3` or
+    `task:alias`, `user` the routing key. Fields it does not know, and supported ones with
+    values it cannot honour, are refused."""
 
     model: Text = Field(min_length=1, max_length=140)
-    prompt: Text | Annotated[list[Text], Field(min_length=1)]
     max_tokens: MaxNewTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stop: Annotated[Text, Field(min_length=1, max_length=256)] | StopStrings | None = None
     seed: Seed | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: Text | None = Field(None, max_length=256)
+
+    def params(self, tokens: int | None = None, logprobs: int | None = None) -> ParamsOverride:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ParamsOverride(max_new_tokens=tokens or self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              stop=stop, seed=self.seed, logprobs=logprobs)
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "OpenAIBody":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true (as OpenAI has it)")
+        return self
+
+    @property
+    def usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionBody(OpenAIBody):
+    """OpenAI `POST /v1/completions`."""
+
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
     n: Literal[1] = 1
     echo: Literal[False] = False
-    logprobs: None = None
+    logprobs: Logprobs | None = None
     best_of: Literal[1] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: object) -> object:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name, neutral in UNSUPPORTED_OPENAI_FIELDS.items():
-            if name in data and data.pop(name) not in neutral:
-                raise ValueError(f"{name} is not supported by promptmux (leave it unset)")
-        return data
+        return refuse_unsupported(data, UNSUPPORTED_COMPLETION_FIELDS)
 
-    def params(self) -> ParamsOverride:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        return ParamsOverride(max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              stop=stop, seed=self.seed)
+
+class ContentPart(StrictModel):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(StrictModel):
+    """An OpenAI chat message: a role and text content (a string, or text parts); a
+    `developer` message is a system message. Tool calls are refused; their fields set to
+    null (as replayed assistant messages carry them) are accepted."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[ContentPart]
+    name: Text | None = Field(None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_tools(cls, data: object) -> object:
+        return refuse_unsupported(data, {"tool_calls": (None, []), "function_call": (None,), "refusal": (None,),
+                                         "audio": (None,), "tool_call_id": (None,)})
+
+    def message(self) -> Message:
+        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return Message(role="system" if self.role == "developer" else self.role, content=content)
+
+
+class ChatBody(OpenAIBody):
+    """OpenAI `POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_completion_tokens: MaxNewTokens | None = None
+    n: int = Field(1, ge=1, le=16, description="choices, each a row of its own (seed + i when sampling with a seed)")
+    logprobs: bool = False
+    top_logprobs: Logprobs | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: object) -> object:
+        return refuse_unsupported(data, UNSUPPORTED_CHAT_FIELDS)
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatBody":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def chat_params(self) -> ParamsOverride:
+        return self.params(self.max_completion_tokens, (self.top_logprobs or 0) if self.logprobs else None)

@@ -8,6 +8,7 @@ Every failure a request can cause is answered with a 4xx and a message; overload
 
 from fastapi import FastAPI
 
+from promptmux.serving.http.chat import chat_router
 from promptmux.serving.http.errors import ErrorResponses, install_error_handlers
 from promptmux.serving.http.guard import Guard
 from promptmux.serving.http.introspection import introspection_router
@@ -24,6 +25,6 @@ def build_app(service: PromptmuxService) -> FastAPI:
     app.add_middleware(Guard, in_flight=service.in_flight, refuse=error, replica=service.replica,
                        token=token, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, error)
-    for router in (native_router(service), openai_router(service), introspection_router(service)):
+    for router in (native_router(service), openai_router(service), chat_router(service), introspection_router(service)):
         app.include_router(router)
     return app

@@ -1,4 +1,6 @@
-"""Every failure as JSON: `{"error": {"message", "status"}}`, counted by endpoint and status.
+"""Every failure as JSON, counted by endpoint and status: `{"error": {"message", "status"}}` on
+promptmux's own routes, OpenAI's shape `{"error": {"message", "type", "param", "code"}}` on
+the OpenAI-compatible ones (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
 
 Domain errors map to statuses by kind (a 4xx says what to fix; overload and a replica
 that cannot serve get 503 with `Retry-After`); a 500 means a bug, and its traceback goes
@@ -36,12 +38,27 @@ STATUS = [
     (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
-OPENAI_ENDPOINTS = {"/v1/completions"}
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+OPENAI_CODES = {404: "model_not_found", 429: "rate_limit_exceeded"}
+
+
+def is_openai(request: Request) -> bool:
+    """Whether the request is on an OpenAI-compatible route (under any route prefix)."""
+    return request.url.path.rstrip("/").endswith(OPENAI_PATHS)
 
 
 def invalid_status(request: Request) -> int:
     """An invalid body: 400 on the OpenAI-compatible routes, as OpenAI answers it; 422 on promptmux's own."""
-    return 400 if endpoint_of(request) in OPENAI_ENDPOINTS else 422
+    return 400 if is_openai(request) else 422
+
+
+def openai_error(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error body: a type by status, the field at fault where known, a code where OpenAI has one."""
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": OPENAI_CODES.get(status)}}
 
 
 def endpoint_of(request: Request) -> str:
@@ -55,11 +72,13 @@ class ErrorResponses:
     def __init__(self, metrics: ServingMetrics) -> None:
         self.metrics = metrics
 
-    def __call__(self, request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    def __call__(self, request: Request, status: int, message: str, headers: dict | None = None,
+                 param: str | None = None) -> JSONResponse:
         self.metrics.errors.labels(endpoint_of(request), str(status)).inc()
         if status == 503:
             headers = {"Retry-After": RETRY_AFTER_S, **(headers or {})}
-        return JSONResponse({"error": {"message": message, "status": status}}, status_code=status, headers=headers)
+        body = openai_error(status, message, param) if is_openai(request) else {"error": {"message": message, "status": status}}
+        return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI, error: ErrorResponses) -> None:
@@ -74,7 +93,10 @@ def install_error_handlers(app: FastAPI, error: ErrorResponses) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(request, invalid_status(request), describe(exc.errors(), "body", skip=1) or "invalid request body")
+        errors = exc.errors()
+        param = ".".join(map(str, errors[0]["loc"][1:])) or None if errors else None
+        return error(request, invalid_status(request), describe(errors, "body", skip=1) or "invalid request body",
+                     param=param)
 
     @app.exception_handler(ValidationError)
     async def invalid_value(request: Request, exc: ValidationError) -> JSONResponse:

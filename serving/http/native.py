@@ -38,9 +38,10 @@ def native_router(service: PromptmuxService) -> APIRouter:
                 for i, (item, o) in enumerate(zip(items, outputs))
             ])
         ids = [service.feedback_id(item) for item in items]
+        streams = service.open_streams(items)  # overload and limits refused before the response starts
 
         async def events() -> AsyncIterator[dict]:
-            async for index, event in service.merged_events(items, service.open_streams(items), "generate"):
+            async for index, event in service.merged_events(items, streams, "generate"):
                 yield {"id": ids[index], **stream_event(items[index], index, event)}
 
         return sse(events())

@@ -3,19 +3,23 @@
 from dataclasses import dataclass
 
 from promptmux.registry import GenerationParams, TaskKind, TaskSpec
+from promptmux.registry.schemas import Message
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.routing import Route
 from promptmux.serving.runtime.schemas import ParamsOverride
 
+Input = str | list[Message]  # a text, or a conversation (chat-format tasks)
+
 
 @dataclass(frozen=True)
 class Query:
-    """What a request asks for, whatever its endpoint: a task, its inputs, and how to route them."""
+    """What a request asks for, whatever its endpoint: a task, its inputs (texts, or for a
+    chat-format task conversations), and how to route them."""
 
     task: str
-    texts: list[str]
+    inputs: list[Input]
     version: int | None = None
     alias: str | None = None
     routing_key: str | None = None
@@ -56,11 +60,11 @@ class Prepared:
 
 
 def prepare(
-    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, texts: list[str],
+    engine: Engine, spec: TaskSpec, route: Route, prompt: CachedPrompt, inputs: list[Input],
     params: ParamsOverride | None = None, tokens_field: str = "max_new_tokens",
 ) -> list[Prepared]:
     """Everything that can fail for a request's inputs fails here, before they join a batch:
-    the template, tokenization, the verbalizers, the parameters against the engine's limits,
+    the template (or the chat template), tokenization, the verbalizers, the parameters against the engine's limits,
     and each input against the model's positions (`PositionLimitError`, naming the virtual
     tokens, the input and the new tokens). The verbalizers and parameters are the same for
     every input: done once."""
@@ -74,8 +78,8 @@ def prepare(
         engine.check_params(per_task, tokens_field)
         new, new_field = per_task.max_new_tokens, tokens_field
     assignment, items = Assignment.of(spec.name, route), []
-    for text in texts:
-        ids = engine.encode(spec.render(text))
+    for request in inputs:
+        ids = engine.encode_request(spec, request)
         engine.check_positions(prompt.num_virtual_tokens, len(ids), new, new_field)
         items.append(Prepared(assignment, spec.kind, row_type(prompt, ids, per_task)))
     return items

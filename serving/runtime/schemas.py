@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field, ValidationError
 from promptmux.registry.errors import describe
 from promptmux.registry.schemas import (
     GenerationParams,
+    Logprobs,
     MaxNewTokens,
     MinNewTokens,
     RepetitionPenalty,
@@ -46,6 +47,7 @@ class ParamsOverride(StrictModel):
     repetition_penalty: RepetitionPenalty | None = None
     stop: StopStrings | None = None
     seed: Seed | None = None
+    logprobs: Logprobs | None = None
 
     def apply(self, defaults: GenerationParams) -> GenerationParams:
         try:

@@ -16,7 +16,7 @@ import torch
 
 from promptmux.registry import PromptVersion, Registry, TaskKind
 from promptmux.registry.policy import Outcome, Result, ServedWindow, VariantServed
-from promptmux.registry.schemas import utc_now
+from promptmux.registry.schemas import Message, utc_now
 from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
 from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
@@ -26,7 +26,7 @@ from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.errors import RequestTimeout
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
-from promptmux.serving.runtime.requests import Assignment, Prepared, Query, prepare
+from promptmux.serving.runtime.requests import Assignment, Input, Prepared, Query, prepare
 from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
@@ -174,9 +174,9 @@ class PromptmuxService:
         off the event loop. `tokens_field` is what the client calls max_new_tokens. A request
         the routed version's virtual tokens push past the model's positions is counted as a
         failure of that version's variant before it is refused."""
-        texts = query.texts
-        if len(texts) > self.settings.max_inputs_per_request:
-            raise RequestError(f"{len(texts)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
+        inputs = query.inputs
+        if len(inputs) > self.settings.max_inputs_per_request:
+            raise RequestError(f"{len(inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
         entry = self.view.task(query.task)
         spec = entry.record.spec
         if kind is not None and spec.kind is not kind:
@@ -186,10 +186,26 @@ class PromptmuxService:
         prompts = self.engine.prompts
         prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
         try:
-            return prepare(self.engine, spec, route, prompt, texts, params, tokens_field)
+            return prepare(self.engine, spec, route, prompt, inputs, params, tokens_field)
         except PositionLimitError as exc:
-            self.count(endpoint, [Assignment.of(spec.name, route)] * len(texts), result_of(exc))
+            self.count(endpoint, [Assignment.of(spec.name, route)] * len(inputs), result_of(exc))
             raise
+
+    def chat_input(self, task: str, messages: list[Message]) -> Input:
+        """A chat request's input: the conversation for a chat-format task; for a plain-template
+        task, the content of its one user message (more is refused, saying so)."""
+        spec = self.view.task(task).record.spec
+        if spec.format == "chat":
+            return messages
+        if [m.role for m in messages] != ["user"]:
+            roles = ", ".join(m.role for m in messages)
+            raise RequestError(f"task {task!r} has a plain template: it takes exactly one user message as its input; "
+                               f"this request has {len(messages)} message(s) ({roles})")
+        return messages[0].content
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text, special tokens included (for log-probabilities)."""
+        return self.engine.tokenizer.decode([token_id])
 
     def feedback_id(self, item: Prepared, label: str | None = None) -> str:
         """The signed id an output carries, which `POST /v1/feedback` takes back."""
