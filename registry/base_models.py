@@ -173,6 +173,25 @@ def resolve_model_path(model_id: str) -> str:
     return str(target)
 
 
+def model_identity(model_id: str) -> str:
+    """The name a base model is recorded under: an embedded model's cache folder is its
+    embedded id, a Hugging Face cache snapshot (`models--org--name/snapshots/<rev>`) its Hub
+    id; anything else is returned as given. (Serving also takes two names whose
+    fingerprints are equal for one model.)"""
+    path = Path(model_id).expanduser()
+    if not _looks_local(model_id):
+        return model_id
+    resolved = path.resolve()
+    if resolved.parent == (cache_dir() / "models").resolve():
+        embedded, _, recipe = resolved.name.rpartition("-r")
+        if is_embedded(embedded) and recipe.isdigit():
+            return embedded
+    parts = resolved.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return model_id
+
+
 def _build_random(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = ByT5Tokenizer()
     tokenizer.chat_template = CHATML

@@ -9,9 +9,11 @@ takes `--registry URI` (default `$PROMPTMUX_REGISTRY`, else a per-user directory
 import functools
 import json
 import os
+import re
 import sys
 import warnings
 from importlib.metadata import entry_points
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +25,15 @@ from rich.table import Table
 from promptmux.registry.errors import PromptmuxError, describe
 from promptmux.registry.names import parse_version
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL, RolloutSpec, RolloutVariant, TaskKind, TaskSpec
+from promptmux.registry.schemas import (
+    DEFAULT_BASE_MODEL,
+    BaseModelFingerprint,
+    RolloutSpec,
+    RolloutVariant,
+    TaskKind,
+    TaskSpec,
+    VersionView,
+)
 
 # Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -50,12 +60,24 @@ BaseModelOption = Annotated[
 ]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="allow model code from the checkpoint")]
 KindOption = Annotated[TaskKind | None, typer.Option("--kind", help="generation or classification", show_default=False)]
-TemplateOption = Annotated[str | None, typer.Option(help="input template with {input}", show_default=False)]
+
+
+def read_escapes(text: str | None) -> str | None:
+    """A flag's text with the escapes `\\n` (newline), `\\t` (tab) and `\\\\` (backslash) read, so
+    a single-quoted shell argument can hold a line break; any other backslash stays as it is."""
+    if text is None:
+        return None
+    return re.sub(r"\\\\|\\n|\\t", lambda m: {"\\\\": "\\", "\\n": "\n", "\\t": "\t"}[m.group()], text)
+
+
+TemplateOption = Annotated[str | None, typer.Option(help="input template with {input}; \\n, \\t and \\\\ are read as "
+                                                    "newline, tab and backslash", show_default=False,
+                                                    callback=read_escapes)]
 FormatOption = Annotated[str | None, typer.Option("--format", help="text (the template is the model input) or chat "
                                                   "(the template is the user message, through the model's chat template)",
                                                   show_default=False)]
-SystemOption = Annotated[str | None, typer.Option("--system", help="a chat-format task's system message",
-                                                  show_default=False)]
+SystemOption = Annotated[str | None, typer.Option("--system", help="a chat-format task's system message (escapes "
+                                                  "as in --template)", show_default=False, callback=read_escapes)]
 LabelsOption = Annotated[
     str | None, typer.Option(help="classification labels: 0,1 or pos=positive,neg=negative", show_default=False)
 ]
@@ -81,24 +103,40 @@ def open_registry(uri: str | None, create: bool = False) -> Registry:
 
 def base_model_of(reg: Registry, given: str | None) -> str:
     """`--base-model` if given, else the base model every task of the registry was trained
-    on (said aloud); tasks on different base models are refused with the list."""
+    on (said aloud). Tasks are on one base model when their fingerprints are equal, whatever
+    names they recorded it under (an embedded id and its cache folder, two copies of one
+    checkpoint); it is named by its embedded or Hub id when one is known. Tasks on different
+    base models are refused with the list."""
     if given:
         return given
-    trained_on: dict[str, list[str]] = {}
+    from promptmux.registry.base_models import model_identity
+
+    models: list[tuple[BaseModelFingerprint, set[str], list[str]]] = []  # (fingerprint, its names, its tasks)
     for name in reg.list_tasks():
         try:
-            trained_on.setdefault(reg.get_task(name).spec.base_model, []).append(name)
+            record = reg.get_task(name)
         except PromptmuxError:  # an unreadable task is reported where it is used
             continue
-    if len(trained_on) > 1:
-        listing = "; ".join(f"{model}: {', '.join(tasks)}" for model, tasks in sorted(trained_on.items()))
+        same = next((m for m in models if m[0].misfit(record.base_fingerprint) is None), None)
+        if same is None:
+            same = (record.base_fingerprint, set(), [])
+            models.append(same)
+        same[1].add(model_identity(record.spec.base_model))
+        same[2].append(name)
+    if len(models) > 1:
+        listing = "; ".join(f"{_preferred(names)}: {', '.join(tasks)}" for _, names, tasks in models)
         raise PromptmuxError(f"the registry's tasks were trained on different base models ({listing}); "
                              "choose one with --base-model")
-    if not trained_on:
+    if not models:
         return DEFAULT_BASE_MODEL
-    model = next(iter(trained_on))
+    model = _preferred(models[0][1])
     err_console.print(f"base model {model}: the one every task in {reg.uri} was trained on", highlight=False)
     return model
+
+
+def _preferred(names: set[str]) -> str:
+    """Of the names one base model was recorded under, an id before a path."""
+    return min(names, key=lambda name: (name.startswith((".", "/", "~")), name))
 
 
 def print_json(payload: Any) -> None:
@@ -211,21 +249,39 @@ def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) 
     if spec.labels:
         console.print("labels: " + ", ".join(f"{k} → {v!r}" for k, v in spec.labels.items()))
     console.print(f"rollout: {_rollout_text(view.rollout)}")
-    table = _table("version", "aliases", "method, init", "tokens", "dtype", "created", "metrics", "sha256", "note")
+    rows = _eval_row_sets(view.versions)
+    table = _table("version", "aliases", "method, init", "tokens", "created", "metrics", "rows", "sha256", "note")
     for v in view.versions:
         m = v.manifest
         table.add_row(
             f"{m.version}{' (archived)' if v.archived else ''}",
             ", ".join(v.aliases) or "-",
             f"{SHORT_METHODS[m.method]}{'' if m.task_id is None else f' {m.task_id}'}, {m.init_method}",
-            str(m.num_virtual_tokens),
-            m.dtype,
-            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{m.num_virtual_tokens} {m.dtype}",
+            m.created_at.strftime("%Y-%m-%d %H:%M"),
             _metrics_summary(m.metrics) or "-",
+            rows.get(m.version, "-"),
             m.sha256[:12],
             m.note,
         )
     console.print(table)
+    if len(set(rows.values())) > 1:
+        groups = "; ".join(f"{name}: {', '.join(str(n) for n, r in rows.items() if r == name)}"
+                           for name in sorted(set(rows.values())))
+        err_console.print(f"note: these versions were evaluated on different held-out rows ({groups}); compare "
+                          "metrics only within one set of rows", highlight=False)
+
+
+def _eval_row_sets(versions: list[VersionView]) -> dict[int, str]:
+    """Version → a letter per set of held-out rows its metrics were measured on (`eval_rows`,
+    a digest of the rows), for the versions that recorded one."""
+    letters: dict[str, str] = {}
+    found = {}
+    for v in versions:
+        digest = v.manifest.metrics.get("eval_rows")
+        if isinstance(digest, str):
+            found[v.manifest.version] = letters.setdefault(digest, chr(ord("A") + len(letters) % 26))
+    return found
 
 
 @registry_app.command("import")
@@ -247,25 +303,38 @@ def import_adapter(
     as_json: JsonOption = False,
 ) -> None:
     """Register a PEFT prompt-learning adapter as the task's next version, its files kept as
-    PEFT wrote them. A new task is created as --kind, --template and --labels say (default:
-    generation, template {input})."""
-    from promptmux.registry.base_models import check_base_model, check_chat_template, fingerprint, load_model, load_tokenizer
+    PEFT wrote them. A new task is created as the folder's `promptmux-task.json` says (a
+    promptmux export), else as generation with template {input}; --kind, --template,
+    --labels, --format and --system override either."""
+    from promptmux.registry.base_models import (
+        check_base_model,
+        check_chat_template,
+        fingerprint,
+        load_model,
+        load_tokenizer,
+        model_identity,
+    )
 
     reg = open_registry(registry, create=True)
     named_by_adapter = _adapter_base_model(peft_dir)  # the adapter is checked before any model loads
+    exported = reg.read_export(peft_dir)
+    exported_spec = exported[0].spec if exported else None
     existing = reg.get_task(task).spec if reg.has_task(task) else None
-    model_id = base_model or (existing.base_model if existing else None) or named_by_adapter
+    model_id = base_model or next((s.base_model for s in (existing, exported_spec) if s), None) or named_by_adapter
     if model_id is None:
         raise PromptmuxError("the adapter does not name its base model: pass --base-model")
-    described = {"kind": kind, "template": template, "labels": parse_labels(labels) if labels else None,
-                 "format": task_format, "system": system}
-    described = {key: value for key, value in described.items() if value is not None}
+    model_id = model_identity(model_id)
+    flags = {"kind": kind, "template": template, "labels": parse_labels(labels) if labels else None,
+             "format": task_format, "system": system}
+    described = {key: getattr(exported_spec, key) for key in flags} if exported_spec else {}
+    described |= {key: value for key, value in flags.items() if value is not None}
     if existing is not None:
         differing = [key for key, value in described.items() if getattr(existing, key) != value]
         if differing:
-            raise PromptmuxError(f"task {task!r} exists with another {', '.join(differing)}; --kind, --template, "
-                                 "--labels, --format and --system describe a new task")
-    spec = existing or TaskSpec(name=task, base_model=model_id, **described)
+            raise PromptmuxError(f"task {task!r} exists with another {', '.join(differing)} than the import's; "
+                                 "--kind, --template, --labels, --format, --system and an export's task describe a new task")
+    spec = existing or TaskSpec.model_validate({**(exported_spec.model_dump() if exported_spec else {}),
+                                               **described, "name": task, "base_model": model_id})
     check_base_model(model_id)
     if spec.format == "chat":
         check_chat_template(load_tokenizer(model_id, trust_remote_code), model_id)
@@ -362,6 +431,10 @@ def rollout(
             min_samples_per_step=min_samples, test=SequentialTest(max_samples=max_samples)), reason="--auto")
     elif variants:
         reg.set_rollout(task, RolloutSpec(variants=variants, sticky=sticky))
+        total = sum(variant.weight for variant in variants)
+        if abs(total - 100) > 1e-9:
+            err_console.print(f"note: the weights add up to {total:g}, not 100; each share is its weight over "
+                              f"{total:g}", highlight=False)
     current = reg.rollout(task)
     if as_json:
         print_json(current.model_dump(mode="json") if current else None)
@@ -394,38 +467,52 @@ def history(task: str, registry: RegistryOption = "", as_json: JsonOption = Fals
 @registry_app.command("rollout-status")
 def rollout_status(
     task: str,
+    at: Annotated[int | None, typer.Option("--at", min=1, help="the Nth automatic rollout of the task, oldest "
+                                           "first [default: the last]")] = None,
     registry: RegistryOption = "",
     as_json: JsonOption = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="draw each side's score over time into this PNG")] = None,
 ) -> None:
-    """An automatic rollout's figures per version: outcomes, mean score and interval, the verdict so far."""
-    from promptmux.registry.auto_rollout import Experiment, OutcomeLog
+    """An automatic rollout, running or ended, per version: outcomes, mean score and interval,
+    requests, errors, p99; the verdict so far, or the decision that ended it and its figures."""
+    from promptmux.registry.auto_rollout import OutcomeLog, review
 
     reg = open_registry(registry)
-    policy = reg.auto_rollout(task)
-    if policy is None:
-        raise PromptmuxError(f"task {task!r} has no automatic rollout (start one with: rollout {task} 1=95 2=5 --auto)")
+    experiments = reg.experiments(task)
+    if not experiments:
+        raise PromptmuxError(f"task {task!r} has had no automatic rollout (start one with: "
+                             f"promptmux registry rollout {task} 1=95 2=5 --auto)")
+    if at is not None and at > len(experiments):
+        raise PromptmuxError(f"--at {at}: task {task!r} has had {len(experiments)} automatic rollout(s)")
+    number = at or len(experiments)
     log = OutcomeLog(reg, task)
     outcomes = log.read()
-    snapshot = Experiment.of(policy, outcomes, log.read_served()).snapshot()
+    rollout = review(reg, task, experiments[number - 1], outcomes, log.read_served())
     if plot is not None:
         from promptmux.registry.rollout_plot import plot_rollout
 
-        plot_rollout(task, policy, outcomes, reg.history(task), plot)
+        plot_rollout(task, rollout, outcomes, plot)
+        err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
-        print_json(snapshot)
+        print_json({**rollout.figures, "experiment": rollout.policy.experiment, "rollout": number,
+                    "rollouts": len(experiments), "status": rollout.status, "ended_at": rollout.ended_at,
+                    "reason": rollout.reason})
         return
-    table = Table(title=f"{task}: step {policy.step + 1} of {len(policy.steps)}, candidate at {policy.share:g}%")
+    console.print(f"{task}: automatic rollout {number} of {len(experiments)} ({rollout.policy.experiment}), "
+                  f"{rollout.headline()}", highlight=False)
+    table = Table()
     for column in ("side", "version", "outcomes", "mean", "95% interval", "requests", "errors", "p99 ≤"):
         table.add_column(column)
     for side in ("control", "candidate"):
-        arm = snapshot[side]
+        arm = rollout.figures[side]
         table.add_row(side, str(arm["version"]), str(arm["outcomes"]), f"{arm['mean']:.3f}",
                       f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}", str(arm["requests"]),
                       f"{arm['error_rate']:.1%}", f"{arm['p99_s']:g} s")
     console.print(table)
-    console.print(f"verdict so far: {snapshot['verdict']} (always-valid p {snapshot['p_value']:.4f}, "
-                  f"difference {snapshot['difference']:+.3f})")
+    figures = rollout.figures
+    verdict = f"verdict so far: {figures['verdict']}" if rollout.status == "running" else \
+        f"decided on: {figures['verdict']}" if rollout.decision else f"verdict when stopped: {figures['verdict']}"
+    console.print(f"{verdict} (always-valid p {figures['p_value']:.4f}, difference {figures['difference']:+.3f})")
 
 
 def _parse_variant(item: str) -> RolloutVariant:
@@ -445,6 +532,24 @@ def archive(task: str, version: int, registry: RegistryOption = "") -> None:
     """Archive a version (refused while an alias or the rollout points at it)."""
     open_registry(registry).archive(task, version)
     console.print(f"archived {task} version {version}")
+
+
+@registry_app.command("unarchive")
+def unarchive(task: str, version: int, registry: RegistryOption = "") -> None:
+    """Bring an archived version back (it counts for latest again)."""
+    open_registry(registry).unarchive(task, version)
+    console.print(f"unarchived {task} version {version}")
+
+
+@registry_app.command("delete")
+def delete(
+    task: str,
+    force: Annotated[bool, typer.Option("--force", help="delete even while aliases or a rollout route to it")] = False,
+    registry: RegistryOption = "",
+) -> None:
+    """Delete a task with all its versions (refused while an alias or a rollout routes to it)."""
+    open_registry(registry).delete_task(task, force)
+    console.print(f"deleted task {task}")
 
 
 @registry_app.command("verify")
@@ -483,6 +588,20 @@ def gc(
     """Delete what writers killed mid-write left: staging directories and temporary files."""
     removed = open_registry(registry).collect_garbage(older_than)
     console.print(f"removed {removed} stale leftover{'' if removed == 1 else 's'} of killed writers")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"promptmux {package_version('promptmux')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True,
+                                           callback=_print_version)] = False,
+) -> None:
+    """Multi-task soft-prompt registry and serving runtime."""
 
 
 @functools.cache

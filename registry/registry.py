@@ -21,6 +21,7 @@ Every edit that changes routing ends with an entry in the change log, and is jou
 disk fills half-way.
 """
 
+import difflib
 import os
 import secrets
 from collections.abc import Callable, Collection, Iterator
@@ -46,12 +47,13 @@ from promptmux.registry.errors import (
     describe,
 )
 from promptmux.registry.history import MANUAL, Change
-from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
+from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import parse_version, validate_alias, validate_name
 from promptmux.registry.policy import Outcome, RolloutDecision, RolloutPolicy, ServedWindow
 from promptmux.registry.schemas import (
     AliasRecord,
     BaseModelFingerprint,
+    ExportedTask,
     PromptVersion,
     RolloutSpec,
     TaskRecord,
@@ -142,7 +144,8 @@ class Registry:
         rel = f"{_task_rel(task)}/task.json"
         data = self._read_or_none(rel)
         if data is None:
-            raise NotFoundError(f"unknown task {task!r}")
+            guess = difflib.get_close_matches(task, self.list_tasks(), n=1, cutoff=0.7)
+            raise NotFoundError(f"unknown task {task!r}" + (f"; did you mean {guess[0]}?" if guess else ""))
         return self._parse(TaskRecord, data, rel)
 
     def has_task(self, task: str) -> bool:
@@ -242,7 +245,8 @@ class Registry:
         live = [number for number in self.version_numbers(task) if number not in archived]
         if not live:
             self.get_task(task)
-            raise NotFoundError(f"task {task!r} has no active versions")
+            raise NotFoundError(f"task {task!r} has no active versions: every one is archived (bring one back with "
+                                f"promptmux registry unarchive {task} VERSION)")
         return self.get_version(task, max(live))
 
     def resolve(self, task: str, ref: int | str | None = None) -> PromptVersion:
@@ -291,6 +295,31 @@ class Registry:
             if users:
                 raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
             self.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
+
+    def unarchive(self, task: str, version: int) -> None:
+        """Bring an archived version back: it counts for `latest` again."""
+        with self._editing(task):
+            self.get_version(task, version)
+            if version not in self.archived_versions(task):
+                raise ConflictError(f"version {version} of {task!r} is not archived")
+            self.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"]))
+
+    def delete_task(self, task: str, force: bool = False) -> None:
+        """Remove a task with every version, alias, rollout and record, refused while an alias
+        or a rollout routes traffic to it unless `force`. Its `task.json` goes first, in one
+        journaled edit that servers see, so a task half-deleted by a crash is already gone to
+        every reader, and deleting it again removes what is left."""
+        if self.has_task(task):
+            with self._editing(task):
+                users = [f"alias {name}→{version}" for name, version in sorted(self.aliases(task).items())]
+                users += ["its rollout"] if self.rollout(task) else []
+                if users and not force:
+                    raise ConflictError(f"task {task!r} is served through {', '.join(users)}; move them, or delete "
+                                        "anyway with --force")
+                self.journal.run(Edit(task=task, what="task", removes=["task.json"]))
+        elif not self.storage.exists(_task_rel(task)):
+            self.get_task(task)  # unknown: says so, with a guess
+        self.storage.remove_tree(_task_rel(task))
 
     def archived_versions(self, task: str) -> set[int]:
         return {number for name in self.storage.listdir(f"{_task_rel(task)}/archived")
@@ -377,7 +406,33 @@ class Registry:
             split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
             change = Change(actor=actor, action="rollout", reason=reason, details=split)
             self.journal.run(Edit(task=task, what="rollout", history=[change], writes={
-                "rollout.json": spec.model_dump_json(indent=2), POLICY_FILE: policy.model_dump_json(indent=2)}))
+                "rollout.json": spec.model_dump_json(indent=2), POLICY_FILE: policy.model_dump_json(indent=2),
+                f"experiments/{policy.experiment}.json": policy.model_dump_json(indent=2)}))
+
+    def experiments(self, task: str) -> list[RolloutPolicy]:
+        """Every automatic rollout the task has had, running or ended, as it started (its
+        record under `experiments/`), oldest first; one started before these records existed
+        is there while it runs."""
+        self.get_task(task)
+        started = {}
+        for name in self.storage.listdir(f"{_task_rel(task)}/experiments"):
+            rel = f"{_task_rel(task)}/experiments/{name}"
+            if name.endswith(".json") and (data := self._read_or_none(rel)) is not None:
+                policy = self._parse(RolloutPolicy, data, rel)
+                started[policy.experiment] = policy
+        running = self.auto_rollout(task)
+        if running is not None:
+            started.setdefault(running.experiment, running)
+        return sorted(started.values(), key=lambda policy: policy.started_at)
+
+    def decisions(self, task: str, experiment: str) -> list[RolloutDecision]:
+        """The decisions recorded for one experiment, step by step, its end (if any) last."""
+        found = []
+        for name in self.storage.listdir(f"{_task_rel(task)}/decisions"):
+            rel = f"{_task_rel(task)}/decisions/{name}"
+            if name.startswith(f"{experiment}-") and name.endswith(".json") and (data := self._read_or_none(rel)):
+                found.append(self._parse(RolloutDecision, data, rel))
+        return sorted(found, key=lambda decision: (decision.winner is not None, decision.step))
 
     def decision(self, task: str, policy: RolloutPolicy) -> RolloutDecision | None:
         """The decision recorded for the policy's current step, if any: a controller that died
@@ -574,7 +629,8 @@ class Registry:
         """Register a PEFT adapter directory (local path or fsspec URL) of any prompt-learning
         method (`registry/methods.py`; `task_id` chooses a multitask prompt's task), keeping its
         files as PEFT wrote them, and creating the task if needed: as `spec` says, by default a
-        generation task with template `{input}`."""
+        generation task with template `{input}`. A promptmux export keeps its version's init,
+        training settings and metrics, and records where it came from (`training.lineage`)."""
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
         config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source)
@@ -597,6 +653,14 @@ class Registry:
         prompt = self._checked(prompt, base_fingerprint, expected, source)  # before a task is created for it
         if not self.has_task(task):
             self.create_task(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
+        imported = {"imported_from": source, "peft_type": config["peft_type"]}
+        exported = self.read_export(source)
+        if exported is not None:
+            origin, manifest = exported
+            return self.register(task, prompt, base_fingerprint, init_method=manifest.init_method,
+                                 init_text=manifest.init_text, metrics=manifest.metrics,
+                                 training={**manifest.training, **imported, "lineage": origin.lineage()},
+                                 data_fingerprint=manifest.data_fingerprint, note=note or manifest.note)
         init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
         return self.register(
             task,
@@ -604,13 +668,26 @@ class Registry:
             base_fingerprint,
             init_method=f"imported-{method.replace('_', '-')}" + (f" ({init})" if init else ""),
             init_text=config.get("prompt_tuning_init_text"),
-            training={"imported_from": source, "peft_type": config["peft_type"]},
+            training=imported,
             note=note,
         )
 
+    def read_export(self, source: str) -> tuple[ExportedTask, PromptVersion] | None:
+        """What a promptmux export holds beside the PEFT files (the task and where the version
+        came from, and the version's manifest); None for a plain PEFT adapter."""
+        fs, root = fsspec.core.url_to_fs(source)
+        root = root.rstrip("/")
+        if not fs.exists(f"{root}/{EXPORT_FILE}"):
+            return None
+        origin = self._parse(ExportedTask, _read_source(fs, f"{root}/{EXPORT_FILE}", source), f"{source}/{EXPORT_FILE}")
+        manifest = self._parse(PromptVersion, _read_source(fs, f"{root}/{MANIFEST_FILE}", source),
+                               f"{source}/{MANIFEST_FILE}")
+        return origin, manifest
+
     def export(self, task: str, version: int, destination: str) -> str:
         """Write a version as a PEFT adapter directory at `destination` (path or fsspec URL): its
-        files as stored (an imported adapter's as PEFT wrote them), checked first."""
+        files as stored (an imported adapter's as PEFT wrote them), checked first, and beside
+        them the task's spec and origin (`ExportedTask`), which PEFT ignores."""
         self.load_prompt(task, version)  # its sha256 and shape
         fs, root = fsspec.core.url_to_fs(destination)
         root = root.rstrip("/")
@@ -621,6 +698,8 @@ class Registry:
         fs.makedirs(root, exist_ok=True)
         for name in (TENSOR_FILE, CONFIG_FILE, MANIFEST_FILE):
             fs.pipe_file(f"{root}/{name}", self.storage.read_bytes(f"{_version_rel(task, version)}/{name}"))
+        origin = ExportedTask(spec=self.get_task(task).spec, registry=self.uri, task=task, version=version)
+        fs.pipe_file(f"{root}/{EXPORT_FILE}", origin.model_dump_json(indent=2).encode())
         return destination
 
     # --------------------------------------------------------------- helpers

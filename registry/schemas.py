@@ -208,6 +208,19 @@ class TaskRecord(StrictModel):
     created_at: datetime = Field(default_factory=utc_now)
 
 
+class ExportedTask(StrictModel):
+    """`promptmux-task.json` in an exported version's folder: the task's spec and where the
+    version came from, so that an import into another registry recreates the task as it was."""
+
+    spec: TaskSpec
+    registry: str = Field(description="the registry it was exported from")
+    task: str
+    version: int = Field(ge=1)
+
+    def lineage(self) -> dict[str, Any]:
+        return {"registry": self.registry, "task": self.task, "version": self.version}
+
+
 class PromptVersion(StrictModel):
     """`promptmux.json`: the manifest of one immutable prompt version."""
 

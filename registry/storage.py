@@ -118,6 +118,12 @@ class Storage:
         except FileNotFoundError as exc:
             raise NotFoundError(f"not found: {self.url(rel)}") from exc
 
+    def remove_tree(self, rel: str) -> None:
+        """Remove `rel` and everything under it, if it is there."""
+        self.requests["remove"] += 1
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(rel), recursive=True)
+
     def publish_dir(self, rel: str, files: dict[str, bytes]) -> bool:
         """Create directory `rel` holding `files` (written in order, the last one makes it
         visible). Returns False, writing nothing, when `rel` already exists: the first file

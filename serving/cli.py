@@ -1,6 +1,8 @@
 """`promptmux generate` (offline batch inference) and `promptmux bench ...`."""
 
+import errno
 import json
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.cli import BaseModelOption, RegistryOption, TrustRemoteCode, base_model_of, console, open_registry
+from promptmux.registry.cli import (
+    BaseModelOption,
+    RegistryOption,
+    TrustRemoteCode,
+    base_model_of,
+    console,
+    err_console,
+    open_registry,
+)
 from promptmux.registry.errors import describe
 from promptmux.serving.runtime.schemas import TaskRequest
 
@@ -64,7 +74,8 @@ def generate(
         "base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
         "max_batch_size": batch_size, "trust_remote_code": trust_remote_code,
     })
-    engine = Engine(config, reg)
+    with err_console.status(f"loading {model_id}"):
+        engine = Engine(config, reg)
     runner = TaskRunner(engine, reg)
     failed = 0
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,14 +115,16 @@ def serve_command(
         float | None, typer.Option(min=0, help="on Ctrl-C or SIGTERM, seconds requests in flight may take to "
                                    "finish [default: 30]")
     ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="a log line per request")] = False,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
+    reg = open_registry(registry)
+    check_port(host, port)  # before anything slow: a busy port is one line, not a cluster started and torn down
     from promptmux.registry.base_models import load_config
     from promptmux.serving.http.local_cluster import run_local
     from promptmux.serving.runtime.settings import ServeSettings
 
-    reg = open_registry(registry)
     model_id = base_model_of(reg, base_model)
     load_config(model_id, trust_remote_code)  # before a cluster starts, whose replicas would fail with a long traceback
     engine = {"base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
@@ -122,7 +135,22 @@ def serve_command(
         "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval,
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
-    run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+    run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+              access_log=access_log)
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that something already listens on (or a host this machine cannot listen
+    on), by binding it for a moment as the HTTP proxy will."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PromptmuxError(f"port {port} on {host} is in use: stop what listens there, or choose another "
+                                 "with --port") from None
+        raise PromptmuxError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True,

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -24,6 +24,8 @@ from promptmux.registry.cli import (
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.spec_file import read_fields, resolve
+
+INIT_METHODS = list(get_args(TrainConfig.model_fields["init"].annotation))
 
 
 def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
@@ -49,14 +51,16 @@ def train(
     input_pattern: Annotated[str | None, _option("--input-pattern", "regex with one group: the part of the input the "
                                                  "task sees")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval-data", help="held-out data (else --eval-fraction)")] = None,
-    eval_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.2,
+    eval_fraction: Annotated[float, typer.Option(min=0.01, max=0.9, help="without --eval-data: the share of rows "
+                                                 "held out, chosen by a digest of each row (not the seed), so "
+                                                 "every version is evaluated on the same rows")] = 0.2,
     limit: Annotated[int | None, typer.Option(min=1, help="use only the first N training records")] = None,
     base_model: BaseModelOption = None,
     registry: RegistryOption = "",
     method: Annotated[str | None, _option("--method", _help("method"))] = None,
     prefix_projection: Annotated[bool | None, typer.Option("--prefix-projection/--no-prefix-projection",
                                                            help=_help("prefix_projection"), show_default=False)] = None,
-    init: Annotated[str | None, _option("--init", _help("init") + " (random, text or sample-vocab)")] = None,
+    init: Annotated[str | None, _option("--init", f"{_help('init')} (one of: {', '.join(INIT_METHODS)})")] = None,
     init_text: Annotated[str | None, _option("--init-text", _help("init_text"))] = None,
     num_virtual_tokens: Annotated[int | None, _option("--num-virtual-tokens", _help("num_virtual_tokens"), min=1)] = None,
     lr: Annotated[float | None, _option("--lr", _help("lr"), min=0.0)] = None,
@@ -83,8 +87,8 @@ def train(
     Training settings come from the spec file's `training:` section and record fields from
     its `data:` section; flags override both.
     """
-    from promptmux.registry.base_models import check_base_model
-    from promptmux.tasks.data import examples, fingerprint_files, load_records, split
+    from promptmux.registry.base_models import check_base_model, model_identity
+    from promptmux.tasks.data import examples, fingerprint_files, held_out_split, load_records
     from promptmux.tasks.report import print_report
     from promptmux.tasks.train import train_task
 
@@ -103,6 +107,7 @@ def train(
          "device": device, "trust_remote_code": trust_remote_code or None},
         str(spec_file or "the task"),
     )
+    spec = spec.model_copy(update={"base_model": model_identity(spec.base_model)})
     check_base_model(spec.base_model)  # before reading data or loading anything
     train_set = examples(load_records(data), data_fields, data, limit)
     files = [data]
@@ -110,7 +115,7 @@ def train(
         held_out = examples(load_records(eval_data), data_fields, eval_data)
         files.append(eval_data)
     else:
-        train_set, held_out = split(train_set, eval_fraction, config.seed)
+        train_set, held_out = held_out_split(train_set, eval_fraction)
     reg = open_registry(registry, create=True)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = train_task(spec, train_set, held_out, config, reg, out, fingerprint_files(files), alias, note)

@@ -113,7 +113,29 @@ def fingerprint_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def row_id(example: Example) -> str:
+    """A row's id: a digest of its input and target, the same in any file order."""
+    return hashlib.sha256(f"{example.input}\0{example.target}".encode()).hexdigest()[:16]
+
+
+def rows_digest(rows: list[Example]) -> str:
+    """One digest of a set of rows (their ids, sorted): two evaluations on equal digests used the same rows."""
+    return hashlib.sha256("\n".join(sorted(row_id(row) for row in rows)).encode()).hexdigest()[:16]
+
+
+def held_out_split(items: list[Example], eval_fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, held out), the held-out rows chosen by their ids rather than a seed: every version
+    trained on the same data file is evaluated on the same rows, whatever its training seed."""
+    held_out = max(1, round(len(items) * eval_fraction))
+    if held_out >= len(items):
+        raise DataError(f"{len(items)} examples are too few to hold out {eval_fraction:.0%} for evaluation")
+    chosen = set(sorted(range(len(items)), key=lambda i: (row_id(items[i]), i))[:held_out])
+    return ([item for i, item in enumerate(items) if i not in chosen],
+            [item for i, item in enumerate(items) if i in chosen])
+
+
 def split(items: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(the rest, a shuffled share): the validation rows that early stopping watches."""
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
     held_out = max(1, round(len(shuffled) * eval_fraction))

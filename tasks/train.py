@@ -24,7 +24,7 @@ from promptmux.registry.base_models import fingerprint, load_model, load_tokeniz
 from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
 from promptmux.tasks.config import TrainConfig
-from promptmux.tasks.data import DataError, Example, split
+from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit
@@ -104,7 +104,8 @@ def train_task(
         if unknown:
             raise DataError(f"targets {unknown} are not labels of {spec.name!r} ({', '.join(spec.labels)})")
     existing = registry.get_task(spec.name) if registry.has_task(spec.name) else None
-    model, encoder, init_text = _prompt_model(spec, config)
+    with console.status(f"loading {config.base_model}"):
+        model, encoder, init_text = _prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())
     problem = existing.base_fingerprint.misfit(base_fingerprint) if existing else None
     if problem:
@@ -124,7 +125,7 @@ def train_task(
             "make them alike, e.g. with --input-pattern"
         )
     metrics = {**before, **after, "train_examples": len(fit_set), "validation_examples": len(validation),
-               "eval_examples": len(held_out), "steps": curve.step[-1] if curve.step else 0,
+               "eval_examples": len(held_out), "eval_rows": rows_digest(held_out), "steps": curve.step[-1] if curve.step else 0,
                "best_step": curve.best_step, "stopped_early": curve.stopped_early,
                "final_train_loss": curve.train_loss[-1], "best_validation_loss": min(curve.eval_loss),
                "warnings": curve.warnings, "train_seconds": round(time.time() - started, 2)}
@@ -136,7 +137,8 @@ def train_task(
     output_dir.mkdir(parents=True, exist_ok=True)
     curve_png, metrics_json = output_dir / "learning_curve.png", output_dir / "metrics.json"
     plot_curve(curve, f"{spec.name} on {config.base_model}", curve_png)
-    metrics_json.write_text(json.dumps({"metrics": metrics, "curve": asdict(curve), "config": config.model_dump()}, indent=2))
+    metrics_json.write_text(json.dumps({"metrics": metrics, "curve": asdict(curve), "config": config.model_dump(),
+                                        "eval_row_ids": sorted(row_id(row) for row in held_out)}, indent=2))
 
     if existing is None:
         registry.create_task(spec, base_fingerprint, exist_ok=True)

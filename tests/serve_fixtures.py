@@ -76,11 +76,12 @@ def serve_locally(settings: ServeSettings) -> Iterator[tuple[str, PromptmuxServi
         service.shutdown()
 
 
-def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None) -> subprocess.Popen:
+def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None,
+                base_model: str | None = BASE) -> subprocess.Popen:
     """`promptmux serve` (the installed command) in a subprocess, returned once it answers its health check."""
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "promptmux"), "serve", "--registry", registry, "--port", str(port),
-         "--base-model", "tiny-random-llama", *options],
+         *(["--base-model", base_model] if base_model else []), *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         cwd=cwd,
     )

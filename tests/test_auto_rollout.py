@@ -1,6 +1,7 @@
 """The automatic rollout's loop on a real registry: outcomes in, steps, promotion or
 rollback out, every change in the task's history."""
 
+import json
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -64,6 +65,26 @@ def test_a_better_candidate_climbs_the_steps_and_is_promoted(registry: Registry)
     assert ("controller", "promote") in actions and ("controller", "step") in actions
     assert ("manual", "alias") == actions[0]  # production set by hand first
     assert history == sorted(history, key=lambda c: c.at)
+
+
+def test_an_ended_rollout_is_reviewed_from_its_decision_and_plotted(cli, registry: Registry, tmp_path: Path) -> None:
+    uri = ("--registry", registry.uri)
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2, steps=[5, 25, 50]))
+    promoted = run_loop(registry, {1: 0.6, 2: 0.8}, seed=0)[-1]
+    registry.set_auto_rollout("reviews", RolloutPolicy(control=2, candidate=1, steps=[10]))
+    registry.clear_rollout("reviews")  # a second rollout, stopped by hand before any decision
+
+    first = json.loads(cli("registry", "rollout-status", "reviews", "--at", "1", "--json", *uri).out)
+    assert first["status"] == "promote" and first["rollout"] == 1 and first["rollouts"] == 2
+    assert {side: first[side] for side in ("control", "candidate")} == {side: promoted.stats[side] for side in ("control", "candidate")}
+    assert first["p_value"] == promoted.stats["p_value"] and first["reason"] == promoted.reason
+    shown = cli("registry", "rollout-status", "reviews", "--at", "1", "--plot", str(png := tmp_path / "ab.png"), *uri)
+    assert shown.code == 0 and "automatic rollout 1 of 2" in shown.out and "promote, production → v2" in shown.out
+    assert f"wrote {png}" in shown.err and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = cli("registry", "rollout-status", "reviews", *uri)
+    assert "automatic rollout 2 of 2" in last.out and "stopped by hand at step 1 of 1" in last.out
+    beyond = cli("registry", "rollout-status", "reviews", "--at", "3", *uri)
+    assert beyond.code == 1 and "has had 2 automatic rollout(s)" in beyond.err
 
 
 def test_a_worse_candidate_is_rolled_back_at_its_first_step(registry: Registry) -> None:

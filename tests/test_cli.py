@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import random_prompt
 
-from promptmux.registry import Registry
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_bad_input_gives_a_message_and_exit_1(cli, filled: Registry, args: tuple
     assert filled.verify() == before
 
 
-def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
+def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> None:
     from promptmux.registry.policy import Outcome
 
     uri = ("--registry", filled.uri)
@@ -136,5 +136,33 @@ def test_auto_rollout_status_and_history(cli, filled: Registry) -> None:
         refused = cli("registry", "rollout", "sentiment", *bad, "--auto", *uri)
         assert refused.code == 1 and message in refused.err
     assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
-    gone = cli("registry", "rollout-status", "sentiment", *uri)
-    assert gone.code == 1 and "has no automatic rollout" in gone.err
+    stopped = cli("registry", "rollout-status", "sentiment", *uri)
+    assert stopped.code == 0 and "stopped by hand at step 1 of 3" in stopped.out
+    filled.create_task(TaskSpec(name="other", base_model="tiny-random-llama"), llama_fp)
+    never = cli("registry", "rollout-status", "other", *uri)
+    assert never.code == 1 and "has had no automatic rollout (start one with: promptmux registry rollout other 1=95 2=5 --auto)" in never.err
+
+
+def test_unarchive_and_delete(cli, filled: Registry) -> None:
+    uri = ("--registry", filled.uri)
+    assert cli("registry", "archive", "sentiment", "3", *uri).code == 0
+    assert filled.latest("sentiment").version == 2
+    assert cli("registry", "unarchive", "sentiment", "3", *uri).code == 0
+    assert filled.latest("sentiment").version == 3
+    again = cli("registry", "unarchive", "sentiment", "3", *uri)
+    assert again.code == 1 and "version 3 of 'sentiment' is not archived" in again.err
+    filled.set_rollout("sentiment", RolloutSpec(variants=[RolloutVariant(version=1, weight=1)]))
+    refused = cli("registry", "delete", "sentiment", *uri)
+    assert refused.code == 1 and "served through its rollout" in refused.err and filled.has_task("sentiment")
+    deleted = cli("registry", "delete", "sentiment", "--force", *uri)
+    assert deleted.code == 0 and "deleted task sentiment" in deleted.out
+    assert not filled.has_task("sentiment") and not (Path(filled.uri) / "tasks" / "sentiment").exists()
+    assert filled.list_tasks() == [] and cli("registry", "delete", "sentiment", *uri).code == 1
+
+
+def test_a_split_whose_weights_do_not_add_up_to_100_says_so(cli, filled: Registry) -> None:
+    result = cli("registry", "rollout", "sentiment", "1=60", "2=30", "--registry", filled.uri)
+    assert result.code == 0 and "v1:67% / v2:33%" in result.out
+    assert "the weights add up to 90, not 100" in result.err
+    exact = cli("registry", "rollout", "sentiment", "1=60", "2=40", "--registry", filled.uri)
+    assert "add up" not in exact.err

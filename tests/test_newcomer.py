@@ -3,9 +3,11 @@ the base model defaults to the one the registry's tasks were trained on."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,19 @@ from promptmux.registry.base_models import fingerprint, load_model
 
 @pytest.fixture
 def filled(registry: Registry, llama_fp) -> Registry:
-    registry.create_task(TaskSpec(name="act-as", base_model="tiny-random-llama"), llama_fp)
-    registry.register("act-as", random_prompt(), llama_fp)
+    for name in ("act-as", "retired"):
+        registry.create_task(TaskSpec(name=name, base_model="tiny-random-llama"), llama_fp)
+        registry.register(name, random_prompt(), llama_fp)
+    registry.archive("retired", 1)  # its only version
     return registry
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,7 +42,7 @@ def adapter(tmp_path: Path, llama) -> Path:
     return tmp_path / "adapter"
 
 
-def mistakes(tmp: Path, reg: str, adapter: Path) -> list[tuple[list[str], str]]:
+def mistakes(tmp: Path, reg: str, adapter: Path, port: int) -> list[tuple[list[str], str]]:
     (tmp / "a-file").write_text("not a registry")
     (tmp / "requests.jsonl").write_text('{"task": "act-as", "input": "a poet"}\n')
     data = tmp / "data.jsonl"
@@ -56,12 +68,21 @@ def mistakes(tmp: Path, reg: str, adapter: Path) -> list[tuple[list[str], str]]:
         (["registry", "export", "act-as", "latest", reg, "--registry", reg], "is inside the registry"),
         (["registry", "export", "act-as", "latest", str(Path(reg) / "tasks" / "x"), "--registry", reg],
          "is inside the registry"),
+        (["serve", "--port", str(port), "--registry", reg], f"port {port} on 127.0.0.1 is in use"),
+        (["registry", "show", "act_as", "--registry", reg], "unknown task 'act_as'; did you mean act-as?"),
+        (["registry", "export", "retired", "latest", str(tmp / "out"), "--registry", reg],
+         "task 'retired' has no active versions: every one is archived (bring one back with promptmux registry "
+         "unarchive retired VERSION)"),
+        (["registry", "delete", "act-as", "--registry", reg],
+         "task 'act-as' is served through alias production→1; move them, or delete anyway with --force"),
     ]
 
 
-def test_every_mistake_gets_one_line_and_exit_1(cli, filled: Registry, adapter: Path, tmp_path: Path) -> None:
+def test_every_mistake_gets_one_line_and_exit_1(cli, filled: Registry, adapter: Path, tmp_path: Path,
+                                               busy_port: int) -> None:
+    filled.set_alias("act-as", "production", 1)  # deleting act-as is refused while it routes traffic
     before = sorted(p.relative_to(filled.uri) for p in Path(filled.uri).rglob("*"))
-    for args, message in mistakes(tmp_path, filled.uri, adapter):
+    for args, message in mistakes(tmp_path, filled.uri, adapter, busy_port):
         result = cli(*args)
         lines = [line for line in result.err.splitlines() if line.strip()]
         assert result.code == 1, (args, result.out, result.err)

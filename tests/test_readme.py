@@ -7,6 +7,7 @@ does not shadow the code). Two kinds of block are left out, and say so: the set-
 training, which `train_examples.sh` and `make demo` run). The port is moved to a free one.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -41,5 +42,12 @@ def test_the_readme_shell_blocks_run_in_order(tmp_path: Path) -> None:
                      "'task': 'act-as'", "draining", "registered act-as-chat version 1", '"object":"chat.completion"',
                      "chat.completion length", "\nTrue\n"):
         assert expected in output, (expected, output[-6000:])
+    registry = tmp_path / "my-registry" / "tasks"
+    template = json.loads((registry / "grooming" / "task.json").read_text())["spec"]["template"]
+    assert template == "Review: {input}\nWas the customer satisfied? Answer:"  # a newline, not a backslash and an n
+    copy = json.loads((registry / "grooming-copy" / "task.json").read_text())["spec"]
+    original = json.loads((registry / "grooming" / "task.json").read_text())["spec"]
+    assert {**original, "name": "grooming-copy", "template": "Comment: {input}\nHappy?"} == copy  # the export's spec
+    assert "refused" in output and "deleted task act-as-copy" in output and not (registry / "act-as-copy").exists()
     variants = set(re.findall(r"'variant': '(v[12])'", output))
     assert variants == {"v1", "v2"}, output[-3000:]  # six routing keys over a 50/50 rollout reach both versions

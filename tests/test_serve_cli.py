@@ -9,9 +9,11 @@ from pathlib import Path
 import httpx
 import openai
 import psutil
-from serve_fixtures import build_registry, free_port, start_serve, wait_until
+import torch
+from serve_fixtures import BASE, build_registry, free_port, start_serve, wait_until
 
-from promptmux.registry import RolloutSpec, RolloutVariant
+from promptmux.registry import RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.registry.base_models import resolve_model_path
 
 
 def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
@@ -125,18 +127,27 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
 
 def test_serve_from_a_folder_whose_subfolders_share_the_packages_names(tmp_path: Path) -> None:
     """The README's `--registry ./registry`, run where `./registry`, `./serving` and `./tasks`
-    exist: the code is imported as promptmux.*, so nothing in the working directory shadows it."""
-    build_registry(tmp_path / "registry")
+    exist: the code is imported as promptmux.*, so nothing in the working directory shadows it.
+    No --base-model: one task is recorded under the embedded model's cache folder, the others
+    under its id, and serve takes them for one base model (their fingerprints are equal)."""
+    registry = build_registry(tmp_path / "registry")
+    fp = registry.get_task("grooming").base_fingerprint
+    registry.create_task(TaskSpec(name="by-path", base_model=resolve_model_path(BASE)), fp)
+    registry.register("by-path", torch.randn(3, fp.hidden_size), fp)
     for name in ("serving", "tasks"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("raise ImportError('the working directory shadowed promptmux')")
     port = free_port()
-    process = start_serve("./registry", port, cwd=tmp_path)
+    process = start_serve("./registry", port, cwd=tmp_path, base_model=None)
     try:
         response = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"task": "grooming", "input": "Lovely"},
                               timeout=60)
         assert response.status_code == 200 and response.json()["outputs"][0]["label"] in ("0", "1")
+        generated = httpx.post(f"http://127.0.0.1:{port}/v1/generate",
+                               json={"task": "by-path", "input": "hi", "params": {"max_new_tokens": 2}}, timeout=60)
+        assert generated.status_code == 200, generated.text
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     assert process.returncode == 0 and "shadowed" not in output, output[-3000:]
+    assert "base model tiny-random-llama: the one every task" in output

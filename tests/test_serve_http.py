@@ -206,6 +206,32 @@ def test_openai_client_plain_and_streaming(served) -> None:
         client.completions.create(model="nope", prompt="x")
 
 
+def test_models_lists_only_what_is_servable_and_follows_archive_unarchive_and_delete(served) -> None:
+    url, registry = served
+    fp = registry.get_task("act-as").base_fingerprint
+    registry.create_task(TaskSpec(name="retiring", base_model=BASE), fp)
+    registry.register("retiring", torch.randn(3, fp.hidden_size), fp)
+    registry.set_alias("retiring", "canary", 1)
+
+    def everywhere(expected: set[str]) -> bool:  # what every replica lists (requests spread over both)
+        return all({m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]
+                    if m["id"].startswith("retiring")} == expected for _ in range(6))
+
+    wait_until(lambda: everywhere({"retiring", "retiring:canary"}), timeout=15)
+    registry.delete_alias("retiring", "canary")
+    registry.archive("retiring", 1)  # its only version: nothing of it can be served
+    wait_until(lambda: everywhere(set()), timeout=15)
+    refused = post(url, "/v1/generate", {"task": "retiring", "input": "x"})
+    assert refused.status_code == 404 and "no servable version" in refused.text
+    registry.unarchive("retiring", 1)
+    wait_until(lambda: everywhere({"retiring"}), timeout=15)
+    registry.delete_task("retiring")
+    wait_until(lambda: everywhere(set()), timeout=15)
+    for _ in range(4):
+        gone = post(url, "/v1/generate", {"task": "retiring", "input": "x"})
+        assert gone.status_code == 404 and "unknown task 'retiring'" in gone.text
+
+
 def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
     url, _ = served
     post(url, "/v1/generate", {"task": "act-as", "input": "m", "version": 2, "params": {"max_new_tokens": 1}})

@@ -16,10 +16,12 @@ Padding is on the left of each segment and masked; positions come from the cumul
 mask, so pads never shift a row's positions.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.prompt_cache import CachedPrompt
@@ -48,6 +50,17 @@ class ModelInputs:
     kwargs: dict
     attention_mask: torch.Tensor
     next_positions: torch.Tensor
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.24, where
+    `past_key_values` is deprecated, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output: ModelOutput) -> Cache:
+    """The KV cache a forward returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +118,7 @@ def pinned_batch(
     kwargs = {
         "input_ids": ids,
         "attention_mask": mask,
-        "past_key_values": DynamicCache(ddp_cache_data=layers, config=model.config),
+        cache_argument(model): DynamicCache(ddp_cache_data=layers, config=model.config),
     }
     if takes_position_ids:
         kwargs["position_ids"] = positions
@@ -122,7 +135,7 @@ def virtual_token_kv(
     if takes_position_ids:
         kwargs["position_ids"] = torch.arange(n, device=embeds.device)[None]
     with torch.inference_mode():
-        cache = model(**kwargs, use_cache=True).past_key_values
+        cache = cache_of(model(**kwargs, use_cache=True))
     if type(cache) is not DynamicCache or any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
         return None
     return [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]

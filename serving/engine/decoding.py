@@ -12,7 +12,7 @@ columns: a decode step writes one column into it instead of concatenating a new 
 import torch
 from transformers import DynamicCache
 
-from promptmux.serving.engine.batching import ModelInputs
+from promptmux.serving.engine.batching import ModelInputs, cache_of
 
 MASK_CHUNK = 64
 
@@ -26,7 +26,7 @@ class DecodeBatch:
 
     @classmethod
     def from_prefill(cls, inputs: ModelInputs, output) -> "DecodeBatch":
-        return cls(output.past_key_values, inputs.attention_mask, inputs.next_positions, output.logits[:, -1])
+        return cls(cache_of(output), inputs.attention_mask, inputs.next_positions, output.logits[:, -1])
 
     @property
     def mask(self) -> torch.Tensor:
@@ -64,19 +64,19 @@ class DecodeBatch:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
-    def step_inputs(self, tokens: torch.Tensor, takes_position_ids: bool) -> dict:
+    def step_inputs(self, tokens: torch.Tensor, takes_position_ids: bool, cache_name: str) -> dict:
         """Arguments of the forward that feeds each row its latest token."""
         if self._length == self._buffer.shape[1]:
             self.mask = self.mask  # a buffer with room again
         self._buffer[:, self._length] = 1
         self._length += 1
-        kwargs = {"input_ids": tokens[:, None], "attention_mask": self.mask, "past_key_values": self.cache}
+        kwargs = {"input_ids": tokens[:, None], "attention_mask": self.mask, cache_name: self.cache}
         if takes_position_ids:
             kwargs["position_ids"] = self.positions[:, None]
         return kwargs
 
     def advance(self, output) -> None:
-        self.cache, self.logits = output.past_key_values, output.logits[:, -1]
+        self.cache, self.logits = cache_of(output), output.logits[:, -1]
         self.positions = self.positions + 1
 
 

@@ -34,6 +34,7 @@ from promptmux.serving.engine.batching import (
     GenerationRow,
     ModelInputs,
     Row,
+    cache_argument,
     embedding_batch,
     pinned_batch,
     virtual_token_kv,
@@ -65,6 +66,7 @@ class Engine:
         self.eos_ids = self._eos_ids()
         parameters = inspect.signature(self.model.forward).parameters
         self.takes_position_ids = "position_ids" in parameters
+        self.cache_argument = cache_argument(self.model)
         self._takes_logits_to_keep = "logits_to_keep" in parameters
         probe = self._pinned_kv_probe() if config.pinned_kv else None
         self.pinned_kv = probe is not None
@@ -179,7 +181,7 @@ class Engine:
 
     @torch.inference_mode()
     def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> None:
-        batch.advance(self.forward(batch.step_inputs(tokens, self.takes_position_ids), 1))
+        batch.advance(self.forward(batch.step_inputs(tokens, self.takes_position_ids, self.cache_argument), 1))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

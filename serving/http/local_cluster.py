@@ -32,10 +32,12 @@ def init_ray(num_cpus: int, **options: object) -> None:
 
 
 def run_local(
-    settings: ServeSettings, host: str, port: int, replicas: int, replica_cpus: float, replica_gpus: float
+    settings: ServeSettings, host: str, port: int, replicas: int, replica_cpus: float, replica_gpus: float,
+    access_log: bool = False,
 ) -> None:
     import ray
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
     from promptmux.serving.http.deployment import (
         DRAIN_NAMESPACE,
@@ -54,10 +56,11 @@ def run_local(
         signal.signal(signum, on_signal)
     try:
         drain = DrainSignal.options(name=DRAIN_SIGNAL, namespace=DRAIN_NAMESPACE).remote()
-        serve.start(http_options={"host": host, "port": port})
+        logging_config = LoggingConfig(enable_access_log=access_log)  # a line per request only when asked for
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
         deployment = PromptmuxDeployment.options(
             num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
-            graceful_shutdown_timeout_s=settings.drain_timeout_s,
+            graceful_shutdown_timeout_s=settings.drain_timeout_s, logging_config=logging_config,
         )
         controller = RolloutControllerDeployment.bind(settings.replica_args())
         serve.run(deployment.bind(settings.replica_args(), DRAIN_SIGNAL, controller), name=APP_NAME, route_prefix="/",

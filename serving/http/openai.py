@@ -155,11 +155,14 @@ def openai_router(service: PromptmuxService) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> dict:
-        data = []
-        for name in sorted(service.view.entries):
-            entry = service.view.entries[name]
+        """The model ids a request may name and be served now: a task whose only version is
+        archived, or an alias whose version cannot be served, is left out."""
+        data, view = [], service.view
+        for name in sorted(view.entries):
+            entry = view.entries[name]
             created = int(entry.record.created_at.timestamp())
-            ids = [name, *(f"{name}:{alias}" for alias in sorted(entry.aliases.keys() | entry.broken.keys()))]
+            aliases = sorted(entry.aliases.keys() | entry.fallbacks.keys())
+            ids = [name] * view.servable(name) + [f"{name}:{alias}" for alias in aliases if view.servable(name, alias)]
             data += [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"} for model_id in ids]
         return {"object": "list", "data": data}
 

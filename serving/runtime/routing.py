@@ -134,6 +134,19 @@ class RegistryView:
             raise RouteUnavailable(f"{task} rollout variant {chosen.name} (version {chosen.version}) is not servable, "
                                    f"and neither is the task without its rollout: {exc}") from exc
 
+    def servable(self, task: str, alias: str | None = None) -> bool:
+        """Whether a request for `task` (or `task:alias`) would be served now, without routing one."""
+        try:
+            entry = self.task(task)
+            if alias is not None:
+                return self._alias_route(entry, alias) is not None
+            if entry.rollout is not None and any(v.name not in entry.broken_variants for v in entry.rollout.variants):
+                return True
+            self._default_route(entry)
+            return True
+        except (NotFoundError, RouteUnavailable):
+            return False
+
     def _default_route(self, entry: TaskEntry) -> Route:
         """The route without a rollout: the `production` alias, else the latest version."""
         route = self._alias_route(entry, DEFAULT_ALIAS)
@@ -206,13 +219,18 @@ class RegistryView:
             self.on_unreadable(name, problem)
             if entry is not None:
                 entries[name] = entry
+            else:
+                entries.pop(name, None)  # deleted
         return entries
 
     def _try_load(self, name: str) -> tuple[str, TaskEntry | None, str | None]:
-        """The task's new entry, or its previous one (None if it has none) and the problem."""
+        """The task's new entry, or its previous one (None if it has none) and the problem;
+        (None, None) for a task that was deleted."""
         try:
             return name, self._load(name, self.entries.get(name)), None
         except PromptmuxError as exc:
+            if isinstance(exc, NotFoundError) and not self.registry.has_task(name):
+                return name, None, None
             return name, self.entries.get(name), str(exc)
 
     def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
