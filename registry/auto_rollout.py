@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from promptmux.registry.history import Change
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import (
     LATENCY_BUCKETS_S,
     Outcome,
@@ -213,19 +213,19 @@ def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | N
         reason = breach or {"promote": "the candidate is better", "rollback": "the candidate is worse",
                             "no_difference": f"no difference after {policy.test.max_samples} outcomes each; "
                             "the control stays"}[verdict]
-        change = Change(actor=CONTROLLER, action=action, reason=reason, stats=experiment.snapshot(),
+        change = HistoryEntry(actor=CONTROLLER, action=action, reason=reason, stats=experiment.snapshot(),
                         details={"control": policy.control, "candidate": policy.candidate, "production": winner})
         return RolloutDecision(experiment=policy.experiment, step=policy.step, change=change, winner=winner)
     if experiment.candidate_at_step < policy.min_samples_per_step or policy.step + 1 >= len(policy.steps):
         return None
     moved = policy.model_copy(update={"step": policy.step + 1, "step_started_at": utc_now()})
     reason = f"{experiment.candidate_at_step} candidate outcomes at {policy.share:g}% and not worse"
-    change = Change(actor=CONTROLLER, action="step", reason=reason, stats=experiment.snapshot(),
+    change = HistoryEntry(actor=CONTROLLER, action="step", reason=reason, stats=experiment.snapshot(),
                     details={"from": policy.share, "to": moved.share})
     return RolloutDecision(experiment=policy.experiment, step=policy.step, change=change, next_policy=moved)
 
 
-def advance(registry: Registry, log: OutcomeLog) -> Change | None:
+def advance(registry: Registry, log: OutcomeLog) -> HistoryEntry | None:
     """Look at one task's automatic rollout once and act on it; the change made, if any. A
     decision recorded at the current step and not yet applied is applied, not made again."""
     policy = registry.auto_rollout(log.task)

@@ -3,14 +3,14 @@ leaves nothing visible.
 
 A routing edit (an alias moved, a rollout set, a version archived, an automatic rollout's
 step or decision, a task or version announced) writes several files: the data, a
-change-log entry, history. A writer killed, or a disk that fills, between two of them would
-leave a half-applied edit: an alias moved with no change-log entry (servers miss it until
+change-feed entry, history. A writer killed, or a disk that fills, between two of them would
+leave a half-applied edit: an alias moved with no change-feed entry (servers miss it until
 their next full scan) and no history, a rollout split with no policy behind it. So an edit
 is first written whole, as one create-only record `edits/<task>.<id>.json` (`Edit`), then
 applied step by step, then its record is removed. Every step is idempotent: files are
 written with their final content, removals skip what is gone, history entries are created
 under names derived from the edit's id (create-only, so never twice), and a repeated
-change-log entry only makes readers reload the task once more.
+change-feed entry only makes readers reload the task once more.
 
 A record left behind is finished by whoever comes next: the next edit of the same task
 (under the task's lock, before its own), the rollout controller every round, and
@@ -27,9 +27,9 @@ from datetime import datetime
 
 from pydantic import Field
 
-from promptmux.registry.changes import ChangeKind, ChangeLog
+from promptmux.registry.change_feed import ChangeFeed, FeedKind
 from promptmux.registry.errors import NotFoundError, StorageError
-from promptmux.registry.history import Change
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.names import validate_name
 from promptmux.registry.schemas import StrictModel, utc_now
 from promptmux.registry.storage import Storage
@@ -39,14 +39,14 @@ EDITS_DIR = "edits"
 
 class Edit(StrictModel):
     """One routing edit of one task, whole: what it writes and removes (paths under the task's
-    folder), the change-log entry that announces it, and its history entries."""
+    folder), the change-feed entry that announces it, and its history entries."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[a-z0-9][a-z0-9_-]{0,127}$")
     task: str
-    what: ChangeKind
+    what: FeedKind
     writes: dict[str, str] = Field(default_factory=dict, description="file (under the task) -> its new content")
     removes: list[str] = Field(default_factory=list, description="files (under the task) removed if present")
-    history: list[Change] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
     at: datetime = Field(default_factory=utc_now)
 
     def summary(self) -> str:
@@ -58,9 +58,9 @@ class Edit(StrictModel):
 class EditJournal:
     """Write, apply and finish the edit records of one registry's storage."""
 
-    def __init__(self, storage: Storage, changes: ChangeLog) -> None:
+    def __init__(self, storage: Storage, feed: ChangeFeed) -> None:
         self.storage = storage
-        self.changes = changes
+        self.feed = feed
 
     def run(self, edit: Edit) -> None:
         """Record `edit`, then apply it (see the module docstring for what a failure leaves)."""
@@ -89,7 +89,7 @@ class EditJournal:
             for rel in edit.removes:
                 _remove_if_present(self.storage, f"{task_rel}/{rel}")
                 written += 1
-            self.changes.append(edit.task, edit.what)
+            self.feed.append(edit.task, edit.what)
             for index, change in enumerate(edit.history):
                 self.storage.create(f"{task_rel}/history/{change.file_name(f'{edit.id}.{index}')}",
                                     change.model_dump_json().encode())

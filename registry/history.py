@@ -1,4 +1,7 @@
-"""Every change to how a task is served, kept: alias moves, rollouts, automatic decisions.
+"""A task's history: the audit trail people read (`promptmux registry history`), every
+change to how the task is served with who made it and why: alias moves, rollouts,
+automatic decisions and the statistics they were made on. (Servers follow the registry's
+change feed, `change_feed.py`, instead.)
 
 Each change is one immutable file, `tasks/<task>/history/<time>-<random>.json`, never
 rewritten: writers on any number of machines append without conflicting, on a local disk
@@ -17,7 +20,7 @@ Action = Literal["alias", "alias-delete", "rollout", "rollout-clear", "auto-star
 MANUAL = "manual"
 
 
-class Change(StrictModel):
+class HistoryEntry(StrictModel):
     at: datetime = Field(default_factory=utc_now)
     actor: str = Field(MANUAL, description="who made it: manual (the CLI or the API) or controller")
     action: Action

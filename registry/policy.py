@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from promptmux.registry.history import Change
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.schemas import RolloutSpec, RolloutVariant, StrictModel, utc_now
 from promptmux.registry.sequential import SequentialTest
 
@@ -85,7 +85,7 @@ class RolloutDecision(StrictModel):
 
     experiment: str
     step: int = Field(ge=0, description="the policy step it was made at")
-    change: Change = Field(description="the history entry: action, reason, the statistics it was made on")
+    change: HistoryEntry = Field(description="the history entry: action, reason, the statistics it was made on")
     next_policy: RolloutPolicy | None = Field(None, description="a step: the policy of the next step")
     winner: int | None = Field(None, ge=1, description="an end: the version `production` moves to")
 

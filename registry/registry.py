@@ -7,7 +7,7 @@ Layout under the root (any fsspec URL)::
     tasks/<task>/aliases/<alias>.json        AliasRecord
     tasks/<task>/rollout.json                RolloutSpec
     tasks/<task>/archived/<n>                marker: version n is archived
-    changes/<n>.json                         the change log (`changes.py`): one entry per routing edit
+    changes/<n>.json                         the change feed (`change_feed.py`): one entry per routing edit, for servers
 
 Versions are claimed lock-free (`Storage.publish_dir` refuses an existing directory, so
 concurrent writers retry with the next number; on object stores the claim is a
@@ -16,7 +16,7 @@ the task's lock because each checks the others (an alias may not point at an arc
 version, a version may not be archived while something points at it). That lock is a
 `flock` on local disks and in-process only on object stores: run alias and rollout edits of
 one task from one place at a time there (registrations may come from anywhere).
-Every edit that changes routing ends with an entry in the change log, and is journaled
+Every edit that changes routing ends with an entry in the change feed, and is journaled
 (`edits.py`): it completes, or leaves nothing visible, even if its writer is killed or the
 disk fills half-way.
 """
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import fsspec
 from pydantic import BaseModel, ValidationError
 
-from promptmux.registry.changes import ChangeKind, ChangeLog
+from promptmux.registry.change_feed import ChangeFeed, FeedKind
 from promptmux.registry.edits import Edit, EditJournal
 from promptmux.registry.errors import (
     ConflictError,
@@ -46,7 +46,7 @@ from promptmux.registry.errors import (
     StorageError,
     describe,
 )
-from promptmux.registry.history import MANUAL, Change
+from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import parse_version, validate_alias, validate_name
 from promptmux.registry.policy import Outcome, RolloutDecision, RolloutPolicy, ServedWindow
@@ -118,8 +118,8 @@ class Registry:
 
     def __init__(self, uri: str | None = None, create: bool = True, storage: Storage | None = None) -> None:
         self.storage: Storage = storage or open_storage(uri or default_registry_uri(), create)
-        self.changes = ChangeLog(self.storage)
-        self.journal = EditJournal(self.storage, self.changes)
+        self.feed = ChangeFeed(self.storage)
+        self.journal = EditJournal(self.storage, self.feed)
 
     @property
     def uri(self) -> str:
@@ -355,7 +355,7 @@ class Registry:
         if current is not None and current.version == version:
             return None
         was = current.version if current else None
-        change = Change(actor=actor, action="alias", reason=reason, details={"alias": alias, "version": version, "was": was})
+        change = HistoryEntry(actor=actor, action="alias", reason=reason, details={"alias": alias, "version": version, "was": was})
         return Edit(task=task, what="alias", history=[change],
                     writes={f"aliases/{alias}.json": AliasRecord(version=version, previous=was).model_dump_json()})
 
@@ -365,7 +365,7 @@ class Registry:
             was = self.aliases(task).get(alias)
             if was is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")
-            change = Change(actor=actor, action="alias-delete", reason=reason, details={"alias": alias, "was": was})
+            change = HistoryEntry(actor=actor, action="alias-delete", reason=reason, details={"alias": alias, "was": was})
             self.journal.run(Edit(task=task, what="alias", removes=[f"aliases/{alias}.json"], history=[change]))
 
     def rollout(self, task: str) -> RolloutSpec | None:
@@ -379,7 +379,7 @@ class Registry:
             for variant in spec.variants:
                 self._check_servable(task, variant.version)
             split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
-            change = Change(actor=actor, action="rollout", reason=reason, details=split)
+            change = HistoryEntry(actor=actor, action="rollout", reason=reason, details=split)
             self.journal.run(Edit(task=task, what="rollout", writes={"rollout.json": spec.model_dump_json(indent=2)},
                                   removes=[POLICY_FILE] if actor == MANUAL else [], history=[change]))
 
@@ -388,7 +388,7 @@ class Registry:
         with self._editing(task):
             if not self.storage.exists(f"{_task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
-            change = Change(actor=actor, action="rollout-clear", reason=reason)
+            change = HistoryEntry(actor=actor, action="rollout-clear", reason=reason)
             self.journal.run(Edit(task=task, what="rollout", removes=["rollout.json", POLICY_FILE], history=[change]))
 
     # ------------------------------------------------------ automatic rollouts
@@ -404,7 +404,7 @@ class Registry:
                 self._check_servable(task, version)
             spec = policy.split()
             split = {variant.name: f"{variant.version}={variant.weight:g}" for variant in spec.variants}
-            change = Change(actor=actor, action="rollout", reason=reason, details=split)
+            change = HistoryEntry(actor=actor, action="rollout", reason=reason, details=split)
             self.journal.run(Edit(task=task, what="rollout", history=[change], writes={
                 "rollout.json": spec.model_dump_json(indent=2), POLICY_FILE: policy.model_dump_json(indent=2),
                 f"experiments/{policy.experiment}.json": policy.model_dump_json(indent=2)}))
@@ -533,12 +533,12 @@ class Registry:
         return self._parse(ServedWindow, self.storage.read_bytes(rel), rel)
 
     # ---------------------------------------------------------------- history
-    def history(self, task: str) -> list[Change]:
+    def history(self, task: str) -> list[HistoryEntry]:
         """Every recorded change of a task, oldest first."""
         self.get_task(task)
         rel = f"{_task_rel(task)}/history"
         names = sorted(name for name in self.storage.listdir(rel) if name.endswith(".json"))
-        return [self._parse(Change, self.storage.read_bytes(f"{rel}/{name}"), f"{rel}/{name}") for name in names]
+        return [self._parse(HistoryEntry, self.storage.read_bytes(f"{rel}/{name}"), f"{rel}/{name}") for name in names]
 
     # ------------------------------------------------------------- reporting
     def show(self, task: str) -> TaskView:
@@ -744,7 +744,7 @@ class Registry:
             self.journal.finish(task)
             yield
 
-    def _announced(self, task: str, what: ChangeKind, claim: Callable[[], ClaimT]) -> ClaimT:
+    def _announced(self, task: str, what: FeedKind, claim: Callable[[], ClaimT]) -> ClaimT:
         """Run `claim`, a create-only write that makes something new visible (a task, a version),
         between recording and applying its announcement: if it claims nothing (returns a falsy
         value) or fails, the record is withdrawn and nothing changed."""

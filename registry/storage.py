@@ -8,7 +8,7 @@ Three guarantees matter to the registry:
 * `write_bytes` replaces a small file (alias, rollout) so readers see the old or the
   new content, never a mix;
 * `create` writes a small file only if none is there, atomically: the claim of a version
-  number and of a change-log entry (`registry/changes.py`).
+  number and of a change-feed entry (`registry/change_feed.py`).
 
 On a local filesystem all three come from POSIX: files are written into a private staging
 place, fsync'ed, and `rename`d into place (`create`: `link`ed, which fails if the name is

@@ -1,6 +1,7 @@
 """`promptmux generate` (offline batch inference) and `promptmux bench ...`."""
 
 import errno
+import importlib
 import json
 import socket
 from pathlib import Path
@@ -164,52 +165,35 @@ BenchModelOption = Annotated[
 JsonPathOption = Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")]
 
 
-@bench_app.command("engine")
-def bench_engine(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    base_model: BenchModelOption = None,
-) -> None:
-    """Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens."""
-    from promptmux.serving.bench.engine import run_engine_benchmark
-
-    publish(run_engine_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "engine", json_path)
-
-
-@bench_app.command("scheduler")
-def bench_scheduler(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    base_model: BenchModelOption = None,
-) -> None:
-    """Continuous vs static batching: throughput ratio, latency and time to first token."""
-    from promptmux.serving.bench.scheduler import run_scheduler_benchmark
-
-    report = run_scheduler_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
-    publish(report, "scheduler", json_path)
-    print_latencies(report, ["continuous", "static"])
+# The benchmarks measured on a model: command -> (what it compares, the sides whose latencies are printed).
+MODEL_BENCHMARKS = {
+    "engine": ("Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens.", []),
+    "scheduler": ("Continuous vs static batching: throughput ratio, latency and time to first token.",
+                  ["continuous", "static"]),
+    "http": ("The same mixed-task workload through HTTP (Ray Serve) vs the service in-process.", ["http", "engine"]),
+    "streaming": ("A long output streamed vs returned at once; incremental vs full detokenization.", []),
+}
 
 
-@bench_app.command("http")
-def bench_http(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    base_model: BenchModelOption = None,
-) -> None:
-    """The same mixed-task workload through HTTP (Ray Serve) vs the service in-process."""
-    from promptmux.serving.bench.http import run_http_benchmark
+def _model_benchmark(name: str, summary: str, sides: list[str]) -> None:
+    """Register `promptmux bench NAME`, which runs `promptmux.serving.bench.NAME.run_NAME_benchmark`."""
 
-    report = run_http_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model)
-    publish(report, "http", json_path)
-    print_latencies(report, ["http", "engine"])
+    def command(
+        quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto",
+        dtype: DtypeOption = "auto", base_model: BenchModelOption = None,
+    ) -> None:
+        run = getattr(importlib.import_module(f"promptmux.serving.bench.{name}"), f"run_{name}_benchmark")
+        report = run(quick=quick, device=device, dtype=dtype, base_model=base_model)
+        publish(report, name, json_path)
+        if sides:
+            print_latencies(report, sides)
+
+    command.__doc__ = summary
+    bench_app.command(name)(command)
 
 
-@bench_app.command("streaming")
-def bench_streaming(
-    quick: QuickOption = False, json_path: JsonPathOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    base_model: BenchModelOption = None,
-) -> None:
-    """A long output streamed vs returned at once; incremental vs full detokenization."""
-    from promptmux.serving.bench.streaming import run_streaming_benchmark
-
-    publish(run_streaming_benchmark(quick=quick, device=device, dtype=dtype, base_model=base_model), "streaming", json_path)
+for _name, (_summary, _sides) in MODEL_BENCHMARKS.items():
+    _model_benchmark(_name, _summary, _sides)
 
 
 @bench_app.command("registry")

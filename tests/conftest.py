@@ -20,7 +20,6 @@ from promptmux.registry.cli import main
 from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
 
 
@@ -56,10 +55,6 @@ def registry(tmp_path: Path) -> Registry:
 def task(registry: Registry, llama_fp: BaseModelFingerprint) -> str:
     registry.create_task(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
     return "sentiment"
-
-
-def random_prompt(rows: int = 4, cols: int = 128, seed: int = 0) -> torch.Tensor:
-    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
 
 
 class CliResult:

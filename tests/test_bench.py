@@ -1,8 +1,16 @@
-"""The benchmark commands run and report their ratios (their targets live in docs, not here)."""
+"""The benchmark commands run and report their ratios (their targets live in docs, not here).
+
+Each runs through the real command at its smallest workload (the `--quick` sizes shrunk
+further here: the figures are meaningless, the code paths are the ones measured) and is
+held to one property of what it compares, besides its ratios being there."""
 
 import json
 import math
 from pathlib import Path
+
+import pytest
+
+from promptmux.serving.bench import engine, http, scheduler, streaming
 
 
 def check_ratios(report: dict, output: str, names: set[str]) -> None:
@@ -13,17 +21,26 @@ def check_ratios(report: dict, output: str, names: set[str]) -> None:
     assert report["machine"]["load_average_before"] is not None and report["config"]["mode"] == "quick"
 
 
-def test_bench_engine_quick_reports_its_ratios(cli, tmp_path: Path) -> None:
+def smallest(monkeypatch: pytest.MonkeyPatch, bench, **sizes: object) -> None:
+    monkeypatch.setitem(bench.SIZES, "quick", {**bench.SIZES["quick"], **sizes})
+
+
+def test_bench_engine_reports_its_ratios_and_its_kv_paths_agree(cli, tmp_path: Path, monkeypatch) -> None:
+    smallest(monkeypatch, engine, tasks=4, batch=4, new_tokens=2, input_tokens=4, virtual_tokens=4, cls_virtual_tokens=16,
+             cls_input_tokens=4, repeats=1)
+    monkeypatch.setattr(engine, "ADAPT_S", 0.2)
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
     check_ratios(report, result.out, {"mixed_over_single", "mixed_methods_over_single", "engine_over_peft",
                                       "pinned_kv_speedup", "busy_over_quiet"})
+    assert report["pinned_kv_labels_equal_recompute"] is True
     assert len(report["timings_s"]["mixed"]) == len(report["timings_s"]["mixed_beside_busy"]) == report["config"]["repeats"]
-    assert report["config"]["cls_virtual_tokens"] == 100 and report["machine"]["torch"]
+    assert report["config"]["cls_virtual_tokens"] == 16 and report["machine"]["torch"]
 
 
-def test_bench_scheduler_quick_reports_both_modes(cli, tmp_path: Path) -> None:
+def test_bench_scheduler_gives_both_modes_the_same_tokens(cli, tmp_path: Path, monkeypatch) -> None:
+    smallest(monkeypatch, scheduler, requests=12, tasks=2, max_batch_size=4, rate_per_s=200.0, new_tokens=[2, 12])
     result = cli("bench", "scheduler", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
@@ -34,7 +51,8 @@ def test_bench_scheduler_quick_reports_both_modes(cli, tmp_path: Path) -> None:
         assert report[mode]["ttft_p50_s"] > 0
 
 
-def test_bench_http_quick_compares_http_with_the_engine(cli, tmp_path: Path) -> None:
+def test_bench_http_serves_the_tokens_the_engine_makes(cli, tmp_path: Path, monkeypatch) -> None:
+    smallest(monkeypatch, http, requests=8, tasks=2, concurrency=4, max_batch_size=4, new_tokens=[2, 8])
     result = cli("bench", "http", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
@@ -43,23 +61,24 @@ def test_bench_http_quick_compares_http_with_the_engine(cli, tmp_path: Path) -> 
     assert report["http"]["latency_p99_s"] >= report["http"]["latency_p50_s"] > 0
 
 
-def test_bench_streaming_compares_a_long_stream_with_the_plain_request(cli, tmp_path: Path) -> None:
+def test_bench_streaming_detokenizes_incrementally(cli, tmp_path: Path, monkeypatch) -> None:
+    smallest(monkeypatch, streaming, new_tokens=400, repeats=1)
     result = cli("bench", "streaming", "--quick", "--base-model", "tiny-random-llama", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
     check_ratios(report, result.out, {"stream_over_plain"})
-    assert "≤ 1.5" in result.out and report["config"]["new_tokens"] == 2000
+    assert "≤ 1.5" in result.out and report["config"]["new_tokens"] == 400
     assert report["full_over_incremental"] > 1  # decoding everything again at every token costs more
 
 
 def test_bench_registry_counts_the_storage_requests_of_a_refresh_locally_and_on_s3(cli, tmp_path: Path) -> None:
-    result = cli("bench", "registry", "--quick", "--tasks", "40", "--storage", "local,s3", "--json", str(tmp_path / "out.json"))
+    result = cli("bench", "registry", "--quick", "--tasks", "20", "--storage", "local,s3", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
     check_ratios(report, result.out, {"full_over_unchanged", "route_p99_ratio", "hit_3000_over_10", "random_16_over_fixed_16"})
     for storage in ("local", "s3"):
-        figures = report["storage"][storage]["40"]
+        figures = report["storage"][storage]["20"]
         assert figures["refresh_unchanged"]["requests"] == 1
         assert 11 < figures["refresh_10_changes"]["requests"] < figures["refresh_full"]["requests"]
         assert figures["registrations_per_s"] > 0 and figures["alias_move_s"] < 5
-    assert report["prompts"]["resident"] == 40 and report["prompts"]["cold_loads_during_batch"] > 0
+    assert report["prompts"]["resident"] == 20 and report["prompts"]["cold_loads_during_batch"] > 0

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_fixtures import serve_locally
+from helpers import serve_locally
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import encode_task_input, fingerprint, load_model, load_tokenizer

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import random_prompt
+from helpers import random_prompt
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 

@@ -205,7 +205,7 @@ def test_an_edit_failed_at_any_write_changes_nothing_or_is_finished_by_repair(ed
     outcomes = Counter()
     for k in range(1, writes + 1):
         registry = Registry(str(shutil.copytree(starts[start].uri, tmp_path / f"failed-at-{k}")))
-        told = registry.changes.tail()
+        told = registry.feed.tail()
         with pytest.raises(StorageError) as failure:
             apply(on(registry, k))
         message = str(failure.value)
@@ -218,7 +218,7 @@ def test_an_edit_failed_at_any_write_changes_nothing_or_is_finished_by_repair(ed
         assert problems and all(p.startswith("half-done edit") for p in problems), problems
         assert all(r.ok for r in registry.verify(repair=True)) and all(r.ok for r in registry.verify())
         assert snapshot(registry) == after, k  # exactly the clean edit: no entry missing, none twice
-        assert registry.changes.tail() > told  # and the servers are told
+        assert registry.feed.tail() > told  # and the servers are told
         outcomes["finished by repair"] += 1
     print(f"\n{edit}: {writes} writes, failed at each: {dict(outcomes)}")
     assert outcomes["nothing changed"] >= 1, outcomes

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import random_prompt
+from helpers import random_prompt
 
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.base_models import resolve_model_path

@@ -6,7 +6,7 @@ the random embedded model.
 
 import re
 
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 
 
 def test_demo_runs_end_to_end(cli, tmp_path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+from helpers import build_registry, free_port, healthy, wait_until
 from ray.serve.schema import ServeDeploySchema
-from serve_fixtures import build_registry, free_port, healthy, wait_until
 
 from promptmux.serving.runtime.settings import ServeSettings
 

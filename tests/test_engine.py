@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PROMPT_LENGTHS, fill_registry
 from peft_reference import peft_generate, peft_logprobs, peft_model
 
-from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.registry import IncompatiblePromptError, Registry
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
 from promptmux.serving.engine.config import EngineConfig
@@ -16,19 +16,7 @@ from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
 ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite"]
-PROMPT_LENGTHS = {"alpha": 3, "beta": 7, "gamma": 12}
 INPUTS = ["hello world", "x", "the quick brown fox jumps", "prompt tuning"]
-
-
-def fill_registry(path: Path, base_model: str, extra_versions: int = 0) -> Registry:
-    registry = Registry(str(path))
-    fp = fingerprint(load_model(base_model, dtype="float32"))
-    generator = torch.Generator().manual_seed(11)
-    for name, n in PROMPT_LENGTHS.items():
-        registry.create_task(TaskSpec(name=name, base_model=base_model), fp)
-        for _ in range(1 + extra_versions):
-            registry.register(name, torch.randn(n, fp.hidden_size, generator=generator), fp)
-    return registry
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -50,7 +38,7 @@ def mixed_rows(engine: Engine) -> list[tuple[str, list[int]]]:
 
 
 def test_mixed_batch_greedy_tokens_equal_peft_alone(engine: Engine) -> None:
-    registry, base_model = engine.registry, engine.config.base_model
+    registry, base_model = engine.loader, engine.config.base_model
     rows = mixed_rows(engine)
     params = [GenerationParams(max_new_tokens=10, repetition_penalty=1.5 if i % 2 else 1.0) for i in range(len(rows))]
     outputs = generate(engine, [
@@ -64,7 +52,7 @@ def test_mixed_batch_greedy_tokens_equal_peft_alone(engine: Engine) -> None:
 
 
 def test_mixed_batch_last_logits_match_peft_alone(engine: Engine) -> None:
-    registry, base_model = engine.registry, engine.config.base_model
+    registry, base_model = engine.loader, engine.config.base_model
     rows = mixed_rows(engine)
     logits = engine.logits([Row(engine.prompt(registry.latest(task)), ids) for task, ids in rows])
     for (task, ids), row_logits in zip(rows, logits):
@@ -75,7 +63,7 @@ def test_mixed_batch_last_logits_match_peft_alone(engine: Engine) -> None:
 
 
 def test_classification_scores_equal_peft(engine: Engine) -> None:
-    registry, base_model = engine.registry, engine.config.base_model
+    registry, base_model = engine.loader, engine.config.base_model
     labels_by_task = {"alpha": {"0": "0", "1": "1"}, "beta": {"yes": "positive", "no": "negative", "meh": "so-so"}}
     rows = [(task, engine.encode(text)) for task in labels_by_task for text in INPUTS[:2]]
     outputs = engine.classify([
@@ -102,7 +90,7 @@ def llama_engine(tmp_path_factory) -> Engine:
 
 
 def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
-    engine, registry = llama_engine, llama_engine.registry
+    engine, registry = llama_engine, llama_engine.loader
     before = {name: (p.data_ptr(), p.detach().clone()) for name, p in engine.model.named_parameters()}
     versions = [m for task in PROMPT_LENGTHS for m in registry.versions(task)]
     ids = engine.encode("swap")
@@ -119,7 +107,7 @@ def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
 
 
 def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: Engine) -> None:
-    engine, registry = llama_engine, llama_engine.registry
+    engine, registry = llama_engine, llama_engine.loader
     sampled = GenerationParams(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=7)
     target = GenerationRow(engine.prompt(registry.latest("beta")), engine.encode("sample me"), sampled)
     alone = generate(engine, [target])[0]
@@ -136,7 +124,7 @@ def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: E
 
 
 def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, registry = llama_engine, llama_engine.registry
+    engine, registry = llama_engine, llama_engine.loader
     prompt, ids = engine.prompt(registry.latest("alpha")), engine.encode("stop here")
     free = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
     assert free.text, "the random model produced no printable text to stop on"

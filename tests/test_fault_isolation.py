@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import torch
-from serve_fixtures import BASE, build_registry, serve_locally
+from helpers import BASE, build_registry, serve_locally
 from transformers import LogitsProcessor
 
 from promptmux.registry.schemas import GenerationParams
@@ -46,7 +46,7 @@ def engine(tmp_path_factory) -> Engine:
 def rows(engine: Engine) -> list[GenerationRow]:
     params = [GenerationParams(max_new_tokens=12, min_new_tokens=12, repetition_penalty=r) for r in (1.0, 1.3, 1.0, 1.5)]
     texts = ["a poet", "the meeting", "a chef", "x"]
-    prompt = engine.prompt(engine.registry.latest("act-as"))
+    prompt = engine.prompt(engine.loader.latest("act-as"))
     return [GenerationRow(prompt, engine.encode(text), p) for text, p in zip(texts, params)]
 
 
@@ -63,7 +63,7 @@ def test_a_row_that_fails_mid_batch_fails_alone_and_the_others_finish_unchanged(
     assert states[1].error == "injected failure in one row" and states[1].generated == clean[1].token_ids[:4]
     for j in (0, 2, 3):
         assert states[j].error is None
-        assert states[j].output(engine.decode).token_ids == clean[j].token_ids
+        assert states[j].output().token_ids == clean[j].token_ids
 
 
 @pytest.fixture

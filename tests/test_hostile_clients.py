@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from serve_fixtures import serve_locally, wait_until
+from helpers import serve_locally, wait_until
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.auto_rollout import OutcomeLog, advance
 from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.registry.history import Change
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import RolloutPolicy
 from promptmux.registry.sequential import SequentialTest
 from promptmux.serving.engine.config import EngineConfig
@@ -74,7 +74,7 @@ def served_requests(registry: Registry, task: str, experiment: str) -> int:
     return sum(s.requests for w in log.read_served() for s in w.variants if s.experiment == experiment)
 
 
-def decision_of(registry: Registry, task: str) -> Change:
+def decision_of(registry: Registry, task: str) -> HistoryEntry:
     change = advance(registry, OutcomeLog(registry, task))
     assert change is not None
     return change

@@ -134,5 +134,41 @@ def test_the_scheduler_knows_the_model_only_through_its_protocol() -> None:
     assert "promptmux.serving.engine.scheduler" not in graph["promptmux.serving.engine.runner"]
 
 
+def test_the_scheduler_schedules_and_leaves_tokens_to_the_runner_and_each_sequence() -> None:
+    """No sampler, detokenizer or stop-string code in the scheduler: the runner picks tokens,
+    each row's `Sequence` records them, stops and emits."""
+    imports = module_graph()["promptmux.serving.engine.scheduler"]
+    assert "promptmux.serving.engine.sequence" in imports
+    assert not imports & {"promptmux.serving.engine.sampling", "promptmux.serving.engine.detokenizer"}
+
+
 def test_a_cycle_would_be_found() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+
+def registry_class_imports(path: Path) -> list[str]:
+    """The imports in a file that reach the `Registry` class or its module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module in ("promptmux.registry", "promptmux.registry.registry"):
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name == "Registry" or node.module.endswith(".registry.registry")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name == "promptmux.registry.registry"]
+    return found
+
+
+def test_the_engine_loads_prompts_through_a_loader_not_the_registry(tmp_path: Path) -> None:
+    offenders = {str(path.relative_to(ROOT)): registry_class_imports(path)
+                 for path in sorted((ROOT / "serving" / "engine").rglob("*.py")) if registry_class_imports(path)}
+    assert offenders == {}
+    breaking = tmp_path / "runner.py"  # the rule fails when broken
+    breaking.write_text("from promptmux.registry import PromptVersion, Registry\nimport promptmux.registry.registry\n")
+    assert registry_class_imports(breaking) == ["promptmux.registry.Registry", "promptmux.registry.registry"]
+
+
+def test_no_test_module_imports_another_or_conftest() -> None:
+    tests = {path.stem for path in (ROOT / "tests").glob("*.py")}
+    offenders = {path.name: sorted(found) for path in sorted((ROOT / "tests").glob("*.py"))
+                 if (found := imported_roots(path) & {name for name in tests if name.startswith("test_") or name == "conftest"})}
+    assert offenders == {}

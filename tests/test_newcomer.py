@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import random_prompt
+from helpers import random_prompt
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
 from promptmux.registry import Registry, TaskKind, TaskSpec

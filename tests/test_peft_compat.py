@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_prompt
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from promptmux.registry import InvalidArtifactError, Registry
@@ -74,8 +75,6 @@ def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
 
 
 def test_export_writes_a_loadable_adapter(tmp_path: Path, registry: Registry, task: str, llama_fp) -> None:
-    from conftest import random_prompt
-
     registry.register(task, random_prompt(rows=3), llama_fp)
     registry.export(task, 1, str(tmp_path / "out"))
     from_export = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), str(tmp_path / "out"))
@@ -148,8 +147,6 @@ def test_non_finite_adapters_are_refused_at_import(tmp_path: Path, registry: Reg
 
 def test_a_version_replaced_at_rest_with_a_hostile_header_is_refused_at_load(registry: Registry, task: str,
                                                                              llama_fp) -> None:
-    from conftest import random_prompt
-
     registry.register(task, random_prompt(), llama_fp)
     (Path(registry.version_uri(task, 1)) / "adapter_model.safetensors").write_bytes((2**40).to_bytes(8, "little"))
     with pytest.raises(InvalidArtifactError, match="not a readable safetensors file"):

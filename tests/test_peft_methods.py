@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from helpers import serve_locally
 from peft import IA3Config, LoraConfig, PeftModel, TaskType
 from peft_adapters import Adapter, make_adapters, save
 from peft_reference import peft_generate, peft_logprobs
 from safetensors.torch import load_file, save_file
-from serve_fixtures import serve_locally
 
 from promptmux.registry import (
     GenerationParams,

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from serve_fixtures import serve_locally
+from helpers import serve_locally
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
@@ -51,7 +51,7 @@ def engine(gpt2_registry: Registry) -> Engine:
 
 
 def rows(engine: Engine, texts: list[str], new: int = 12) -> list[GenerationRow]:
-    prompt = engine.prompt(engine.registry.latest("act-as"))
+    prompt = engine.prompt(engine.loader.latest("act-as"))
     return [GenerationRow(prompt, engine.encode(f"Act as {text}:"), GenerationParams(max_new_tokens=new)) for text in texts]
 
 

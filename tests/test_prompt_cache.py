@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from serve_fixtures import BASE, build_registry, serve_locally, wait_until
-from test_engine import PROMPT_LENGTHS, fill_registry
+from helpers import BASE, PROMPT_LENGTHS, build_registry, fill_registry, serve_locally, wait_until
 
 from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model
@@ -38,7 +37,7 @@ class CountedLoads:
 
 
 def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine: Engine, monkeypatch) -> None:
-    registry = engine.registry
+    registry = engine.loader
     loads = CountedLoads(registry)
     monkeypatch.setattr(registry, "load_prompt", loads)
     cache = PromptCache(registry, 64 * MiB, engine.prompts.serving)
@@ -85,7 +84,7 @@ def test_a_prompt_that_overflows_the_serving_dtype_is_refused(tmp_path: Path) ->
 
 
 def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engine: Engine) -> None:
-    registry = engine.registry
+    registry = engine.loader
     serving = engine.prompts.serving
     manifests = [m for task in PROMPT_LENGTHS for m in registry.versions(task)]
     unbounded = PromptCache(registry, 1 << 40, serving)

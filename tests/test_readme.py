@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve_fixtures import free_port
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)

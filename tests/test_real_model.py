@@ -81,7 +81,7 @@ def test_real_model_is_a_real_llama_checkpoint(real_registry: Registry) -> None:
 
 
 def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine) -> None:
-    engine, registry = real_engine, real_engine.registry
+    engine, registry = real_engine, real_engine.loader
     generation = [(task, text) for task, (kind, *_, inputs) in TASKS.items() if kind == "generation" for text in inputs]
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.5)
     outputs = generate(engine, [

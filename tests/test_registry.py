@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_prompt
+from helpers import random_prompt
 from pydantic import ValidationError
 
 from promptmux.registry import (

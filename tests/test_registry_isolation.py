@@ -4,7 +4,7 @@ CLI message names the file."""
 
 import httpx
 import pytest
-from serve_fixtures import BASE, build_registry, serve_locally, wait_until
+from helpers import BASE, build_registry, serve_locally, wait_until
 
 from promptmux.registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
 from promptmux.serving.engine.config import EngineConfig
@@ -31,7 +31,7 @@ def unreadable(url: str, task: str) -> float | None:
 def test_a_broken_file_freezes_only_its_task(tmp_path, broken: str) -> None:
     registry = build_registry(tmp_path / "registry")
     registry.set_alias("act-as", "production", 2)
-    # files broken and mended at rest leave no change-log entry: the full scan finds them
+    # files broken and mended at rest leave no change-feed entry: the full scan finds them
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, full_scan_interval_s=0.5,
                              engine=EngineConfig(base_model=BASE))
     with serve_locally(settings) as (url, _):

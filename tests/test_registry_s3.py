@@ -2,7 +2,7 @@
 
 Everything a user does goes through the real CLI or the Registry API against `s3://`;
 version numbers are claimed with conditional writes, so writers in several processes never
-take the same number; the change log tells a reader what changed."""
+take the same number; the change feed tells a reader what changed."""
 
 import json
 import subprocess
@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import pytest
 import torch
-from conftest import random_prompt
+from helpers import random_prompt
 
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
-from promptmux.registry.changes import HEAD, ChangeLog
+from promptmux.registry.change_feed import HEAD, ChangeFeed
 
 
 @pytest.fixture
@@ -92,9 +92,9 @@ def test_four_processes_registering_one_task_on_s3_get_100_distinct_versions(
 
 
 def test_change_log_entries_are_claimed_once_each_by_concurrent_writers_on_s3(s3_registry: Registry) -> None:
-    log = ChangeLog(s3_registry.storage)
+    log = ChangeFeed(s3_registry.storage)
     with ThreadPoolExecutor(8) as pool:
-        numbers = list(pool.map(lambda i: ChangeLog(Registry(s3_registry.uri).storage).append(f"t{i}", "alias"),
+        numbers = list(pool.map(lambda i: ChangeFeed(Registry(s3_registry.uri).storage).append(f"t{i}", "alias"),
                                 range(40)))
     assert sorted(numbers) == list(range(40))
     tasks, cursor = log.since(0)

@@ -1,7 +1,7 @@
 """Serving from a registry on an object store (the S3 server of `conftest.s3_server`):
 `promptmux serve --replicas 2`, then a two-node Ray cluster on this machine (Ray's own
 `cluster_utils.Cluster`, one replica per node). An alias moved in the registry reaches every
-replica within 5 seconds, through the change log."""
+replica within 5 seconds, through the change feed."""
 
 import asyncio
 import signal
@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 import ray
+from helpers import BASE, build_registry, free_port, start_serve, wait_until
 from ray import serve
 from ray.cluster_utils import Cluster
-from serve_fixtures import BASE, build_registry, free_port, start_serve, wait_until
 
 from promptmux.registry import Registry
 from promptmux.serving.engine.config import EngineConfig

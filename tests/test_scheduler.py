@@ -5,7 +5,7 @@ import random
 from contextlib import aclosing
 
 import pytest
-from test_engine import PROMPT_LENGTHS, fill_registry
+from helpers import PROMPT_LENGTHS, fill_registry
 
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.async_engine import AsyncEngine
@@ -36,7 +36,7 @@ def random_rows(engine: Engine, rng: random.Random, count: int) -> list[Generati
             top_k=rng.choice([0, 20]),
             seed=rng.randint(0, 1000),
         )
-        rows.append(GenerationRow(engine.prompt(engine.registry.latest(task)), engine.encode(text), params))
+        rows.append(GenerationRow(engine.prompt(engine.loader.latest(task)), engine.encode(text), params))
     return rows
 
 
@@ -55,7 +55,7 @@ def test_random_interleavings_equal_each_request_alone(engine: Engine, seed: int
         largest = max(largest, len(scheduler.running))
     assert largest == engine.config.max_batch_size  # rows really shared batches
     for state, expected in zip(states, alone):
-        assert state.output(engine.decode).token_ids == expected.token_ids
+        assert state.output().token_ids == expected.token_ids
         assert state.finish_reason == expected.finish_reason
 
 

@@ -17,6 +17,7 @@ from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError, check_positions
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptKey
+from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
 
 VOCAB = 64
@@ -66,6 +67,10 @@ class FakeRunner:
         beyond(PROMPT.num_virtual_tokens + max(batch.lengths) + 1)
         batch.lengths = [n + 1 for n in batch.lengths]
         batch.logits = next_logits(batch.lengths)
+
+    def sample(self, batch: FakeBatch, samplers: list[RowSampler], done: list[bool],
+               generated: list[int]) -> tuple[list[int], dict[int, Exception]]:
+        return select_tokens(samplers, done, batch.logits, generated, sorted(self.eos_ids))
 
     def classify(self, rows: list[ClassificationRow]) -> list[ClassificationOutput]:
         self.classified.append(len(rows))

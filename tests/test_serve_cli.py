@@ -1,4 +1,9 @@
-"""`promptmux serve` as a user runs it: a subprocess that owns a local Ray cluster."""
+"""`promptmux serve` as a user runs it: a subprocess that owns a local Ray cluster.
+
+One server, one scenario (each start of a cluster costs seconds): started as the README
+does, from a folder whose subfolders share the packages' names and without --base-model;
+served through the openai client, with a rollout, streaming, metrics and a live alias move;
+then drained by SIGTERM with requests in flight, and gone without a Ray process left."""
 
 import asyncio
 import json
@@ -10,46 +15,15 @@ import httpx
 import openai
 import psutil
 import torch
-from serve_fixtures import BASE, build_registry, free_port, start_serve, wait_until
+from helpers import BASE, build_registry, free_port, start_serve, wait_until
 
-from promptmux.registry import RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.base_models import resolve_model_path
 
-
-def test_promptmux_serve_end_to_end_and_clean_shutdown(tmp_path) -> None:
-    registry = build_registry(tmp_path / "registry")
-    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
-                                                         RolloutVariant(version=2, weight=50)]))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry.uri, port)
-    children: set[int] = set()
-    try:
-        children = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
-
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-        variants = set()
-        for user in ("ann", "bob", "cyd", "dan", "eve", "fay"):
-            completion = client.completions.create(model="act-as", prompt="a poet", max_tokens=3, user=user)
-            variants.add(completion.model_extra["promptmux"]["variant"])
-        assert variants <= {"v1", "v2"}
-        stream = client.completions.create(model="summarize", prompt="a day", max_tokens=3, stream=True)
-        assert [chunk.choices[0].finish_reason for chunk in stream][-1] in ("stop", "length")
-        metrics = httpx.get(f"{url}/metrics").text
-        for variant in variants:
-            assert f'variant="{variant}"' in metrics
-        assert 'task="summarize"' in metrics
-
-        registry.set_alias("summarize", "production", 1)  # served within 5 s, or wait_until raises
-        wait_until(lambda: client.completions.create(model="summarize", prompt="a day", max_tokens=1)
-                   .model_extra["promptmux"]["variant"] == "production", timeout=5, interval=0.2)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
-    assert "shutting down Serve and the local Ray cluster" in output
-    leftovers = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert not leftovers, [psutil.Process(pid).cmdline()[:3] for pid in leftovers]
+GRACE_S = 4.0
+SHORT = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
+# far longer than the grace period on any machine (1,024 tokens took 1.2 s here)
+LONG = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
 
 
 async def _stream(client: httpx.AsyncClient, body: dict, started: asyncio.Event) -> dict:
@@ -70,43 +44,79 @@ async def _plain(client: httpx.AsyncClient, body: dict) -> dict:
     return {"status": response.status_code, "body": response.json(), "ended_at": time.monotonic()}
 
 
-def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_streams_with_an_error(tmp_path) -> None:
+def serves_as_a_user_expects(url: str, registry: Registry) -> None:
+    """Every task, one of them recorded under the embedded model's cache folder (one base model
+    by fingerprint); a 50/50 rollout reaching both versions; a stream; labelled metrics; an
+    alias moved while serving, served within 5 s."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    variants = set()
+    for user in ("ann", "bob", "cyd", "dan", "eve", "fay"):
+        completion = client.completions.create(model="act-as", prompt="a poet", max_tokens=3, user=user)
+        variants.add(completion.model_extra["promptmux"]["variant"])
+    assert variants <= {"v1", "v2"}
+    stream = client.completions.create(model="summarize", prompt="a day", max_tokens=3, stream=True)
+    assert [chunk.choices[0].finish_reason for chunk in stream][-1] in ("stop", "length")
+    classified = httpx.post(f"{url}/v1/classify", json={"task": "grooming", "input": "Lovely"}, timeout=60)
+    assert classified.status_code == 200 and classified.json()["outputs"][0]["label"] in ("0", "1")
+    generated = httpx.post(f"{url}/v1/generate", json={"task": "by-path", "input": "hi", "params": {"max_new_tokens": 2}},
+                           timeout=60)
+    assert generated.status_code == 200, generated.text
+    metrics = httpx.get(f"{url}/metrics").text
+    for variant in variants:
+        assert f'variant="{variant}"' in metrics
+    assert 'task="summarize"' in metrics
+    registry.set_alias("summarize", "production", 1)  # served within 5 s, or wait_until raises
+    wait_until(lambda: client.completions.create(model="summarize", prompt="a day", max_tokens=1)
+               .model_extra["promptmux"]["variant"] == "production", timeout=5, interval=0.2)
+
+
+async def drain(url: str, process) -> tuple[list[dict], list[dict], list[httpx.Response], float]:
+    """SIGTERM with short and long requests in flight, then new requests while draining."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        streams_started = [asyncio.Event() for _ in range(8)]
+        finite = [asyncio.create_task(_stream(client, SHORT, streams_started[i])) for i in range(6)]
+        finite += [asyncio.create_task(_plain(client, SHORT)) for _ in range(6)]
+        cut = [asyncio.create_task(_stream(client, LONG, streams_started[6 + i])) for i in range(2)]
+        cut += [asyncio.create_task(_plain(client, LONG)) for _ in range(2)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streams_started)), 60)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        refused = []
+        while len(refused) < 3 and time.monotonic() - signalled < GRACE_S:
+            response = await client.post("/v1/classify", json={"task": "grooming", "input": "late"})
+            if response.status_code == 503:
+                refused.append(response)
+            await asyncio.sleep(0.1)
+        return await asyncio.gather(*finite), await asyncio.gather(*cut), refused, signalled
+
+
+def test_promptmux_serve_serves_then_drains_on_sigterm_and_leaves_nothing_behind(tmp_path: Path) -> None:
     registry = build_registry(tmp_path / "registry")
-    port, grace = free_port(), 4.0
+    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
+                                                         RolloutVariant(version=2, weight=50)]))
+    fp = registry.get_task("grooming").base_fingerprint
+    registry.create_task(TaskSpec(name="by-path", base_model=resolve_model_path(BASE)), fp)
+    registry.register("by-path", torch.randn(3, fp.hidden_size), fp)
+    for name in ("serving", "tasks"):  # the README's ./registry beside folders named as the packages
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the working directory shadowed promptmux')")
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(registry.uri, port, "--drain-timeout", str(grace), "--max-new-tokens", "8000",
-                          "--max-model-len", "8100")  # the tiny model's rotary positions go on past its 2,048
-    short = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}
-    # far longer than the grace period on any machine (1,024 tokens took 1.2 s here)
-    long = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
-
-    async def scenario() -> tuple[list[dict], list[dict], list[httpx.Response], float]:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            streams_started = [asyncio.Event() for _ in range(8)]
-            finite = [asyncio.create_task(_stream(client, short, streams_started[i])) for i in range(6)]
-            finite += [asyncio.create_task(_plain(client, short)) for _ in range(6)]
-            cut = [asyncio.create_task(_stream(client, long, streams_started[6 + i])) for i in range(2)]
-            cut += [asyncio.create_task(_plain(client, long)) for _ in range(2)]
-            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streams_started)), 60)
-            process.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            refused = []
-            while len(refused) < 3 and time.monotonic() - signalled < grace:
-                response = await client.post("/v1/classify", json={"task": "grooming", "input": "late"})
-                if response.status_code == 503:
-                    refused.append(response)
-                await asyncio.sleep(0.1)
-            return await asyncio.gather(*finite), await asyncio.gather(*cut), refused, signalled
-
+    process = start_serve("./registry", port, "--drain-timeout", str(GRACE_S), "--max-new-tokens", "8000",
+                          "--max-model-len", "8100",  # the tiny model's rotary positions go on past its 2,048
+                          cwd=tmp_path, base_model=None)
+    children = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
     try:
-        finite, cut, refused, signalled = asyncio.run(scenario())
+        serves_as_a_user_expects(url, registry)
+        finite, cut, refused, signalled = asyncio.run(drain(url, process))
     except BaseException:  # stop the server (and the Ray cluster it started) before failing
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=120)
         raise
     output, _ = process.communicate(timeout=120)
-    print(output[-2000:])
-    assert process.returncode == 0 and "draining" in output
+    assert process.returncode == 0 and "draining" in output and "shadowed" not in output, output[-3000:]
+    assert "base model tiny-random-llama: the one every task" in output
+    assert "shutting down Serve and the local Ray cluster" in output
     for result in finite:  # in flight at SIGTERM, finished after it, in full
         assert result["status"] == 200 and result["ended_at"] > signalled
         if "events" in result:
@@ -118,36 +128,10 @@ def test_sigterm_drains_requests_in_flight_refuses_new_ones_and_ends_long_stream
     for response in refused:  # new requests while draining: 503, JSON, Retry-After
         assert response.headers["retry-after"] and "shutting down" in response.json()["error"]["message"]
     for result in cut:  # still running at the deadline: ended with an error, never a dropped connection
-        assert grace - 0.5 < result["ended_at"] - signalled < grace + 10
+        assert GRACE_S - 0.5 < result["ended_at"] - signalled < GRACE_S + 10
         if "events" in result:
             assert result["done"] and "shut down before this request finished" in result["events"][-1]["error"]
         else:
             assert result["status"] == 503 and "shut down" in result["body"]["error"]["message"]
-
-
-def test_serve_from_a_folder_whose_subfolders_share_the_packages_names(tmp_path: Path) -> None:
-    """The README's `--registry ./registry`, run where `./registry`, `./serving` and `./tasks`
-    exist: the code is imported as promptmux.*, so nothing in the working directory shadows it.
-    No --base-model: one task is recorded under the embedded model's cache folder, the others
-    under its id, and serve takes them for one base model (their fingerprints are equal)."""
-    registry = build_registry(tmp_path / "registry")
-    fp = registry.get_task("grooming").base_fingerprint
-    registry.create_task(TaskSpec(name="by-path", base_model=resolve_model_path(BASE)), fp)
-    registry.register("by-path", torch.randn(3, fp.hidden_size), fp)
-    for name in ("serving", "tasks"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text("raise ImportError('the working directory shadowed promptmux')")
-    port = free_port()
-    process = start_serve("./registry", port, cwd=tmp_path, base_model=None)
-    try:
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"task": "grooming", "input": "Lovely"},
-                              timeout=60)
-        assert response.status_code == 200 and response.json()["outputs"][0]["label"] in ("0", "1")
-        generated = httpx.post(f"http://127.0.0.1:{port}/v1/generate",
-                               json={"task": "by-path", "input": "hi", "params": {"max_new_tokens": 2}}, timeout=60)
-        assert generated.status_code == 200, generated.text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0 and "shadowed" not in output, output[-3000:]
-    assert "base model tiny-random-llama: the one every task" in output
+    leftovers = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not leftovers, [psutil.Process(pid).cmdline()[:3] for pid in leftovers]

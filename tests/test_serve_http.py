@@ -16,11 +16,11 @@ import pytest
 import ray
 import schemathesis
 import torch
+from helpers import BASE, build_registry, free_port, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from ray import serve
 from schemathesis import GenerationMode
-from serve_fixtures import BASE, build_registry, free_port, wait_until
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.base_models import fingerprint, load_model

@@ -16,7 +16,8 @@ from promptmux.serving.bench.machine import load_average, machine_report, worklo
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.engine.scheduler import RequestState, Scheduler
+from promptmux.serving.engine.scheduler import Scheduler
+from promptmux.serving.engine.sequence import Sequence
 
 TARGETS = {"continuous_over_static": 1.5}
 SIZES = {
@@ -31,7 +32,7 @@ def _replay(engine: Engine, trace: list[tuple[float, GenerationRow]], static: bo
     scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": len(trace)}), engine, static=static)
     start = time.perf_counter()
     pending = list(trace)
-    submitted: list[tuple[float, RequestState]] = []
+    submitted: list[tuple[float, Sequence]] = []
     while pending or scheduler.has_work():
         now = time.perf_counter() - start
         while pending and pending[0][0] <= now:

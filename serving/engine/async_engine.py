@@ -17,7 +17,8 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.errors import EngineUnavailable
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.engine.scheduler import ClassificationJob, RequestState, Scheduler, StreamEvent
+from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
+from promptmux.serving.engine.sequence import Sequence, StreamEvent
 
 IDLE_WAIT_S = 0.5
 DEAD = "the engine loop has stopped; this replica is being replaced, retry"
@@ -32,7 +33,7 @@ class EventStream:
     """One request's events. Leaving early (`aclose`, e.g. a client that went away)
     cancels the request; its row leaves the batch at the next step."""
 
-    def __init__(self, state: RequestState, queue: "asyncio.Queue[StreamEvent]") -> None:
+    def __init__(self, state: Sequence, queue: "asyncio.Queue[StreamEvent]") -> None:
         self.state = state
         self._queue = queue
         self._ended = False

@@ -11,7 +11,8 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.engine.scheduler import ClassificationJob, RequestState, Scheduler
+from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
+from promptmux.serving.engine.sequence import Sequence
 
 Output = GenerationOutput | ClassificationOutput
 
@@ -21,7 +22,7 @@ def run(engine: Engine, rows: list[GenerationRow | ClassificationRow]) -> list[O
     most `max_batch_size` at a time; classification rows are scored in mixed batches, and a
     batch that fails is scored row by row."""
     scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": len(rows)}), engine)
-    results: list[Output | Exception | RequestState | None] = [None] * len(rows)
+    results: list[Output | Exception | Sequence | None] = [None] * len(rows)
     for index, row in enumerate(rows):
         if isinstance(row, ClassificationRow):
             scheduler.submit_classification(ClassificationJob([row], _setter(results, index)))
@@ -42,10 +43,10 @@ def _setter(results: list, index: int) -> Callable[[list[ClassificationOutput] |
     return done
 
 
-def _finished(result: "Output | Exception | RequestState | None", engine: Engine) -> Output | Exception:
-    if not isinstance(result, RequestState):
+def _finished(result: "Output | Exception | Sequence | None", engine: Engine) -> Output | Exception:
+    if not isinstance(result, Sequence):
         return result if result is not None else RequestError("the row ended without a result")
-    return result.failure if result.failure is not None else result.output(engine.decode)
+    return result.failure if result.failure is not None else result.output()
 
 
 def generate(engine: Engine, rows: list[GenerationRow]) -> list[GenerationOutput]:

@@ -1,8 +1,8 @@
 """A bounded, validated cache of prompts on the model's device.
 
 Entries are keyed by (task, version, sha256), so a version is never confused with
-another registry's version of the same number. Loading goes through the registry
-(safetensors only, sha256- and shape-checked), derives what serving needs of the version's
+another registry's version of the same number. Loading goes through a `PromptLoader` (the
+registry is one: safetensors only, sha256- and shape-checked), derives what serving needs of the version's
 PEFT method (`registry/methods.py`: a soft prompt's embeddings, or a prefix's keys and
 values), then makes the checks that only the serving side can make: the prompt fits the
 served base model (a prefix: its layers, KV heads and head size against the engine's own
@@ -24,11 +24,12 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from promptmux.registry import IncompatiblePromptError, PromptVersion, Registry
-from promptmux.registry.methods import serving_form
+from promptmux.registry import IncompatiblePromptError, PromptVersion
+from promptmux.registry.methods import Prompt, serving_form
 from promptmux.registry.schemas import BaseModelFingerprint
 
 MiB = 2**20
@@ -90,11 +91,18 @@ class CacheStats:
     loaded: list[str] = field(default_factory=list)
 
 
+class PromptLoader(Protocol):
+    """Where the engine's prompts come from: a version's manifest and its checked tensors.
+    `Registry` is one; the engine needs nothing else of it."""
+
+    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, Prompt]: ...
+
+
 class PromptCache:
     """LRU over prepared prompts, bounded by `capacity_bytes`."""
 
-    def __init__(self, registry: Registry, capacity_bytes: int, serving: ServingFormat) -> None:
-        self.registry = registry
+    def __init__(self, loader: PromptLoader, capacity_bytes: int, serving: ServingFormat) -> None:
+        self.loader = loader
         self.capacity_bytes = capacity_bytes
         self.serving = serving
         self._entries: OrderedDict[PromptKey, CachedPrompt] = OrderedDict()
@@ -148,7 +156,7 @@ class PromptCache:
         return entry
 
     def _load(self, manifest: PromptVersion) -> CachedPrompt:
-        loaded, prompt = self.registry.load_prompt(manifest.task, manifest.version)
+        loaded, prompt = self.loader.load_prompt(manifest.task, manifest.version)
         source = f"{loaded.task}@{loaded.version}"
         form = serving_form(prompt)
         width = form.embeds.shape[1] if form.embeds is not None else None

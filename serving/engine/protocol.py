@@ -1,6 +1,6 @@
 """What the scheduler needs of a model, and nothing more.
 
-The scheduler decides which rows run; a model runner runs them. Keeping the runner
+The scheduler decides which rows run; a model runner runs them and picks their tokens. Keeping the runner
 behind this protocol lets the scheduler be tested with a fake one, without a model,
 and keeps the dependency one way: the runner (`runner.Engine`) knows nothing of the
 scheduler, and running a list of rows to completion (`offline.generate`) sits above both.
@@ -12,6 +12,7 @@ import torch
 
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.outputs import ClassificationOutput
+from promptmux.serving.engine.sampling import RowSampler
 
 
 class RunningBatch(Protocol):
@@ -41,6 +42,11 @@ class ModelRunner(Protocol):
 
     def decode_step(self, batch: RunningBatch, tokens: torch.Tensor) -> None:
         """Feed each row its latest token (`tokens` [rows]); the batch's logits move on one step."""
+
+    def sample(self, batch: RunningBatch, samplers: list[RowSampler], done: list[bool],
+               generated: list[int]) -> tuple[list[int], dict[int, Exception]]:
+        """Each row's next token from the batch's logits, by its own sampler (rows already
+        `done` are not asked), and the rows whose sampler failed, with their errors."""
 
     def classify(self, rows: list[ClassificationRow]) -> list[ClassificationOutput]: ...
 

@@ -17,7 +17,7 @@ import logging
 import torch
 from transformers.utils import ModelOutput
 
-from promptmux.registry import PromptVersion, Registry, TaskSpec
+from promptmux.registry import PromptVersion, TaskSpec
 from promptmux.registry.base_models import (
     NoChatTemplateError,
     encode_input,
@@ -43,16 +43,17 @@ from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.decoding import DecodeBatch
 from promptmux.serving.engine.errors import RequestError, check_positions, over_limit
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
-from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, ServingFormat
+from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
+from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, registry: Registry) -> None:
+    def __init__(self, config: EngineConfig, loader: PromptLoader) -> None:
         self.config = config
-        self.registry = registry
+        self.loader = loader
         on_cpu = config.resolved_device() == "cpu"
         self.threads = CpuThreads(config.resolved_cpu_threads(), adaptive=config.cpu_threads is None) if on_cpu else None
         self.model = load_model(
@@ -71,7 +72,7 @@ class Engine:
         probe = self._pinned_kv_probe() if config.pinned_kv else None
         self.pinned_kv = probe is not None
         serving = ServingFormat.of(self.fingerprint, self.model.dtype, self.device, probe)
-        self.prompts = PromptCache(registry, int(config.prompt_cache_mb * MiB), serving)
+        self.prompts = PromptCache(loader, int(config.prompt_cache_mb * MiB), serving)
 
     @property
     def device(self) -> torch.device:
@@ -182,6 +183,10 @@ class Engine:
     @torch.inference_mode()
     def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> None:
         batch.advance(self.forward(batch.step_inputs(tokens, self.takes_position_ids, self.cache_argument), 1))
+
+    def sample(self, batch: DecodeBatch, samplers: list[RowSampler], done: list[bool],
+               generated: list[int]) -> tuple[list[int], dict[int, Exception]]:
+        return select_tokens(samplers, done, batch.logits, generated, sorted(self.eos_ids))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

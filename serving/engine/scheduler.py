@@ -24,86 +24,18 @@ synchronous; `async_engine` runs it on a thread and bridges events to asyncio, a
 
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.detokenizer import IncrementalDetokenizer
 from promptmux.serving.engine.errors import OverloadedError, RequestError
-from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob, Usage
+from promptmux.serving.engine.outputs import ClassificationOutput
 from promptmux.serving.engine.protocol import ModelRunner, RunningBatch
-from promptmux.serving.engine.sampling import RowSampler, select_tokens, token_logprob
-
-
-@dataclass
-class StreamEvent:
-    """A piece of one request's output: new text and tokens; the last one carries the result."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None = None
-    output: GenerationOutput | None = None
-    error: str | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # of `token_ids`, when the request asked for them
-
-
-@dataclass(eq=False)
-class RequestState:
-    row: GenerationRow
-    on_event: Callable[[StreamEvent], None] | None = None
-    stream: bool = True
-    sampler: RowSampler | None = None
-    detokenizer: IncrementalDetokenizer | None = None  # when text is needed before the end
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asks for them
-    finish_reason: str | None = None
-    error: str | None = None
-    failure: Exception | None = None  # what `error` says, as raised
-    cancelled: bool = False
-    emitted_chars: int = 0
-    submitted_step: int = 0
-    first_token_at: float | None = None
-    finished_at: float | None = None
-
-    @property
-    def reserved_tokens(self) -> int:
-        return self.row.prompt.num_virtual_tokens + len(self.row.input_ids) + self.row.params.max_new_tokens
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None or self.error is not None
-
-    def cancel(self) -> None:
-        """Ask for the row to leave at the next step (a client went away)."""
-        self.cancelled = True
-
-    def output(self, decode: Callable[[list[int]], str]) -> GenerationOutput:
-        return GenerationOutput(
-            text=_cut_at_stop(decode(self.generated), self.row.params.stop)[0],
-            token_ids=self.generated,
-            finish_reason=self.finish_reason or "length",
-            usage=Usage.count(len(self.row.input_ids), len(self.generated), self.row.prompt.num_virtual_tokens),
-            logprobs=self.logprobs,
-        )
-
-
-def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    found = [text.find(stop) for stop in stops if stop and stop in text]
-    return (text[: min(found)], True) if found else (text, False)
-
-
-def _stop_in(text: str, new_chars: int, stops: list[str]) -> tuple[str, bool]:
-    """`_cut_at_stop` for text that only grew by its last `new_chars` characters: earlier
-    steps searched the rest, so only a stop that overlaps the new end can be new."""
-    longest = max((len(stop) for stop in stops), default=0)
-    start = max(0, len(text) - new_chars - longest + 1)
-    tail, stopped = _cut_at_stop(text[start:], stops)
-    return (text[:start] + tail, True) if stopped else (text, False)
+from promptmux.serving.engine.sequence import Sequence, StreamEvent
 
 
 @dataclass(eq=False)
@@ -124,11 +56,10 @@ class Scheduler:
         self.static = static
         self.limits = limits
         self.on_step = on_step
-        self.waiting: deque[RequestState] = deque()
+        self.waiting: deque[Sequence] = deque()
         self.jobs: deque[ClassificationJob] = deque()
-        self.running: list[RequestState] = []
+        self.running: list[Sequence] = []
         self.batch: RunningBatch | None = None
-        self.eos_order = sorted(runner.eos_ids)
         self.steps = 0
         self.last_admission_step = 0
         self._lock = threading.Lock()
@@ -136,13 +67,10 @@ class Scheduler:
     # ------------------------------------------------------------ submitting
     def submit(
         self, row: GenerationRow, on_event: Callable[[StreamEvent], None] | None = None, stream: bool = True
-    ) -> RequestState:
+    ) -> Sequence:
         """Queue a request. `on_event` gets every delta when `stream`, else only the final event.
         Its parameters were checked where it was prepared; only the engine's limits are checked here."""
-        state = RequestState(row, on_event, stream, submitted_step=self.steps,
-                             logprobs=[] if row.params.logprobs is not None else None)
-        if row.params.stop or (on_event is not None and stream):
-            state.detokenizer = IncrementalDetokenizer(self.runner.decode)
+        state = Sequence(row, self.runner.decode, on_event, stream, submitted_step=self.steps)
         if state.reserved_tokens > self.limits.max_tokens_in_flight:
             raise RequestError(
                 f"request needs {state.reserved_tokens} tokens of KV; the limit is {self.limits.max_tokens_in_flight}"
@@ -160,12 +88,12 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self.jobs)
 
-    def _admit(self) -> list[RequestState]:
+    def _admit(self) -> list[Sequence]:
         with self._lock:
             if self.running and (self.static or not self._admission_due()):
                 return []
             in_flight = sum(state.reserved_tokens for state in self.running)
-            admitted: list[RequestState] = []
+            admitted: list[Sequence] = []
             while self.waiting and len(self.running) + len(admitted) < self.limits.max_batch_size:
                 head = self.waiting[0]
                 if head.cancelled:
@@ -233,7 +161,7 @@ class Scheduler:
             return
         job.on_done(outputs)
 
-    def _prefill(self, newcomers: list[RequestState]) -> None:
+    def _prefill(self, newcomers: list[Sequence]) -> None:
         """Prefill the newcomers together and add them to the running batch. A row past the
         model's positions, or whose sampler cannot be built, fails before the forward; if the
         forward fails, each row is prefilled alone, so only a row that fails alone fails."""
@@ -242,7 +170,7 @@ class Scheduler:
             row = state.row
             try:
                 self.runner.check_positions(row.prompt.num_virtual_tokens, len(row.input_ids), row.params.max_new_tokens)
-                state.sampler = RowSampler(row.params, row.input_ids, self.runner.device)
+                state.start(self.runner.device)
                 ready.append(state)
             except Exception as exc:  # handed to the request
                 self._fail([state], exc)
@@ -259,7 +187,7 @@ class Scheduler:
             return
         self._add(ready, fresh)
 
-    def _join(self, state: RequestState, row: GenerationRow) -> None:
+    def _join(self, state: Sequence, row: GenerationRow) -> None:
         """Prefill one row by itself into the running batch; its failure is its own."""
         try:
             fresh = self.runner.prefill([row])
@@ -268,7 +196,7 @@ class Scheduler:
             return
         self._add([state], fresh)
 
-    def _add(self, states: list[RequestState], fresh: RunningBatch) -> None:
+    def _add(self, states: list[Sequence], fresh: RunningBatch) -> None:
         if self.batch is None:
             self.batch = fresh
         else:
@@ -294,10 +222,8 @@ class Scheduler:
         states, batch = self.running, self.batch
         if self.on_step is not None:
             self.on_step(len(states))
-        tokens, failures = select_tokens(
-            [s.sampler for s in states], [s.done for s in states], batch.logits, [len(s.generated) for s in states],
-            self.eos_order,
-        )
+        tokens, failures = self.runner.sample(batch, [s.sampler for s in states], [s.done for s in states],
+                                              [len(s.generated) for s in states])
         for j, exc in failures.items():
             self._fail([states[j]], exc)
         keep = [j for j, (state, token) in enumerate(zip(states, tokens))
@@ -316,60 +242,13 @@ class Scheduler:
             last = [s.generated[-1] for s in self.running]
         self.runner.decode_step(batch, torch.tensor(last, device=self.runner.device))
 
-    def _accept_alone(self, state: RequestState, token: int, logits: torch.Tensor) -> bool:
-        """`_accept`, failing only this row if recording its token fails."""
+    def _accept_alone(self, state: Sequence, token: int, logits: torch.Tensor) -> bool:
+        """The row's `accept`, failing only this row if recording its token fails."""
         try:
-            return self._accept(state, token, logits)
+            return state.accept(token, logits, self.runner.eos_ids)
         except Exception as exc:  # the row fails alone
             self._fail([state], exc)
             return True
-
-    def _accept(self, state: RequestState, token: int, logits: torch.Tensor) -> bool:
-        """Record one token for a row (and its log-probability, when asked for, from the row's
-        raw `logits`) and emit its delta; True when the row is finished."""
-        now = time.perf_counter()
-        state.first_token_at = state.first_token_at or now
-        if state.cancelled:
-            state.finish_reason, state.finished_at = "cancelled", now
-            return True
-        params = state.row.params
-        new = [] if token in self.runner.eos_ids else [token]
-        state.generated += new
-        if new and state.logprobs is not None:
-            state.logprobs.append(token_logprob(logits, token, params.logprobs))
-        if not new:
-            state.finish_reason = "stop"
-        elif len(state.generated) >= params.max_new_tokens:
-            state.finish_reason = "length"
-        else:
-            state.sampler.record(token)
-        text = ""
-        if state.detokenizer is not None:
-            delta = state.detokenizer.update(state.generated)
-            text, stopped = _stop_in(state.detokenizer.text, len(delta), params.stop)
-            if stopped:
-                state.finish_reason = "stop"
-        if state.finish_reason:
-            state.finished_at = now
-        if state.on_event is not None and (state.stream or state.finish_reason):
-            self._emit(state, text, new)
-        return state.finish_reason is not None
-
-    def _emit(self, state: RequestState, text: str, new_tokens: list[int]) -> None:
-        """Send the text that is final: hold back what a stop string or an unfinished
-        character could still change. The last event completes the text to the output's
-        (decoded once, whole), so the deltas always add up to it."""
-        final = state.finish_reason is not None
-        output = state.output(self.runner.decode) if final else None
-        if output is not None:
-            text = output.text
-        else:
-            hold = max((len(stop) - 1 for stop in state.row.params.stop), default=0)
-            text = text.rstrip("\ufffd")
-            text = text[: max(len(text) - hold, state.emitted_chars)]
-        delta, state.emitted_chars = text[state.emitted_chars:], max(len(text), state.emitted_chars)
-        logprobs = state.logprobs[len(state.logprobs) - len(new_tokens):] if state.logprobs and new_tokens else []
-        state.on_event(StreamEvent(delta, new_tokens, state.finish_reason if final else None, output, logprobs=logprobs))
 
     def fail_everything(self, exc: Exception) -> None:
         """Fail every request the loop holds: running, waiting and classification jobs."""
@@ -385,9 +264,6 @@ class Scheduler:
         self._fail([state for state in self.running if not state.done], exc)
         self.running, self.batch = [], None
 
-    def _fail(self, states: list[RequestState], exc: Exception) -> None:
+    def _fail(self, states: list[Sequence], exc: Exception) -> None:
         for state in states:
-            state.error, state.finished_at = str(exc) or type(exc).__name__, time.perf_counter()
-            state.failure = exc
-            if state.on_event is not None:
-                state.on_event(StreamEvent("", [], None, None, state.error))
+            state.fail(exc)

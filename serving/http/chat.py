@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
-from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.http.api import ChatBody
 from promptmux.serving.http.openai import Completion, chat_logprobs, parse_model, stream_response
 from promptmux.serving.http.streaming import one_by_one, sse

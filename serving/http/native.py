@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
-from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.http.api import (
     ClassifyBody,
     ClassifyOutput,

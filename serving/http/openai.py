@@ -18,7 +18,7 @@ from promptmux.registry import TaskKind
 from promptmux.registry.names import parse_version
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import TokenLogprob, Usage
-from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.streaming import one_by_one, sse
 from promptmux.serving.runtime.requests import Prepared, Query

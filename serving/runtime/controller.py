@@ -14,7 +14,7 @@ import threading
 
 from promptmux.registry import PromptmuxError, Registry
 from promptmux.registry.auto_rollout import OutcomeLog, advance
-from promptmux.registry.history import Change
+from promptmux.registry.history import HistoryEntry
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class RolloutController:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="promptmux-controller", daemon=True)
 
-    def run_once(self) -> list[Change]:
+    def run_once(self) -> list[HistoryEntry]:
         for edit in self.registry.finish_pending():
             log.warning("rollout controller: finished a half-done edit (%s)", edit.summary())
         changes = []

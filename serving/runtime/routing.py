@@ -7,7 +7,7 @@ replica while the split is unchanged; without a key the pick is weighted random.
 the split of an automatic rollout assigns carries the experiment's id (only such routes
 count toward its decision); a pinned version, an alias or a fallback carries none.
 
-The view follows the registry on `refresh()`: it reads the registry's change log from where
+The view follows the registry on `refresh()`: it reads the registry's change feed from where
 it last stopped and reloads only the tasks named there, so a refresh with nothing changed is
 one storage request whatever the number of tasks, and one after k changes costs O(k). A
 full scan (every task) runs at the first refresh, every `full_scan_interval_s`, and when a
@@ -95,7 +95,7 @@ class RegistryView:
     on_broken_variant: Callable[[str, str, int | None], None] = lambda task, variant, version: None
     retry_rejected_s: float = 30.0
     full_scan_interval_s: float = 300.0
-    cursor: int | None = None  # the next change-log entry to read; None: scan everything next
+    cursor: int | None = None  # the next change-feed entry to read; None: scan everything next
     scanned_at: float = 0.0
     unreadable: set[str] = field(default_factory=set)
     rejected_at: dict[tuple[str, int, str], float] = field(default_factory=dict)
@@ -186,7 +186,7 @@ class RegistryView:
         once it reads again. Every other task refreshes normally."""
         now = time.monotonic()
         if self.cursor is not None and now - self.scanned_at < self.full_scan_interval_s:
-            changed, cursor = self.registry.changes.since(self.cursor)
+            changed, cursor = self.registry.feed.since(self.cursor)
             if changed is not None:
                 due = [key for key in self.rejected if now - self.rejected_at[key] >= self.retry_rejected_s]
                 self.cursor = cursor
@@ -195,7 +195,7 @@ class RegistryView:
                 for key in due:  # one no longer routed was not retried: its task waits a full interval again
                     self.rejected_at[key] = max(self.rejected_at[key], now)
                 return
-        cursor = self.registry.changes.tail()  # taken before the scan: nothing written during it is missed
+        cursor = self.registry.feed.tail()  # taken before the scan: nothing written during it is missed
         self.entries = self._reload(self.registry.list_tasks(), {})
         # the interval runs from the scan's end: a scan slower than the interval is not run back to back
         self.cursor, self.scanned_at = cursor, time.monotonic()

@@ -21,7 +21,7 @@ from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
 from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, Usage
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.engine.scheduler import StreamEvent
+from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.errors import RequestTimeout
 from promptmux.serving.runtime.feedback import FeedbackIds

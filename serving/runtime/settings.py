@@ -14,7 +14,7 @@ class ServeSettings(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     refresh_interval_s: float = Field(2.0, gt=0, le=300, description="how often registry edits are picked up")
     full_scan_interval_s: float = Field(
-        300.0, gt=0, description="between refreshes that read only the registry's change log, how long after the "
+        300.0, gt=0, description="between refreshes that read only the registry's change feed, how long after the "
         "last full scan every task is re-read (catches files edited at rest)"
     )
     retry_rejected_s: float = Field(

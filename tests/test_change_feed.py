@@ -1,4 +1,4 @@
-"""The change log: every routing edit is in it, a serving view that follows it agrees with a
+"""The change feed: every routing edit is in it, a serving view that follows it agrees with a
 full scan, and a refresh costs storage requests in proportion to what changed."""
 
 import json
@@ -6,10 +6,10 @@ import random
 import time
 
 import pytest
-from conftest import random_prompt
+from helpers import random_prompt
 
 from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.changes import LOG_DIR
+from promptmux.registry.change_feed import LOG_DIR
 from promptmux.serving.runtime.routing import RegistryView
 
 
@@ -26,7 +26,7 @@ def fresh_scan(registry: Registry) -> RegistryView:
 
 
 def test_every_routing_edit_names_its_task_in_the_change_log(registry: Registry, llama_fp: BaseModelFingerprint) -> None:
-    log = registry.changes
+    log = registry.feed
     cursor = log.tail()
     edits = [
         lambda: registry.create_task(TaskSpec(name="t", base_model="tiny-random-llama"), llama_fp),
@@ -122,7 +122,7 @@ def test_an_unreadable_log_entry_makes_the_reader_scan_everything(registry: Regi
     names = many_tasks(registry, llama_fp, 3)
     view = RegistryView(registry, full_scan_interval_s=3600)
     view.refresh()
-    registry.storage.write_bytes(f"{LOG_DIR}/{registry.changes.tail():012d}.json", entry)
+    registry.storage.write_bytes(f"{LOG_DIR}/{registry.feed.tail():012d}.json", entry)
     alias = registry.storage.local_path(f"tasks/{names[0]}/aliases/production.json")
     with open(alias, "w") as handle:
         json.dump({"version": 1}, handle)

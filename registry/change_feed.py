@@ -1,4 +1,9 @@
-"""The registry's change log: how a reader learns what changed without reading everything.
+"""The registry's change feed: how a server learns what changed without reading everything.
+
+Not to be confused with a task's history (`history.py`): the history is the audit trail
+people read (`registry history`), one entry per alias or rollout change with who made it
+and why; the feed is machine-facing, one numbered entry per routing edit of any task, which
+replicas follow to refresh. (Its folder keeps its first name, `changes/`.)
 
 Every routing-relevant write (a task created, a version registered or archived, an alias or
 a rollout set or removed) ends by appending one entry naming its task. The log is a run of
@@ -27,27 +32,27 @@ from promptmux.registry.schemas import utc_now
 from promptmux.registry.storage import Storage
 
 LOG_DIR = "changes"
-ChangeKind = Literal["task", "version", "archive", "alias", "rollout"]
+FeedKind = Literal["task", "version", "archive", "alias", "rollout"]
 HEAD = f"{LOG_DIR}/HEAD"
 
 
-class ChangeEntry(BaseModel):
+class FeedEntry(BaseModel):
     """One routing-relevant write: which task, what kind of edit, when."""
 
     task: str
-    what: ChangeKind = Field(description="what kind of edit")
+    what: FeedKind = Field(description="what kind of edit")
     at: datetime = Field(default_factory=utc_now)
 
 
-class ChangeLog:
+class ChangeFeed:
     """Append and read the numbered change entries of one registry's storage."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def append(self, task: str, what: ChangeKind) -> int:
+    def append(self, task: str, what: FeedKind) -> int:
         """Add an entry; returns its number."""
-        data = ChangeEntry(task=task, what=what).model_dump_json().encode()
+        data = FeedEntry(task=task, what=what).model_dump_json().encode()
         number = self._head()
         while not self.storage.create(_entry_rel(number), data):
             number += 1
@@ -71,7 +76,7 @@ class ChangeLog:
             except NotFoundError:
                 return tasks, cursor
             try:
-                entry = ChangeEntry.model_validate_json(data)
+                entry = FeedEntry.model_validate_json(data)
             except ValidationError:
                 tasks = None
             else:

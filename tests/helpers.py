@@ -1,4 +1,6 @@
-"""A local Ray cluster with the promptmux deployment, for end-to-end HTTP tests."""
+"""What many test modules share (plain helpers; the pytest fixtures are in `conftest.py`):
+registries filled with random prompts, the shared seed data's folder, and a promptmux
+server in-process or as the installed command."""
 
 import os
 import subprocess
@@ -31,15 +33,33 @@ SPECS = [
 ]
 
 
-def build_registry(path: Path | str) -> Registry:
+SERVED_LENGTHS = ([4, 9, 6], [7], [5, 8])  # the versions of each of SPECS, by their number of virtual tokens
+PROMPT_LENGTHS = {"alpha": 3, "beta": 7, "gamma": 12}  # plain generation tasks, as the engine tests use them
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def build_registry(path: Path | str, base_model: str = BASE, tasks: list[tuple[TaskSpec, list[int]]] | None = None,
+                   seed: int = 3) -> Registry:
+    """A registry of `tasks` (each spec with its versions' prompt lengths; by default SPECS),
+    every prompt random from `seed`."""
     registry = Registry(str(path))
-    fp = fingerprint(load_model(BASE, dtype="float32"))
-    generator = torch.Generator().manual_seed(3)
-    for spec, lengths in zip(SPECS, ([4, 9, 6], [7], [5, 8])):
+    fp = fingerprint(load_model(base_model, dtype="float32"))
+    generator = torch.Generator().manual_seed(seed)
+    for spec, lengths in tasks or list(zip(SPECS, SERVED_LENGTHS)):
         registry.create_task(spec, fp)
         for n in lengths:
             registry.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
     return registry
+
+
+def fill_registry(path: Path | str, base_model: str, extra_versions: int = 0) -> Registry:
+    """The engine tests' registry: PROMPT_LENGTHS's tasks on `base_model`, 1 + `extra_versions` versions each."""
+    return build_registry(path, base_model, [(TaskSpec(name=name, base_model=base_model), [n] * (1 + extra_versions))
+                                             for name, n in PROMPT_LENGTHS.items()], seed=11)
+
+
+def random_prompt(rows: int = 4, cols: int = 128, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.1):
