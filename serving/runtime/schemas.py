@@ -3,22 +3,11 @@ JSONL format (`TaskRequest` in, `TaskResult` out)."""
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from promptmux.registry.errors import describe
-from promptmux.registry.schemas import (
-    GenerationParams,
-    Logprobs,
-    MaxNewTokens,
-    MinNewTokens,
-    RepetitionPenalty,
-    Seed,
-    StopStrings,
-    StrictModel,
-    Temperature,
-    TopK,
-    TopP,
-)
+from promptmux.registry.schemas import GenerationParams, StrictModel
 from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 
@@ -35,25 +24,27 @@ def _encodable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]
 
 
-class ParamsOverride(StrictModel):
-    """Per-request decoding parameters; unset fields take the task's defaults. Each field
-    has `GenerationParams`' bounds; cross-field rules are checked on the merged result."""
-
-    max_new_tokens: MaxNewTokens | None = None
-    min_new_tokens: MinNewTokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: TopK | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    stop: StopStrings | None = None
-    seed: Seed | None = None
-    logprobs: Logprobs | None = None
+class _Override(StrictModel):
+    """Per-request decoding parameters; unset fields take the task's defaults."""
 
     def apply(self, defaults: GenerationParams) -> GenerationParams:
         try:
             return GenerationParams.model_validate({**defaults.model_dump(), **self.model_dump(exclude_none=True)})
         except ValidationError as exc:
             raise RequestError(describe(exc.errors(), "params")) from exc
+
+
+def _optional(field: FieldInfo) -> tuple[object, FieldInfo]:
+    """A field of `GenerationParams` as an override: its type and bounds, unset by default."""
+    bounded = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return bounded | None, Field(None, description=field.description)
+
+
+# Per-request decoding parameters: every field of `GenerationParams` (declared once, there),
+# with its bounds, unset by default; unset fields take the task's defaults, and cross-field
+# rules are checked on the merged result (`apply`).
+ParamsOverride = create_model("ParamsOverride", __base__=_Override, __doc__=_Override.__doc__,
+                              **{name: _optional(field) for name, field in GenerationParams.model_fields.items()})
 
 
 class TaskRequest(StrictModel):
