@@ -187,20 +187,22 @@ class RolloutReview:
                 f"v{self.decision.winner} ({self.reason})")
 
 
-def review(registry: Registry, task: str, started: RolloutPolicy, outcomes: list[Outcome],
-           windows: list[ServedWindow]) -> RolloutReview:
+def review(registry: Registry, started: RolloutPolicy, log: OutcomeLog) -> RolloutReview:
     """The rollout that began as `started`: from the live policy while it runs, else from its
-    recorded decisions (the last step's policy, and the end with its statistics)."""
+    recorded decisions (the last step's policy, and the end with its statistics). The
+    outcomes are read only for figures no decision recorded."""
+    task = log.task
     decisions = registry.decisions(task, started.experiment)
     steps = [d for d in decisions if d.next_policy is not None]
     current = registry.auto_rollout(task)
     if current is not None and current.experiment == started.experiment:
-        return RolloutReview(current, "running", Experiment.of(current, outcomes, windows).snapshot(), steps=steps)
+        return RolloutReview(current, "running", Experiment.of(current, log.read(), log.read_served()).snapshot(),
+                             steps=steps)
     policy = steps[-1].next_policy if steps and steps[-1].next_policy else started
     end = next((d for d in decisions if d.winner is not None), None)
     if end is not None and end.change.stats:
         return RolloutReview(policy, end.change.action, end.change.stats, end, steps)
-    return RolloutReview(policy, "stopped", Experiment.of(policy, outcomes, windows).snapshot(), steps=steps)
+    return RolloutReview(policy, "stopped", Experiment.of(policy, log.read(), log.read_served()).snapshot(), steps=steps)
 
 
 def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | None:

@@ -486,12 +486,11 @@ def rollout_status(
         raise PromptmuxError(f"--at {at}: task {task!r} has had {len(experiments)} automatic rollout(s)")
     number = at or len(experiments)
     log = OutcomeLog(reg, task)
-    outcomes = log.read()
-    rollout = review(reg, task, experiments[number - 1], outcomes, log.read_served())
+    rollout = review(reg, experiments[number - 1], log)
     if plot is not None:
         from promptmux.registry.rollout_plot import plot_rollout
 
-        plot_rollout(task, rollout, outcomes, plot)
+        plot_rollout(task, rollout, log.read(), plot)  # read once: the log keeps what it has read
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
         print_json({**rollout.figures, "experiment": rollout.policy.experiment, "rollout": number,

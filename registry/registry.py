@@ -414,12 +414,7 @@ class Registry:
         record under `experiments/`), oldest first; one started before these records existed
         is there while it runs."""
         self.get_task(task)
-        started = {}
-        for name in self.storage.listdir(f"{_task_rel(task)}/experiments"):
-            rel = f"{_task_rel(task)}/experiments/{name}"
-            if name.endswith(".json") and (data := self._read_or_none(rel)) is not None:
-                policy = self._parse(RolloutPolicy, data, rel)
-                started[policy.experiment] = policy
+        started = {policy.experiment: policy for policy in self._records(task, "experiments", RolloutPolicy)}
         running = self.auto_rollout(task)
         if running is not None:
             started.setdefault(running.experiment, running)
@@ -427,11 +422,7 @@ class Registry:
 
     def decisions(self, task: str, experiment: str) -> list[RolloutDecision]:
         """The decisions recorded for one experiment, step by step, its end (if any) last."""
-        found = []
-        for name in self.storage.listdir(f"{_task_rel(task)}/decisions"):
-            rel = f"{_task_rel(task)}/decisions/{name}"
-            if name.startswith(f"{experiment}-") and name.endswith(".json") and (data := self._read_or_none(rel)):
-                found.append(self._parse(RolloutDecision, data, rel))
+        found = self._records(task, "decisions", RolloutDecision, prefix=f"{experiment}-")
         return sorted(found, key=lambda decision: (decision.winner is not None, decision.step))
 
     def decision(self, task: str, policy: RolloutPolicy) -> RolloutDecision | None:
@@ -536,9 +527,13 @@ class Registry:
     def history(self, task: str) -> list[HistoryEntry]:
         """Every recorded change of a task, oldest first."""
         self.get_task(task)
-        rel = f"{_task_rel(task)}/history"
-        names = sorted(name for name in self.storage.listdir(rel) if name.endswith(".json"))
-        return [self._parse(HistoryEntry, self.storage.read_bytes(f"{rel}/{name}"), f"{rel}/{name}") for name in names]
+        return self._records(task, "history", HistoryEntry)
+
+    def _records(self, task: str, folder: str, schema: type[SchemaT], prefix: str = "") -> list[SchemaT]:
+        """The JSON records in one of a task's folders (those whose names start with `prefix`), in name order."""
+        rel = f"{_task_rel(task)}/{folder}"
+        names = [name for name in self.storage.listdir(rel) if name.startswith(prefix) and name.endswith(".json")]
+        return [self._parse(schema, self.storage.read_bytes(f"{rel}/{name}"), f"{rel}/{name}") for name in names]
 
     # ------------------------------------------------------------- reporting
     def show(self, task: str) -> TaskView:
@@ -696,10 +691,12 @@ class Registry:
         if fs.exists(f"{root}/{CONFIG_FILE}") or fs.exists(f"{root}/{TENSOR_FILE}"):
             raise ConflictError(f"{destination} already holds an adapter; choose an empty directory")
         fs.makedirs(root, exist_ok=True)
-        for name in (TENSOR_FILE, CONFIG_FILE, MANIFEST_FILE):
-            fs.pipe_file(f"{root}/{name}", self.storage.read_bytes(f"{_version_rel(task, version)}/{name}"))
+        # the PEFT files last: an export cut short lacks them, and so can neither be imported as
+        # a plain adapter without its task nor block a second export to the same folder
         origin = ExportedTask(spec=self.get_task(task).spec, registry=self.uri, task=task, version=version)
         fs.pipe_file(f"{root}/{EXPORT_FILE}", origin.model_dump_json(indent=2).encode())
+        for name in (MANIFEST_FILE, CONFIG_FILE, TENSOR_FILE):
+            fs.pipe_file(f"{root}/{name}", self.storage.read_bytes(f"{_version_rel(task, version)}/{name}"))
         return destination
 
     # --------------------------------------------------------------- helpers

@@ -1,9 +1,7 @@
 """`promptmux generate` (offline batch inference) and `promptmux bench ...`."""
 
-import errno
 import importlib
 import json
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +21,7 @@ from promptmux.registry.cli import (
     open_registry,
 )
 from promptmux.registry.errors import describe
+from promptmux.registry.ports import check_port
 from promptmux.serving.runtime.schemas import TaskRequest
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
@@ -138,20 +137,6 @@ def serve_command(
     })
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
               access_log=access_log)
-
-
-def check_port(host: str, port: int) -> None:
-    """Refuse a port that something already listens on (or a host this machine cannot listen
-    on), by binding it for a moment as the HTTP proxy will."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
-            probe.bind((host, port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PromptmuxError(f"port {port} on {host} is in use: stop what listens there, or choose another "
-                                 "with --port") from None
-        raise PromptmuxError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True,
