@@ -26,9 +26,17 @@ from pydantic import Field, model_validator
 
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.schemas import RolloutSpec, RolloutVariant, StrictModel, utc_now
-from promptmux.registry.sequential import SequentialTest
 
 DEFAULT_STEPS = [5.0, 25.0, 50.0]
+
+
+class SequentialTest(StrictModel):
+    """The parameters of the sequential test that decides (the statistics: `serving/rollouts/sequential.py`)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong decision when the versions are equal")
+    tau: float = Field(0.1, gt=0, description="the size of difference the test is tuned to find")
+    min_samples: int = Field(30, ge=2, description="outcomes per variant before any decision")
+    max_samples: int = Field(1000, ge=2, description="outcomes per variant after which the control stays")
 
 
 class RolloutPolicy(StrictModel):

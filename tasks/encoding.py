@@ -13,7 +13,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.registry.base_models import (
+from promptmux.registry.schemas import Message
+from promptmux.serving.models.inputs import (
     NoChatTemplateError,
     check_chat_template,
     encode_chat,
@@ -21,7 +22,6 @@ from promptmux.registry.base_models import (
     encode_task_input,
     text_ids,
 )
-from promptmux.registry.schemas import Message
 from promptmux.tasks.data import DataError, Example
 
 IGNORE = -100

@@ -5,7 +5,7 @@ P-tuning (an MLP prompt encoder) or prefix tuning (optionally through an MLP pro
 
 from peft import PeftConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
-from promptmux.registry.base_models import resolve_model_path
+from promptmux.serving.models.embedded import resolve_model_path
 from promptmux.tasks.config import TrainConfig
 
 INIT_METHODS = {"random": PromptTuningInit.RANDOM, "text": PromptTuningInit.TEXT, "sample-vocab": PromptTuningInit.SAMPLE_VOCAB}

@@ -20,9 +20,9 @@ from peft import PeftModel, get_peft_model
 from rich.console import Console
 
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model, load_tokenizer, resolve_device
 from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
+from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, resolve_device
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
 from promptmux.tasks.encoding import TaskEncoder

@@ -15,10 +15,10 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.registry.cli import main
 from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
+from promptmux.serving.models.loading import fingerprint, load_model
+from promptmux.tasks.cli import main
 
 transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
 

@@ -16,9 +16,9 @@ import torch
 import uvicorn
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
-from promptmux.registry.ports import free_port
 from promptmux.serving.http.app import build_app
+from promptmux.serving.http.ports import free_port
+from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from promptmux.registry import ConflictError, Registry, TaskSpec
-from promptmux.registry.auto_rollout import Experiment, OutcomeLog, advance
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, VariantServed
 from promptmux.registry.schemas import utc_now
+from promptmux.serving.models.loading import fingerprint, load_model
+from promptmux.serving.rollouts.loop import Experiment, OutcomeLog, advance
 
 BASE = "tiny-random-llama"
 

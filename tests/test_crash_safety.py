@@ -27,10 +27,10 @@ import pytest
 import torch
 
 from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, StorageError, TaskSpec
-from promptmux.registry.auto_rollout import OutcomeLog, advance
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.policy import Outcome, RolloutPolicy
 from promptmux.registry.storage import LocalStorage
+from promptmux.serving.models.loading import fingerprint, load_model
+from promptmux.serving.rollouts.loop import OutcomeLog, advance
 from promptmux.serving.runtime.controller import RolloutController
 
 BASE = "tiny-random-llama"

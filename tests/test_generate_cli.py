@@ -8,7 +8,7 @@ import torch
 from peft_reference import peft_generate, peft_logprobs
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
-from promptmux.registry.base_models import load_tokenizer
+from promptmux.serving.models.loading import load_tokenizer
 
 BASE = "tiny-random-llama"
 TASKS = [

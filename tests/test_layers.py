@@ -1,9 +1,12 @@
 """Dependencies point one way, checked on the source rather than hoped for.
 
-`tasks -> registry`, `serving -> registry`, `registry` imports neither. Inside `serving`,
-the rooms point down: http -> runtime -> engine (bench and the CLI sit on top); the engine
-(pure torch + transformers) imports no Ray, FastAPI or Prometheus, and the runtime no Ray
-or FastAPI.
+The packages stack `registry <- serving <- tasks`: `registry` (records and storage) imports
+neither; `serving` imports `registry` and never `tasks`; `tasks` (training, evaluation, the
+demo and the root CLI, which composes every room) sits on top. Inside `serving` the rooms
+point down: http -> runtime -> engine -> models, with `rollouts` (the decisions) beside the
+engine and bench on top; the engine and the models (pure torch + transformers) import no
+Ray, FastAPI or Prometheus, the runtime no Ray or FastAPI, and the http room no engine
+module: it talks to the runtime alone.
 """
 
 import ast
@@ -13,14 +16,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = {"ray", "fastapi", "starlette", "uvicorn"}
-ROOMS = {  # a room of serving/ -> what it may not import: rooms above it, and libraries
-    "engine": ({"runtime", "http", "bench", "cli"}, WEB | {"prometheus_client"}),
-    "runtime": ({"http", "bench", "cli"}, WEB),
-    "http": ({"bench", "cli"}, set()),
-    "bench": ({"cli"}, set()),
+ROOMS = {  # a room of serving/ -> what it may not import: rooms above or beside it, and libraries
+    "models": ({"engine", "rollouts", "runtime", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
+    "engine": ({"rollouts", "runtime", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
+    "rollouts": ({"models", "engine", "runtime", "http", "bench"}, WEB | {"prometheus_client", "torch", "transformers"}),
+    "runtime": ({"http", "bench"}, WEB),
+    "http": ({"engine", "bench"}, set()),
+    "bench": (set(), set()),
 }
-
-
+# registry/ keeps records and storage: no model loading, CLI, plots, sockets or web.
+NOT_RECORDS = WEB | {"transformers", "typer", "rich", "matplotlib", "socket", "prometheus_client"}
 def root(module: str) -> str:
     """`promptmux.serving.http.app` → `serving`; `torch.nn` → `torch`."""
     parts = module.split(".")
@@ -39,8 +44,7 @@ def imported_roots(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("package, forbidden", [
-    ("registry", {"serving", "tasks"}),
-    ("tasks", {"serving"}),
+    ("registry", {"serving", "tasks"} | NOT_RECORDS),
     ("serving", {"tasks"}),
 ])
 def test_packages_depend_one_way(package: str, forbidden: set[str]) -> None:
@@ -64,6 +68,7 @@ def test_serving_rooms_point_down(room: str) -> None:
     above, libraries = ROOMS[room]
     files = sorted((ROOT / "serving" / room).rglob("*.py"))
     assert files
+    assert set(ROOMS) == {path.name for path in (ROOT / "serving").iterdir() if (path / "__init__.py").exists()}
     offenders = {str(path.relative_to(ROOT)): sorted((serving_rooms(path) & above) | (imported_roots(path) & libraries))
                  for path in files}
     assert {name: found for name, found in offenders.items() if found} == {}

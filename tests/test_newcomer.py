@@ -15,7 +15,7 @@ from helpers import random_prompt
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
 from promptmux.registry import Registry, TaskKind, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
+from promptmux.serving.models.loading import fingerprint, load_model
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Pa
 
 PROBE = """
 import sys
-from promptmux.registry.cli import main
+from promptmux.tasks.cli import main
 sys.argv = ["promptmux", *sys.argv[1:]]
 try:
     main()

@@ -12,9 +12,9 @@ from helpers import random_prompt
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from promptmux.registry import InvalidArtifactError, Registry
-from promptmux.registry.base_models import load_model, load_tokenizer
+from promptmux.serving.models.loading import load_model, load_tokenizer
 
-PROMPTMUX = [sys.executable, "-c", "from promptmux.registry.cli import main; main()"]
+PROMPTMUX = [sys.executable, "-m", "promptmux.tasks.cli"]
 TEXTS = ["Comment: the groomer was lovely\nSatisfaction:\n", "hola"]
 
 
@@ -66,7 +66,7 @@ def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
     expected = _save_adapter(config, tmp_path / "ptuning")
     registry = Registry(str(tmp_path / "reg"))
     base = load_model("tiny-random-llama", dtype="float32")
-    from promptmux.registry.base_models import fingerprint
+    from promptmux.serving.models.loading import fingerprint
 
     manifest = registry.import_peft(str(tmp_path / "ptuning"), "pt", fingerprint(base), base_model="tiny-random-llama")
     assert manifest.init_method.startswith("imported-p-tuning")

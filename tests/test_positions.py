@@ -18,12 +18,12 @@ import torch
 from helpers import serve_locally
 
 from promptmux.registry import GenerationParams, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.errors import PositionLimitError
 from promptmux.serving.engine.offline import generate, run
 from promptmux.serving.engine.runner import Engine
+from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.settings import ServeSettings
 
 GPT2 = "tiny-random-gpt2"  # 1,024 positions

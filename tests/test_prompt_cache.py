@@ -10,11 +10,11 @@ import torch
 from helpers import BASE, PROMPT_LENGTHS, build_registry, fill_registry, serve_locally, wait_until
 
 from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.serving.engine.batching import Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.prompt_cache import MiB, PromptCache, ServingFormat
 from promptmux.serving.engine.runner import Engine
+from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.settings import ServeSettings
 
 

@@ -16,12 +16,13 @@ from peft_adapters import make_adapters
 from peft_reference import peft_generate, peft_logprobs
 
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.base_models import ModelUnavailableError, fingerprint, load_model, load_tokenizer
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
+from promptmux.serving.models.embedded import ModelUnavailableError
+from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 
 REAL_MODEL = "smollm2-135m-instruct"
 LABELS = {"0": "no", "1": "yes"}
@@ -131,7 +132,7 @@ def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Pa
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import promptmux.registry.base_models as base_models
+    import promptmux.serving.models.embedded as base_models
 
     monkeypatch.setenv("PROMPTMUX_CACHE", str(tmp_path))
     monkeypatch.setitem(base_models.PACKAGED_MODELS, "missing-model",

@@ -6,7 +6,8 @@ consulted after every batch of 10 outcomes, as a controller watching feedback do
 
 import random
 
-from promptmux.registry.sequential import ArmOutcomes, SequentialTest
+from promptmux.registry.policy import SequentialTest
+from promptmux.serving.rollouts.sequential import ArmOutcomes, decide
 
 EXPERIMENTS = 500
 BATCH = 10
@@ -20,7 +21,7 @@ def run(test: SequentialTest, control_p: float, candidate_p: float, rng: random.
         for _ in range(BATCH):
             arm = "candidate" if rng.random() < 0.5 else "control"
             arms[arm].add(1.0 if rng.random() < rates[arm] else 0.0)
-        decision = test.decide(arms["control"], arms["candidate"])
+        decision = decide(test, arms["control"], arms["candidate"])
         if decision.verdict != "continue":
             return decision.verdict, min(arms["control"].count, arms["candidate"].count)
 

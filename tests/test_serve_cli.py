@@ -18,7 +18,7 @@ import torch
 from helpers import BASE, build_registry, free_port, start_serve, wait_until
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.base_models import resolve_model_path
+from promptmux.serving.models.embedded import resolve_model_path
 
 GRACE_S = 4.0
 SHORT = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 48, "min_new_tokens": 48}}

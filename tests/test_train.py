@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import TrainerState
 
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.base_models import load_model, load_tokenizer
+from promptmux.serving.models.loading import load_model, load_tokenizer
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.encoding import TaskEncoder

@@ -24,7 +24,6 @@ import torch
 from peft import PeftModel
 
 from promptmux.registry import Registry
-from promptmux.registry.base_models import load_model
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.bench.common import METHODS, bench_registry, medians, methods_registry, side_by_side, timed
 from promptmux.serving.bench.machine import busy_neighbour, load_average, machine_report, workload
@@ -32,6 +31,7 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
+from promptmux.serving.models.loading import load_model
 
 ADAPT_S = 3.0
 TARGETS = {"mixed_over_single": 0.95, "mixed_methods_over_single": 0.9, "engine_over_peft": 1.8, "pinned_kv_speedup": 2.5,

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 import httpx
 import torch
 
-from promptmux.registry.ports import free_port
 from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.http.api import GenerateBody
+from promptmux.serving.http.ports import free_port
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 

@@ -41,7 +41,6 @@ import psutil
 import torch
 
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.base_models import fingerprint, load_model
 from promptmux.registry.schemas import BaseModelFingerprint, GenerationParams
 from promptmux.serving.bench.common import medians, percentile, side_by_side
 from promptmux.serving.bench.machine import load_average, machine_report
@@ -49,6 +48,7 @@ from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
+from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.routing import RegistryView
 
 WRITERS = 8

@@ -6,8 +6,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from promptmux.registry.base_models import resolve_device
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL, StrictModel
+from promptmux.serving.models.loading import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -18,16 +18,6 @@ import torch
 from transformers.utils import ModelOutput
 
 from promptmux.registry import PromptVersion, TaskSpec
-from promptmux.registry.base_models import (
-    NoChatTemplateError,
-    encode_input,
-    encode_task_input,
-    fingerprint,
-    load_model,
-    load_tokenizer,
-    max_positions,
-    text_ids,
-)
 from promptmux.registry.schemas import GenerationParams, Message
 from promptmux.serving.engine.batching import (
     ClassificationRow,
@@ -46,6 +36,8 @@ from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
+from promptmux.serving.models.inputs import NoChatTemplateError, encode_input, encode_task_input, text_ids
+from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
-from promptmux.registry.cli import console
 from promptmux.serving.runtime.settings import ServeSettings
 
 APP_NAME = "promptmux"
@@ -33,8 +33,9 @@ def init_ray(num_cpus: int, **options: object) -> None:
 
 def run_local(
     settings: ServeSettings, host: str, port: int, replicas: int, replica_cpus: float, replica_gpus: float,
-    access_log: bool = False,
+    access_log: bool = False, say: Callable[[str], None] = print,
 ) -> None:
+    """Serve until a signal, then drain; `say` prints the few lines an operator reads."""
     import ray
     from ray import serve
     from ray.serve.schema import LoggingConfig
@@ -65,18 +66,18 @@ def run_local(
         controller = RolloutControllerDeployment.bind(settings.replica_args())
         serve.run(deployment.bind(settings.replica_args(), DRAIN_SIGNAL, controller), name=APP_NAME, route_prefix="/",
                   blocking=False)
-        console.print(f"promptmux serving {settings.engine.base_model} from {settings.registry} "
-                      f"on http://{host}:{port} ({replicas} replica(s)); Ctrl-C to stop", highlight=False)
+        say(f"promptmux serving {settings.engine.base_model} from {settings.registry} "
+            f"on http://{host}:{port} ({replicas} replica(s)); Ctrl-C to stop")
         stop.wait()
-        console.print(f"draining: new requests get 503; requests in flight have {settings.drain_timeout_s:g} s "
-                      "to finish (signal again to stop now)")
+        say(f"draining: new requests get 503; requests in flight have {settings.drain_timeout_s:g} s "
+            "to finish (signal again to stop now)")
         ray.get(drain.start.remote(settings.drain_timeout_s))
         deadline = time.monotonic() + settings.drain_timeout_s + DRAIN_MARGIN_S
         while ray.get(drain.drained_count.remote()) < replicas and time.monotonic() < deadline:
             if hurry.wait(0.1):
                 break
     finally:
-        console.print("shutting down Serve and the local Ray cluster")
+        say("shutting down Serve and the local Ray cluster")
         try:
             serve.shutdown()
         finally:

@@ -13,8 +13,8 @@ import logging
 import threading
 
 from promptmux.registry import PromptmuxError, Registry
-from promptmux.registry.auto_rollout import OutcomeLog, advance
 from promptmux.registry.history import HistoryEntry
+from promptmux.serving.rollouts.loop import OutcomeLog, advance
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.cli import (
+from promptmux.registry.errors import describe
+from promptmux.serving.http.ports import check_port
+from promptmux.serving.runtime.schemas import TaskRequest
+from promptmux.tasks.cli.common import (
     BaseModelOption,
     RegistryOption,
     TrustRemoteCode,
@@ -20,9 +23,6 @@ from promptmux.registry.cli import (
     err_console,
     open_registry,
 )
-from promptmux.registry.errors import describe
-from promptmux.registry.ports import check_port
-from promptmux.serving.runtime.schemas import TaskRequest
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
@@ -61,9 +61,9 @@ def generate(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
-    from promptmux.registry.base_models import check_base_model
     from promptmux.serving.engine.config import EngineConfig
     from promptmux.serving.engine.runner import Engine
+    from promptmux.serving.models.loading import check_base_model
     from promptmux.serving.runtime.jsonl import TaskRunner
 
     requests = read_requests(input_path)
@@ -121,8 +121,8 @@ def serve_command(
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
     reg = open_registry(registry)
     check_port(host, port)  # before anything slow: a busy port is one line, not a cluster started and torn down
-    from promptmux.registry.base_models import load_config
     from promptmux.serving.http.local_cluster import run_local
+    from promptmux.serving.models.loading import load_config
     from promptmux.serving.runtime.settings import ServeSettings
 
     model_id = base_model_of(reg, base_model)
@@ -136,7 +136,7 @@ def serve_command(
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
-              access_log=access_log)
+              access_log=access_log, say=lambda text: console.print(text, highlight=False))
 
 
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True,

@@ -11,15 +11,15 @@ Outcomes are scores in [0, 1] (a classification's correctness is 0 or 1). The di
 of the two means is tested with the normal approximation, each arm's variance estimated
 from its own outcomes. A decision needs `min_samples` outcomes in each arm; at
 `max_samples` in each arm without a decision the test stops with "no difference" (the
-control stays). `tests/test_sequential.py` measures the error rates by simulation.
+control stays). The test's parameters (`SequentialTest`) are part of a stored
+policy (`registry/policy.py`); `tests/test_sequential.py` measures the error rates by simulation.
 """
 
 import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field
-
+from promptmux.registry.policy import SequentialTest
 from promptmux.registry.schemas import StrictModel
 
 Verdict = Literal["continue", "promote", "rollback", "no_difference"]
@@ -56,35 +56,31 @@ class ArmOutcomes(StrictModel):
         return max(0.0, self.mean - half), min(1.0, self.mean + half)
 
 
-class SequentialTest(StrictModel):
-    alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong decision when the versions are equal")
-    tau: float = Field(0.1, gt=0, description="the size of difference the test is tuned to find")
-    min_samples: int = Field(30, ge=2, description="outcomes per variant before any decision")
-    max_samples: int = Field(1000, ge=2, description="outcomes per variant after which the control stays")
-
-    def likelihood_ratio(self, control: ArmOutcomes, candidate: ArmOutcomes) -> float:
-        """The mSPRT mixture likelihood ratio of "the means differ" against "they are equal"."""
-        v = control.variance / control.count + candidate.variance / candidate.count
-        t2 = self.tau**2
-        difference = candidate.mean - control.mean
-        log_ratio = 0.5 * math.log(v / (v + t2)) + t2 * difference**2 / (2 * v * (v + t2))
-        return math.exp(min(log_ratio, 700.0))
-
-    def decide(self, control: ArmOutcomes, candidate: ArmOutcomes) -> "Decision":
-        if min(control.count, candidate.count) < self.min_samples:
-            return Decision("continue", 1.0, candidate.mean - control.mean)
-        ratio = self.likelihood_ratio(control, candidate)
-        difference = candidate.mean - control.mean
-        p_value = min(1.0, 1 / ratio)
-        if ratio >= 1 / self.alpha:
-            return Decision("promote" if difference > 0 else "rollback", p_value, difference)
-        if min(control.count, candidate.count) >= self.max_samples:
-            return Decision("no_difference", p_value, difference)
-        return Decision("continue", p_value, difference)
-
-
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     p_value: float  # 1 / the likelihood ratio now; its running minimum is the always-valid p-value
     difference: float  # candidate mean - control mean
+
+
+def likelihood_ratio(test: SequentialTest, control: ArmOutcomes, candidate: ArmOutcomes) -> float:
+    """The mSPRT mixture likelihood ratio of "the means differ" against "they are equal"."""
+    v = control.variance / control.count + candidate.variance / candidate.count
+    t2 = test.tau**2
+    difference = candidate.mean - control.mean
+    log_ratio = 0.5 * math.log(v / (v + t2)) + t2 * difference**2 / (2 * v * (v + t2))
+    return math.exp(min(log_ratio, 700.0))
+
+
+def decide(test: SequentialTest, control: ArmOutcomes, candidate: ArmOutcomes) -> Decision:
+    """What the test says now: continue, or a verdict once each arm has `min_samples` outcomes."""
+    if min(control.count, candidate.count) < test.min_samples:
+        return Decision("continue", 1.0, candidate.mean - control.mean)
+    ratio = likelihood_ratio(test, control, candidate)
+    difference = candidate.mean - control.mean
+    p_value = min(1.0, 1 / ratio)
+    if ratio >= 1 / test.alpha:
+        return Decision("promote" if difference > 0 else "rollback", p_value, difference)
+    if min(control.count, candidate.count) >= test.max_samples:
+        return Decision("no_difference", p_value, difference)
+    return Decision("continue", p_value, difference)

@@ -7,7 +7,8 @@ from typing import Annotated, get_args
 import typer
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.cli import (
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL
+from promptmux.tasks.cli.common import (
     BaseModelOption,
     FormatOption,
     KindOption,
@@ -21,7 +22,6 @@ from promptmux.registry.cli import (
     parse_labels,
     print_json,
 )
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.spec_file import read_fields, resolve
 
@@ -87,7 +87,7 @@ def train(
     Training settings come from the spec file's `training:` section and record fields from
     its `data:` section; flags override both.
     """
-    from promptmux.registry.base_models import check_base_model, model_identity
+    from promptmux.serving.models.loading import check_base_model, model_identity
     from promptmux.tasks.data import examples, fingerprint_files, held_out_split, load_records
     from promptmux.tasks.report import print_report
     from promptmux.tasks.train import train_task

@@ -3,7 +3,7 @@
 `advance` is one look at one task. First the guard rails, on what the replicas served
 since the rollout started: a candidate whose error rate or p99 latency (against the
 control's) breaks the policy's limits is rolled back at once. Then the sequential test
-(`sequential.SequentialTest`) compares the candidate's outcomes with the control's:
+(`sequential.py`) compares the candidate's outcomes with the control's:
 * worse, or no better after `max_samples` outcomes each: roll back (`production` stays
   or returns to the control), and the rollout ends;
 * better: promote (`production` moves to the candidate), and the rollout ends;
@@ -23,7 +23,6 @@ Outcome and served-window files are immutable, so an `OutcomeLog` reads each one
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 from promptmux.registry.history import HistoryEntry
@@ -37,7 +36,8 @@ from promptmux.registry.policy import (
 )
 from promptmux.registry.registry import Registry
 from promptmux.registry.schemas import utc_now
-from promptmux.registry.sequential import ArmOutcomes, Decision
+from promptmux.serving.rollouts.sequential import ArmOutcomes, Decision
+from promptmux.serving.rollouts.sequential import decide as test_decides
 
 CONTROLLER = "controller"
 FileT = TypeVar("FileT", Outcome, ServedWindow)
@@ -128,7 +128,7 @@ class Experiment:
             arms[outcome.variant].add(outcome.score)
             at_step += outcome.variant == "candidate" and outcome.at >= policy.step_started_at
         control, candidate = arms["control"], arms["candidate"]
-        return cls(policy, control, candidate, at_step, policy.test.decide(control, candidate),
+        return cls(policy, control, candidate, at_step, test_decides(policy.test, control, candidate),
                    served_sides(policy, windows or []))
 
     def guard_breach(self) -> str | None:
@@ -155,54 +155,6 @@ class Experiment:
                 "candidate": {"version": self.policy.candidate, **arm(self.candidate, self.served["candidate"])},
                 "share": self.policy.share, "step": self.policy.step, "verdict": self.decision.verdict,
                 "p_value": round(self.decision.p_value, 6), "difference": round(self.decision.difference, 4)}
-
-
-@dataclass(frozen=True)
-class RolloutReview:
-    """One automatic rollout, running or ended, as `rollout-status` shows it: the policy as it
-    stands (or stood at its last step), and the figures: the live ones while it runs, the
-    ones its ending decision was made on after that."""
-
-    policy: RolloutPolicy
-    status: str = "running"  # running, promote, rollback, or stopped (by hand: no decision)
-    figures: dict = field(default_factory=dict)
-    decision: RolloutDecision | None = None
-    steps: list[RolloutDecision] = field(default_factory=list)  # the decisions that moved it a step
-
-    @property
-    def ended_at(self) -> datetime | None:
-        return self.decision.change.at if self.decision else None
-
-    @property
-    def reason(self) -> str | None:
-        return self.decision.change.reason if self.decision else None
-
-    def headline(self) -> str:
-        policy = self.policy
-        if self.status == "running":
-            return f"running: step {policy.step + 1} of {len(policy.steps)}, candidate at {policy.share:g}%"
-        if self.decision is None:
-            return f"stopped by hand at step {policy.step + 1} of {len(policy.steps)} (no decision recorded)"
-        return (f"ended {self.decision.change.at:%Y-%m-%d %H:%M:%S} UTC: {self.status}, production → "
-                f"v{self.decision.winner} ({self.reason})")
-
-
-def review(registry: Registry, started: RolloutPolicy, log: OutcomeLog) -> RolloutReview:
-    """The rollout that began as `started`: from the live policy while it runs, else from its
-    recorded decisions (the last step's policy, and the end with its statistics). The
-    outcomes are read only for figures no decision recorded."""
-    task = log.task
-    decisions = registry.decisions(task, started.experiment)
-    steps = [d for d in decisions if d.next_policy is not None]
-    current = registry.auto_rollout(task)
-    if current is not None and current.experiment == started.experiment:
-        return RolloutReview(current, "running", Experiment.of(current, log.read(), log.read_served()).snapshot(),
-                             steps=steps)
-    policy = steps[-1].next_policy if steps and steps[-1].next_policy else started
-    end = next((d for d in decisions if d.winner is not None), None)
-    if end is not None and end.change.stats:
-        return RolloutReview(policy, end.change.action, end.change.stats, end, steps)
-    return RolloutReview(policy, "stopped", Experiment.of(policy, log.read(), log.read_served()).snapshot(), steps=steps)
 
 
 def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from promptmux.registry.auto_rollout import RolloutReview
 from promptmux.registry.policy import Outcome
-from promptmux.registry.sequential import ArmOutcomes
+from promptmux.serving.rollouts.review import RolloutReview
+from promptmux.serving.rollouts.sequential import ArmOutcomes
 
 
 def plot_rollout(task: str, rollout: RolloutReview, outcomes: list[Outcome], path: Path) -> None:
