@@ -171,7 +171,7 @@ def demo(
     grooming, act_as = _dog_grooming(base_model, seed_data, train_size), _act_as(base_model)
     first = _train(reg, grooming, runs, "production")
     if grooming.seed_test:
-        console.print(_seed_table(reg.get_version("dog-grooming", first).metrics))
+        console.print(_seed_table(reg.versions.get("dog-grooming", first).metrics))
     _train(reg, act_as, runs, "production")
     weak = DemoTask(grooming.spec, grooming.config, grooming.train[:WEAK_TRAIN_SIZE], grooming.held_out,
                     grooming.data_files, f"{grooming.source}, only the first {WEAK_TRAIN_SIZE}")
@@ -202,8 +202,8 @@ def demo(
         console.rule("closing the loop: the held-out reviews as traffic, their gold labels as feedback")
         sent = asyncio.run(_ab_traffic(port, reg, grooming.held_out))
         console.print(_history_table(reg, "dog-grooming"))
-        production = reg.aliases("dog-grooming")["production"]
-        state = "still running" if reg.auto_rollout("dog-grooming") else "ended"
+        production = reg.aliases.of("dog-grooming")["production"]
+        state = "still running" if reg.rollouts.policy("dog-grooming") else "ended"
         console.print(f"after {sent} reviews with feedback the rollout has {state}; production is v{production}")
     finally:
         server.send_signal(signal.SIGTERM)
@@ -213,10 +213,10 @@ def demo(
 
 def _start_auto_rollout(reg: Registry, first: int, second: int) -> tuple[int, int]:
     """The version with the lower held-out accuracy becomes production and the control."""
-    accuracy = {v: reg.get_version("dog-grooming", v).metrics.get("accuracy", 0.0) for v in (first, second)}
+    accuracy = {v: reg.versions.get("dog-grooming", v).metrics.get("accuracy", 0.0) for v in (first, second)}
     control, candidate = sorted((second, first), key=lambda v: accuracy[v])
-    reg.set_alias("dog-grooming", "production", control, reason="demo: the weaker version is the control")
-    reg.set_auto_rollout("dog-grooming", RolloutPolicy(control=control, candidate=candidate, steps=[AB_SHARE],
+    reg.aliases.set("dog-grooming", "production", control, reason="demo: the weaker version is the control")
+    reg.rollouts.start("dog-grooming", RolloutPolicy(control=control, candidate=candidate, steps=[AB_SHARE],
                                                        min_samples_per_step=20), reason="demo")
     return control, candidate
 
@@ -240,11 +240,11 @@ async def _ab_traffic(port: int, reg: Registry, reviews: list[Example]) -> int:
                 await asyncio.gather(*(judged(r, f"reviewer-{round_}-{start + i}") for i, r in enumerate(batch)))
                 sent += len(batch)
                 seen = _print_decisions(reg, seen, sent)
-                if reg.auto_rollout("dog-grooming") is None:
+                if reg.rollouts.policy("dog-grooming") is None:
                     return sent
             await asyncio.sleep(2 * CONTROLLER_WAIT_S)  # the controller's look at the end of this pass
             seen = _print_decisions(reg, seen, sent)
-            if reg.auto_rollout("dog-grooming") is None:
+            if reg.rollouts.policy("dog-grooming") is None:
                 break
     return sent
 

@@ -103,7 +103,7 @@ def train_task(
         unknown = sorted({e.target for e in train + held_out} - set(spec.labels))
         if unknown:
             raise DataError(f"targets {unknown} are not labels of {spec.name!r} ({', '.join(spec.labels)})")
-    existing = registry.get_task(spec.name) if registry.has_task(spec.name) else None
+    existing = registry.tasks.get(spec.name) if registry.tasks.exists(spec.name) else None
     with console.status(f"loading {config.base_model}"):
         model, encoder, init_text = _prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())
@@ -141,9 +141,9 @@ def train_task(
                                         "eval_row_ids": sorted(row_id(row) for row in held_out)}, indent=2))
 
     if existing is None:
-        registry.create_task(spec, base_fingerprint, exist_ok=True)
-    parent = registry.latest(spec.name).version if registry.versions(spec.name, include_archived=False) else None
-    manifest = registry.register(
+        registry.tasks.create(spec, base_fingerprint, exist_ok=True)
+    parent = registry.versions.latest(spec.name).version if registry.versions.all(spec.name, include_archived=False) else None
+    manifest = registry.versions.register(
         spec.name,
         trained_prompt(model),
         base_fingerprint,
@@ -156,5 +156,5 @@ def train_task(
         note=note,
     )
     if alias:
-        registry.set_alias(spec.name, alias, manifest.version)
+        registry.aliases.set(spec.name, alias, manifest.version)
     return TrainResult(manifest, metrics, curve_png, metrics_json)

@@ -53,7 +53,7 @@ def registry(tmp_path: Path) -> Registry:
 
 @pytest.fixture
 def task(registry: Registry, llama_fp: BaseModelFingerprint) -> str:
-    registry.create_task(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
+    registry.tasks.create(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
     return "sentiment"
 
 

@@ -46,9 +46,9 @@ def build_registry(path: Path | str, base_model: str = BASE, tasks: list[tuple[T
     fp = fingerprint(load_model(base_model, dtype="float32"))
     generator = torch.Generator().manual_seed(seed)
     for spec, lengths in tasks or list(zip(SPECS, SERVED_LENGTHS)):
-        registry.create_task(spec, fp)
+        registry.tasks.create(spec, fp)
         for n in lengths:
-            registry.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
+            registry.versions.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
     return registry
 
 

@@ -29,56 +29,56 @@ def test_every_routing_edit_names_its_task_in_the_change_log(registry: Registry,
     log = registry.feed
     cursor = log.tail()
     edits = [
-        lambda: registry.create_task(TaskSpec(name="t", base_model="tiny-random-llama"), llama_fp),
-        lambda: registry.register("t", random_prompt(cols=llama_fp.hidden_size), llama_fp),
-        lambda: registry.register("t", random_prompt(cols=llama_fp.hidden_size, seed=1), llama_fp),
-        lambda: registry.set_alias("t", "production", 1),
-        lambda: registry.delete_alias("t", "production"),
-        lambda: registry.set_rollout("t", RolloutSpec(variants=[RolloutVariant(version=1, weight=1),
+        lambda: registry.tasks.create(TaskSpec(name="t", base_model="tiny-random-llama"), llama_fp),
+        lambda: registry.versions.register("t", random_prompt(cols=llama_fp.hidden_size), llama_fp),
+        lambda: registry.versions.register("t", random_prompt(cols=llama_fp.hidden_size, seed=1), llama_fp),
+        lambda: registry.aliases.set("t", "production", 1),
+        lambda: registry.aliases.delete("t", "production"),
+        lambda: registry.rollouts.set("t", RolloutSpec(variants=[RolloutVariant(version=1, weight=1),
                                                                 RolloutVariant(version=2, weight=1)])),
-        lambda: registry.clear_rollout("t"),
-        lambda: registry.archive("t", 1),
+        lambda: registry.rollouts.clear("t"),
+        lambda: registry.versions.archive("t", 1),
     ]
     for edit in edits:
         edit()
         tasks, after = log.since(cursor)
         assert (tasks, after) == ({"t"}, cursor + 1)
         cursor = after
-    registry.create_task(TaskSpec(name="t", base_model="tiny-random-llama"), llama_fp, exist_ok=True)
+    registry.tasks.create(TaskSpec(name="t", base_model="tiny-random-llama"), llama_fp, exist_ok=True)
     assert log.since(cursor) == (set(), cursor)  # nothing changed, nothing logged
 
 
 def many_tasks(registry: Registry, fp: BaseModelFingerprint, count: int) -> list[str]:
     names = [f"task-{i:03d}" for i in range(count)]
     for i, name in enumerate(names):
-        registry.create_task(TaskSpec(name=name, base_model="tiny-random-llama"), fp)
+        registry.tasks.create(TaskSpec(name=name, base_model="tiny-random-llama"), fp)
         for seed in range(3):
-            registry.register(name, random_prompt(rows=2, cols=fp.hidden_size, seed=seed + 3 * i), fp)
-        registry.set_alias(name, "production", 2)
+            registry.versions.register(name, random_prompt(rows=2, cols=fp.hidden_size, seed=seed + 3 * i), fp)
+        registry.aliases.set(name, "production", 2)
     return names
 
 
 def random_edit(registry: Registry, fp: BaseModelFingerprint, name: str, rng: random.Random) -> None:
-    live = [v for v in registry.version_numbers(name) if v not in registry.archived_versions(name)]
+    live = [v for v in registry.versions.numbers(name) if v not in registry.versions.archived(name)]
     choice = rng.choice(["alias", "register", "rollout", "clear", "delete", "archive"])
     if choice == "alias":
-        registry.set_alias(name, rng.choice(["production", "staging"]), rng.choice(live))
+        registry.aliases.set(name, rng.choice(["production", "staging"]), rng.choice(live))
     elif choice == "register":
-        registry.register(name, random_prompt(rows=2, cols=fp.hidden_size, seed=rng.randrange(10**6)), fp)
+        registry.versions.register(name, random_prompt(rows=2, cols=fp.hidden_size, seed=rng.randrange(10**6)), fp)
     elif choice == "rollout":
         first, second = rng.sample(live, 2)
-        registry.set_rollout(name, RolloutSpec(variants=[RolloutVariant(version=first, weight=rng.randint(1, 9)),
+        registry.rollouts.set(name, RolloutSpec(variants=[RolloutVariant(version=first, weight=rng.randint(1, 9)),
                                                          RolloutVariant(version=second, weight=1)]))
-    elif choice == "clear" and registry.rollout(name):
-        registry.clear_rollout(name)
-    elif choice == "delete" and "staging" in registry.aliases(name):
-        registry.delete_alias(name, "staging")
+    elif choice == "clear" and registry.rollouts.get(name):
+        registry.rollouts.clear(name)
+    elif choice == "delete" and "staging" in registry.aliases.of(name):
+        registry.aliases.delete(name, "staging")
     else:
-        used = set(registry.aliases(name).values()) | {v.version for v in (registry.rollout(name) or RolloutSpec(
+        used = set(registry.aliases.of(name).values()) | {v.version for v in (registry.rollouts.get(name) or RolloutSpec(
             variants=[RolloutVariant(version=live[0], weight=1)])).variants}
         spare = [v for v in live if v not in used]
         if len(live) > 2 and spare:
-            registry.archive(name, rng.choice(spare))
+            registry.versions.archive(name, rng.choice(spare))
 
 
 def test_a_view_that_follows_the_log_agrees_with_a_full_scan_at_a_cost_of_what_changed(

@@ -44,12 +44,12 @@ def registry(tmp_path_factory) -> Registry:
     train_task(spec, train, held_out, config, Registry(str(folder / "registry")), folder / "run", "roles", console=None)
     registry = Registry(str(folder / "registry"))
     fp = fingerprint(load_model(BASE, dtype="float32"))
-    registry.create_task(TaskSpec(name="plain", template="Act as {input}:", base_model=BASE,
+    registry.tasks.create(TaskSpec(name="plain", template="Act as {input}:", base_model=BASE,
                                   generation=GenerationParams(max_new_tokens=6)), fp)
-    registry.register("plain", torch.randn(4, fp.hidden_size, generator=torch.Generator().manual_seed(4)), fp)
-    registry.create_task(TaskSpec(name="verdict", kind="classification", format="chat", labels={"0": "no", "1": "yes"},
+    registry.versions.register("plain", torch.randn(4, fp.hidden_size, generator=torch.Generator().manual_seed(4)), fp)
+    registry.tasks.create(TaskSpec(name="verdict", kind="classification", format="chat", labels={"0": "no", "1": "yes"},
                                   template="Review: {input}\nGood?", base_model=BASE), fp)
-    registry.register("verdict", torch.randn(4, fp.hidden_size, generator=torch.Generator().manual_seed(5)), fp)
+    registry.versions.register("verdict", torch.randn(4, fp.hidden_size, generator=torch.Generator().manual_seed(5)), fp)
     return registry
 
 
@@ -60,7 +60,7 @@ def server(registry: Registry) -> Iterator[str]:
 
 
 def test_the_trained_task_is_chat_formatted_and_renders_through_the_chat_template(registry: Registry) -> None:
-    spec = registry.get_task("act-as-chat").spec
+    spec = registry.tasks.get("act-as-chat").spec
     assert (spec.format, spec.system) == ("chat", "You write prompts.")
     text = load_tokenizer(BASE).decode(encode_task_input(load_tokenizer(BASE), spec, "a chess coach"))
     assert text == ("<|im_start|>system\nYou write prompts.<|im_end|>\n<|im_start|>user\n"

@@ -12,7 +12,7 @@ from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 @pytest.fixture
 def filled(registry: Registry, task: str, llama_fp) -> Registry:
     for seed in range(3):
-        registry.register(task, random_prompt(seed=seed), llama_fp, metrics={"accuracy": 0.6 + seed / 10})
+        registry.versions.register(task, random_prompt(seed=seed), llama_fp, metrics={"accuracy": 0.6 + seed / 10})
     return registry
 
 
@@ -30,14 +30,14 @@ def test_list_and_show(cli, filled: Registry) -> None:
     shown = json.loads(cli("registry", "show", "sentiment", "--registry", filled.uri, "--json").out)
     second = shown["versions"][1]
     assert second["version"] == 2 and second["aliases"] == ["production"]
-    assert second["sha256"] == filled.get_version("sentiment", 2).sha256
+    assert second["sha256"] == filled.versions.get("sentiment", 2).sha256
     assert second["metrics"] == {"accuracy": pytest.approx(0.7)}
     assert Path(second["uri"]) == Path(filled.uri) / "tasks" / "sentiment" / "versions" / "2"
     assert "sentiment (generation) on tiny-random-llama" in cli("registry", "show", "sentiment", "--registry", filled.uri).out
 
 
 def test_show_puts_accuracy_and_macro_f1_beside_the_base_model(cli, registry: Registry, task: str, llama_fp) -> None:
-    registry.register(task, random_prompt(), llama_fp, metrics={"accuracy": 0.957, "macro_f1": 0.956, "base_accuracy": 0.5,
+    registry.versions.register(task, random_prompt(), llama_fp, metrics={"accuracy": 0.957, "macro_f1": 0.956, "base_accuracy": 0.5,
                                                                 "base_macro_f1": 0.333, "train_examples": 160})
     shown = " ".join(cli("registry", "show", task, "--registry", registry.uri).out.split())
     assert "accuracy 0.957 (base 0.500), macro F1 0.956 (base 0.333)" in shown
@@ -52,9 +52,9 @@ def test_alias_moves_copies_and_deletes(cli, filled: Registry) -> None:
     uri = ("--registry", filled.uri)
     assert cli("registry", "alias", "sentiment", "staging", "3", *uri).code == 0
     assert cli("registry", "alias", "sentiment", "production", "staging", *uri).code == 0
-    assert filled.aliases("sentiment") == {"production": 3, "staging": 3}
+    assert filled.aliases.of("sentiment") == {"production": 3, "staging": 3}
     assert cli("registry", "alias", "sentiment", "staging", "--delete", *uri).code == 0
-    assert filled.aliases("sentiment") == {"production": 3}
+    assert filled.aliases.of("sentiment") == {"production": 3}
 
 
 def test_rollout_set_show_clear(cli, filled: Registry) -> None:
@@ -64,7 +64,7 @@ def test_rollout_set_show_clear(cli, filled: Registry) -> None:
     assert [(v["version"], v["weight"]) for v in json.loads(result.out)["variants"]] == [(2, 90), (3, 10)]
     assert "v2:90% / v3:10%" in cli("registry", "rollout", "sentiment", *uri).out
     assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
-    assert filled.rollout("sentiment") is None
+    assert filled.rollouts.get("sentiment") is None
 
 
 def test_archive_and_verify(cli, filled: Registry) -> None:
@@ -73,11 +73,11 @@ def test_archive_and_verify(cli, filled: Registry) -> None:
     refused = cli("registry", "archive", "sentiment", "1", *uri)
     assert refused.code == 1 and "in use by alias 'production'" in refused.err
     assert cli("registry", "archive", "sentiment", "2", *uri).code == 0
-    assert filled.latest("sentiment").version == 3
+    assert filled.versions.latest("sentiment").version == 3
 
     verified = cli("registry", "verify", *uri, "--json")
     assert verified.code == 0 and all(entry["ok"] for entry in json.loads(verified.out))
-    tensor = Path(filled.version_uri("sentiment", 3)) / "adapter_model.safetensors"
+    tensor = Path(filled.versions.uri("sentiment", 3)) / "adapter_model.safetensors"
     tensor.write_bytes(tensor.read_bytes()[:-4] + b"\0\0\0\0")
     broken = cli("registry", "verify", *uri)
     assert broken.code == 1 and "sentiment@3" in broken.err and "sha256" in broken.err
@@ -114,12 +114,12 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     assert cli("registry", "alias", "sentiment", "production", "1", *uri).code == 0
     started = cli("registry", "rollout", "sentiment", "1=95", "2=5", "--auto", "--steps", "20,60", "--min-samples", "5", *uri)
     assert started.code == 0, started.err
-    policy = filled.auto_rollout("sentiment")
+    policy = filled.rollouts.policy("sentiment")
     assert (policy.control, policy.candidate, policy.steps, policy.min_samples_per_step) == (1, 2, [5, 20, 60], 5)
     assert "control (v1):95% / candidate (v2):5%" in started.out
     sides = {1: "control", 2: "candidate"}
     for i, (version, score) in enumerate([(1, 1.0), (1, 0.0), (2, 1.0), (2, 1.0), (1, 1.0)]):
-        filled.record_outcome(Outcome(id=f"r{i}", task="sentiment", version=version, variant=sides[version],
+        filled.outcomes.record(Outcome(id=f"r{i}", task="sentiment", version=version, variant=sides[version],
                                       experiment=policy.experiment, score=score))
     status = json.loads(cli("registry", "rollout-status", "sentiment", *uri, "--json").out)
     assert status["control"] == {"version": 1, "outcomes": 3, "mean": pytest.approx(0.6667, abs=1e-4),
@@ -138,7 +138,7 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
     stopped = cli("registry", "rollout-status", "sentiment", *uri)
     assert stopped.code == 0 and "stopped by hand at step 1 of 3" in stopped.out
-    filled.create_task(TaskSpec(name="other", base_model="tiny-random-llama"), llama_fp)
+    filled.tasks.create(TaskSpec(name="other", base_model="tiny-random-llama"), llama_fp)
     never = cli("registry", "rollout-status", "other", *uri)
     assert never.code == 1 and "has had no automatic rollout (start one with: promptmux registry rollout other 1=95 2=5 --auto)" in never.err
 
@@ -146,18 +146,18 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
 def test_unarchive_and_delete(cli, filled: Registry) -> None:
     uri = ("--registry", filled.uri)
     assert cli("registry", "archive", "sentiment", "3", *uri).code == 0
-    assert filled.latest("sentiment").version == 2
+    assert filled.versions.latest("sentiment").version == 2
     assert cli("registry", "unarchive", "sentiment", "3", *uri).code == 0
-    assert filled.latest("sentiment").version == 3
+    assert filled.versions.latest("sentiment").version == 3
     again = cli("registry", "unarchive", "sentiment", "3", *uri)
     assert again.code == 1 and "version 3 of 'sentiment' is not archived" in again.err
-    filled.set_rollout("sentiment", RolloutSpec(variants=[RolloutVariant(version=1, weight=1)]))
+    filled.rollouts.set("sentiment", RolloutSpec(variants=[RolloutVariant(version=1, weight=1)]))
     refused = cli("registry", "delete", "sentiment", *uri)
-    assert refused.code == 1 and "served through its rollout" in refused.err and filled.has_task("sentiment")
+    assert refused.code == 1 and "served through its rollout" in refused.err and filled.tasks.exists("sentiment")
     deleted = cli("registry", "delete", "sentiment", "--force", *uri)
     assert deleted.code == 0 and "deleted task sentiment" in deleted.out
-    assert not filled.has_task("sentiment") and not (Path(filled.uri) / "tasks" / "sentiment").exists()
-    assert filled.list_tasks() == [] and cli("registry", "delete", "sentiment", *uri).code == 1
+    assert not filled.tasks.exists("sentiment") and not (Path(filled.uri) / "tasks" / "sentiment").exists()
+    assert filled.tasks.names() == [] and cli("registry", "delete", "sentiment", *uri).code == 1
 
 
 def test_a_split_whose_weights_do_not_add_up_to_100_says_so(cli, filled: Registry) -> None:

@@ -22,11 +22,11 @@ registry = Registry(uri)
 generator = torch.Generator().manual_seed(seed)
 print("ready", flush=True)
 for i in range(count):
-    manifest = registry.register("shared", torch.randn(8, fp.hidden_size, generator=generator), fp, note=f"{seed}-{i}")
+    manifest = registry.versions.register("shared", torch.randn(8, fp.hidden_size, generator=generator), fp, note=f"{seed}-{i}")
     print(manifest.version, flush=True)
     if seed < 0:  # the crash test also edits aliases and rollouts between writes
-        registry.set_alias("shared", "production", manifest.version)
-        registry.set_rollout("shared", RolloutSpec(variants=[RolloutVariant(version=manifest.version, weight=1)]))
+        registry.aliases.set("shared", "production", manifest.version)
+        registry.rollouts.set("shared", RolloutSpec(variants=[RolloutVariant(version=manifest.version, weight=1)]))
 """
 
 
@@ -39,7 +39,7 @@ def _writer(uri: str, fp: BaseModelFingerprint, count: int, seed: int) -> subpro
 
 def _shared_task(tmp_path: Path, fp: BaseModelFingerprint) -> Registry:
     registry = Registry(str(tmp_path / "registry"))
-    registry.create_task(TaskSpec(name="shared", base_model="tiny-random-llama"), fp)
+    registry.tasks.create(TaskSpec(name="shared", base_model="tiny-random-llama"), fp)
     return registry
 
 
@@ -52,7 +52,7 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, llama_fp
         assert writer.returncode == 0, err
         claimed += [int(line) for line in out.split()[1:]]
     assert sorted(claimed) == list(range(1, 201))
-    versions = registry.versions("shared")
+    versions = registry.versions.all("shared")
     assert [v.version for v in versions] == list(range(1, 201))
     assert sorted(v.note for v in versions) == sorted(f"{s}-{i}" for s in range(8) for i in range(25))
     results = registry.verify("shared")
@@ -75,11 +75,11 @@ def test_killed_writers_leave_no_partial_state(tmp_path: Path, llama_fp: BaseMod
         assert all(r.ok for r in registry.verify(repair=True)) and all(r.ok for r in registry.verify())
         moves = [c.details["version"] for c in registry.history("shared") if c.action == "alias"]
         assert moves == sorted(set(moves)), moves  # rising, none twice
-        assert registry.aliases("shared").get("production", moves[-1] if moves else None) == (moves[-1] if moves else None)
-        latest = registry.latest("shared").version
-        assert registry.aliases("shared")["production"] <= latest
-        assert json.loads(registry.rollout("shared").model_dump_json())["variants"][0]["version"] <= latest
-    assert registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp).version == latest + 1
+        assert registry.aliases.of("shared").get("production", moves[-1] if moves else None) == (moves[-1] if moves else None)
+        latest = registry.versions.latest("shared").version
+        assert registry.aliases.of("shared")["production"] <= latest
+        assert json.loads(registry.rollouts.get("shared").model_dump_json())["variants"][0]["version"] <= latest
+    assert registry.versions.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp).version == latest + 1
 
 
 EDITOR = """
@@ -87,30 +87,30 @@ import sys
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant
 registry, worker = Registry(sys.argv[1]), int(sys.argv[2])
 for j in range(5):
-    registry.set_alias("shared", f"w{worker}-a{j}", 1 + (worker + j) % 3)
-    registry.set_rollout("shared", RolloutSpec(variants=[RolloutVariant(version=1 + worker % 3, weight=worker + 1)]))
+    registry.aliases.set("shared", f"w{worker}-a{j}", 1 + (worker + j) % 3)
+    registry.rollouts.set("shared", RolloutSpec(variants=[RolloutVariant(version=1 + worker % 3, weight=worker + 1)]))
 """
 
 
 def test_concurrent_alias_and_rollout_edits_lose_nothing(tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
     registry = _shared_task(tmp_path, llama_fp)
     for seed in range(3):
-        registry.register("shared", torch.randn(4, llama_fp.hidden_size, generator=torch.Generator().manual_seed(seed)),
+        registry.versions.register("shared", torch.randn(4, llama_fp.hidden_size, generator=torch.Generator().manual_seed(seed)),
                           llama_fp)
     editors = [subprocess.Popen([sys.executable, "-c", EDITOR, registry.uri, str(w)], stderr=subprocess.PIPE, text=True)
                for w in range(6)]
     for editor in editors:
         assert editor.wait(timeout=300) == 0, editor.stderr.read()
-    aliases = registry.aliases("shared")
+    aliases = registry.aliases.of("shared")
     assert aliases == {f"w{w}-a{j}": 1 + (w + j) % 3 for w in range(6) for j in range(5)}
-    (variant,) = registry.rollout("shared").variants
+    (variant,) = registry.rollouts.get("shared").variants
     assert (variant.version, variant.weight) in {(1 + w % 3, w + 1) for w in range(6)}
     assert all(result.ok for result in registry.verify())
 
 
 def test_gc_removes_only_stale_leftovers_anywhere(cli, tmp_path: Path, llama_fp: BaseModelFingerprint) -> None:
     registry = _shared_task(tmp_path, llama_fp)
-    registry.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp)
+    registry.versions.register("shared", torch.zeros(2, llama_fp.hidden_size), llama_fp)
     staging = Path(registry.uri) / ".staging"
     old, fresh = staging / "dead-writer", staging / "busy-writer"
     for leftover in (old, fresh):
@@ -126,4 +126,4 @@ def test_gc_removes_only_stale_leftovers_anywhere(cli, tmp_path: Path, llama_fp:
     result = cli("registry", "gc", "--registry", registry.uri)
     assert result.code == 0 and "removed 2 stale leftovers" in result.out
     assert not old.exists() and fresh.exists() and not temporary[0].exists() and temporary[1].exists()
-    assert [v.version for v in registry.versions("shared")] == [1]
+    assert [v.version for v in registry.versions.all("shared")] == [1]

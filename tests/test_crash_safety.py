@@ -39,11 +39,11 @@ TRIALS = 120
 
 def reviews_registry(path: Path) -> Registry:
     registry = Registry(str(path))
-    registry.create_task(TaskSpec(name="reviews", kind="classification", labels={"0": "no", "1": "yes"},
+    registry.tasks.create(TaskSpec(name="reviews", kind="classification", labels={"0": "no", "1": "yes"},
                                   base_model=BASE), fp())
     for seed in range(3):
-        registry.register("reviews", torch.randn(4, fp().hidden_size, generator=torch.Generator().manual_seed(seed)), fp())
-    registry.set_alias("reviews", "production", 1)
+        registry.versions.register("reviews", torch.randn(4, fp().hidden_size, generator=torch.Generator().manual_seed(seed)), fp())
+    registry.aliases.set("reviews", "production", 1)
     return registry
 
 
@@ -51,13 +51,13 @@ def due(path: Path, scenario: str) -> Registry:
     """A registry whose automatic rollout has a decision due: `end` (the candidate is clearly
     better: promote) or `step` (enough candidate outcomes at 5%, nothing decided yet)."""
     registry = reviews_registry(path)
-    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2, steps=[5, 25, 50], min_samples_per_step=20))
-    experiment = registry.auto_rollout("reviews").experiment
+    registry.rollouts.start("reviews", RolloutPolicy(control=1, candidate=2, steps=[5, 25, 50], min_samples_per_step=20))
+    experiment = registry.rollouts.policy("reviews").experiment
     rates = {"end": {"control": 0.3, "candidate": 0.95}, "step": {"control": 0.7, "candidate": 0.7}}[scenario]
     rng = random.Random(scenario)
     for i in range(80 if scenario == "end" else 25):
         for variant, version in (("control", 1), ("candidate", 2)):
-            registry.record_outcome(Outcome(id=f"{variant}-{i}", task="reviews", version=version, variant=variant,
+            registry.outcomes.record(Outcome(id=f"{variant}-{i}", task="reviews", version=version, variant=variant,
                                             experiment=experiment, score=float(rng.random() < rates[variant])))
     return registry
 
@@ -74,7 +74,7 @@ def after_kill(registry: Registry, experiment: str) -> str:
     decided = registry.storage.listdir("tasks/reviews/decisions")
     if not decided:
         return "not yet decided"
-    policy = registry.auto_rollout("reviews")
+    policy = registry.rollouts.policy("reviews")
     return "decided, not applied" if policy is not None and policy.step == 0 else "applied"
 
 
@@ -82,11 +82,11 @@ def check_decided(registry: Registry, scenario: str) -> None:
     history = Counter((c.actor, c.action) for c in registry.history("reviews"))
     assert not registry.journal.pending() and all(r.ok for r in registry.verify())
     if scenario == "end":
-        assert registry.auto_rollout("reviews") is None and registry.rollout("reviews") is None  # no frozen split
-        assert registry.aliases("reviews")["production"] == 2
+        assert registry.rollouts.policy("reviews") is None and registry.rollouts.get("reviews") is None  # no frozen split
+        assert registry.aliases.of("reviews")["production"] == 2
         assert history[("controller", "promote")] == 1 and history[("controller", "alias")] == 1
     else:
-        policy, rollout = registry.auto_rollout("reviews"), registry.rollout("reviews")
+        policy, rollout = registry.rollouts.policy("reviews"), registry.rollouts.get("reviews")
         assert policy.step == 1 and {v.name: v.weight for v in rollout.variants} == {"control": 75, "candidate": 25}
         assert rollout.experiment == policy.experiment and history[("controller", "step")] == 1
     assert sum(count for (actor, _), count in history.items() if actor == "controller") == (2 if scenario == "end" else 1)
@@ -108,7 +108,7 @@ def test_a_controller_killed_at_any_moment_loses_no_decision_and_applies_none_tw
     for trial in range(TRIALS):
         scenario = ("end", "step")[trial % 2]
         registry = Registry(str(shutil.copytree(templates[scenario].uri, tmp_path / f"trial-{trial}")))
-        experiment = registry.auto_rollout("reviews").experiment
+        experiment = registry.rollouts.policy("reviews").experiment
         child = fork.Process(target=decide_once, args=(registry.uri,))
         child.start()
         time.sleep(rng.uniform(0, 1.1 * durations[scenario]))
@@ -150,14 +150,14 @@ class FullAfter(LocalStorage):
 def snapshot(registry: Registry) -> dict:
     """What readers see of the registry: every task's versions, aliases, rollout, policy, history."""
     state = {}
-    for name in registry.list_tasks():
-        policy, rollout = registry.auto_rollout(name), registry.rollout(name)
+    for name in registry.tasks.names():
+        policy, rollout = registry.rollouts.policy(name), registry.rollouts.get(name)
         state[name] = {
-            "versions": registry.version_numbers(name), "archived": registry.archived_versions(name),
-            "aliases": registry.aliases(name), "policy": policy.step if policy else None,
+            "versions": registry.versions.numbers(name), "archived": registry.versions.archived(name),
+            "aliases": registry.aliases.of(name), "policy": policy.step if policy else None,
             "rollout": [(v.name, v.version, v.weight) for v in rollout.variants] if rollout else None,
             "history": [(c.actor, c.action, c.details) for c in registry.history(name)],
-            "outcomes": len(registry.outcome_files(name)),
+            "outcomes": len(registry.outcomes.names(name)),
         }
     return state
 
@@ -172,19 +172,19 @@ def fp() -> BaseModelFingerprint:
 
 
 EDITS: dict[str, tuple[str, Callable[[Registry], object]]] = {  # name: (the registry it starts from, the edit)
-    "create task": ("plain", lambda r: r.create_task(TaskSpec(name="fresh", base_model=BASE), fp())),
-    "register": ("plain", lambda r: r.register("reviews", torch.ones(3, 128), fp())),
-    "archive": ("plain", lambda r: r.archive("reviews", 3)),
-    "move an alias": ("plain", lambda r: r.set_alias("reviews", "production", 2)),
-    "new alias": ("plain", lambda r: r.set_alias("reviews", "staging", 3)),
-    "delete an alias": ("plain", lambda r: r.delete_alias("reviews", "production")),
-    "set a rollout": ("plain", lambda r: r.set_rollout("reviews", RolloutSpec(variants=[
+    "create task": ("plain", lambda r: r.tasks.create(TaskSpec(name="fresh", base_model=BASE), fp())),
+    "register": ("plain", lambda r: r.versions.register("reviews", torch.ones(3, 128), fp())),
+    "archive": ("plain", lambda r: r.versions.archive("reviews", 3)),
+    "move an alias": ("plain", lambda r: r.aliases.set("reviews", "production", 2)),
+    "new alias": ("plain", lambda r: r.aliases.set("reviews", "staging", 3)),
+    "delete an alias": ("plain", lambda r: r.aliases.delete("reviews", "production")),
+    "set a rollout": ("plain", lambda r: r.rollouts.set("reviews", RolloutSpec(variants=[
         RolloutVariant(version=1, weight=90), RolloutVariant(version=2, weight=10)]))),
-    "start an automatic rollout": ("plain", lambda r: r.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2))),
-    "clear a rollout": ("end", lambda r: r.clear_rollout("reviews")),
+    "start an automatic rollout": ("plain", lambda r: r.rollouts.start("reviews", RolloutPolicy(control=1, candidate=2))),
+    "clear a rollout": ("end", lambda r: r.rollouts.clear("reviews")),
     "a step decision": ("step", lambda r: advance(r, OutcomeLog(r, "reviews"))),
     "an end decision": ("end", lambda r: advance(r, OutcomeLog(r, "reviews"))),
-    "feedback": ("plain", lambda r: r.record_outcome(Outcome(id="x", task="reviews", version=1, variant="v1", score=1.0))),
+    "feedback": ("plain", lambda r: r.outcomes.record(Outcome(id="x", task="reviews", version=1, variant="v1", score=1.0))),
 }
 
 

@@ -47,12 +47,12 @@ def test_an_exported_version_imports_into_another_registry_with_its_task(cli, tm
         assert imported.code == 0, imported.err
     source, copy = Registry(str(a)), Registry(str(b))
     for task in ("grooming", "act-as"):
-        assert copy.get_task(task).spec == source.get_task(task).spec
-        original, moved = source.latest(task), copy.latest(task)
+        assert copy.tasks.get(task).spec == source.tasks.get(task).spec
+        original, moved = source.versions.latest(task), copy.versions.latest(task)
         assert moved.metrics == original.metrics and moved.sha256 == original.sha256
         assert (moved.init_method, moved.init_text) == (original.init_method, original.init_text)
         assert moved.training["lineage"] == {"registry": source.uri, "task": task, "version": 1}
-    assert "\n" in copy.get_task("grooming").spec.template  # the flag's \n, read as a newline
+    assert "\n" in copy.tasks.get("grooming").spec.template  # the flag's \n, read as a newline
     requests = [{"task": "grooming", "input": "Lovely groomer"}, {"task": "grooming", "input": "Rude staff"},
                 {"task": "act-as", "input": "a poet"}, {"task": "act-as", "input": "a chess coach"}]
     assert generate(cli, b, requests, tmp_path / "b.jsonl") == generate(cli, a, requests, tmp_path / "a.jsonl")
@@ -60,8 +60,8 @@ def test_an_exported_version_imports_into_another_registry_with_its_task(cli, tm
     overridden = cli("registry", "import", str(tmp_path / "act-as"), "--task", "act-as-2", "--template", "Q: {input}",
                      "--registry", str(b))
     assert overridden.code == 0, overridden.err
-    spec = copy.get_task("act-as-2").spec
-    assert spec.template == "Q: {input}" and spec.generation == source.get_task("act-as").spec.generation
+    spec = copy.tasks.get("act-as-2").spec
+    assert spec.template == "Q: {input}" and spec.generation == source.tasks.get("act-as").spec.generation
     conflict = cli("registry", "import", str(tmp_path / "grooming"), "--task", "act-as", "--registry", str(b))
     assert conflict.code == 1 and "exists with another kind, template, labels" in conflict.err
 
@@ -85,8 +85,8 @@ def test_versions_trained_with_different_seeds_are_evaluated_on_the_same_rows(cl
 def test_a_task_recorded_under_the_cache_folder_is_on_the_same_base_model(cli, tmp_path: Path, llama_fp) -> None:
     registry = Registry(str(tmp_path / "registry"))
     for name, base in (("by-id", "tiny-random-llama"), ("by-path", resolve_model_path("tiny-random-llama"))):
-        registry.create_task(TaskSpec(name=name, base_model=base), llama_fp)
-        registry.register(name, random_prompt(), llama_fp)
+        registry.tasks.create(TaskSpec(name=name, base_model=base), llama_fp)
+        registry.versions.register(name, random_prompt(), llama_fp)
     requests = [{"task": task, "input": "hi", "params": {"max_new_tokens": 2}} for task in ("by-id", "by-path")]
     requests_file = tmp_path / "requests.jsonl"
     requests_file.write_text("".join(json.dumps(r) + "\n" for r in requests))
@@ -107,7 +107,7 @@ def test_an_adapter_naming_the_cache_folder_is_recorded_under_the_embedded_id(cl
     named = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert named == resolve_model_path("tiny-random-llama")  # PEFT names the folder it was loaded from
     assert cli("registry", "import", str(tmp_path / "adapter"), "--task", "t", "--registry", str(tmp_path / "r")).code == 0
-    assert Registry(str(tmp_path / "r")).get_task("t").spec.base_model == "tiny-random-llama"
+    assert Registry(str(tmp_path / "r")).tasks.get("t").spec.base_model == "tiny-random-llama"
 
 
 def ray_processes() -> set[int]:

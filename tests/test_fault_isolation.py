@@ -40,7 +40,7 @@ class Explodes(LogitsProcessor):
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
     return Engine(EngineConfig(base_model=BASE, dtype="float32", max_batch_size=8),
-                  build_registry(tmp_path_factory.mktemp("faults") / "registry"))
+                  build_registry(tmp_path_factory.mktemp("faults") / "registry").versions)
 
 
 def rows(engine: Engine) -> list[GenerationRow]:

@@ -34,11 +34,11 @@ REQUESTS = [
 def served(registry: Registry, llama_fp) -> Registry:
     generator = torch.Generator().manual_seed(5)
     for spec, lengths in zip(TASKS, ([4, 9], [6], [5, 8])):
-        registry.create_task(spec, llama_fp)
+        registry.tasks.create(spec, llama_fp)
         for n in lengths:
-            registry.register(spec.name, torch.randn(n, 128, generator=generator), llama_fp)
-    registry.set_alias("act-as", "production", 2)
-    registry.set_alias("grooming", "staging", 1)
+            registry.versions.register(spec.name, torch.randn(n, 128, generator=generator), llama_fp)
+    registry.aliases.set("act-as", "production", 2)
+    registry.aliases.set("grooming", "staging", 1)
     return registry
 
 
@@ -61,7 +61,7 @@ def test_generate_matches_peft_per_line(cli, served: Registry, tmp_path: Path) -
     for request, line in zip(REQUESTS, lines):
         spec = specs[request["task"]]
         ids = tokenizer(spec.render(request["input"])).input_ids[:-1]  # ByT5 appends EOS
-        version_dir = served.version_uri(spec.name, line["version"])
+        version_dir = served.versions.uri(spec.name, line["version"])
         if spec.kind.value == "classification":
             last = peft_logprobs(BASE, version_dir, ids)[-1]
             scores = torch.tensor([float(last[tokenizer(v, add_special_tokens=False).input_ids[0]]) for v in spec.labels.values()])

@@ -42,13 +42,13 @@ def reviews(tmp_path: Path) -> Iterator[tuple[str, PromptmuxService, Registry]]:
     """A classification task with two versions, `production` on the first, served by one replica."""
     registry = Registry(str(tmp_path / "registry"))
     fp = fingerprint(load_model(LLAMA, dtype="float32"))
-    registry.create_task(TaskSpec(name="reviews", kind="classification", template="Review: {input}\nGood:",
+    registry.tasks.create(TaskSpec(name="reviews", kind="classification", template="Review: {input}\nGood:",
                                   labels={"0": "0", "1": "1"}, base_model=LLAMA), fp)
     for seed in (5, 6):
-        registry.register("reviews", torch.randn(5, fp.hidden_size, generator=torch.Generator().manual_seed(seed)), fp)
-    registry.set_alias("reviews", "production", 1)
-    registry.create_task(TaskSpec(name="act-as", base_model=LLAMA, template="Act as {input}:"), fp)
-    registry.register("act-as", torch.randn(4, fp.hidden_size), fp)
+        registry.versions.register("reviews", torch.randn(5, fp.hidden_size, generator=torch.Generator().manual_seed(seed)), fp)
+    registry.aliases.set("reviews", "production", 1)
+    registry.tasks.create(TaskSpec(name="act-as", base_model=LLAMA, template="Act as {input}:"), fp)
+    registry.versions.register("act-as", torch.randn(4, fp.hidden_size), fp)
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, engine=EngineConfig(base_model=LLAMA))
     with serve_locally(settings) as (url, service):
         yield url, service, registry
@@ -82,9 +82,9 @@ def decision_of(registry: Registry, task: str) -> HistoryEntry:
 def test_outcomes_the_experiment_did_not_route_change_nothing(reviews, tmp_path: Path) -> None:
     url, _, registry = reviews
     older = asyncio.run(classify_all(url, [{"task": "reviews", "input": f"before {i}"} for i in range(10)]))
-    registry.set_auto_rollout("reviews", RolloutPolicy(control=1, candidate=2, steps=[50],
+    registry.rollouts.start("reviews", RolloutPolicy(control=1, candidate=2, steps=[50],
                                                        test=SequentialTest(min_samples=20), guard_min_requests=10_000))
-    experiment = registry.auto_rollout("reviews").experiment
+    experiment = registry.rollouts.policy("reviews").experiment
     wait_until(lambda: asyncio.run(classify_all(url, [{"task": "reviews", "input": "probe", "routing_key": "probe"}]))[0]
                ["variant"] in ("control", "candidate"), timeout=10)
     rng = random.Random(7)
@@ -141,15 +141,15 @@ def test_fifty_concurrent_posts_of_one_id_count_once(reviews) -> None:
     before = feedback_metric(url)
     same = asyncio.run(send_feedback(url, [(outputs[0]["id"], "1")] * 50))
     assert [r.status_code for r in same] == [200] * 50 and sum(r.json()["counted"] for r in same) == 1
-    assert len(registry.outcome_files("reviews")) == 1 and feedback_metric(url) == before + 1
+    assert len(registry.outcomes.names("reviews")) == 1 and feedback_metric(url) == before + 1
     mixed = asyncio.run(send_feedback(url, [(outputs[1]["id"], str(i % 2)) for i in range(50)]))
-    winner = registry.read_outcome("reviews", next(f for f in registry.outcome_files("reviews")
-                                                   if registry.read_outcome("reviews", f).id == outputs[1]["id"])).label
+    winner = registry.outcomes.read("reviews", next(f for f in registry.outcomes.names("reviews")
+                                                   if registry.outcomes.read("reviews", f).id == outputs[1]["id"])).label
     assert sum(r.status_code == 200 and r.json()["counted"] for r in mixed) == 1
     assert all((r.status_code == 200) == (str(i % 2) == winner) for i, r in enumerate(mixed))
     assert all(r.status_code == 409 and "the first stands" in r.json()["error"]["message"]
                for i, r in enumerate(mixed) if str(i % 2) != winner)
-    assert len(registry.outcome_files("reviews")) == 2 and feedback_metric(url) == before + 2
+    assert len(registry.outcomes.names("reviews")) == 2 and feedback_metric(url) == before + 2
 
 
 @pytest.mark.parametrize("checked", [True, False], ids=["refused-for-its-version", "failing-in-the-engine"])
@@ -160,13 +160,13 @@ def test_a_candidate_that_fails_half_its_plain_requests_is_rolled_back_by_the_er
     batched beside them are served. Either way the failures are the candidate's."""
     registry = Registry(str(tmp_path / "registry"))
     fp = fingerprint(load_model(GPT2, dtype="float32"))
-    registry.create_task(TaskSpec(name="act-as", base_model=GPT2, template="Act as {input}:",
+    registry.tasks.create(TaskSpec(name="act-as", base_model=GPT2, template="Act as {input}:",
                                   generation=GenerationParams(max_new_tokens=4)), fp)
     for tokens in (4, 600):
-        registry.register("act-as", torch.randn(tokens, fp.hidden_size, generator=torch.Generator().manual_seed(tokens)), fp)
-    registry.set_alias("act-as", "production", 1)
-    registry.set_auto_rollout("act-as", RolloutPolicy(control=1, candidate=2, steps=[50], guard_min_requests=20))
-    policy = registry.auto_rollout("act-as")
+        registry.versions.register("act-as", torch.randn(tokens, fp.hidden_size, generator=torch.Generator().manual_seed(tokens)), fp)
+    registry.aliases.set("act-as", "production", 1)
+    registry.rollouts.start("act-as", RolloutPolicy(control=1, candidate=2, steps=[50], guard_min_requests=20))
+    policy = registry.rollouts.policy("act-as")
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, engine=EngineConfig(base_model=GPT2))
     with serve_locally(settings) as (url, service):
         if not checked:
@@ -196,7 +196,7 @@ def test_a_candidate_that_fails_half_its_plain_requests_is_rolled_back_by_the_er
     assert 0.3 < change.stats["candidate"]["error_rate"] < 0.7
     print(f"\n{candidates} of 120 requests routed to the candidate, {failed} failed ({400 if checked else 500} "
           f"each); control {120 - candidates}, all 200; {change.reason}")
-    assert registry.aliases("act-as")["production"] == 1 and registry.rollout("act-as") is None
+    assert registry.aliases.of("act-as")["production"] == 1 and registry.rollouts.get("act-as") is None
 
 
 def _routed_to(policy: RolloutPolicy, i: int) -> str:

@@ -26,7 +26,7 @@ def test_aliases_that_look_like_references_are_refused(alias: str) -> None:
 @pytest.mark.parametrize("name", ["../../etc", "..", "/abs"])
 def test_registry_operations_never_touch_paths_outside_the_root(registry: Registry, tmp_path, name: str) -> None:
     with pytest.raises(InvalidNameError):
-        registry.get_task(name)
+        registry.tasks.get(name)
     with pytest.raises(ValueError):
         TaskSpec(name=name, base_model="tiny-random-llama")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["registry"]

@@ -21,9 +21,9 @@ from promptmux.serving.models.loading import fingerprint, load_model
 @pytest.fixture
 def filled(registry: Registry, llama_fp) -> Registry:
     for name in ("act-as", "retired"):
-        registry.create_task(TaskSpec(name=name, base_model="tiny-random-llama"), llama_fp)
-        registry.register(name, random_prompt(), llama_fp)
-    registry.archive("retired", 1)  # its only version
+        registry.tasks.create(TaskSpec(name=name, base_model="tiny-random-llama"), llama_fp)
+        registry.versions.register(name, random_prompt(), llama_fp)
+    registry.versions.archive("retired", 1)  # its only version
     return registry
 
 
@@ -80,7 +80,7 @@ def mistakes(tmp: Path, reg: str, adapter: Path, port: int) -> list[tuple[list[s
 
 def test_every_mistake_gets_one_line_and_exit_1(cli, filled: Registry, adapter: Path, tmp_path: Path,
                                                busy_port: int) -> None:
-    filled.set_alias("act-as", "production", 1)  # deleting act-as is refused while it routes traffic
+    filled.aliases.set("act-as", "production", 1)  # deleting act-as is refused while it routes traffic
     before = sorted(p.relative_to(filled.uri) for p in Path(filled.uri).rglob("*"))
     for args, message in mistakes(tmp_path, filled.uri, adapter, busy_port):
         result = cli(*args)
@@ -94,8 +94,8 @@ def test_every_mistake_gets_one_line_and_exit_1(cli, filled: Registry, adapter: 
 def test_serve_and_generate_use_the_base_model_the_tasks_were_trained_on(cli, tmp_path: Path) -> None:
     registry = Registry(str(tmp_path / "registry"))
     gpt2 = fingerprint(load_model("tiny-random-gpt2", dtype="float32"))
-    registry.create_task(TaskSpec(name="g", base_model="tiny-random-gpt2", template="Q: {input}\nA:"), gpt2)
-    registry.register("g", random_prompt(cols=gpt2.hidden_size), gpt2)
+    registry.tasks.create(TaskSpec(name="g", base_model="tiny-random-gpt2", template="Q: {input}\nA:"), gpt2)
+    registry.versions.register("g", random_prompt(cols=gpt2.hidden_size), gpt2)
     (tmp_path / "requests.jsonl").write_text('{"task": "g", "input": "hi", "params": {"max_new_tokens": 2}}\n')
     result = cli("generate", "--input", str(tmp_path / "requests.jsonl"), "--output", str(tmp_path / "out.jsonl"),
                  "--registry", registry.uri)
@@ -104,7 +104,7 @@ def test_serve_and_generate_use_the_base_model_the_tasks_were_trained_on(cli, tm
     assert "result" in json.loads((tmp_path / "out.jsonl").read_text())
 
     llama = fingerprint(load_model("tiny-random-llama", dtype="float32"))
-    registry.create_task(TaskSpec(name="l", base_model="tiny-random-llama"), llama)
+    registry.tasks.create(TaskSpec(name="l", base_model="tiny-random-llama"), llama)
     refused = cli("serve", "--registry", registry.uri)
     assert refused.code == 1
     assert "different base models (tiny-random-gpt2: g; tiny-random-llama: l)" in refused.err
@@ -116,7 +116,7 @@ def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Pa
                  "--labels", "neg= no,pos= yes", "--template", "Review: {input}\nHappy?", "--registry", str(registry))
     assert result.code == 0, result.err
     assert "registered reviews version 1 (classification task, prompt tuning)" in result.out
-    spec = Registry(str(registry)).get_task("reviews").spec
+    spec = Registry(str(registry)).tasks.get("reviews").spec
     assert (spec.kind, spec.labels, spec.template) == (TaskKind.classification, {"neg": " no", "pos": " yes"},
                                                        "Review: {input}\nHappy?")
     (tmp_path / "requests.jsonl").write_text('{"task": "reviews", "input": "great"}\n')

@@ -68,20 +68,20 @@ def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
     base = load_model("tiny-random-llama", dtype="float32")
     from promptmux.serving.models.loading import fingerprint
 
-    manifest = registry.import_peft(str(tmp_path / "ptuning"), "pt", fingerprint(base), base_model="tiny-random-llama")
+    manifest = registry.transfer.import_peft(str(tmp_path / "ptuning"), "pt", fingerprint(base), base_model="tiny-random-llama")
     assert manifest.init_method.startswith("imported-p-tuning")
-    loaded = PeftModel.from_pretrained(base, registry.version_uri("pt", manifest.version))
+    loaded = PeftModel.from_pretrained(base, registry.versions.uri("pt", manifest.version))
     torch.testing.assert_close(_logits(loaded), expected, rtol=0, atol=1e-5)
 
 
 def test_export_writes_a_loadable_adapter(tmp_path: Path, registry: Registry, task: str, llama_fp) -> None:
-    registry.register(task, random_prompt(rows=3), llama_fp)
-    registry.export(task, 1, str(tmp_path / "out"))
+    registry.versions.register(task, random_prompt(rows=3), llama_fp)
+    registry.transfer.export(task, 1, str(tmp_path / "out"))
     from_export = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), str(tmp_path / "out"))
-    from_registry = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), registry.version_uri(task, 1))
+    from_registry = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), registry.versions.uri(task, 1))
     assert torch.equal(_logits(from_export), _logits(from_registry))
     with pytest.raises(Exception, match="already holds an adapter"):
-        registry.export(task, 1, str(tmp_path / "out"))
+        registry.transfer.export(task, 1, str(tmp_path / "out"))
 
 
 def test_a_pickled_adapter_is_refused(tmp_path: Path, registry: Registry, llama_fp) -> None:
@@ -92,8 +92,8 @@ def test_a_pickled_adapter_is_refused(tmp_path: Path, registry: Registry, llama_
     (pickled / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "PROMPT_TUNING"}))
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(InvalidArtifactError, match="safetensors only"):
-        registry.import_peft(str(pickled), "x", llama_fp, "tiny-random-llama")
-    assert registry.list_tasks() == []
+        registry.transfer.import_peft(str(pickled), "x", llama_fp, "tiny-random-llama")
+    assert registry.tasks.names() == []
 
 
 def test_cli_refuses_incompatible_adapter_cleanly(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_cli_refuses_incompatible_adapter_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "token_dim 64 != base model hidden_size 128" in result.stderr
     assert "Traceback" not in result.stderr
-    assert Registry(str(tmp_path / "reg")).list_tasks() == []
+    assert Registry(str(tmp_path / "reg")).tasks.names() == []
 
 
 def _raw_safetensors(header: bytes, payload: bytes = b"") -> bytes:
@@ -127,8 +127,8 @@ def test_hostile_tensor_files_are_refused_at_import(tmp_path: Path, registry: Re
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM"}))
     (adapter / "adapter_model.safetensors").write_bytes(tensor_file)
     with pytest.raises(InvalidArtifactError, match=message):
-        registry.import_peft(str(adapter), "hostile", llama_fp, "tiny-random-llama")
-    assert registry.list_tasks() == []
+        registry.transfer.import_peft(str(adapter), "hostile", llama_fp, "tiny-random-llama")
+    assert registry.tasks.names() == []
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -142,13 +142,13 @@ def test_non_finite_adapters_are_refused_at_import(tmp_path: Path, registry: Reg
     tensor[2, 5] = value
     save_file({"prompt_embeddings": tensor}, adapter / "adapter_model.safetensors")
     with pytest.raises(InvalidArtifactError, match="NaN or Inf"):
-        registry.import_peft(str(adapter), "nan", llama_fp, "tiny-random-llama")
+        registry.transfer.import_peft(str(adapter), "nan", llama_fp, "tiny-random-llama")
 
 
 def test_a_version_replaced_at_rest_with_a_hostile_header_is_refused_at_load(registry: Registry, task: str,
                                                                              llama_fp) -> None:
-    registry.register(task, random_prompt(), llama_fp)
-    (Path(registry.version_uri(task, 1)) / "adapter_model.safetensors").write_bytes((2**40).to_bytes(8, "little"))
+    registry.versions.register(task, random_prompt(), llama_fp)
+    (Path(registry.versions.uri(task, 1)) / "adapter_model.safetensors").write_bytes((2**40).to_bytes(8, "little"))
     with pytest.raises(InvalidArtifactError, match="not a readable safetensors file"):
-        registry.load_prompt(task, 1)
+        registry.versions.load_prompt(task, 1)
     assert "not a readable safetensors file" in registry.verify()[0].problem

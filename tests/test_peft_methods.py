@@ -54,29 +54,29 @@ def registry(adapters: list[Adapter], tmp_path_factory) -> Registry:
     fp = fingerprint(load_model(BASE, dtype="float32"))
     for adapter in adapters:
         spec = TaskSpec(name=adapter.name, template=TEMPLATE, base_model=BASE, generation=GenerationParams(max_new_tokens=10))
-        registry.import_peft(str(adapter.folder), adapter.name, fp, BASE, spec=spec, task_id=adapter.task_id)
+        registry.transfer.import_peft(str(adapter.folder), adapter.name, fp, BASE, spec=spec, task_id=adapter.task_id)
         if adapter.name in CLASSIFIERS:
             spec = TaskSpec(name=f"{adapter.name}-cls", kind="classification", template="Review: {input}\nGood:",
                             labels=LABELS, base_model=BASE)
-            registry.import_peft(str(adapter.folder), spec.name, fp, BASE, spec=spec, task_id=adapter.task_id)
+            registry.transfer.import_peft(str(adapter.folder), spec.name, fp, BASE, spec=spec, task_id=adapter.task_id)
     return registry
 
 
 @pytest.fixture(scope="module")
 def engine(registry: Registry) -> Engine:
-    return Engine(EngineConfig(base_model=BASE, dtype="float32", max_batch_size=32, cpu_threads=2), registry)
+    return Engine(EngineConfig(base_model=BASE, dtype="float32", max_batch_size=32, cpu_threads=2), registry.versions)
 
 
 def reference(registry: Registry, adapter: Adapter, text: str, eos: tuple[int, ...]) -> list[int]:
     ids = load_tokenizer(BASE)(TEMPLATE.replace("{input}", text)).input_ids[:-1]  # ByT5 appends EOS
-    return peft_generate(BASE, registry.version_uri(adapter.name, 1), ids, 10, eos_ids=eos, task_id=adapter.task_id)
+    return peft_generate(BASE, registry.versions.uri(adapter.name, 1), ids, 10, eos_ids=eos, task_id=adapter.task_id)
 
 
 def test_the_registry_records_each_method_and_keeps_peft_files(registry: Registry, adapters: list[Adapter]) -> None:
     for adapter in adapters:
-        manifest = registry.get_version(adapter.name, 1)
+        manifest = registry.versions.get(adapter.name, 1)
         assert (manifest.method, manifest.task_id) == (adapter.method, adapter.task_id)
-        stored = Path(registry.version_uri(adapter.name, 1))
+        stored = Path(registry.versions.uri(adapter.name, 1))
         for name in ("adapter_config.json", "adapter_model.safetensors"):  # byte for byte as PEFT wrote them
             assert (stored / name).read_bytes() == (adapter.folder / name).read_bytes(), (adapter.name, name)
     assert all(r.ok for r in registry.verify())
@@ -84,7 +84,7 @@ def test_the_registry_records_each_method_and_keeps_peft_files(registry: Registr
 
 def test_one_mixed_batch_of_all_four_methods_equals_peft_row_by_row(registry, adapters, engine: Engine) -> None:
     rows = [(adapter, text) for text in INPUTS for adapter in adapters]  # interleaved: every batch is mixed
-    outputs = generate(engine, [GenerationRow(engine.prompt(registry.latest(a.name)), engine.encode(TEMPLATE.replace(
+    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.encode(TEMPLATE.replace(
         "{input}", text)), GenerationParams(max_new_tokens=10)) for a, text in rows])
     assert len({a.method for a, _ in rows}) == 4 and len(rows) == 16
     for (adapter, text), output in zip(rows, outputs):
@@ -97,11 +97,11 @@ def test_classification_labels_and_probabilities_equal_peft(registry, adapters, 
     named = {a.name: a for a in adapters}
     verbalizers = engine.verbalizers(LABELS)
     rows = [(named[name], text) for text in REVIEWS for name in CLASSIFIERS]
-    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.latest(f"{a.name}-cls")),
+    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.versions.latest(f"{a.name}-cls")),
                                                   engine.encode(f"Review: {text}\nGood:"), verbalizers) for a, text in rows])
     for (adapter, text), verdict in zip(rows, verdicts):
         ids = engine.encode(f"Review: {text}\nGood:")
-        last = peft_logprobs(BASE, registry.version_uri(f"{adapter.name}-cls", 1), ids, adapter.task_id)[-1]
+        last = peft_logprobs(BASE, registry.versions.uri(f"{adapter.name}-cls", 1), ids, adapter.task_id)[-1]
         scores = torch.tensor([float(last[v[0]]) for v in verbalizers.values()])
         expected = dict(zip(LABELS, torch.softmax(scores, 0).tolist()))
         assert verdict.label == max(expected, key=expected.get), (adapter.name, text)
@@ -109,12 +109,12 @@ def test_classification_labels_and_probabilities_equal_peft(registry, adapters, 
 
 
 def test_a_prefix_is_charged_its_real_bytes_and_needs_pinned_kv(registry, engine: Engine) -> None:
-    prefix = engine.prompt(registry.latest("prefix"))
+    prefix = engine.prompt(registry.versions.latest("prefix"))
     assert prefix.embeds is None and prefix.nbytes == 2 * 4 * 2 * 32 * 7 * 4  # K and V x layers x KV heads x dim x n x fp32
-    recomputing = Engine(EngineConfig(base_model=BASE, dtype="float32", pinned_kv=False), registry)
-    assert recomputing.prompt(registry.latest("ptune-mlp")).embeds is not None
+    recomputing = Engine(EngineConfig(base_model=BASE, dtype="float32", pinned_kv=False), registry.versions)
+    assert recomputing.prompt(registry.versions.latest("ptune-mlp")).embeds is not None
     with pytest.raises(IncompatiblePromptError, match="prefix-tuned prompt: it is served as pinned KV"):
-        recomputing.prompt(registry.latest("prefix"))
+        recomputing.prompt(registry.versions.latest("prefix"))
 
 
 def test_promptmux_generate_and_http_serve_every_method_alike(cli, registry, adapters, engine, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def _peft_logits(folder: str, task_id: int | None) -> torch.Tensor:
 def test_import_export_and_peft_load_give_bit_identical_logits(registry, adapters, tmp_path: Path) -> None:
     for adapter in adapters:
         exported = tmp_path / adapter.name
-        registry.export(adapter.name, 1, str(exported))
+        registry.transfer.export(adapter.name, 1, str(exported))
         assert torch.equal(_peft_logits(str(exported), adapter.task_id), _peft_logits(str(adapter.folder), adapter.task_id))
         assert json.loads((exported / "adapter_config.json").read_text())["peft_type"] == \
             json.loads((adapter.folder / "adapter_config.json").read_text())["peft_type"]
@@ -205,9 +205,9 @@ def test_hostile_artifacts_of_every_method_are_refused(adapters, tmp_path: Path)
     fp = fingerprint(load_model(BASE, dtype="float32"))
     for folder, extra, message in hostile_cases(adapters, tmp_path):
         with pytest.raises((InvalidArtifactError, IncompatiblePromptError)) as refused:
-            registry.import_peft(str(folder), "hostile", fp, BASE, **extra)
+            registry.transfer.import_peft(str(folder), "hostile", fp, BASE, **extra)
         assert message in str(refused.value), (folder.name, str(refused.value))
-    assert registry.list_tasks() == []
+    assert registry.tasks.names() == []
 
 
 def test_methods_that_are_not_prompt_learning_are_refused_in_one_line(cli, tmp_path: Path) -> None:
@@ -235,18 +235,18 @@ def test_promptmux_train_makes_every_method_and_serves_it_as_trained(cli, tmp_pa
                  "--target-field", "satisfied", "--base-model", BASE, "--epochs", "2", "--num-virtual-tokens", "6",
                  "--method", method, "--registry", registry.uri, "--output-dir", str(tmp_path / "run"), "--json")
     assert result.code == 0, result.err
-    manifest = registry.get_version("reviews", 1)
-    config = json.loads((Path(registry.version_uri("reviews", 1)) / "adapter_config.json").read_text())
+    manifest = registry.versions.get("reviews", 1)
+    config = json.loads((Path(registry.versions.uri("reviews", 1)) / "adapter_config.json").read_text())
     assert (manifest.method, manifest.init_method, config["peft_type"]) == (method.replace("-", "_").replace(
         "prefix", "prefix_tuning"), "random", peft_type)
     assert config["base_model_name_or_path"] == BASE and config["inference_mode"] is True
     assert 0 <= manifest.metrics["accuracy"] <= 1 and manifest.training["method"] == method
-    engine = Engine(EngineConfig(base_model=BASE, dtype="float32", cpu_threads=2), registry)
+    engine = Engine(EngineConfig(base_model=BASE, dtype="float32", cpu_threads=2), registry.versions)
     verbalizers = engine.verbalizers(LABELS)  # one byte each: scored at the input's last position
     for text in REVIEWS:
         ids = engine.encode(f"Review: {text}\nHappy?")
         (verdict,) = engine.classify([ClassificationRow(engine.prompt(manifest), ids, verbalizers)])
-        last = peft_logprobs(BASE, registry.version_uri("reviews", 1), ids)[-1]
+        last = peft_logprobs(BASE, registry.versions.uri("reviews", 1), ids)[-1]
         scores = torch.tensor([float(last[v[0]]) for v in verbalizers.values()])
         assert verdict.probabilities == pytest.approx(dict(zip(("0", "1"), torch.softmax(scores, 0).tolist())), abs=1e-5)
 
@@ -256,14 +256,14 @@ def test_in_bfloat16_every_method_stays_within_bfloat16s_own_rounding_of_peft(re
     in a different order (a mixed batch, pinned KV vs PEFT's own), differ by rounding: bound the
     engine's distance from PEFT in bf16 by PEFT's own bf16 distance from float32 on the same rows
     (a wrong layout or a lost prefix moves log-probabilities by whole nats, far past it)."""
-    engine = Engine(EngineConfig(base_model=BASE, dtype="bfloat16", cpu_threads=2), registry)
+    engine = Engine(EngineConfig(base_model=BASE, dtype="bfloat16", cpu_threads=2), registry.versions)
     texts = ["Act as a poet:", "the night sea", "Review: They lost the leash\nGood:"]
     rows = [(a, text) for text in texts for a in adapters]
-    batch = [Row(engine.prompt(registry.latest(a.name)), engine.encode(text)) for a, text in rows]
+    batch = [Row(engine.prompt(registry.versions.latest(a.name)), engine.encode(text)) for a, text in rows]
     mine = torch.log_softmax(engine.logits(batch, 1)[:, -1].float(), -1)
     to_peft, rounding = [], []
     for (adapter, text), logprobs in zip(rows, mine):
-        ids, folder = engine.encode(text), registry.version_uri(adapter.name, 1)
+        ids, folder = engine.encode(text), registry.versions.uri(adapter.name, 1)
         peft16 = peft_logprobs(BASE, folder, ids, adapter.task_id, dtype="bfloat16")[-1]
         exact = peft_logprobs(BASE, folder, ids, adapter.task_id)[-1]
         top = exact.topk(10).indices
@@ -274,11 +274,11 @@ def test_in_bfloat16_every_method_stays_within_bfloat16s_own_rounding_of_peft(re
     named = {a.name: a for a in adapters}
     reviews = [f"Review: {text}\nGood:" for text in REVIEWS + ["on time", "the cut was uneven", "friendly and fast"]]
     cases = [(named[name], text) for text in reviews for name in CLASSIFIERS]
-    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.latest(f"{a.name}-cls")), engine.encode(text),
+    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.versions.latest(f"{a.name}-cls")), engine.encode(text),
                                                   verbalizers) for a, text in cases])
     tie = 2 * max(rounding)  # two label scores each off by up to bf16's rounding: closer than this is a tie
     for (adapter, text), verdict in zip(cases, verdicts):
-        last = peft_logprobs(BASE, registry.version_uri(f"{adapter.name}-cls", 1), engine.encode(text), adapter.task_id,
+        last = peft_logprobs(BASE, registry.versions.uri(f"{adapter.name}-cls", 1), engine.encode(text), adapter.task_id,
                              dtype="bfloat16")[-1]
         peft_gap = float(last[verbalizers["1"][0]] - last[verbalizers["0"][0]])
         my_gap = math.log(verdict.probabilities["1"] / verdict.probabilities["0"])

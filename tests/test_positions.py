@@ -36,18 +36,18 @@ def gpt2_registry(tmp_path_factory) -> Registry:
     registry = Registry(str(tmp_path_factory.mktemp("positions") / "registry"))
     fp = fingerprint(load_model(GPT2, dtype="float32"))
     generator = torch.Generator().manual_seed(2)
-    registry.create_task(TaskSpec(name="act-as", template="Act as {input}:", base_model=GPT2,
+    registry.tasks.create(TaskSpec(name="act-as", template="Act as {input}:", base_model=GPT2,
                                   generation=GenerationParams(max_new_tokens=12)), fp)
-    registry.register("act-as", torch.randn(4, fp.hidden_size, generator=generator), fp)
-    registry.create_task(TaskSpec(name="grooming", kind="classification", template="{input}\nGood:",
+    registry.versions.register("act-as", torch.randn(4, fp.hidden_size, generator=generator), fp)
+    registry.tasks.create(TaskSpec(name="grooming", kind="classification", template="{input}\nGood:",
                                   labels={"0": "0", "1": "1"}, base_model=GPT2), fp)
-    registry.register("grooming", torch.randn(6, fp.hidden_size, generator=generator), fp)
+    registry.versions.register("grooming", torch.randn(6, fp.hidden_size, generator=generator), fp)
     return registry
 
 
 @pytest.fixture(scope="module")
 def engine(gpt2_registry: Registry) -> Engine:
-    return Engine(EngineConfig(base_model=GPT2, dtype="float32", max_batch_size=16), gpt2_registry)
+    return Engine(EngineConfig(base_model=GPT2, dtype="float32", max_batch_size=16), gpt2_registry.versions)
 
 
 def rows(engine: Engine, texts: list[str], new: int = 12) -> list[GenerationRow]:
@@ -98,7 +98,7 @@ def test_past_the_edge_the_engine_fails_only_the_overflowing_row(engine: Engine)
 def test_without_any_check_the_row_that_runs_off_the_table_fails_alone(gpt2_registry: Registry) -> None:
     """Both checks skipped: the overflowing row fails in the forward (as it did before the
     checks existed), the scheduler reruns the batch row by row, and only that row fails."""
-    unchecked = Engine(EngineConfig(base_model=GPT2, dtype="float32", max_batch_size=16), gpt2_registry)
+    unchecked = Engine(EngineConfig(base_model=GPT2, dtype="float32", max_batch_size=16), gpt2_registry.versions)
     clean = [output.token_ids for output in generate(unchecked, rows(unchecked, WORDS, new=40))]
     unchecked.max_positions = None  # the model still has 1,024 positions; only the engine no longer knows
     overflow = rows(unchecked, [LONG * 2])[0]  # 1,016 positions at prefill, past the table after 9 tokens

@@ -21,14 +21,14 @@ from promptmux.serving.runtime.settings import ServeSettings
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
     registry = fill_registry(tmp_path_factory.mktemp("cache"), "tiny-random-llama", extra_versions=3)
-    return Engine(EngineConfig(dtype="float32"), registry)
+    return Engine(EngineConfig(dtype="float32"), registry.versions)
 
 
 class CountedLoads:
-    """The registry's own `load_prompt`, counted, each call held until `release` is set."""
+    """The version store's own `load_prompt`, counted, each call held until `release` is set."""
 
     def __init__(self, registry: Registry) -> None:
-        self.real, self.calls, self.release = registry.load_prompt, 0, threading.Event()
+        self.real, self.calls, self.release = registry.versions.load_prompt, 0, threading.Event()
 
     def __call__(self, task: str, version: int):
         self.calls += 1
@@ -37,11 +37,11 @@ class CountedLoads:
 
 
 def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine: Engine, monkeypatch) -> None:
-    registry = engine.loader
+    registry = engine.loader.registry
     loads = CountedLoads(registry)
-    monkeypatch.setattr(registry, "load_prompt", loads)
-    cache = PromptCache(registry, 64 * MiB, engine.prompts.serving)
-    manifest = registry.latest("beta")
+    monkeypatch.setattr(registry.versions, "load_prompt", loads)
+    cache = PromptCache(registry.versions, 64 * MiB, engine.prompts.serving)
+    manifest = registry.versions.latest("beta")
     got: list = []
     threads = [threading.Thread(target=lambda: got.append(cache.get(manifest))) for _ in range(2)]
     threads[0].start()
@@ -69,27 +69,27 @@ def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine:
 def test_a_prompt_that_overflows_the_serving_dtype_is_refused(tmp_path: Path) -> None:
     registry = Registry(str(tmp_path / "registry"))
     fp = fingerprint(load_model("tiny-random-llama", dtype="float32"))
-    registry.create_task(TaskSpec(name="loud", base_model="tiny-random-llama"), fp)
+    registry.tasks.create(TaskSpec(name="loud", base_model="tiny-random-llama"), fp)
     tensor = torch.full((4, fp.hidden_size), 0.5)
     tensor[2, 7] = 1e6  # finite in float32, beyond float16's 65504
-    registry.register("loud", tensor, fp)
-    manifest = registry.latest("loud")
-    half = PromptCache(registry, 64 * MiB, ServingFormat(fp, torch.float16, torch.device("cpu")))
+    registry.versions.register("loud", tensor, fp)
+    manifest = registry.versions.latest("loud")
+    half = PromptCache(registry.versions, 64 * MiB, ServingFormat(fp, torch.float16, torch.device("cpu")))
     with pytest.raises(IncompatiblePromptError, match=r"loud@1 does not fit float16: values up to 1e\+06 overflow it"):
         half.get(manifest)
     assert half.stats().entries == 0 and half.stats().bytes == 0
-    full = PromptCache(registry, 64 * MiB, ServingFormat(fp, torch.float32, torch.device("cpu")))
+    full = PromptCache(registry.versions, 64 * MiB, ServingFormat(fp, torch.float32, torch.device("cpu")))
     assert float(full.get(manifest).embeds.max()) == 1e6  # the same file serves in float32
-    assert torch.equal(registry.load_prompt("loud", 1)[1].embeddings, tensor)  # and the registry is untouched
+    assert torch.equal(registry.versions.load_prompt("loud", 1)[1].embeddings, tensor)  # and the registry is untouched
 
 
 def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engine: Engine) -> None:
-    registry = engine.loader
+    registry = engine.loader.registry
     serving = engine.prompts.serving
-    manifests = [m for task in PROMPT_LENGTHS for m in registry.versions(task)]
-    unbounded = PromptCache(registry, 1 << 40, serving)
+    manifests = [m for task in PROMPT_LENGTHS for m in registry.versions.all(task)]
+    unbounded = PromptCache(registry.versions, 1 << 40, serving)
     largest = max(unbounded.get(manifest).nbytes for manifest in manifests)
-    cache = PromptCache(registry, int(largest * 2.5), serving)
+    cache = PromptCache(registry.versions, int(largest * 2.5), serving)
     for i in range(40):
         cache.get(manifests[(i * 7) % len(manifests)])
         stats = cache.stats()
@@ -98,11 +98,11 @@ def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engin
     assert cache.evictions > 0
     kv_bytes = serving.kv_bytes_per_token * PROMPT_LENGTHS["gamma"]
     assert kv_bytes > 0
-    tiny = PromptCache(registry, kv_bytes, serving)
+    tiny = PromptCache(registry.versions, kv_bytes, serving)
     with pytest.raises(IncompatiblePromptError, match=r"gamma@1 needs .* KiB with its KV; the whole prompt cache holds .* KiB"):
-        tiny.get(registry.get_version("gamma", 1))
+        tiny.get(registry.versions.get("gamma", 1))
     assert tiny.stats().entries == 0
-    assert tiny.get(registry.get_version("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
+    assert tiny.get(registry.versions.get("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
 
 
 def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_load(tmp_path: Path) -> None:
@@ -112,8 +112,8 @@ def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_loa
         callers: set[str] = set()
         service.engine.model.register_forward_pre_hook(lambda *_: callers.add(threading.current_thread().name))
         fp = service.engine.fingerprint
-        registry.register("grooming", torch.randn(6, fp.hidden_size), fp)  # a new version, found by the refresh
-        new = registry.latest("grooming")
+        registry.versions.register("grooming", torch.randn(6, fp.hidden_size), fp)  # a new version, found by the refresh
+        new = registry.versions.latest("grooming")
         wait_until(lambda: service.engine.prompts.resident(new) is not None, timeout=20)
         assert service.engine.prompts.resident(new).kv is None  # validated and loaded, not run
         assert callers == set()

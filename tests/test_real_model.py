@@ -57,14 +57,14 @@ def real_registry(tmp_path_factory) -> Registry:
     registry = Registry(str(tmp_path_factory.mktemp("real") / "registry"))
     for task, (kind, rows, init_text, _) in TASKS.items():
         labels = LABELS if kind == "classification" else {}
-        registry.create_task(TaskSpec(name=task, kind=kind, labels=labels, base_model=REAL_MODEL), fp)
-        registry.register(task, _text_prompt(model, tokenizer, init_text, rows), fp)
+        registry.tasks.create(TaskSpec(name=task, kind=kind, labels=labels, base_model=REAL_MODEL), fp)
+        registry.versions.register(task, _text_prompt(model, tokenizer, init_text, rows), fp)
     return registry
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["pinned-kv", "embedding"])
 def real_engine(request, real_registry: Registry) -> Engine:
-    engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", pinned_kv=request.param), real_registry)
+    engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", pinned_kv=request.param), real_registry.versions)
     assert engine.pinned_kv is request.param
     return engine
 
@@ -82,26 +82,26 @@ def test_real_model_is_a_real_llama_checkpoint(real_registry: Registry) -> None:
 
 
 def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine) -> None:
-    engine, registry = real_engine, real_engine.loader
+    engine, registry = real_engine, real_engine.loader.registry
     generation = [(task, text) for task, (kind, *_, inputs) in TASKS.items() if kind == "generation" for text in inputs]
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.5)
     outputs = generate(engine, [
-        GenerationRow(engine.prompt(registry.latest(task)), engine.encode(text), params) for task, text in generation
+        GenerationRow(engine.prompt(registry.versions.latest(task)), engine.encode(text), params) for task, text in generation
     ])
     for (task, text), output in zip(generation, outputs):
         ids = engine.encode(text)
-        expected = peft_generate(REAL_MODEL, registry.version_uri(task, 1), ids, 12, 1.5, tuple(engine.eos_ids))
+        expected = peft_generate(REAL_MODEL, registry.versions.uri(task, 1), ids, 12, 1.5, tuple(engine.eos_ids))
         assert output.token_ids == expected, (task, text)
         assert output.text.strip(), "real weights give real text"
 
     reviews = TASKS["dog-grooming"][3]
     verdicts = engine.classify([
-        ClassificationRow(engine.prompt(registry.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
+        ClassificationRow(engine.prompt(registry.versions.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
         for text in reviews
     ])
     for text, verdict in zip(reviews, verdicts):
         ids = engine.encode(text)
-        last = peft_logprobs(REAL_MODEL, registry.version_uri("dog-grooming", 1), ids)[-1]
+        last = peft_logprobs(REAL_MODEL, registry.versions.uri("dog-grooming", 1), ids)[-1]
         scores = {label: float(last[engine.tokenizer(word, add_special_tokens=False).input_ids[0]])
                   for label, word in LABELS.items()}
         assert verdict.label == max(scores, key=scores.get), text
@@ -118,17 +118,17 @@ def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Pa
     registry = Registry(str(tmp_path / "registry"))
     adapters = make_adapters(REAL_MODEL, tmp_path / "adapters")  # two of each method
     for adapter in adapters:
-        registry.import_peft(str(adapter.folder), adapter.name, fingerprint(model), REAL_MODEL, task_id=adapter.task_id,
+        registry.transfer.import_peft(str(adapter.folder), adapter.name, fingerprint(model), REAL_MODEL, task_id=adapter.task_id,
                              spec=TaskSpec(name=adapter.name, base_model=REAL_MODEL))
-    engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", cpu_threads=2), registry)
+    engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", cpu_threads=2), registry.versions)
     rows = [(adapter, text) for text in ("a travel guide", "the sea") for adapter in adapters]
-    outputs = generate(engine, [GenerationRow(engine.prompt(registry.latest(a.name)), engine.encode(text),
+    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.encode(text),
                                               GenerationParams(max_new_tokens=8)) for a, text in rows])
     for (adapter, text), output in zip(rows, outputs):
-        expected = peft_generate(REAL_MODEL, registry.version_uri(adapter.name, 1), engine.encode(text), 8,
+        expected = peft_generate(REAL_MODEL, registry.versions.uri(adapter.name, 1), engine.encode(text), 8,
                                  eos_ids=tuple(engine.eos_ids), task_id=adapter.task_id)
         assert output.token_ids == expected, (adapter.name, text)
-    assert engine.prompt(registry.latest("prefix")).kv[0][0].shape[0] == 3  # SmolLM2's KV heads
+    assert engine.prompt(registry.versions.latest("prefix")).kv[0][0].shape[0] == 3  # SmolLM2's KV heads
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def unreadable(url: str, task: str) -> float | None:
 @pytest.mark.parametrize("broken", BROKEN)
 def test_a_broken_file_freezes_only_its_task(tmp_path, broken: str) -> None:
     registry = build_registry(tmp_path / "registry")
-    registry.set_alias("act-as", "production", 2)
+    registry.aliases.set("act-as", "production", 2)
     # files broken and mended at rest leave no change-feed entry: the full scan finds them
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, full_scan_interval_s=0.5,
                              engine=EngineConfig(base_model=BASE))
@@ -40,7 +40,7 @@ def test_a_broken_file_freezes_only_its_task(tmp_path, broken: str) -> None:
         broken_file = tmp_path / "registry" / "tasks" / "act-as" / broken
         good = broken_file.read_bytes() if broken_file.exists() else None
         broken_file.write_text('{"version": 1, "upda')  # truncated
-        registry.set_alias("grooming", "production", 1)
+        registry.aliases.set("grooming", "production", 1)
         wait_until(lambda: served_version(url, "grooming") == 1, timeout=10, interval=0.2)
         wait_until(lambda: unreadable(url, "act-as") == 1.0, timeout=10, interval=0.2)
         assert unreadable(url, "grooming") == 0.0
@@ -50,7 +50,7 @@ def test_a_broken_file_freezes_only_its_task(tmp_path, broken: str) -> None:
             broken_file.unlink()
         else:
             broken_file.write_bytes(good)
-        registry.set_alias("act-as", "production", 3)
+        registry.aliases.set("act-as", "production", 3)
         wait_until(lambda: unreadable(url, "act-as") == 0.0, timeout=10, interval=0.2)
         wait_until(lambda: served_version(url, "act-as") == 3, timeout=10, interval=0.2)
 
@@ -71,7 +71,7 @@ def test_cli_messages_name_the_broken_file(cli, tmp_path) -> None:
     rollout = tmp_path / "registry" / "tasks" / "act-as" / "rollout.json"
     rollout.write_text('{"variants": [')
     with pytest.raises(CorruptFileError, match="act-as/rollout.json is corrupt"):
-        registry.rollout("act-as")
+        registry.rollouts.get("act-as")
     for args in (("registry", "list"), ("registry", "show", "act-as"), ("registry", "rollout", "act-as")):
         result = cli(*args, "--registry", registry.uri)
         assert result.code == 1 and f"{rollout} is corrupt" in " ".join(result.err.split()), args
@@ -81,7 +81,7 @@ def test_cli_messages_name_the_broken_file(cli, tmp_path) -> None:
     cleared = cli("registry", "rollout", "act-as", "--clear", "--registry", registry.uri)
     assert cleared.code == 0 and not rollout.exists()
     assert cli("registry", "verify", "--registry", registry.uri).code == 0
-    assert Registry(registry.uri).show("act-as").rollout is None
+    assert Registry(registry.uri).tasks.view("act-as").rollout is None
 
 
 def gauge(url: str, name: str, labels: str) -> float | None:
@@ -97,7 +97,7 @@ def classify(url: str, **extra) -> httpx.Response:
 
 def test_a_corrupt_production_version_is_refused_loudly_never_rerouted_and_retried_once_restored(tmp_path) -> None:
     registry = build_registry(tmp_path / "registry")
-    registry.set_alias("grooming", "production", 1)
+    registry.aliases.set("grooming", "production", 1)
     tensor = tmp_path / "registry" / "tasks" / "grooming" / "versions" / "1" / "adapter_model.safetensors"
     good = tensor.read_bytes()
     tensor.write_bytes(bytes(range(256)) * 8)
@@ -120,27 +120,27 @@ def test_a_corrupt_production_version_is_refused_loudly_never_rerouted_and_retri
 
 def test_an_alias_moved_onto_a_corrupt_version_falls_back_to_its_previous_version_and_says_so(tmp_path) -> None:
     registry = build_registry(tmp_path / "registry")
-    registry.set_alias("grooming", "production", 2)
+    registry.aliases.set("grooming", "production", 2)
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, retry_rejected_s=60,
                              engine=EngineConfig(base_model=BASE))
     with serve_locally(settings) as (url, _):
         assert classify(url).json()["outputs"][0]["version"] == 2
         tensor = tmp_path / "registry" / "tasks" / "grooming" / "versions" / "1" / "adapter_model.safetensors"
         tensor.write_bytes(bytes(range(256)) * 8)
-        registry.set_alias("grooming", "production", 1)
+        registry.aliases.set("grooming", "production", 1)
         wait_until(lambda: gauge(url, "promptmux_broken_alias", 'alias="production",task="grooming"') == 1.0,
                    timeout=10, interval=0.2)
         served = classify(url).json()["outputs"][0]
         assert (served["version"], served["variant"]) == (2, "production-fallback")
-        assert Registry(registry.uri).alias_records("grooming")["production"].previous == 2
+        assert Registry(registry.uri).aliases.records("grooming")["production"].previous == 2
 
 
 def test_an_alias_records_the_version_it_pointed_at_before_its_last_move(tmp_path) -> None:
     registry = build_registry(tmp_path / "registry")
     moves = [(1, None), (2, 1), (2, 1), (3, 2), (1, 3)]
     for version, previous in moves:
-        registry.set_alias("act-as", "production", version)
-        record = registry.alias_records("act-as")["production"]
+        registry.aliases.set("act-as", "production", version)
+        record = registry.aliases.records("act-as")["production"]
         assert (record.version, record.previous) == (version, previous)
 
 
@@ -148,8 +148,8 @@ def test_a_rollout_variant_on_a_corrupt_version_falls_back_declared_and_the_othe
     tmp_path,
 ) -> None:
     registry = build_registry(tmp_path / "registry")
-    registry.set_alias("act-as", "production", 1)
-    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=2, weight=50),
+    registry.aliases.set("act-as", "production", 1)
+    registry.rollouts.set("act-as", RolloutSpec(variants=[RolloutVariant(version=2, weight=50),
                                                          RolloutVariant(version=3, weight=50)]))
     tensor = tmp_path / "registry" / "tasks" / "act-as" / "versions" / "3" / "adapter_model.safetensors"
     good = tensor.read_bytes()

@@ -27,9 +27,9 @@ def s3_registry(s3_bucket: str) -> Registry:
 def test_a_task_lives_its_whole_life_on_s3_through_the_cli(s3_registry: Registry, s3_bucket: str, llama_fp, cli,
                                                             tmp_path) -> None:
     uri = s3_registry.uri
-    s3_registry.create_task(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
+    s3_registry.tasks.create(TaskSpec(name="sentiment", base_model="tiny-random-llama"), llama_fp)
     for seed in range(3):
-        s3_registry.register("sentiment", random_prompt(cols=llama_fp.hidden_size, seed=seed), llama_fp)
+        s3_registry.versions.register("sentiment", random_prompt(cols=llama_fp.hidden_size, seed=seed), llama_fp)
 
     assert cli("registry", "alias", "sentiment", "production", "2", "--registry", uri).code == 0
     assert cli("registry", "rollout", "sentiment", "2=90", "3=10", "--registry", uri).code == 0
@@ -47,7 +47,7 @@ def test_a_task_lives_its_whole_life_on_s3_through_the_cli(s3_registry: Registry
     imported = cli("registry", "import", exported, "--task", "copy", "--registry", uri, "--json")
     assert imported.code == 0, imported.err
     assert json.loads(imported.out)["version"] == 1
-    assert torch.equal(s3_registry.load_prompt("copy", 1)[1].embeddings, s3_registry.load_prompt("sentiment", 3)[1].embeddings)
+    assert torch.equal(s3_registry.versions.load_prompt("copy", 1)[1].embeddings, s3_registry.versions.load_prompt("sentiment", 3)[1].embeddings)
     local = tmp_path / "local-export"
     assert cli("registry", "export", "copy", "1", str(local), "--registry", uri).code == 0
     assert (local / "adapter_model.safetensors").is_file()
@@ -68,14 +68,14 @@ WRITER = textwrap.dedent("""
     registry = Registry(uri)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(25):
-        print(registry.register("shared", torch.randn(4, fingerprint.hidden_size, generator=generator),
+        print(registry.versions.register("shared", torch.randn(4, fingerprint.hidden_size, generator=generator),
                                 fingerprint).version, flush=True)
 """)
 
 
 def test_four_processes_registering_one_task_on_s3_get_100_distinct_versions(
         s3_registry: Registry, llama_fp: BaseModelFingerprint) -> None:
-    s3_registry.create_task(TaskSpec(name="shared", base_model="tiny-random-llama"), llama_fp)
+    s3_registry.tasks.create(TaskSpec(name="shared", base_model="tiny-random-llama"), llama_fp)
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, s3_registry.uri, llama_fp.model_dump_json(), str(seed)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
     claimed = []
@@ -84,10 +84,10 @@ def test_four_processes_registering_one_task_on_s3_get_100_distinct_versions(
         assert writer.returncode == 0, err
         claimed += [int(line) for line in out.split()]
     assert sorted(claimed) == list(range(1, 101))
-    assert s3_registry.version_numbers("shared") == list(range(1, 101))
+    assert s3_registry.versions.numbers("shared") == list(range(1, 101))
     results = s3_registry.verify("shared")
     assert len(results) == 100 and all(result.ok for result in results), [r for r in results if not r.ok][:3]
-    digests = {s3_registry.get_version("shared", number).sha256 for number in range(1, 101)}
+    digests = {s3_registry.versions.get("shared", number).sha256 for number in range(1, 101)}
     assert len(digests) == 100  # no version was overwritten by another writer's prompt
 
 

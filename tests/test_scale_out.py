@@ -41,7 +41,7 @@ def seconds_until_every_replica_serves(url: str, registry: Registry, version: in
     """Move `production` of act-as to `version`; seconds until a burst reaches both replicas and
     every answer comes from that version (at most MOVE_DEADLINE_S, or TimeoutError)."""
     wait_until(lambda: len(served_by(url)) == 2, timeout=60, interval=0.5)
-    registry.set_alias("act-as", "production", version)
+    registry.aliases.set("act-as", "production", version)
     moved = time.monotonic()
     wait_until(lambda: (lambda seen: len(seen) == 2 and all(v == {version} for v in seen.values()))(served_by(url)),
                timeout=MOVE_DEADLINE_S, interval=0.1)

@@ -21,7 +21,7 @@ WORDS = ["dog", "groomer", "gentle", "rude", "great", "price", "logistician", "p
 @pytest.fixture(scope="module", params=[True, False], ids=["pinned-kv", "embedding"])
 def engine(request, tmp_path_factory) -> Engine:
     registry = fill_registry(tmp_path_factory.mktemp("sched"), "tiny-random-llama")
-    return Engine(EngineConfig(dtype="float32", pinned_kv=request.param, max_batch_size=4), registry)
+    return Engine(EngineConfig(dtype="float32", pinned_kv=request.param, max_batch_size=4), registry.versions)
 
 
 def random_rows(engine: Engine, rng: random.Random, count: int) -> list[GenerationRow]:

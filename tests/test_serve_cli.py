@@ -65,7 +65,7 @@ def serves_as_a_user_expects(url: str, registry: Registry) -> None:
     for variant in variants:
         assert f'variant="{variant}"' in metrics
     assert 'task="summarize"' in metrics
-    registry.set_alias("summarize", "production", 1)  # served within 5 s, or wait_until raises
+    registry.aliases.set("summarize", "production", 1)  # served within 5 s, or wait_until raises
     wait_until(lambda: client.completions.create(model="summarize", prompt="a day", max_tokens=1)
                .model_extra["promptmux"]["variant"] == "production", timeout=5, interval=0.2)
 
@@ -92,11 +92,11 @@ async def drain(url: str, process) -> tuple[list[dict], list[dict], list[httpx.R
 
 def test_promptmux_serve_serves_then_drains_on_sigterm_and_leaves_nothing_behind(tmp_path: Path) -> None:
     registry = build_registry(tmp_path / "registry")
-    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
+    registry.rollouts.set("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
                                                          RolloutVariant(version=2, weight=50)]))
-    fp = registry.get_task("grooming").base_fingerprint
-    registry.create_task(TaskSpec(name="by-path", base_model=resolve_model_path(BASE)), fp)
-    registry.register("by-path", torch.randn(3, fp.hidden_size), fp)
+    fp = registry.tasks.get("grooming").base_fingerprint
+    registry.tasks.create(TaskSpec(name="by-path", base_model=resolve_model_path(BASE)), fp)
+    registry.versions.register("by-path", torch.randn(3, fp.hidden_size), fp)
     for name in ("serving", "tasks"):  # the README's ./registry beside folders named as the packages
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("raise ImportError('the working directory shadowed promptmux')")

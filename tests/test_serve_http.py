@@ -59,7 +59,7 @@ def served(tmp_path_factory) -> tuple[str, Registry]:
 
 @pytest.fixture(scope="module")
 def reference(served) -> Engine:
-    return Engine(EngineConfig(base_model=BASE, dtype="float32"), served[1])
+    return Engine(EngineConfig(base_model=BASE, dtype="float32"), served[1].versions)
 
 
 def post(url: str, path: str, body: dict) -> httpx.Response:
@@ -85,8 +85,8 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
     for (path, body), response in zip(requests, responses):
         output = response.json()["outputs"][0]
         assert output["task"] == body["task"]
-        entry = registry.get_task(body["task"]).spec
-        manifest = registry.get_version(body["task"], output["version"])
+        entry = registry.tasks.get(body["task"]).spec
+        manifest = registry.versions.get(body["task"], output["version"])
         ids = reference.encode(entry.render(body["input"]))
         if path == "/v1/generate":
             expected = generate(reference, [GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
@@ -106,9 +106,9 @@ def _wait_for_route(url: str, task: str, key: str, expected) -> None:
 
 def test_sticky_rollout_split_and_proportions(served) -> None:
     url, registry = served
-    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
+    registry.rollouts.set("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=50),
                                                          RolloutVariant(version=2, weight=50)]))
-    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollout("act-as").model_dump_json()))
+    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollouts.get("act-as").model_dump_json()))
     requests = [("/v1/generate", {"task": "act-as", "input": "hi", "routing_key": f"user-{k}",
                                   "params": {"max_new_tokens": 1}}) for k in range(400)]
     seen: dict[str, set] = collections.defaultdict(set)
@@ -123,23 +123,23 @@ def test_sticky_rollout_split_and_proportions(served) -> None:
     assert 0.40 <= share <= 0.60
     assert any(len(replicas) == 2 for replicas in replicas_per_key.values()), "keys crossed replicas and kept variants"
 
-    registry.set_rollout("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=90),
+    registry.rollouts.set("act-as", RolloutSpec(variants=[RolloutVariant(version=1, weight=90),
                                                          RolloutVariant(version=3, weight=10)]))
-    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollout("act-as").model_dump_json()))
+    _wait_for_route(url, "act-as", "rollout", json.loads(registry.rollouts.get("act-as").model_dump_json()))
     unkeyed = [("/v1/generate", {"task": "act-as", "input": "hi", "params": {"max_new_tokens": 1}})] * 300
     variants = collections.Counter(r.json()["outputs"][0]["variant"] for r in asyncio.run(burst(url, unkeyed)))
     assert set(variants) == {"v1", "v3"} and 10 <= variants["v3"] <= 55
-    registry.clear_rollout("act-as")
+    registry.rollouts.clear("act-as")
     _wait_for_route(url, "act-as", "rollout", None)
 
 
 def test_live_promote_and_rollback_while_requests_flow(served) -> None:
     url, registry = served
-    registry.set_alias("summarize", "production", 1)
+    registry.aliases.set("summarize", "production", 1)
     body = {"task": "summarize", "input": "the day", "params": {"max_new_tokens": 2}}
     wait_until(lambda: post(url, "/v1/generate", body).json()["outputs"][0]["variant"] == "production", timeout=20)
-    fp = registry.get_task("summarize").base_fingerprint
-    new = registry.register("summarize", registry.load_prompt("summarize", 1)[1].embeddings * 0.5, fp, parent_version=1)
+    fp = registry.tasks.get("summarize").base_fingerprint
+    new = registry.versions.register("summarize", registry.versions.load_prompt("summarize", 1)[1].embeddings * 0.5, fp, parent_version=1)
     stop, observed = time.monotonic() + 60, []
 
     async def flow(until_version: int) -> float:
@@ -154,25 +154,25 @@ def test_live_promote_and_rollback_while_requests_flow(served) -> None:
                     return time.monotonic() - start
         raise AssertionError("the alias move never reached the deployment")
 
-    registry.set_alias("summarize", "production", new.version)
+    registry.aliases.set("summarize", "production", new.version)
     assert asyncio.run(flow(new.version)) < 5.0
-    registry.set_alias("summarize", "production", 1)
+    registry.aliases.set("summarize", "production", 1)
     assert asyncio.run(flow(1)) < 5.0
-    registry.delete_alias("summarize", "production")
+    registry.aliases.delete("summarize", "production")
 
 
 def test_corrupt_new_version_is_refused_and_traffic_stays(served) -> None:
     url, registry = served
-    registry.set_alias("grooming", "production", 2)
+    registry.aliases.set("grooming", "production", 2)
     body = {"task": "grooming", "input": "Lovely", "routing_key": "k"}
     wait_until(lambda: post(url, "/v1/classify", body).json()["outputs"][0]["version"] == 2, timeout=20)
-    fp = registry.get_task("grooming").base_fingerprint
-    bad = registry.register("grooming", registry.load_prompt("grooming", 2)[1].embeddings + 1, fp)
-    tensor_file = Path(registry.version_uri("grooming", bad.version)) / "adapter_model.safetensors"
+    fp = registry.tasks.get("grooming").base_fingerprint
+    bad = registry.versions.register("grooming", registry.versions.load_prompt("grooming", 2)[1].embeddings + 1, fp)
+    tensor_file = Path(registry.versions.uri("grooming", bad.version)) / "adapter_model.safetensors"
     data = bytearray(tensor_file.read_bytes())
     data[-3] ^= 0xFF
     tensor_file.write_bytes(bytes(data))
-    registry.set_alias("grooming", "production", bad.version)
+    registry.aliases.set("grooming", "production", bad.version)
     wait_until(lambda: f"grooming@{bad.version}" in httpx.get(f"{url}/v1/tasks/grooming").json()["rejected"], timeout=20)
     for _ in range(10):
         response = post(url, "/v1/classify", body)
@@ -207,24 +207,24 @@ def test_openai_client_plain_and_streaming(served) -> None:
 
 def test_models_lists_only_what_is_servable_and_follows_archive_unarchive_and_delete(served) -> None:
     url, registry = served
-    fp = registry.get_task("act-as").base_fingerprint
-    registry.create_task(TaskSpec(name="retiring", base_model=BASE), fp)
-    registry.register("retiring", torch.randn(3, fp.hidden_size), fp)
-    registry.set_alias("retiring", "canary", 1)
+    fp = registry.tasks.get("act-as").base_fingerprint
+    registry.tasks.create(TaskSpec(name="retiring", base_model=BASE), fp)
+    registry.versions.register("retiring", torch.randn(3, fp.hidden_size), fp)
+    registry.aliases.set("retiring", "canary", 1)
 
     def everywhere(expected: set[str]) -> bool:  # what every replica lists (requests spread over both)
         return all({m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]
                     if m["id"].startswith("retiring")} == expected for _ in range(6))
 
     wait_until(lambda: everywhere({"retiring", "retiring:canary"}), timeout=15)
-    registry.delete_alias("retiring", "canary")
-    registry.archive("retiring", 1)  # its only version: nothing of it can be served
+    registry.aliases.delete("retiring", "canary")
+    registry.versions.archive("retiring", 1)  # its only version: nothing of it can be served
     wait_until(lambda: everywhere(set()), timeout=15)
     refused = post(url, "/v1/generate", {"task": "retiring", "input": "x"})
     assert refused.status_code == 404 and "no servable version" in refused.text
-    registry.unarchive("retiring", 1)
+    registry.versions.unarchive("retiring", 1)
     wait_until(lambda: everywhere({"retiring"}), timeout=15)
-    registry.delete_task("retiring")
+    registry.tasks.delete("retiring")
     wait_until(lambda: everywhere(set()), timeout=15)
     for _ in range(4):
         gone = post(url, "/v1/generate", {"task": "retiring", "input": "x"})
@@ -545,11 +545,11 @@ def test_the_proxy_answers_a_request_whose_replica_dies_with_a_json_error(served
 def ab_task(registry: Registry, name: str) -> None:
     """A classification task with two versions and `production` on the first."""
     fp = fingerprint(load_model(BASE, dtype="float32"))
-    registry.create_task(TaskSpec(name=name, kind="classification", template="Review: {input}\nGood:",
+    registry.tasks.create(TaskSpec(name=name, kind="classification", template="Review: {input}\nGood:",
                                   labels={"0": "0", "1": "1"}, base_model=BASE), fp)
     for seed in (5, 6):
-        registry.register(name, torch.randn(5, fp.hidden_size, generator=torch.Generator().manual_seed(seed)), fp)
-    registry.set_alias(name, "production", 1)
+        registry.versions.register(name, torch.randn(5, fp.hidden_size, generator=torch.Generator().manual_seed(seed)), fp)
+    registry.aliases.set(name, "production", 1)
 
 
 def on_both_replicas(url: str, task: str, check) -> bool:
@@ -590,16 +590,16 @@ def test_the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one(
     url, registry = served
     ab_task(registry, name)
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=30, interval=0.2)
-    registry.set_auto_rollout(name, RolloutPolicy(control=1, candidate=2, steps=[25, 50], min_samples_per_step=20))
+    registry.rollouts.start(name, RolloutPolicy(control=1, candidate=2, steps=[25, 50], min_samples_per_step=20))
     served_by = asyncio.run(traffic_with_feedback(url, name, right, seed=winner,
-                                                  until=lambda: registry.auto_rollout(name) is None))
-    assert registry.aliases(name)["production"] == winner and registry.rollout(name) is None
+                                                  until=lambda: registry.rollouts.policy(name) is None))
+    assert registry.aliases.of(name)["production"] == winner and registry.rollouts.get(name) is None
     assert served_by.get("candidate", 0) > 0 and served_by.get("control", 0) > 0
     history = registry.history(name)
     decided = [c for c in history if c.actor == "controller" and c.action in ("promote", "rollback")]
     assert [c.action for c in decided] == [decision]
     assert decided[0].stats["control"]["outcomes"] >= 30 and decided[0].stats["p_value"] <= 0.05
-    served_windows = {registry.read_served(name, f).replica for f in registry.outcome_files(name, "serving")}
+    served_windows = {registry.outcomes.read_served(name, f).replica for f in registry.outcomes.names(name, "serving")}
     assert len(served_windows) == 2  # both replicas reported what they served, for the guard rails
     assert decided[0].stats["candidate"]["requests"] > 0 and decided[0].stats["candidate"]["error_rate"] == 0
     moved = ("controller", "alias") in [(c.actor, c.action) for c in history]
@@ -639,10 +639,10 @@ def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decis
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=30, interval=0.2)
     undecided = SequentialTest(min_samples=10_000, max_samples=20_000)
     policy = RolloutPolicy(control=1, candidate=2, steps=[50], test=undecided)
-    registry.set_auto_rollout(name, policy)
+    registry.rollouts.start(name, policy)
     experimental = lambda r: r.json()["outputs"][0]["variant"] in ("control", "candidate")
     wait_until(lambda: on_both_replicas(url, name, experimental), timeout=30, interval=0.2)  # only these outcomes count
-    ghost = FeedbackIds(registry.feedback_key()).issue("no-such-task", 1, "v1")
+    ghost = FeedbackIds(registry.outcomes.feedback_key()).issue("no-such-task", 1, "v1")
     response = post(url, "/v1/feedback", {"id": ghost, "score": 1.0})
     assert response.status_code == 404 and "unknown task 'no-such-task'" in response.json()["error"]["message"]
 
@@ -661,8 +661,8 @@ def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decis
     acknowledged = asyncio.run(feedback())
     assert all(counted for counted, _ in acknowledged) and len({replica for _, replica in acknowledged}) == 2
     os.kill(int(acknowledged[0][1].rsplit(":", 1)[1]), signal.SIGKILL)  # a replica that acknowledged feedback
-    registry.set_auto_rollout(name, policy.model_copy(update={"test": SequentialTest()}))  # now allowed to decide
-    wait_until(lambda: registry.auto_rollout(name) is None, timeout=30, interval=0.2)
+    registry.rollouts.start(name, policy.model_copy(update={"test": SequentialTest()}))  # now allowed to decide
+    wait_until(lambda: registry.rollouts.policy(name) is None, timeout=30, interval=0.2)
     decision = next(c for c in registry.history(name) if c.action in ("promote", "rollback"))
     assert decision.action == "promote"
     assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)

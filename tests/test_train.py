@@ -33,7 +33,7 @@ def test_classification_training_compares_tuned_and_base(cli, tmp_path: Path) ->
                  "--registry", str(registry), "--output-dir", str(tmp_path / "run"), "--json", "--alias", "staging")
     assert result.code == 0, result.err
     summary = json.loads(result.out)
-    manifest = Registry(str(registry)).get_version("dog-grooming", summary["version"])
+    manifest = Registry(str(registry)).versions.get("dog-grooming", summary["version"])
     for side in ("tuned", "base_model"):
         report = manifest.metrics[side]
         assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
@@ -50,7 +50,7 @@ def test_classification_training_compares_tuned_and_base(cli, tmp_path: Path) ->
     assert manifest.metrics["train_examples"] == 318 and manifest.metrics["validation_examples"] == 35
     assert len(curve["train_loss"]) == 40 and curve["eval_step"][0] == 0 and len(curve["eval_loss"]) >= 2
     assert manifest.metrics["best_validation_loss"] == min(curve["eval_loss"])
-    assert Registry(str(registry)).aliases("dog-grooming") == {"staging": summary["version"]}
+    assert Registry(str(registry)).aliases.of("dog-grooming") == {"staging": summary["version"]}
 
 
 def test_generation_example_reports_loss_and_perplexity_before_and_after(cli, tmp_path: Path) -> None:
@@ -61,14 +61,14 @@ def test_generation_example_reports_loss_and_perplexity_before_and_after(cli, tm
             "--max-output-tokens", "48", "--registry", registry.uri, "--output-dir", str(tmp_path / "run"), "--json")
     first = cli(*args)
     assert first.code == 0, first.err
-    metrics = registry.get_version("act-as", 1).metrics
+    metrics = registry.versions.get("act-as", 1).metrics
     for stage in ("before", "after"):
         assert metrics[f"perplexity_{stage}"] == pytest.approx(2.718281828 ** metrics[f"eval_loss_{stage}"], rel=1e-6)
         assert len(metrics[f"samples_{stage}"]) == 3 and metrics["eval_examples"] == 10
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     second = cli(*args)
     assert second.code == 0, second.err
-    assert registry.get_version("act-as", 2).parent_version == 1
+    assert registry.versions.get("act-as", 2).parent_version == 1
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_failing_runs_leave_the_registry_untouched(cli, tmp_path: Path, extra: t
                  str(DOG / "dog_grooming_reviews_test_data.json"), "--epochs", "1", "--registry", registry.uri,
                  "--output-dir", str(tmp_path / "run"), *extra)
     assert result.code == 1 and message in result.err and "Traceback" not in result.err
-    assert registry.list_tasks() == []
+    assert registry.tasks.names() == []
 
 
 def test_data_formats(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_spec_training_section_sets_the_run_and_flags_override_it(cli, tmp_path:
     result = cli("train", "--spec", str(spec), "--data", str(DOG / "dog_grooming_reviews_test_data.json"),
                  "--lr", "0.02", "--registry", registry.uri, "--output-dir", str(tmp_path / "run"))
     assert result.code == 0, result.err
-    manifest = registry.get_version("grooming", 1)
+    manifest = registry.versions.get("grooming", 1)
     assert manifest.num_virtual_tokens == 5
     assert (manifest.training["epochs"], manifest.training["lr"], manifest.training["batch_size"]) == (1, 0.02, 16)
     for shown in ("tuned prompt", "untuned base model", "confusion matrix", "best checkpoint at step"):
@@ -138,7 +138,7 @@ def test_spec_training_section_sets_the_run_and_flags_override_it(cli, tmp_path:
     typo = cli("train", "--spec", str(spec), "--data", str(DOG / "dog_grooming_reviews_test_data.json"),
                "--registry", registry.uri, "--output-dir", str(tmp_path / "run2"))
     assert typo.code == 1 and "learning_rate" in typo.err and "Traceback" not in typo.err
-    assert len(registry.versions("grooming")) == 1
+    assert len(registry.versions.all("grooming")) == 1
 
 
 def test_early_stopping_registers_the_best_checkpoint_not_the_last(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_early_stopping_registers_the_best_checkpoint_not_the_last(tmp_path: Pat
 
     _, validation = split(train, config.validation_fraction, config.seed)
     model = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"),
-                                      registry.version_uri("grooming", result.manifest.version)).eval()
+                                      registry.versions.uri("grooming", result.manifest.version)).eval()
     encoder = TaskEncoder(spec, load_tokenizer("tiny-random-llama"), config.max_input_tokens, config.max_output_tokens)
     assert Evaluator(model, encoder, "", 8).eval_loss(validation) == pytest.approx(best, rel=1e-4)
 

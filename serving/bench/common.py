@@ -25,9 +25,9 @@ def bench_registry(
     fp = fingerprint(load_model(base_model, dtype="float32"))
     generator = torch.Generator().manual_seed(0)
     for name, lengths in prompt_lengths.items():
-        registry.create_task(TaskSpec(name=name, base_model=base_model, generation=generation or GenerationParams()), fp)
+        registry.tasks.create(TaskSpec(name=name, base_model=base_model, generation=generation or GenerationParams()), fp)
         for length in lengths:
-            registry.register(name, torch.randn(length, fp.hidden_size, generator=generator) * 0.5, fp)
+            registry.versions.register(name, torch.randn(length, fp.hidden_size, generator=generator) * 0.5, fp)
     return registry
 
 
@@ -38,8 +38,8 @@ def methods_registry(base_model: str, virtual_tokens: int) -> Registry:
     fp = fingerprint(load_model(base_model, dtype="float32"))
     generator = torch.Generator().manual_seed(1)
     for method in METHODS:
-        registry.create_task(TaskSpec(name=method.replace("_", "-"), base_model=base_model), fp)
-        registry.register(method.replace("_", "-"), random_prompt(method, fp, virtual_tokens, generator), fp)
+        registry.tasks.create(TaskSpec(name=method.replace("_", "-"), base_model=base_model), fp)
+        registry.versions.register(method.replace("_", "-"), random_prompt(method, fp, virtual_tokens, generator), fp)
     return registry
 
 

@@ -52,25 +52,25 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=batch)
     names = [f"task-{t:02d}" for t in range(tasks)]
     registry = bench_registry(base_model, {name: [size["virtual_tokens"], size["cls_virtual_tokens"]] for name in names})
-    pinned = Engine(config, registry)
-    recompute = Engine(config.model_copy(update={"pinned_kv": False}), registry)
+    pinned = Engine(config, registry.versions)
+    recompute = Engine(config.model_copy(update={"pinned_kv": False}), registry.versions)
     dev = pinned.device
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randint(3, 259, (size["input_tokens"],), generator=generator).tolist() for _ in range(batch)]
     cls_inputs = [torch.randint(3, 259, (size["cls_input_tokens"],), generator=generator).tolist() for _ in range(batch)]
     row_tasks = [names[b % tasks] for b in range(batch)]
     params = GenerationParams(max_new_tokens=new, min_new_tokens=new)
-    mixed = [GenerationRow(pinned.prompt(registry.get_version(t, 1)), x, params) for t, x in zip(row_tasks, inputs)]
+    mixed = [GenerationRow(pinned.prompt(registry.versions.get(t, 1)), x, params) for t, x in zip(row_tasks, inputs)]
     single = [GenerationRow(mixed[0].prompt, x, params) for x in inputs]
     by_method = methods_registry(base_model, size["virtual_tokens"])
-    methods_engine = Engine(config, by_method)
-    method_prompts = {m: methods_engine.prompt(by_method.latest(m.replace("_", "-"))) for m in METHODS}
+    methods_engine = Engine(config, by_method.versions)
+    method_prompts = {m: methods_engine.prompt(by_method.versions.latest(m.replace("_", "-"))) for m in METHODS}
     mixed_methods = [GenerationRow(method_prompts[METHODS[b % len(METHODS)]], x, params) for b, x in enumerate(inputs)]
     one_method = [GenerationRow(method_prompts["prompt_tuning"], x, params) for x in inputs]
 
     def classify(engine: Engine) -> Callable[[], object]:
         verbalizers = engine.verbalizers({"0": "0", "1": "1"})
-        rows = [ClassificationRow(engine.prompt(registry.get_version(t, 2)), x, verbalizers)
+        rows = [ClassificationRow(engine.prompt(registry.versions.get(t, 2)), x, verbalizers)
                 for t, x in zip(row_tasks, cls_inputs)]
         return lambda: engine.classify(rows)
 
@@ -116,9 +116,9 @@ def peft_per_task(
     names = sorted(set(row_tasks))
     device = config.resolved_device()
     peft = PeftModel.from_pretrained(load_model(config.base_model, config.resolved_dtype(), device),
-                                     registry.version_uri(names[0], 1), adapter_name=names[0])
+                                     registry.versions.uri(names[0], 1), adapter_name=names[0])
     for name in names[1:]:
-        peft.load_adapter(registry.version_uri(name, 1), adapter_name=name)
+        peft.load_adapter(registry.versions.uri(name, 1), adapter_name=name)
     peft.eval()
 
     def run() -> None:

@@ -114,10 +114,10 @@ def _seed(uri: str, tasks: int, base_model: str, fp: BaseModelFingerprint) -> tu
             list(pool.map(lambda i: work(writers[i % WRITERS], i, names[i]), range(tasks)))
         return time.perf_counter() - start
 
-    each(lambda reg, i, name: reg.create_task(TaskSpec(name=name, base_model=base_model), fp))
-    seconds = each(lambda reg, i, name: [reg.register(name, tensors[(i + v) % len(tensors)], fp) for v in range(3)])
-    each(lambda reg, i, name: (reg.set_alias(name, "production", 2), reg.set_alias(name, "staging", 3)))
-    each(lambda reg, i, name: i < ROLLOUTS and reg.set_rollout(name, RolloutSpec(
+    each(lambda reg, i, name: reg.tasks.create(TaskSpec(name=name, base_model=base_model), fp))
+    seconds = each(lambda reg, i, name: [reg.versions.register(name, tensors[(i + v) % len(tensors)], fp) for v in range(3)])
+    each(lambda reg, i, name: (reg.aliases.set(name, "production", 2), reg.aliases.set(name, "staging", 3)))
+    each(lambda reg, i, name: i < ROLLOUTS and reg.rollouts.set(name, RolloutSpec(
         variants=[RolloutVariant(version=2, weight=90), RolloutVariant(version=3, weight=10)])))
     return registry, 3 * tasks / seconds
 
@@ -131,7 +131,7 @@ def _requests(view: RegistryView, action: Callable[[], object]) -> tuple[float, 
 
 
 def _measure(registry: Registry, registrations_per_s: float, route_only: bool = False) -> dict:
-    names = registry.list_tasks()
+    names = registry.tasks.names()
     view = RegistryView(Registry(registry.uri), full_scan_interval_s=3600)
     full_s, full_requests = _requests(view, view.refresh)
     rng = random.Random(0)
@@ -148,7 +148,7 @@ def _measure(registry: Registry, registrations_per_s: float, route_only: bool = 
     changed = []
     for round_ in range(5):
         for task in rng.sample(names, 10):
-            registry.set_alias(task, "staging", 1 + round_ % 3)
+            registry.aliases.set(task, "staging", 1 + round_ % 3)
         changed.append(_requests(view, view.refresh))
     unchanged_s, changed_s = statistics.median(t for t, _ in unchanged), statistics.median(t for t, _ in changed)
     return {
@@ -186,9 +186,9 @@ def _alias_move_seconds(registry: Registry, task: str) -> float:
         thread.start()
     while any(view.cursor is None for view in views):
         time.sleep(0.01)
-    target = 1 if registry.aliases(task)["production"] != 1 else 2
+    target = 1 if registry.aliases.of(task)["production"] != 1 else 2
     moved = time.perf_counter()
-    registry.set_alias(task, "production", target)
+    registry.aliases.set(task, "production", target)
     while not all(view.route(task, alias="production").manifest.version == target for view in views):
         time.sleep(0.005)
     elapsed = time.perf_counter() - moved
@@ -200,11 +200,11 @@ def _alias_move_seconds(registry: Registry, task: str) -> float:
 
 def _prompt_residency(registry: Registry, base_model: str, tasks: int) -> dict:
     """The prompt cache and the engine with thousands of prompts resident."""
-    engine = Engine(EngineConfig(base_model=base_model, max_batch_size=16, prompt_cache_mb=8192), registry)
-    names = registry.list_tasks()
+    engine = Engine(EngineConfig(base_model=base_model, max_batch_size=16, prompt_cache_mb=8192), registry.versions)
+    names = registry.tasks.names()
     rng = random.Random(1)
     resident = rng.sample(names, min(RESIDENT, len(names)))
-    manifests = [registry.get_version(name, 2) for name in resident]
+    manifests = [registry.versions.get(name, 2) for name in resident]
     generator = torch.Generator().manual_seed(2)
     inputs = [torch.randint(3, 259, (16,), generator=generator).tolist() for _ in range(16)]
     rss_before = psutil.Process().memory_info().rss
@@ -232,7 +232,7 @@ def _prompt_residency(registry: Registry, base_model: str, tasks: int) -> dict:
     batch_timings = side_by_side({"fixed_16": batch(lambda: fixed),
                                   "random_16": batch(lambda: rng.sample(manifests, 16))}, 7, engine.device)
     median = medians({**hit_timings, **batch_timings})
-    cold = [registry.get_version(name, 1) for name in names[:2000]]
+    cold = [registry.versions.get(name, 1) for name in names[:2000]]
     steps = _steps_beside_cold_loads(engine, fixed, inputs, cold)
     return {
         "resident": stats.entries, "cache_bytes_per_prompt": stats.bytes // stats.entries,

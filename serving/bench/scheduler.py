@@ -64,9 +64,9 @@ def run_scheduler_benchmark(quick: bool, device: str = "auto", dtype: str = "aut
     config = EngineConfig(base_model=base_model, device=device, dtype=dtype, max_batch_size=size["max_batch_size"])
     names = [f"task-{t:02d}" for t in range(size["tasks"])]
     registry = bench_registry(base_model, {name: [random.Random(name).randint(8, 32)] for name in names})
-    engine = Engine(config, registry)
+    engine = Engine(config, registry.versions)
     rng = random.Random(0)
-    prompts = {name: engine.prompt(registry.latest(name)) for name in names}
+    prompts = {name: engine.prompt(registry.versions.latest(name)) for name in names}
     low, high = size["new_tokens"]
     trace, clock = [], 0.0
     for _ in range(size["requests"]):

@@ -1,8 +1,8 @@
 """A bounded, validated cache of prompts on the model's device.
 
 Entries are keyed by (task, version, sha256), so a version is never confused with
-another registry's version of the same number. Loading goes through a `PromptLoader` (the
-registry is one: safetensors only, sha256- and shape-checked), derives what serving needs of the version's
+another registry's version of the same number. Loading goes through a `PromptLoader` (a registry's
+version store is one: safetensors only, sha256- and shape-checked), derives what serving needs of the version's
 PEFT method (`registry/methods.py`: a soft prompt's embeddings, or a prefix's keys and
 values), then makes the checks that only the serving side can make: the prompt fits the
 served base model (a prefix: its layers, KV heads and head size against the engine's own
@@ -93,7 +93,7 @@ class CacheStats:
 
 class PromptLoader(Protocol):
     """Where the engine's prompts come from: a version's manifest and its checked tensors.
-    `Registry` is one; the engine needs nothing else of it."""
+    A registry's version store (`registry.versions`) is one; the engine needs nothing else."""
 
     def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, Prompt]: ...
 

@@ -53,14 +53,14 @@ class OutcomeLog:
     windows: dict[str, ServedWindow] = field(default_factory=dict)
 
     def read(self) -> list[Outcome]:
-        return self._with_new_files(self.seen, "outcomes", self.registry.read_outcome)
+        return self._with_new_files(self.seen, "outcomes", self.registry.outcomes.read)
 
     def read_served(self) -> list[ServedWindow]:
-        return self._with_new_files(self.windows, "serving", self.registry.read_served)
+        return self._with_new_files(self.windows, "serving", self.registry.outcomes.read_served)
 
     def _with_new_files(self, known: dict[str, FileT], kind: str, read: Callable[[str, str], FileT]) -> list[FileT]:
         """`known` after reading the task's files of `kind` it does not hold yet."""
-        for name in self.registry.outcome_files(self.task, kind):
+        for name in self.registry.outcomes.names(self.task, kind):
             if name not in known:
                 known[name] = read(self.task, name)
         return list(known.values())
@@ -182,14 +182,14 @@ def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | N
 def advance(registry: Registry, log: OutcomeLog) -> HistoryEntry | None:
     """Look at one task's automatic rollout once and act on it; the change made, if any. A
     decision recorded at the current step and not yet applied is applied, not made again."""
-    policy = registry.auto_rollout(log.task)
+    policy = registry.rollouts.policy(log.task)
     if policy is None:
         return None
-    decision = registry.decision(log.task, policy)
+    decision = registry.rollouts.decision(log.task, policy)
     if decision is None:
         decision = decide(policy, Experiment.of(policy, log.read(), log.read_served()))
         if decision is None:
             return None
-        decision = registry.record_decision(log.task, decision)
-    registry.apply_decision(log.task, decision)
+        decision = registry.rollouts.record_decision(log.task, decision)
+    registry.rollouts.apply_decision(log.task, decision)
     return decision.change

@@ -48,9 +48,9 @@ def review(registry: Registry, started: RolloutPolicy, log: OutcomeLog) -> Rollo
     recorded decisions (the last step's policy, and the end with its statistics). The
     outcomes are read only for figures no decision recorded."""
     task = log.task
-    decisions = registry.decisions(task, started.experiment)
+    decisions = registry.rollouts.decisions(task, started.experiment)
     steps = [d for d in decisions if d.next_policy is not None]
-    current = registry.auto_rollout(task)
+    current = registry.rollouts.policy(task)
     if current is not None and current.experiment == started.experiment:
         return RolloutReview(current, "running", Experiment.of(current, log.read(), log.read_served()).snapshot(),
                              steps=steps)

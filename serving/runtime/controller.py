@@ -31,7 +31,7 @@ class RolloutController:
         for edit in self.registry.finish_pending():
             log.warning("rollout controller: finished a half-done edit (%s)", edit.summary())
         changes = []
-        for task in self.registry.list_tasks():
+        for task in self.registry.tasks.names():
             try:
                 change = advance(self.registry, self.logs.setdefault(task, OutcomeLog(self.registry, task)))
             except PromptmuxError as exc:

@@ -196,7 +196,7 @@ class RegistryView:
                     self.rejected_at[key] = max(self.rejected_at[key], now)
                 return
         cursor = self.registry.feed.tail()  # taken before the scan: nothing written during it is missed
-        self.entries = self._reload(self.registry.list_tasks(), {})
+        self.entries = self._reload(self.registry.tasks.names(), {})
         # the interval runs from the scan's end: a scan slower than the interval is not run back to back
         self.cursor, self.scanned_at = cursor, time.monotonic()
 
@@ -229,20 +229,20 @@ class RegistryView:
         try:
             return name, self._load(name, self.entries.get(name)), None
         except PromptmuxError as exc:
-            if isinstance(exc, NotFoundError) and not self.registry.has_task(name):
+            if isinstance(exc, NotFoundError) and not self.registry.tasks.exists(name):
                 return name, None, None
             return name, self.entries.get(name), str(exc)
 
     def _load(self, name: str, previous: TaskEntry | None) -> TaskEntry:
-        record = self.registry.get_task(name)
+        record = self.registry.tasks.get(name)
         known = previous.versions if previous else {}
-        versions = {v: known[v] if v in known else self.registry.get_version(name, v)
-                    for v in self.registry.version_numbers(name, known)}
-        archived = frozenset(self.registry.archived_versions(name))
+        versions = {v: known[v] if v in known else self.registry.versions.get(name, v)
+                    for v in self.registry.versions.numbers(name, known)}
+        archived = frozenset(self.registry.versions.archived(name))
         newest_first = sorted((v for v in versions if v not in archived), reverse=True)
         latest = next((v for v in newest_first if self._servable(versions[v])), None)
         aliases, broken, fallbacks = {}, {}, {}
-        for alias, pointer in self.registry.alias_records(name).items():
+        for alias, pointer in self.registry.aliases.records(name).items():
             if pointer.version not in versions:
                 continue
             if self._servable(versions[pointer.version]):
@@ -252,7 +252,7 @@ class RegistryView:
             if pointer.previous in versions and self._servable(versions[pointer.previous]):
                 fallbacks[alias] = pointer.previous
         self._report_changes(name, previous.broken if previous else {}, broken, self.on_broken)
-        rollout = self.registry.rollout(name)
+        rollout = self.registry.rollouts.get(name)
         broken_variants = {v.name: v.version for v in (rollout.variants if rollout else [])
                            if v.version not in versions or not self._servable(versions[v.version])}
         self._report_changes(name, previous.broken_variants if previous else {}, broken_variants,

@@ -94,7 +94,7 @@ class PromptmuxService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry)
-        self.engine = Engine(settings.engine, self.registry)
+        self.engine = Engine(settings.engine, self.registry.versions)
         self.metrics = ServingMetrics(self.engine.prompts)
         self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected,
                                  on_unreadable=self._unreadable, on_broken=self._broken,
@@ -108,7 +108,7 @@ class PromptmuxService:
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.served = ServedCounters()
         key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
-        self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.feedback_key())
+        self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.outcomes.feedback_key())
         self._stopped = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
         self._refresher.start()
@@ -142,7 +142,7 @@ class PromptmuxService:
         """Append this window's figures of every task under a rollout to the registry."""
         rolling = {name for name, entry in self.view.entries.items() if entry.rollout is not None}
         for task, window in self.served.take(self.replica, rolling).items():
-            self.registry.record_served(task, window)
+            self.registry.outcomes.record_served(task, window)
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -327,7 +327,7 @@ class PromptmuxService:
             score = float(label == served.label)
         outcome = Outcome(id=feedback_id, task=served.task, version=served.version, variant=served.variant,
                           experiment=served.experiment, score=score, label=label, predicted=served.label)
-        counted = await asyncio.to_thread(self.registry.record_outcome, outcome)
+        counted = await asyncio.to_thread(self.registry.outcomes.record, outcome)
         if counted:
             labels = (served.task, str(served.version), served.variant)
             self.metrics.feedback.labels(*labels).inc()

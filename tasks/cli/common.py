@@ -106,9 +106,9 @@ def base_model_of(reg: Registry, given: str | None) -> str:
     from promptmux.serving.models.loading import model_identity
 
     models: list[tuple[BaseModelFingerprint, set[str], list[str]]] = []  # (fingerprint, its names, its tasks)
-    for name in reg.list_tasks():
+    for name in reg.tasks.names():
         try:
-            record = reg.get_task(name)
+            record = reg.tasks.get(name)
         except PromptmuxError:  # an unreadable task is reported where it is used
             continue
         same = next((m for m in models if m[0].misfit(record.base_fingerprint) is None), None)

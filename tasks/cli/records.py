@@ -41,7 +41,7 @@ registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no
 def list_tasks(registry: RegistryOption = "", as_json: JsonOption = False) -> None:
     """List tasks with their versions, aliases and rollout."""
     reg = open_registry(registry)
-    views = [reg.show(name) for name in reg.list_tasks()]
+    views = [reg.tasks.view(name) for name in reg.tasks.names()]
     if as_json:
         print_json([
             {
@@ -81,7 +81,7 @@ def rollout_text(rollout: RolloutSpec | None) -> str:
 @registry_app.command("show")
 def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
     """Show a task's spec, versions (aliases, sha256, metrics, directory URI) and rollout."""
-    view = open_registry(registry).show(task)
+    view = open_registry(registry).tasks.view(task)
     if as_json:
         payload = view.model_dump(mode="json")
         payload["versions"] = [
@@ -166,9 +166,9 @@ def import_adapter(
 
     reg = open_registry(registry, create=True)
     named_by_adapter = _adapter_base_model(peft_dir)  # the adapter is checked before any model loads
-    exported = reg.read_export(peft_dir)
+    exported = reg.transfer.read_export(peft_dir)
     exported_spec = exported[0].spec if exported else None
-    existing = reg.get_task(task).spec if reg.has_task(task) else None
+    existing = reg.tasks.get(task).spec if reg.tasks.exists(task) else None
     model_id = base_model or next((s.base_model for s in (existing, exported_spec) if s), None) or named_by_adapter
     if model_id is None:
         raise PromptmuxError("the adapter does not name its base model: pass --base-model")
@@ -188,10 +188,10 @@ def import_adapter(
     if spec.format == "chat":
         check_chat_template(load_tokenizer(model_id, trust_remote_code), model_id)
     model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
-    manifest = reg.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec,
+    manifest = reg.transfer.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec,
                                task_id=task_id)
     if as_json:
-        print_json({"task": task, "version": manifest.version, "uri": reg.version_uri(task, manifest.version)})
+        print_json({"task": task, "version": manifest.version, "uri": reg.versions.uri(task, manifest.version)})
     else:
         method = manifest.method.replace("_", " ")
         console.print(f"registered {task} version {manifest.version} ({spec.kind.value} task, {method})")
@@ -217,8 +217,8 @@ def export(
 ) -> None:
     """Write a version as a PEFT adapter directory (loadable with PeftModel.from_pretrained)."""
     reg = open_registry(registry)
-    manifest = reg.resolve(task, version)
-    reg.export(task, manifest.version, destination)
+    manifest = reg.versions.resolve(task, version)
+    reg.transfer.export(task, manifest.version, destination)
     console.print(f"exported {task} version {manifest.version} to {destination}")
 
 
@@ -240,14 +240,14 @@ def history(task: str, registry: RegistryOption = "", as_json: JsonOption = Fals
 @registry_app.command("archive")
 def archive(task: str, version: int, registry: RegistryOption = "") -> None:
     """Archive a version (refused while an alias or the rollout points at it)."""
-    open_registry(registry).archive(task, version)
+    open_registry(registry).versions.archive(task, version)
     console.print(f"archived {task} version {version}")
 
 
 @registry_app.command("unarchive")
 def unarchive(task: str, version: int, registry: RegistryOption = "") -> None:
     """Bring an archived version back (it counts for latest again)."""
-    open_registry(registry).unarchive(task, version)
+    open_registry(registry).versions.unarchive(task, version)
     console.print(f"unarchived {task} version {version}")
 
 
@@ -258,7 +258,7 @@ def delete(
     registry: RegistryOption = "",
 ) -> None:
     """Delete a task with all its versions (refused while an alias or a rollout routes to it)."""
-    open_registry(registry).delete_task(task, force)
+    open_registry(registry).tasks.delete(task, force)
     console.print(f"deleted task {task}")
 
 

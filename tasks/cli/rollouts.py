@@ -36,13 +36,13 @@ def alias(
     """Point an alias at a version (or --delete it)."""
     reg = open_registry(registry)
     if delete:
-        reg.delete_alias(task, name)
+        reg.aliases.delete(task, name)
         console.print(f"deleted alias {name} of {task}")
         return
     if version is None:
         raise PromptmuxError("give the VERSION to point the alias at, or --delete")
-    target = reg.resolve(task, version).version
-    reg.set_alias(task, name, target)
+    target = reg.versions.resolve(task, version).version
+    reg.aliases.set(task, name, target)
     console.print(f"{task}:{name} → version {target}")
 
 
@@ -65,7 +65,7 @@ def rollout(
     """Set (or --clear, or show) a weighted traffic split between versions."""
     reg = open_registry(registry)
     if clear:
-        reg.clear_rollout(task)
+        reg.rollouts.clear(task)
         console.print(f"cleared the rollout of {task}")
         return
     variants = [_parse_variant(item) for item in split or []]
@@ -77,16 +77,16 @@ def rollout(
         control, candidate = sorted(variants, key=lambda v: -v.weight)
         first = 100 * candidate.weight / (control.weight + candidate.weight)
         later = _parse_steps(steps or "25,50")
-        reg.set_auto_rollout(task, RolloutPolicy(
+        reg.rollouts.start(task, RolloutPolicy(
             control=control.version, candidate=candidate.version, steps=[first, *(s for s in later if s > first)],
             min_samples_per_step=min_samples, test=SequentialTest(max_samples=max_samples)), reason="--auto")
     elif variants:
-        reg.set_rollout(task, RolloutSpec(variants=variants, sticky=sticky))
+        reg.rollouts.set(task, RolloutSpec(variants=variants, sticky=sticky))
         total = sum(variant.weight for variant in variants)
         if abs(total - 100) > 1e-9:
             err_console.print(f"note: the weights add up to {total:g}, not 100; each share is its weight over "
                               f"{total:g}", highlight=False)
-    current = reg.rollout(task)
+    current = reg.rollouts.get(task)
     if as_json:
         print_json(current.model_dump(mode="json") if current else None)
     else:
@@ -115,7 +115,7 @@ def rollout_status(
     from promptmux.serving.rollouts.review import review
 
     reg = open_registry(registry)
-    experiments = reg.experiments(task)
+    experiments = reg.rollouts.experiments(task)
     if not experiments:
         raise PromptmuxError(f"task {task!r} has had no automatic rollout (start one with: "
                              f"promptmux registry rollout {task} 1=95 2=5 --auto)")

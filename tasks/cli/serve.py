@@ -75,7 +75,7 @@ def generate(
         "max_batch_size": batch_size, "trust_remote_code": trust_remote_code,
     })
     with err_console.status(f"loading {model_id}"):
-        engine = Engine(config, reg)
+        engine = Engine(config, reg.versions)
     runner = TaskRunner(engine, reg)
     failed = 0
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def train(
     reg = open_registry(registry, create=True)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = train_task(spec, train_set, held_out, config, reg, out, fingerprint_files(files), alias, note)
-    summary = {"task": spec.name, "version": result.manifest.version, "uri": reg.version_uri(spec.name, result.manifest.version),
+    summary = {"task": spec.name, "version": result.manifest.version, "uri": reg.versions.uri(spec.name, result.manifest.version),
                "metrics": result.metrics, "learning_curve": str(result.curve_png), "metrics_json": str(result.metrics_json)}
     if as_json:
         print_json(summary)

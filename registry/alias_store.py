@@ -1,0 +1,64 @@
+"""Aliases: names that route a task's traffic to a version (`tasks/<task>/aliases/<alias>.json`),
+each recording where it pointed before, so servers can fall back while a new target fails
+validation. Every move is a journaled edit with its history entry and change-feed entry."""
+
+from typing import TYPE_CHECKING
+
+from promptmux.registry.edits import Edit
+from promptmux.registry.errors import NotFoundError
+from promptmux.registry.history import MANUAL, HistoryEntry
+from promptmux.registry.names import validate_alias
+from promptmux.registry.records import task_rel
+from promptmux.registry.schemas import AliasRecord
+
+if TYPE_CHECKING:
+    from promptmux.registry.registry import Registry
+
+
+class AliasStore:
+    def __init__(self, registry: "Registry") -> None:
+        self.registry = registry
+        self.files = registry.files
+
+    def of(self, task: str) -> dict[str, int]:
+        """The task's aliases and the versions they point at."""
+        return {alias: record.version for alias, record in self.records(task).items()}
+
+    def records(self, task: str) -> dict[str, AliasRecord]:
+        rel = f"{task_rel(task)}/aliases"
+        result = {}
+        for filename in self.files.storage.listdir(rel):
+            if filename.endswith(".json") and not filename.startswith("."):
+                record = self.files.read(AliasRecord, f"{rel}/{filename}")
+                if record is not None:
+                    result[filename.removesuffix(".json")] = record
+        return result
+
+    def set(self, task: str, alias: str, version: int, actor: str = MANUAL, reason: str = "") -> None:
+        """Point `alias` at `version` (nothing happens if it points there already)."""
+        validate_alias(alias)
+        with self.registry.tasks.editing(task):
+            self.registry.versions.check_servable(task, version)
+            edit = self.move(task, alias, version, actor, reason)
+            if edit is not None:
+                self.files.journal.run(edit)
+
+    def move(self, task: str, alias: str, version: int, actor: str, reason: str) -> Edit | None:
+        """The edit that moves `alias` to `version`, recording where it pointed before (servers
+        fall back to that version while this one fails validation); None if it is there already."""
+        current = self.records(task).get(alias)
+        if current is not None and current.version == version:
+            return None
+        was = current.version if current else None
+        change = HistoryEntry(actor=actor, action="alias", reason=reason, details={"alias": alias, "version": version, "was": was})
+        return Edit(task=task, what="alias", history=[change],
+                    writes={f"aliases/{alias}.json": AliasRecord(version=version, previous=was).model_dump_json()})
+
+    def delete(self, task: str, alias: str, actor: str = MANUAL, reason: str = "") -> None:
+        validate_alias(alias)
+        with self.registry.tasks.editing(task):
+            was = self.of(task).get(alias)
+            if was is None:
+                raise NotFoundError(f"task {task!r} has no alias {alias!r}")
+            change = HistoryEntry(actor=actor, action="alias-delete", reason=reason, details={"alias": alias, "was": was})
+            self.files.journal.run(Edit(task=task, what="alias", removes=[f"aliases/{alias}.json"], history=[change]))

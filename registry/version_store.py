@@ -1,0 +1,241 @@
+"""Prompt versions: immutable PEFT adapter folders under `tasks/<task>/versions/<n>/`, each with
+its manifest (`promptmux.json`, written last), and the archive markers that retire one.
+
+Versions are claimed lock-free: `Storage.publish_dir` refuses an existing directory, so
+concurrent writers retry with the next number; on object stores the claim is a conditional
+write, so this holds across machines. A version is checked before it is stored (its
+tensors, its config against them, its fit to the task's base model) and when it is loaded
+(sha256 and shape against the manifest).
+"""
+
+import os
+from collections.abc import Collection
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from promptmux.registry.edits import Edit
+from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
+from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
+from promptmux.registry.names import parse_version
+from promptmux.registry.records import task_rel, version_rel
+from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion, utc_now
+
+if TYPE_CHECKING:
+    import torch
+
+    from promptmux.registry.methods import Prompt
+    from promptmux.registry.registry import Registry
+
+MAX_CLAIM_ATTEMPTS = 10_000
+
+
+def artifact() -> ModuleType:
+    """Tensors' code (torch, safetensors, peft), loaded when a tensor is first touched: metadata
+    commands such as `registry list` never pay for it."""
+    from promptmux.registry import artifact
+
+    return artifact
+
+
+def methods() -> ModuleType:
+    """The PEFT methods' code (torch), loaded as lazily as `artifact`."""
+    from promptmux.registry import methods
+
+    return methods
+
+
+def checked_prompt(prompt: "torch.Tensor | Prompt", made_on: BaseModelFingerprint, expected: BaseModelFingerprint,
+                   source: str) -> "Prompt":
+    """`prompt` as a checked `Prompt` (a bare tensor is a soft prompt), fitting the task's base model."""
+    peft = methods()
+    if not isinstance(prompt, peft.Prompt):
+        prompt = peft.Prompt("prompt_tuning", {peft.EMBEDDINGS: prompt})
+    prompt.tensors = peft.prompt_tensors(prompt.tensors, prompt.method, source)
+    peft.check_consistent(prompt, source)
+    width = prompt.embeddings.shape[1] if prompt.method != "prefix_tuning" else None
+    problem = expected.misfit(made_on, width)
+    if problem:
+        raise IncompatiblePromptError(f"prompt does not fit the task's base model: {problem}")
+    peft.check_fits(prompt, made_on, source)
+    return prompt
+
+
+class VersionStore:
+    def __init__(self, registry: "Registry") -> None:
+        self.registry = registry
+        self.files = registry.files
+
+    def register(
+        self,
+        task: str,
+        prompt: "torch.Tensor | Prompt",
+        base_fingerprint: BaseModelFingerprint,
+        *,
+        init_method: str = "random",
+        init_text: str | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        data_fingerprint: str | None = None,
+        parent_version: int | None = None,
+        note: str = "",
+    ) -> PromptVersion:
+        """Store a prompt (a soft prompt's tensor, or any method's `Prompt`) as the task's next
+        version and return its manifest. It is checked first: its tensors, its config against
+        them, and its fit to the task's base model (`base_fingerprint` is the model it was
+        made on, checked against the task's)."""
+        record = self.registry.tasks.get(task)
+        prompt = checked_prompt(prompt, base_fingerprint, record.base_fingerprint, f"{task} (new version)")
+        if parent_version is not None:
+            self.get(task, parent_version)
+        template = PromptVersion(
+            task=task,
+            version=1,
+            method=prompt.method,
+            task_id=prompt.task_id,
+            num_virtual_tokens=prompt.embeddings.shape[0],
+            token_dim=prompt.embeddings.shape[1],
+            dtype=artifact().dtype_name(prompt.embeddings),
+            base_model=record.spec.base_model,
+            base_fingerprint=record.base_fingerprint,
+            init_method=init_method,
+            init_text=init_text,
+            training=training or {},
+            metrics=metrics or {},
+            data_fingerprint=data_fingerprint,
+            parent_version=parent_version,
+            note=note,
+            sha256=artifact().tensors_sha256(prompt.tensors),
+        )
+
+        def claim() -> PromptVersion:
+            for _ in range(MAX_CLAIM_ATTEMPTS):
+                manifest = template.model_copy(update={"version": max(self._claimed_numbers(task), default=0) + 1})
+                if self.files.storage.publish_dir(version_rel(task, manifest.version),
+                                                  artifact().version_files(manifest, prompt)):
+                    return manifest
+            raise ConflictError(f"could not claim a version number for task {task!r}")
+
+        return self.files.announced(task, "version", claim)
+
+    def all(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
+        self.registry.tasks.get(task)
+        archived = self.archived(task)
+        return [self.get(task, number) for number in self.numbers(task) if include_archived or number not in archived]
+
+    def get(self, task: str, version: int) -> PromptVersion:
+        manifest = self.files.read(PromptVersion, f"{version_rel(task, version)}/{MANIFEST_FILE}")
+        if manifest is None:
+            self.registry.tasks.get(task)
+            raise NotFoundError(f"task {task!r} has no version {version}")
+        return manifest
+
+    def latest(self, task: str) -> PromptVersion:
+        archived = self.archived(task)
+        live = [number for number in self.numbers(task) if number not in archived]
+        if not live:
+            self.registry.tasks.get(task)
+            raise NotFoundError(f"task {task!r} has no active versions: every one is archived (bring one back with "
+                                f"promptmux registry unarchive {task} VERSION)")
+        return self.get(task, max(live))
+
+    def resolve(self, task: str, ref: int | str | None = None) -> PromptVersion:
+        """A version by number, alias name, or `latest`/None."""
+        if ref is None or ref == "latest":
+            return self.latest(task)
+        if isinstance(ref, int):
+            return self.get(task, ref)
+        if parse_version(ref) is not None:
+            return self.get(task, int(ref))
+        aliases = self.registry.aliases.of(task)
+        if ref not in aliases:
+            raise NotFoundError(f"task {task!r} has no alias {ref!r}")
+        return self.get(task, aliases[ref])
+
+    def uri(self, task: str, version: int) -> str:
+        return self.files.storage.url(version_rel(task, version))
+
+    def load_prompt(self, task: str, version: int) -> tuple[PromptVersion, "Prompt"]:
+        """Manifest and prompt of a version, its tensors checked against the manifest's sha256 and shape."""
+        manifest = self.get(task, version)
+        storage, source, rel = self.files.storage, f"{task}@{version}", f"{version_rel(task, version)}/{TENSOR_FILE}"
+        local = storage.local_path(rel)
+        if local is not None and os.path.isfile(local):
+            tensors = artifact().read_tensor_file(local, source)
+        else:
+            tensors = artifact().decode_tensors(storage.read_bytes(rel), source)
+        prompt = methods().Prompt(manifest.method, methods().prompt_tensors(tensors, manifest.method, source),
+                                  task_id=manifest.task_id)
+        problem = _mismatch(manifest, prompt)
+        if problem:
+            raise InvalidArtifactError(f"{source}: {problem}")
+        if manifest.method == "prefix_tuning":  # its layout is in its config
+            prompt.peft_config = methods().parse_config(storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"),
+                                                        source)
+        return manifest, prompt
+
+    def problem(self, task: str, version: int) -> str | None:
+        """What is wrong with a stored version, re-read and re-hashed, or None."""
+        try:
+            manifest, _ = self.load_prompt(task, version)
+            methods().parse_config(self.files.storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"), "")
+        except (PromptmuxError, ValueError) as exc:
+            return str(exc)
+        if manifest.version != version or manifest.task != task:
+            return f"manifest names {manifest.task}@{manifest.version}"
+        return None
+
+    def archive(self, task: str, version: int) -> None:
+        """Retire a version: it stays loadable by number but is no longer `latest`."""
+        with self.registry.tasks.editing(task):
+            self.get(task, version)
+            users = [f"alias {name!r}" for name, target in self.registry.aliases.of(task).items() if target == version]
+            rollout = self.registry.rollouts.get(task)
+            if rollout and any(variant.version == version for variant in rollout.variants):
+                users.append("the rollout")
+            if users:
+                raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
+            self.files.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
+
+    def unarchive(self, task: str, version: int) -> None:
+        """Bring an archived version back: it counts for `latest` again."""
+        with self.registry.tasks.editing(task):
+            self.get(task, version)
+            if version not in self.archived(task):
+                raise ConflictError(f"version {version} of {task!r} is not archived")
+            self.files.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"]))
+
+    def archived(self, task: str) -> set[int]:
+        return {number for name in self.files.storage.listdir(f"{task_rel(task)}/archived")
+                if (number := parse_version(name)) is not None}
+
+    def check_servable(self, task: str, version: int) -> None:
+        """Refuse to route traffic to a version that does not exist or is archived."""
+        self.get(task, version)
+        if version in self.archived(task):
+            raise ConflictError(f"version {version} of {task!r} is archived")
+
+    def numbers(self, task: str, known: Collection[int] = ()) -> list[int]:
+        """The visible versions: complete directories (a manifest is written last). Versions in
+        `known` were seen complete before and are not checked again (versions are immutable)."""
+        numbers = self._claimed_numbers(task)
+        storage = self.files.storage
+        if storage.atomic_publish:
+            return numbers
+        return [n for n in numbers if n in known or storage.exists(f"{version_rel(task, n)}/{MANIFEST_FILE}")]
+
+    def _claimed_numbers(self, task: str) -> list[int]:
+        """Every version directory, including one a writer is still (or died) filling."""
+        return sorted(number for name in self.files.storage.listdir(f"{task_rel(task)}/versions")
+                      if (number := parse_version(name)) is not None)
+
+
+def _mismatch(manifest: PromptVersion, prompt: "Prompt") -> str | None:
+    tensor, tensors = prompt.embeddings, artifact()
+    if tensors.tensors_sha256(prompt.tensors) != manifest.sha256:
+        return "sha256 of the tensor does not match the manifest (the file was altered or corrupted)"
+    if tuple(tensor.shape) != (manifest.num_virtual_tokens, manifest.token_dim) or tensors.dtype_name(tensor) != manifest.dtype:
+        return (
+            f"tensor is {tuple(tensor.shape)} {tensors.dtype_name(tensor)}, manifest says "
+            f"({manifest.num_virtual_tokens}, {manifest.token_dim}) {manifest.dtype}"
+        )
+    return None
