@@ -2,27 +2,36 @@
 each recording where it pointed before, so servers can fall back while a new target fails
 validation. Every move is a journaled edit with its history entry and change-feed entry."""
 
-from typing import TYPE_CHECKING
-
 from promptmux.registry.edits import Edit
 from promptmux.registry.errors import NotFoundError
 from promptmux.registry.history import MANUAL, HistoryEntry
-from promptmux.registry.names import validate_alias
-from promptmux.registry.records import task_rel
-from promptmux.registry.schemas import AliasRecord
-
-if TYPE_CHECKING:
-    from promptmux.registry.registry import Registry
+from promptmux.registry.names import parse_version, validate_alias
+from promptmux.registry.records import RecordFiles, task_rel
+from promptmux.registry.schemas import AliasRecord, PromptVersion
+from promptmux.registry.task_store import TaskStore
+from promptmux.registry.version_store import VersionStore
 
 
 class AliasStore:
-    def __init__(self, registry: "Registry") -> None:
-        self.registry = registry
-        self.files = registry.files
+    def __init__(self, files: RecordFiles, tasks: TaskStore, versions: VersionStore) -> None:
+        self.files, self.tasks, self.versions = files, tasks, versions
 
     def of(self, task: str) -> dict[str, int]:
         """The task's aliases and the versions they point at."""
         return {alias: record.version for alias, record in self.records(task).items()}
+
+    def resolve(self, task: str, ref: int | str | None = None) -> PromptVersion:
+        """A version by number, alias name, or `latest`/None."""
+        if ref is None or ref == "latest":
+            return self.versions.latest(task)
+        if isinstance(ref, int):
+            return self.versions.get(task, ref)
+        if parse_version(ref) is not None:
+            return self.versions.get(task, int(ref))
+        aliases = self.of(task)
+        if ref not in aliases:
+            raise NotFoundError(f"task {task!r} has no alias {ref!r}")
+        return self.versions.get(task, aliases[ref])
 
     def records(self, task: str) -> dict[str, AliasRecord]:
         rel = f"{task_rel(task)}/aliases"
@@ -37,8 +46,8 @@ class AliasStore:
     def set(self, task: str, alias: str, version: int, actor: str = MANUAL, reason: str = "") -> None:
         """Point `alias` at `version` (nothing happens if it points there already)."""
         validate_alias(alias)
-        with self.registry.tasks.editing(task):
-            self.registry.versions.check_servable(task, version)
+        with self.tasks.editing(task):
+            self.versions.check_servable(task, version)
             edit = self.move(task, alias, version, actor, reason)
             if edit is not None:
                 self.files.journal.run(edit)
@@ -56,7 +65,7 @@ class AliasStore:
 
     def delete(self, task: str, alias: str, actor: str = MANUAL, reason: str = "") -> None:
         validate_alias(alias)
-        with self.registry.tasks.editing(task):
+        with self.tasks.editing(task):
             was = self.of(task).get(alias)
             if was is None:
                 raise NotFoundError(f"task {task!r} has no alias {alias!r}")

@@ -1,8 +1,9 @@
-"""Errors the registry raises, and how a validation error reads. Every one carries a
-message meant for the user.
+"""promptmux's kinds of error, raised by every package, and how a validation error reads.
+Every one carries a message meant for the user.
 
-The CLI and the HTTP layer turn `PromptmuxError` into a clean message (exit code 1 or
-an HTTP 4xx); anything else escaping is a bug.
+The CLI and the HTTP layer turn `PromptmuxError` into a clean message (exit code 1 or an
+HTTP status chosen by kind: the HTTP room maps these kinds, never a deeper room's own
+classes); anything else escaping is a bug.
 """
 
 
@@ -49,3 +50,12 @@ class CorruptFileError(PromptmuxError):
 class StorageError(PromptmuxError):
     """The registry's storage refused a write (a full disk, no permission); the message says
     whether the edit changed nothing or will be finished later."""
+
+
+class InvalidRequestError(PromptmuxError, ValueError):
+    """A request to serve is invalid or exceeds a configured limit (HTTP 400)."""
+
+
+class UnavailableError(PromptmuxError):
+    """What a request asks cannot be served now, by no fault of its own: retry later (HTTP 503
+    with Retry-After)."""

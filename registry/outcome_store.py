@@ -3,22 +3,17 @@ create-only file per request id), the windows of what each replica served (`serv
 immutable), and the key replicas sign feedback ids with (`keys/feedback.key`)."""
 
 import secrets
-from typing import TYPE_CHECKING
 
 from promptmux.registry.errors import ConflictError
 from promptmux.registry.policy import Outcome, ServedWindow
-from promptmux.registry.records import task_rel
-
-if TYPE_CHECKING:
-    from promptmux.registry.registry import Registry
+from promptmux.registry.records import RecordFiles, task_rel
 
 FEEDBACK_KEY = "keys/feedback.key"
 
 
 class OutcomeStore:
-    def __init__(self, registry: "Registry") -> None:
-        self.registry = registry
-        self.files = registry.files
+    def __init__(self, files: RecordFiles) -> None:
+        self.files = files
 
     def feedback_key(self) -> bytes:
         """The key serving replicas sign feedback ids with, made on first use: every replica

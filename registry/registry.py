@@ -11,7 +11,9 @@ Layout under the root (any fsspec URL)::
 
 `Registry` composes one store per kind of record (`registry.tasks`, `.versions`,
 `.aliases`, `.rollouts`, `.outcomes`, `.transfer` for PEFT import and export), all over one
-`RecordFiles`; it keeps what spans them: the history, verification and repair.
+`RecordFiles`, each depending only on the ones before it; it keeps what spans them: the
+edits that check what routes traffic (archive, delete), the task's view and history,
+verification and repair.
 
 Versions are claimed lock-free (`version_store.py`); alias, rollout and archive edits take
 the task's lock because each checks the others (an alias may not point at an archived
@@ -29,11 +31,12 @@ from pathlib import Path
 
 from promptmux.registry.alias_store import AliasStore
 from promptmux.registry.edits import Edit
-from promptmux.registry.errors import CorruptFileError
+from promptmux.registry.errors import ConflictError, CorruptFileError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.outcome_store import OutcomeStore
-from promptmux.registry.records import RecordFiles
+from promptmux.registry.records import RecordFiles, task_rel
 from promptmux.registry.rollout_store import RolloutStore
+from promptmux.registry.schemas import TaskView, VersionView, utc_now
 from promptmux.registry.storage import Storage, open_storage
 from promptmux.registry.task_store import TaskStore
 from promptmux.registry.transfer import PeftTransfer
@@ -69,22 +72,84 @@ class Registry:
     def __init__(self, uri: str | None = None, create: bool = True, storage: Storage | None = None) -> None:
         self.files = RecordFiles(storage or open_storage(uri or default_registry_uri(), create))
         self.storage, self.feed, self.journal = self.files.storage, self.files.feed, self.files.journal
-        self.tasks = TaskStore(self)
-        self.versions = VersionStore(self)
-        self.aliases = AliasStore(self)
-        self.rollouts = RolloutStore(self)
-        self.outcomes = OutcomeStore(self)
-        self.transfer = PeftTransfer(self)
+        self.tasks = TaskStore(self.files)
+        self.versions = VersionStore(self.files, self.tasks)
+        self.aliases = AliasStore(self.files, self.tasks, self.versions)
+        self.rollouts = RolloutStore(self.files, self.tasks, self.versions, self.aliases)
+        self.outcomes = OutcomeStore(self.files)
+        self.transfer = PeftTransfer(self.files, self.tasks, self.versions)
 
     @property
     def uri(self) -> str:
         return self.files.uri
+
+    # ------------------------------------------- edits that check what routes traffic
+    def archive(self, task: str, version: int) -> None:
+        """Retire a version: it stays loadable by number but is no longer `latest`. Refused
+        while an alias or the rollout routes traffic to it."""
+        with self.tasks.editing(task):
+            self.versions.get(task, version)
+            users = [f"alias {name!r}" for name, target in self.aliases.of(task).items() if target == version]
+            rollout = self.rollouts.get(task)
+            if rollout and any(variant.version == version for variant in rollout.variants):
+                users.append("the rollout")
+            if users:
+                raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
+            self.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
+
+    def unarchive(self, task: str, version: int) -> None:
+        """Bring an archived version back: it counts for `latest` again."""
+        with self.tasks.editing(task):
+            self.versions.get(task, version)
+            if version not in self.versions.archived(task):
+                raise ConflictError(f"version {version} of {task!r} is not archived")
+            self.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"]))
+
+    def delete_task(self, task: str, force: bool = False) -> None:
+        """Remove a task with every version, alias, rollout and record, refused while an alias
+        or a rollout routes traffic to it unless `force`. Its `task.json` goes first, in one
+        journaled edit that servers see, so a task half-deleted by a crash is already gone to
+        every reader, and deleting it again removes what is left."""
+        if self.tasks.exists(task):
+            with self.tasks.editing(task):
+                users = [f"alias {name}→{version}" for name, version in sorted(self.aliases.of(task).items())]
+                users += ["its rollout"] if self.rollouts.get(task) else []
+                if users and not force:
+                    raise ConflictError(f"task {task!r} is served through {', '.join(users)}; move them, or delete "
+                                        "anyway with --force")
+                self.journal.run(Edit(task=task, what="task", removes=["task.json"]))
+        elif not self.storage.exists(task_rel(task)):
+            self.tasks.get(task)  # unknown: says so, with a guess
+        self.storage.remove_tree(task_rel(task))
+
+    # ------------------------------------------------------------ reading
+    def show(self, task: str) -> TaskView:
+        """The task with its versions, aliases and rollout, as `registry show` lists them."""
+        record = self.tasks.get(task)
+        aliases = self.aliases.of(task)
+        archived = self.versions.archived(task)
+        return TaskView(
+            spec=record.spec,
+            base_fingerprint=record.base_fingerprint,
+            versions=[
+                VersionView(
+                    manifest=manifest,
+                    aliases=sorted(name for name, target in aliases.items() if target == manifest.version),
+                    archived=manifest.version in archived,
+                    uri=self.versions.uri(task, manifest.version),
+                )
+                for manifest in self.versions.all(task)
+            ],
+            aliases=aliases,
+            rollout=self.rollouts.get(task),
+        )
 
     def history(self, task: str) -> list[HistoryEntry]:
         """Every recorded change of a task, oldest first."""
         self.tasks.get(task)
         return self.files.records(task, "history", HistoryEntry)
 
+    # ------------------------------------------------------ verify and repair
     def verify(self, task: str | None = None, repair: bool = False) -> list[VerifyResult]:
         """Re-read every version (or one task's): parse, re-hash, compare with its manifest,
         and check that aliases and rollouts point at existing versions. Also report edits a

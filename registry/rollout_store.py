@@ -6,42 +6,39 @@ These are the records; the decisions themselves are made in `serving/rollouts/`,
 records one here first and then applies it in one journaled edit: the next step's split and
 policy, or `production` on the winner and the rollout's end."""
 
-from typing import TYPE_CHECKING
-
+from promptmux.registry.alias_store import AliasStore
 from promptmux.registry.edits import Edit
 from promptmux.registry.errors import NotFoundError
 from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.policy import RolloutDecision, RolloutPolicy
-from promptmux.registry.records import task_rel
+from promptmux.registry.records import RecordFiles, task_rel
 from promptmux.registry.schemas import RolloutSpec
-
-if TYPE_CHECKING:
-    from promptmux.registry.registry import Registry
+from promptmux.registry.task_store import TaskStore
+from promptmux.registry.version_store import VersionStore
 
 POLICY_FILE = "rollout-policy.json"
 DEFAULT_ALIAS = "production"
 
 
 class RolloutStore:
-    def __init__(self, registry: "Registry") -> None:
-        self.registry = registry
-        self.files = registry.files
+    def __init__(self, files: RecordFiles, tasks: TaskStore, versions: VersionStore, aliases: AliasStore) -> None:
+        self.files, self.tasks, self.versions, self.aliases = files, tasks, versions, aliases
 
     def get(self, task: str) -> RolloutSpec | None:
         return self.files.read(RolloutSpec, f"{task_rel(task)}/rollout.json")
 
     def set(self, task: str, spec: RolloutSpec, actor: str = MANUAL, reason: str = "") -> None:
         """Split the task's default traffic; set by hand, it stops an automatic rollout."""
-        with self.registry.tasks.editing(task):
+        with self.tasks.editing(task):
             for variant in spec.variants:
-                self.registry.versions.check_servable(task, variant.version)
+                self.versions.check_servable(task, variant.version)
             self.files.journal.run(Edit(task=task, what="rollout", writes={"rollout.json": spec.model_dump_json(indent=2)},
                                         removes=[POLICY_FILE] if actor == MANUAL else [],
                                         history=[_split_entry(spec, actor, reason)]))
 
     def clear(self, task: str, actor: str = MANUAL, reason: str = "") -> None:
         """Remove the rollout file, also one that cannot be parsed any more (and any automatic rollout)."""
-        with self.registry.tasks.editing(task):
+        with self.tasks.editing(task):
             if not self.files.storage.exists(f"{task_rel(task)}/rollout.json"):
                 raise NotFoundError(f"task {task!r} has no rollout")
             change = HistoryEntry(actor=actor, action="rollout-clear", reason=reason)
@@ -53,9 +50,9 @@ class RolloutStore:
 
     def start(self, task: str, policy: RolloutPolicy, actor: str = MANUAL, reason: str = "") -> None:
         """Start an automatic rollout: its policy, its record, and the split of its first step, in one edit."""
-        with self.registry.tasks.editing(task):
+        with self.tasks.editing(task):
             for version in (policy.control, policy.candidate):
-                self.registry.versions.check_servable(task, version)
+                self.versions.check_servable(task, version)
             spec = policy.split()
             self.files.journal.run(Edit(task=task, what="rollout", history=[_split_entry(spec, actor, reason)], writes={
                 "rollout.json": spec.model_dump_json(indent=2), POLICY_FILE: policy.model_dump_json(indent=2),
@@ -65,7 +62,7 @@ class RolloutStore:
         """Every automatic rollout the task has had, running or ended, as it started (its
         record under `experiments/`), oldest first; one started before these records existed
         is there while it runs."""
-        self.registry.tasks.get(task)
+        self.tasks.get(task)
         started = {policy.experiment: policy for policy in self.files.records(task, "experiments", RolloutPolicy)}
         running = self.policy(task)
         if running is not None:
@@ -101,7 +98,7 @@ class RolloutStore:
         """Carry out a recorded decision, once: the next step's split and policy, or `production`
         on the winner and the rollout ended, with the history, all in one journaled edit.
         False when it was carried out already."""
-        with self.registry.tasks.editing(task):
+        with self.tasks.editing(task):
             policy = self.policy(task)
             if policy is None or (policy.experiment, policy.step) != (decision.experiment, decision.step):
                 return False
@@ -115,7 +112,7 @@ class RolloutStore:
                 "rollout.json": decision.next_policy.split().model_dump_json(indent=2),
                 POLICY_FILE: decision.next_policy.model_dump_json(indent=2)})
         assert decision.winner is not None  # an ending decision names its winner
-        moved = self.registry.aliases.move(task, DEFAULT_ALIAS, decision.winner, decision.change.actor,
+        moved = self.aliases.move(task, DEFAULT_ALIAS, decision.winner, decision.change.actor,
                                            decision.change.reason)
         return Edit(id=edit_id, task=task, what="rollout", writes=moved.writes if moved else {},
                     removes=["rollout.json", POLICY_FILE], history=[*(moved.history if moved else []), decision.change])

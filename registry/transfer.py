@@ -4,25 +4,21 @@ the task beside it (`promptmux-task.json`, which PEFT ignores) so an import else
 recreates the task."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import fsspec
 
 from promptmux.registry.errors import ConflictError, InvalidArtifactError, NotFoundError
 from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.records import version_rel
+from promptmux.registry.records import RecordFiles, version_rel
 from promptmux.registry.schemas import BaseModelFingerprint, ExportedTask, PromptVersion, TaskSpec
 from promptmux.registry.storage import LocalStorage
-from promptmux.registry.version_store import artifact, checked_prompt, methods
-
-if TYPE_CHECKING:
-    from promptmux.registry.registry import Registry
+from promptmux.registry.task_store import TaskStore
+from promptmux.registry.version_store import VersionStore, artifact, checked_prompt, methods
 
 
 class PeftTransfer:
-    def __init__(self, registry: "Registry") -> None:
-        self.registry = registry
-        self.files = registry.files
+    def __init__(self, files: RecordFiles, tasks: TaskStore, versions: VersionStore) -> None:
+        self.files, self.tasks, self.versions = files, tasks, versions
 
     def import_peft(
         self,
@@ -39,7 +35,7 @@ class PeftTransfer:
         files as PEFT wrote them, and creating the task if needed: as `spec` says, by default a
         generation task with template `{input}`. A promptmux export keeps its version's init,
         training settings and metrics, and records where it came from (`training.lineage`)."""
-        tasks, versions = self.registry.tasks, self.registry.versions
+        tasks, versions = self.tasks, self.versions
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
         config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source)
@@ -91,7 +87,7 @@ class PeftTransfer:
         """Write a version as a PEFT adapter directory at `destination` (path or fsspec URL): its
         files as stored (an imported adapter's as PEFT wrote them), checked first, and beside
         them the task's spec and origin (`ExportedTask`), which PEFT ignores."""
-        self.registry.versions.load_prompt(task, version)  # its sha256 and shape
+        self.versions.load_prompt(task, version)  # its sha256 and shape
         fs, root = fsspec.core.url_to_fs(destination)
         root = root.rstrip("/")
         if self._holds(fs, root):
@@ -101,7 +97,7 @@ class PeftTransfer:
         fs.makedirs(root, exist_ok=True)
         # the PEFT files last: an export cut short lacks them, and so can neither be imported as
         # a plain adapter without its task nor block a second export to the same folder
-        origin = ExportedTask(spec=self.registry.tasks.get(task).spec, registry=self.files.uri, task=task, version=version)
+        origin = ExportedTask(spec=self.tasks.get(task).spec, registry=self.files.uri, task=task, version=version)
         fs.pipe_file(f"{root}/{EXPORT_FILE}", origin.model_dump_json(indent=2).encode())
         for name in (MANIFEST_FILE, CONFIG_FILE, TENSOR_FILE):
             fs.pipe_file(f"{root}/{name}", self.files.storage.read_bytes(f"{version_rel(task, version)}/{name}"))

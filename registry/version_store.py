@@ -13,18 +13,17 @@ from collections.abc import Collection
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from promptmux.registry.edits import Edit
 from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import parse_version
-from promptmux.registry.records import task_rel, version_rel
-from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion, utc_now
+from promptmux.registry.records import RecordFiles, task_rel, version_rel
+from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion
+from promptmux.registry.task_store import TaskStore
 
 if TYPE_CHECKING:
     import torch
 
     from promptmux.registry.methods import Prompt
-    from promptmux.registry.registry import Registry
 
 MAX_CLAIM_ATTEMPTS = 10_000
 
@@ -61,9 +60,8 @@ def checked_prompt(prompt: "torch.Tensor | Prompt", made_on: BaseModelFingerprin
 
 
 class VersionStore:
-    def __init__(self, registry: "Registry") -> None:
-        self.registry = registry
-        self.files = registry.files
+    def __init__(self, files: RecordFiles, tasks: TaskStore) -> None:
+        self.files, self.tasks = files, tasks
 
     def register(
         self,
@@ -83,7 +81,7 @@ class VersionStore:
         version and return its manifest. It is checked first: its tensors, its config against
         them, and its fit to the task's base model (`base_fingerprint` is the model it was
         made on, checked against the task's)."""
-        record = self.registry.tasks.get(task)
+        record = self.tasks.get(task)
         prompt = checked_prompt(prompt, base_fingerprint, record.base_fingerprint, f"{task} (new version)")
         if parent_version is not None:
             self.get(task, parent_version)
@@ -118,14 +116,14 @@ class VersionStore:
         return self.files.announced(task, "version", claim)
 
     def all(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
-        self.registry.tasks.get(task)
+        self.tasks.get(task)
         archived = self.archived(task)
         return [self.get(task, number) for number in self.numbers(task) if include_archived or number not in archived]
 
     def get(self, task: str, version: int) -> PromptVersion:
         manifest = self.files.read(PromptVersion, f"{version_rel(task, version)}/{MANIFEST_FILE}")
         if manifest is None:
-            self.registry.tasks.get(task)
+            self.tasks.get(task)
             raise NotFoundError(f"task {task!r} has no version {version}")
         return manifest
 
@@ -133,23 +131,10 @@ class VersionStore:
         archived = self.archived(task)
         live = [number for number in self.numbers(task) if number not in archived]
         if not live:
-            self.registry.tasks.get(task)
+            self.tasks.get(task)
             raise NotFoundError(f"task {task!r} has no active versions: every one is archived (bring one back with "
                                 f"promptmux registry unarchive {task} VERSION)")
         return self.get(task, max(live))
-
-    def resolve(self, task: str, ref: int | str | None = None) -> PromptVersion:
-        """A version by number, alias name, or `latest`/None."""
-        if ref is None or ref == "latest":
-            return self.latest(task)
-        if isinstance(ref, int):
-            return self.get(task, ref)
-        if parse_version(ref) is not None:
-            return self.get(task, int(ref))
-        aliases = self.registry.aliases.of(task)
-        if ref not in aliases:
-            raise NotFoundError(f"task {task!r} has no alias {ref!r}")
-        return self.get(task, aliases[ref])
 
     def uri(self, task: str, version: int) -> str:
         return self.files.storage.url(version_rel(task, version))
@@ -183,26 +168,6 @@ class VersionStore:
         if manifest.version != version or manifest.task != task:
             return f"manifest names {manifest.task}@{manifest.version}"
         return None
-
-    def archive(self, task: str, version: int) -> None:
-        """Retire a version: it stays loadable by number but is no longer `latest`."""
-        with self.registry.tasks.editing(task):
-            self.get(task, version)
-            users = [f"alias {name!r}" for name, target in self.registry.aliases.of(task).items() if target == version]
-            rollout = self.registry.rollouts.get(task)
-            if rollout and any(variant.version == version for variant in rollout.variants):
-                users.append("the rollout")
-            if users:
-                raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
-            self.files.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
-
-    def unarchive(self, task: str, version: int) -> None:
-        """Bring an archived version back: it counts for `latest` again."""
-        with self.registry.tasks.editing(task):
-            self.get(task, version)
-            if version not in self.archived(task):
-                raise ConflictError(f"version {version} of {task!r} is not archived")
-            self.files.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"]))
 
     def archived(self, task: str) -> set[int]:
         return {number for name in self.files.storage.listdir(f"{task_rel(task)}/archived")

@@ -37,7 +37,7 @@ def test_every_routing_edit_names_its_task_in_the_change_log(registry: Registry,
         lambda: registry.rollouts.set("t", RolloutSpec(variants=[RolloutVariant(version=1, weight=1),
                                                                 RolloutVariant(version=2, weight=1)])),
         lambda: registry.rollouts.clear("t"),
-        lambda: registry.versions.archive("t", 1),
+        lambda: registry.archive("t", 1),
     ]
     for edit in edits:
         edit()
@@ -78,7 +78,7 @@ def random_edit(registry: Registry, fp: BaseModelFingerprint, name: str, rng: ra
             variants=[RolloutVariant(version=live[0], weight=1)])).variants}
         spare = [v for v in live if v not in used]
         if len(live) > 2 and spare:
-            registry.versions.archive(name, rng.choice(spare))
+            registry.archive(name, rng.choice(spare))
 
 
 def test_a_view_that_follows_the_log_agrees_with_a_full_scan_at_a_cost_of_what_changed(

@@ -174,7 +174,7 @@ def fp() -> BaseModelFingerprint:
 EDITS: dict[str, tuple[str, Callable[[Registry], object]]] = {  # name: (the registry it starts from, the edit)
     "create task": ("plain", lambda r: r.tasks.create(TaskSpec(name="fresh", base_model=BASE), fp())),
     "register": ("plain", lambda r: r.versions.register("reviews", torch.ones(3, 128), fp())),
-    "archive": ("plain", lambda r: r.versions.archive("reviews", 3)),
+    "archive": ("plain", lambda r: r.archive("reviews", 3)),
     "move an alias": ("plain", lambda r: r.aliases.set("reviews", "production", 2)),
     "new alias": ("plain", lambda r: r.aliases.set("reviews", "staging", 3)),
     "delete an alias": ("plain", lambda r: r.aliases.delete("reviews", "production")),

@@ -38,40 +38,40 @@ def mixed_rows(engine: Engine) -> list[tuple[str, list[int]]]:
 
 
 def test_mixed_batch_greedy_tokens_equal_peft_alone(engine: Engine) -> None:
-    registry, base_model = engine.loader.registry, engine.config.base_model
+    versions, base_model = engine.loader, engine.config.base_model
     rows = mixed_rows(engine)
     params = [GenerationParams(max_new_tokens=10, repetition_penalty=1.5 if i % 2 else 1.0) for i in range(len(rows))]
     outputs = generate(engine, [
-        GenerationRow(engine.prompt(registry.versions.latest(task)), ids, p) for (task, ids), p in zip(rows, params)
+        GenerationRow(engine.prompt(versions.latest(task)), ids, p) for (task, ids), p in zip(rows, params)
     ])
     for (task, ids), p, output in zip(rows, params, outputs):
-        expected = peft_generate(base_model, registry.versions.uri(task, 1), ids, 10, p.repetition_penalty)
+        expected = peft_generate(base_model, versions.uri(task, 1), ids, 10, p.repetition_penalty)
         assert output.token_ids == expected, (task, ids)
         assert output.finish_reason == ("length" if len(expected) == 10 else "stop")
         assert output.usage.prompt_tokens == len(ids) and output.usage.virtual_tokens == PROMPT_LENGTHS[task]
 
 
 def test_mixed_batch_last_logits_match_peft_alone(engine: Engine) -> None:
-    registry, base_model = engine.loader.registry, engine.config.base_model
+    versions, base_model = engine.loader, engine.config.base_model
     rows = mixed_rows(engine)
-    logits = engine.logits([Row(engine.prompt(registry.versions.latest(task)), ids) for task, ids in rows])
+    logits = engine.logits([Row(engine.prompt(versions.latest(task)), ids) for task, ids in rows])
     for (task, ids), row_logits in zip(rows, logits):
-        model = peft_model(base_model, registry.versions.uri(task, 1))
+        model = peft_model(base_model, versions.uri(task, 1))
         with torch.no_grad():
             expected = model(input_ids=torch.tensor([ids])).logits[0, -1]
         torch.testing.assert_close(row_logits[-1], expected, rtol=0, atol=1e-4)
 
 
 def test_classification_scores_equal_peft(engine: Engine) -> None:
-    registry, base_model = engine.loader.registry, engine.config.base_model
+    versions, base_model = engine.loader, engine.config.base_model
     labels_by_task = {"alpha": {"0": "0", "1": "1"}, "beta": {"yes": "positive", "no": "negative", "meh": "so-so"}}
     rows = [(task, engine.encode(text)) for task in labels_by_task for text in INPUTS[:2]]
     outputs = engine.classify([
-        ClassificationRow(engine.prompt(registry.versions.latest(task)), ids, engine.verbalizers(labels_by_task[task]))
+        ClassificationRow(engine.prompt(versions.latest(task)), ids, engine.verbalizers(labels_by_task[task]))
         for task, ids in rows
     ])
     for (task, ids), output in zip(rows, outputs):
-        version_dir = registry.versions.uri(task, 1)
+        version_dir = versions.uri(task, 1)
         scores = []
         for verbalizer in labels_by_task[task].values():
             target = engine.tokenizer(verbalizer, add_special_tokens=False).input_ids
@@ -90,9 +90,9 @@ def llama_engine(tmp_path_factory) -> Engine:
 
 
 def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
-    engine, registry = llama_engine, llama_engine.loader.registry
+    engine, versions = llama_engine, llama_engine.loader
     before = {name: (p.data_ptr(), p.detach().clone()) for name, p in engine.model.named_parameters()}
-    versions = [m for task in PROMPT_LENGTHS for m in registry.versions.all(task)]
+    versions = [m for task in PROMPT_LENGTHS for m in versions.all(task)]
     ids = engine.encode("swap")
     for i in range(300):
         batch = [versions[(i + k) % len(versions)] for k in range(3)]
@@ -107,12 +107,12 @@ def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
 
 
 def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: Engine) -> None:
-    engine, registry = llama_engine, llama_engine.loader.registry
+    engine, versions = llama_engine, llama_engine.loader
     sampled = GenerationParams(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=7)
-    target = GenerationRow(engine.prompt(registry.versions.latest("beta")), engine.encode("sample me"), sampled)
+    target = GenerationRow(engine.prompt(versions.latest("beta")), engine.encode("sample me"), sampled)
     alone = generate(engine, [target])[0]
     neighbours = [
-        GenerationRow(engine.prompt(registry.versions.latest(task)), engine.encode(text), GenerationParams(max_new_tokens=5))
+        GenerationRow(engine.prompt(versions.latest(task)), engine.encode(text), GenerationParams(max_new_tokens=5))
         for task, text in zip(PROMPT_LENGTHS, INPUTS)
     ]
     in_batch = generate(engine, [neighbours[0], target, *neighbours[1:]])[1]
@@ -124,8 +124,8 @@ def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: E
 
 
 def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, registry = llama_engine, llama_engine.loader.registry
-    prompt, ids = engine.prompt(registry.versions.latest("alpha")), engine.encode("stop here")
+    engine, versions = llama_engine, llama_engine.loader
+    prompt, ids = engine.prompt(versions.latest("alpha")), engine.encode("stop here")
     free = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
     assert free.text, "the random model produced no printable text to stop on"
     stop = free.text[-1]

@@ -23,7 +23,7 @@ def filled(registry: Registry, llama_fp) -> Registry:
     for name in ("act-as", "retired"):
         registry.tasks.create(TaskSpec(name=name, base_model="tiny-random-llama"), llama_fp)
         registry.versions.register(name, random_prompt(), llama_fp)
-    registry.versions.archive("retired", 1)  # its only version
+    registry.archive("retired", 1)  # its only version
     return registry
 
 

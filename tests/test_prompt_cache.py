@@ -10,6 +10,7 @@ import torch
 from helpers import BASE, PROMPT_LENGTHS, build_registry, fill_registry, serve_locally, wait_until
 
 from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
+from promptmux.registry.version_store import VersionStore
 from promptmux.serving.engine.batching import Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.prompt_cache import MiB, PromptCache, ServingFormat
@@ -27,8 +28,8 @@ def engine(tmp_path_factory) -> Engine:
 class CountedLoads:
     """The version store's own `load_prompt`, counted, each call held until `release` is set."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.real, self.calls, self.release = registry.versions.load_prompt, 0, threading.Event()
+    def __init__(self, versions: VersionStore) -> None:
+        self.real, self.calls, self.release = versions.load_prompt, 0, threading.Event()
 
     def __call__(self, task: str, version: int):
         self.calls += 1
@@ -37,11 +38,11 @@ class CountedLoads:
 
 
 def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine: Engine, monkeypatch) -> None:
-    registry = engine.loader.registry
-    loads = CountedLoads(registry)
-    monkeypatch.setattr(registry.versions, "load_prompt", loads)
-    cache = PromptCache(registry.versions, 64 * MiB, engine.prompts.serving)
-    manifest = registry.versions.latest("beta")
+    versions = engine.loader
+    loads = CountedLoads(versions)
+    monkeypatch.setattr(versions, "load_prompt", loads)
+    cache = PromptCache(versions, 64 * MiB, engine.prompts.serving)
+    manifest = versions.latest("beta")
     got: list = []
     threads = [threading.Thread(target=lambda: got.append(cache.get(manifest))) for _ in range(2)]
     threads[0].start()
@@ -84,12 +85,12 @@ def test_a_prompt_that_overflows_the_serving_dtype_is_refused(tmp_path: Path) ->
 
 
 def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engine: Engine) -> None:
-    registry = engine.loader.registry
+    versions = engine.loader
     serving = engine.prompts.serving
-    manifests = [m for task in PROMPT_LENGTHS for m in registry.versions.all(task)]
-    unbounded = PromptCache(registry.versions, 1 << 40, serving)
+    manifests = [m for task in PROMPT_LENGTHS for m in versions.all(task)]
+    unbounded = PromptCache(versions, 1 << 40, serving)
     largest = max(unbounded.get(manifest).nbytes for manifest in manifests)
-    cache = PromptCache(registry.versions, int(largest * 2.5), serving)
+    cache = PromptCache(versions, int(largest * 2.5), serving)
     for i in range(40):
         cache.get(manifests[(i * 7) % len(manifests)])
         stats = cache.stats()
@@ -98,11 +99,11 @@ def test_the_byte_count_runs_and_an_entry_bigger_than_the_cache_is_refused(engin
     assert cache.evictions > 0
     kv_bytes = serving.kv_bytes_per_token * PROMPT_LENGTHS["gamma"]
     assert kv_bytes > 0
-    tiny = PromptCache(registry.versions, kv_bytes, serving)
+    tiny = PromptCache(versions, kv_bytes, serving)
     with pytest.raises(IncompatiblePromptError, match=r"gamma@1 needs .* KiB with its KV; the whole prompt cache holds .* KiB"):
-        tiny.get(registry.versions.get("gamma", 1))
+        tiny.get(versions.get("gamma", 1))
     assert tiny.stats().entries == 0
-    assert tiny.get(registry.versions.get("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
+    assert tiny.get(versions.get("alpha", 1)).num_virtual_tokens == PROMPT_LENGTHS["alpha"]
 
 
 def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_load(tmp_path: Path) -> None:

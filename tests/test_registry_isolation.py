@@ -81,7 +81,7 @@ def test_cli_messages_name_the_broken_file(cli, tmp_path) -> None:
     cleared = cli("registry", "rollout", "act-as", "--clear", "--registry", registry.uri)
     assert cleared.code == 0 and not rollout.exists()
     assert cli("registry", "verify", "--registry", registry.uri).code == 0
-    assert Registry(registry.uri).tasks.view("act-as").rollout is None
+    assert Registry(registry.uri).show("act-as").rollout is None
 
 
 def gauge(url: str, name: str, labels: str) -> float | None:

@@ -218,13 +218,13 @@ def test_models_lists_only_what_is_servable_and_follows_archive_unarchive_and_de
 
     wait_until(lambda: everywhere({"retiring", "retiring:canary"}), timeout=15)
     registry.aliases.delete("retiring", "canary")
-    registry.versions.archive("retiring", 1)  # its only version: nothing of it can be served
+    registry.archive("retiring", 1)  # its only version: nothing of it can be served
     wait_until(lambda: everywhere(set()), timeout=15)
     refused = post(url, "/v1/generate", {"task": "retiring", "input": "x"})
     assert refused.status_code == 404 and "no servable version" in refused.text
-    registry.versions.unarchive("retiring", 1)
+    registry.unarchive("retiring", 1)
     wait_until(lambda: everywhere({"retiring"}), timeout=15)
-    registry.tasks.delete("retiring")
+    registry.delete_task("retiring")
     wait_until(lambda: everywhere(set()), timeout=15)
     for _ in range(4):
         gone = post(url, "/v1/generate", {"task": "retiring", "input": "x"})

@@ -23,6 +23,7 @@ from promptmux.serving.bench.machine import load_average, machine_report, worklo
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.http.api import GenerateBody
 from promptmux.serving.http.ports import free_port
+from promptmux.serving.runtime.requests import Call
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -76,8 +77,8 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
 
     async def direct(body: dict) -> int:
         request = GenerateBody.model_validate(body)
-        outputs = await service.generate(await service.prepare(request.query(), None, "bench", request.params), "bench")
-        return sum(o.usage.completion_tokens for o in outputs)
+        answers = await service.serve(Call(request.query(), "bench", params=request.params))
+        return sum(a.usage.completion_tokens for a in answers.answers)
 
     try:
         asyncio.run(_drive(bodies[:concurrency], concurrency, direct))  # warm-up

@@ -1,9 +1,10 @@
-"""Errors the engine raises for a request; the HTTP layer maps them to statuses."""
+"""Errors the engine raises for a request, each of a kind in `registry/errors.py` that the HTTP
+layer maps to a status."""
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.registry.errors import InvalidRequestError, UnavailableError
 
 
-class RequestError(PromptmuxError, ValueError):
+class RequestError(InvalidRequestError):
     """The request itself is invalid or exceeds a configured limit."""
 
 
@@ -20,11 +21,11 @@ class PositionLimitError(RequestError):
         self.version_caused = version_caused
 
 
-class OverloadedError(PromptmuxError):
+class OverloadedError(UnavailableError):
     """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""
 
 
-class EngineUnavailable(PromptmuxError):
+class EngineUnavailable(UnavailableError):
     """The engine's loop has stopped: this replica serves nothing until it is replaced (HTTP 503)."""
 
 

@@ -4,9 +4,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from promptmux.registry.errors import InvalidRequestError
+from promptmux.registry.names import parse_version
 from promptmux.registry.schemas import Logprobs, MaxNewTokens, Message, Seed, StopStrings, StrictModel, Temperature, TopP
-from promptmux.serving.engine.outputs import Usage
-from promptmux.serving.runtime.requests import Query
+from promptmux.serving.runtime.requests import Call, Query
+from promptmux.serving.runtime.results import Usage
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
 
 
@@ -113,6 +115,18 @@ def refuse_unsupported(data: object, unsupported: dict[str, tuple]) -> object:
     return data
 
 
+def parse_model(model: str) -> tuple[str, int | None, str | None]:
+    """OpenAI `model` → (task, version, alias): `task`, `task@3` or `task:staging`."""
+    if "@" in model:
+        task, _, version = model.partition("@")
+        number = parse_version(version)
+        if number is None:
+            raise InvalidRequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer (ASCII digits)")
+        return task, number, None
+    task, _, alias = model.partition(":")
+    return task, None, alias or None
+
+
 class StreamOptions(StrictModel):
     include_usage: bool = False
 
@@ -147,6 +161,10 @@ class OpenAIBody(StrictModel):
     def usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def query(self, inputs: list) -> Query:
+        task, version, alias = parse_model(self.model)
+        return Query(task, inputs, version, alias, self.user)
+
 
 class CompletionBody(OpenAIBody):
     """OpenAI `POST /v1/completions`."""
@@ -161,6 +179,11 @@ class CompletionBody(OpenAIBody):
     @classmethod
     def _refuse_unsupported(cls, data: object) -> object:
         return refuse_unsupported(data, UNSUPPORTED_COMPLETION_FIELDS)
+
+    def call(self) -> Call:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        return Call(self.query(prompts), "completions", params=self.params(logprobs=self.logprobs), tokens_field="max_tokens",
+                    stream=self.stream)
 
 
 class ContentPart(StrictModel):
@@ -212,5 +235,8 @@ class ChatBody(OpenAIBody):
     def tokens_field(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
-    def chat_params(self) -> ParamsOverride:
-        return self.params(self.max_completion_tokens, (self.top_logprobs or 0) if self.logprobs else None)
+    def call(self) -> Call:
+        """`n` choices are `n` rows of the one conversation."""
+        params = self.params(self.max_completion_tokens, (self.top_logprobs or 0) if self.logprobs else None)
+        return Call(self.query([[m.message() for m in self.messages]] * self.n), "chat", params=params,
+                    tokens_field=self.tokens_field, stream=self.stream, conversation=True)

@@ -16,26 +16,26 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from promptmux.registry import (
+from promptmux.registry.errors import (
     ConflictError,
     IncompatiblePromptError,
     InvalidArtifactError,
     InvalidNameError,
+    InvalidRequestError,
     NotFoundError,
     PromptmuxError,
     StorageError,
+    UnavailableError,
+    describe,
 )
-from promptmux.registry.errors import describe
-from promptmux.serving.engine.errors import EngineUnavailable, OverloadedError, RequestError
-from promptmux.serving.runtime.errors import ForgedFeedbackId, RequestTimeout, RouteUnavailable
+from promptmux.serving.runtime.errors import ForgedFeedbackId, RequestTimeout
 from promptmux.serving.runtime.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
-STATUS = [
-    (NotFoundError, 404), (InvalidNameError, 404), (OverloadedError, 503), (EngineUnavailable, 503),
-    (RouteUnavailable, 503), (StorageError, 503),
-    (RequestTimeout, 504), (ForgedFeedbackId, 403), (RequestError, 400), (IncompatiblePromptError, 409), (InvalidArtifactError, 409),
-    (ConflictError, 409), (PromptmuxError, 400),
+STATUS = [  # by kind, first match wins
+    (NotFoundError, 404), (InvalidNameError, 404), (UnavailableError, 503), (StorageError, 503),
+    (RequestTimeout, 504), (ForgedFeedbackId, 403), (InvalidRequestError, 400), (IncompatiblePromptError, 409),
+    (InvalidArtifactError, 409), (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")

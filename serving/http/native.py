@@ -1,5 +1,6 @@
 """promptmux's own endpoints: `POST /v1/generate` (plain or streamed), `POST /v1/classify`,
-and `POST /v1/feedback` for the outputs of either (each output carries its feedback id)."""
+and `POST /v1/feedback` for the outputs of either (each output carries its feedback id).
+Each maps its body to one runtime call and the runtime's answers to its response."""
 
 from collections.abc import AsyncIterator
 
@@ -7,7 +8,6 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
-from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.http.api import (
     ClassifyBody,
     ClassifyOutput,
@@ -19,7 +19,8 @@ from promptmux.serving.http.api import (
     GenerateResponse,
 )
 from promptmux.serving.http.streaming import sse
-from promptmux.serving.runtime.requests import Prepared
+from promptmux.serving.runtime.requests import Call
+from promptmux.serving.runtime.results import Answers, AnswerStream, Delta, ServedBy
 from promptmux.serving.runtime.service import PromptmuxService
 
 
@@ -28,32 +29,24 @@ def native_router(service: PromptmuxService) -> APIRouter:
 
     @router.post("/v1/generate", response_model=GenerateResponse)
     async def generate(body: GenerateBody) -> GenerateResponse | StreamingResponse:
-        items = await service.prepare(body.query(), TaskKind.generation, "generate", body.params)
-        if not body.stream:
-            outputs = await service.generate(items, "generate")
-            return GenerateResponse(outputs=[
-                GenerateOutput(id=service.feedback_id(item), index=i, task=item.task, version=item.version,
-                               variant=item.variant, text=o.text, token_ids=o.token_ids,
-                               finish_reason=o.finish_reason, usage=o.usage)
-                for i, (item, o) in enumerate(zip(items, outputs))
-            ])
-        ids = [service.feedback_id(item) for item in items]
-        streams = service.open_streams(items)  # overload and limits refused before the response starts
-
-        async def events() -> AsyncIterator[dict]:
-            async for index, event in service.merged_events(items, streams, "generate"):
-                yield {"id": ids[index], **stream_event(items[index], index, event)}
-
-        return sse(events())
+        result = await service.serve(Call(body.query(), "generate", TaskKind.generation, body.params, stream=body.stream))
+        if isinstance(result, AnswerStream):
+            return sse(stream_events(result))
+        served = result.served
+        return GenerateResponse(outputs=[
+            GenerateOutput(id=a.id, index=a.index, task=served.task, version=served.version, variant=served.variant,
+                           text=a.text, token_ids=a.token_ids, finish_reason=a.finish_reason, usage=a.usage)
+            for a in result.answers
+        ])
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyBody) -> ClassifyResponse:
-        items = await service.prepare(body.query(), TaskKind.classification, "classify")
-        outputs = await service.classify(items, "classify")
+        result: Answers = await service.serve(Call(body.query(), "classify", TaskKind.classification))
+        served = result.served
         return ClassifyResponse(outputs=[
-            ClassifyOutput(id=service.feedback_id(item, o.label), index=i, task=item.task, version=item.version,
-                           variant=item.variant, label=o.label, probabilities=o.probabilities, usage=o.usage)
-            for i, (item, o) in enumerate(zip(items, outputs))
+            ClassifyOutput(id=a.id, index=a.index, task=served.task, version=served.version, variant=served.variant,
+                           label=a.label, probabilities=a.probabilities, usage=a.usage)
+            for a in result.answers
         ])
 
     @router.post("/v1/feedback", response_model=FeedbackResponse)
@@ -63,11 +56,16 @@ def native_router(service: PromptmuxService) -> APIRouter:
     return router
 
 
-def stream_event(item: Prepared, index: int, event: StreamEvent) -> dict:
-    payload = {"index": index, "task": item.task, "version": item.version, "variant": item.variant,
-               "text": event.text, "token_ids": event.token_ids, "finish_reason": event.finish_reason}
-    if event.output is not None:
-        payload["usage"] = event.output.usage.model_dump()
-    if event.error:
-        payload["error"] = event.error
+async def stream_events(stream: AnswerStream) -> AsyncIterator[dict]:
+    async for delta in stream.deltas:
+        yield {"id": stream.ids[delta.index], **stream_event(stream.served, delta)}
+
+
+def stream_event(served: ServedBy, delta: Delta) -> dict:
+    payload = {"index": delta.index, "task": served.task, "version": served.version, "variant": served.variant,
+               "text": delta.text, "token_ids": delta.token_ids, "finish_reason": delta.finish_reason}
+    if delta.usage is not None:
+        payload["usage"] = delta.usage.model_dump()
+    if delta.error:
+        payload["error"] = delta.error
     return payload

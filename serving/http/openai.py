@@ -1,6 +1,7 @@
 """The OpenAI-compatible surface: `POST /v1/completions` (plain or streamed), `GET /v1/models`,
-and what `POST /v1/chat/completions` (`chat.py`) shares with them: the model name, the
-response envelope, log-probabilities and the usage chunk of a stream.
+and what `POST /v1/chat/completions` (`chat.py`) shares with them: the response envelope,
+log-probabilities, and `respond`, which maps the runtime's answers to either endpoint's
+response through its `Shape`.
 
 `model` names the task (`task`, `task@3`, `task:staging`) and `user` is the routing key.
 A classification task answers with its label as the completion text. Each choice's
@@ -10,33 +11,19 @@ feedback id is in `promptmux.ids`; with one choice it is also the response's `id
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
-from promptmux.registry.names import parse_version
-from promptmux.serving.engine.errors import RequestError
-from promptmux.serving.engine.outputs import TokenLogprob, Usage
-from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.streaming import one_by_one, sse
-from promptmux.serving.runtime.requests import Prepared, Query
+from promptmux.serving.runtime.requests import Call
+from promptmux.serving.runtime.results import Answer, AnswerStream, Delta, ServedBy, TokenChoice, Usage
 from promptmux.serving.runtime.service import PromptmuxService
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def parse_model(model: str) -> tuple[str, int | None, str | None]:
-    """OpenAI `model` → (task, version, alias): `task`, `task@3` or `task:staging`."""
-    if "@" in model:
-        task, _, version = model.partition("@")
-        number = parse_version(version)
-        if number is None:
-            raise RequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer (ASCII digits)")
-        return task, number, None
-    task, _, alias = model.partition(":")
-    return task, None, alias or None
 
 
 def total_usage(usages: list[Usage]) -> dict:
@@ -47,7 +34,7 @@ class Completion:
     """The envelope every response and chunk of one request shares: one id, one creation time,
     the object kind, and what served it (`promptmux`: task, version, variant, feedback ids)."""
 
-    def __init__(self, model: str, served: Prepared, ids: list[str], kind: str = "text_completion") -> None:
+    def __init__(self, model: str, served: ServedBy, ids: list[str], kind: str = "text_completion") -> None:
         self.created, self.model, self.served, self.ids, self.kind = int(time.time()), model, served, ids, kind
         prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
         self.id = ids[0] if len(ids) == 1 else f"{prefix}-{uuid.uuid4().hex}"
@@ -68,59 +55,78 @@ class Completion:
         return body
 
 
-def completion_logprobs(logprobs: list[TokenLogprob] | None, text_of: Callable[[int], str]) -> dict | None:
+def completion_logprobs(logprobs: list[TokenChoice] | None) -> dict | None:
     """OpenAI's completions `logprobs`: tokens, their log-probabilities, the top alternatives, offsets."""
     if logprobs is None:
         return None
-    tokens = [text_of(t.token_id) for t in logprobs]
     offsets, at = [], 0
-    for token in tokens:
+    for t in logprobs:
         offsets.append(at)
-        at += len(token)
-    return {"tokens": tokens, "token_logprobs": [t.logprob for t in logprobs],
-            "top_logprobs": [{text_of(a.token_id): a.logprob for a in t.top} for t in logprobs], "text_offset": offsets}
+        at += len(t.token)
+    return {"tokens": [t.token for t in logprobs], "token_logprobs": [t.logprob for t in logprobs],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in logprobs], "text_offset": offsets}
 
 
-def chat_logprobs(logprobs: list[TokenLogprob] | None, text_of: Callable[[int], str]) -> dict | None:
-    """OpenAI's chat `logprobs`: per token its text, log-probability, bytes and top alternatives."""
-    if logprobs is None:
-        return None
+@dataclass(frozen=True)
+class Shape:
+    """How one OpenAI endpoint writes its answers: the object kind, a whole answer's choice, a
+    classification's choice (`streamed`: as a stream's one chunk), a streamed delta's choice,
+    the choices a stream opens with, and whether a classification shows its probabilities."""
 
-    def entry(token_id: int, logprob: float) -> dict:
-        text = text_of(token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    kind: str
+    answer: Callable[[Answer], dict]
+    label: Callable[[Answer, bool], dict]
+    delta: Callable[[Delta], dict]
+    opening: Callable[[int], list[dict]] = lambda n: []
+    probabilities: bool = False
 
-    return {"content": [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(a.token_id, a.logprob) for a in t.top]}
-                        for t in logprobs], "refusal": None}
 
+async def respond(service: PromptmuxService, call: Call, model: str, shape: Shape, usage_in_stream: bool
+                  ) -> dict | StreamingResponse:
+    """One runtime call, and its answers as `shape` writes them: a JSON body, or an event
+    stream: the opening choices, a chunk per delta, an error chunk for an input that fails,
+    and with `usage_in_stream` (`stream_options.include_usage`) a last chunk of no choices
+    with the usage. A classification streams as one chunk."""
+    result = await service.serve(call)
+    completion = Completion(model, result.served, result.ids, shape.kind)
+    if not isinstance(result, AnswerStream):
+        answers, usages = result.answers, [a.usage for a in result.answers]
+        if result.served.kind is not TaskKind.classification:
+            return completion.envelope([shape.answer(a) for a in answers], usages)
+        extra = {"probabilities": [a.probabilities for a in answers]} if shape.probabilities else {}
+        if call.stream:
+            chunk = completion.envelope([shape.label(a, True) for a in answers], kind=completion.chunk_kind, **extra)
+            return sse(one_by_one([chunk]))
+        return completion.envelope([shape.label(a, False) for a in answers], usages, **extra)
 
-def stream_response(service: PromptmuxService, items: list[Prepared], endpoint: str, completion: Completion,
-                    choice_of: Callable[[int, StreamEvent], dict], usage: bool, first: list[dict] | None = None
-                    ) -> StreamingResponse:
-    """An OpenAI event stream: `first` choices (chat's role delta), a chunk per event, an error
-    chunk for a row that fails, and with `usage` (`stream_options.include_usage`) a last chunk
-    of no choices with the usage. Every input is submitted now, so overload and limits are
-    refused before the response starts."""
-    streams, usages = service.open_streams(items), []
-
-    async def chunks() -> AsyncIterator[dict]:
-        if first:
-            yield completion.envelope(first, kind=completion.chunk_kind)
-        async for index, event in service.merged_events(items, streams, endpoint):
-            if event.error:
-                yield {"error": {"message": event.error}}
+    async def chunks(stream: AnswerStream) -> AsyncIterator[dict]:
+        usages = []
+        opening = shape.opening(len(stream.ids))
+        if opening:
+            yield completion.envelope(opening, kind=completion.chunk_kind)
+        async for delta in stream.deltas:
+            if delta.error:
+                yield {"error": {"message": delta.error}}
                 continue
-            if event.output is not None:
-                usages.append(event.output.usage)
-            yield completion.envelope([choice_of(index, event)], kind=completion.chunk_kind)
-        if usage:
+            if delta.usage is not None:
+                usages.append(delta.usage)
+            yield completion.envelope([shape.delta(delta)], kind=completion.chunk_kind)
+        if usage_in_stream:
             yield completion.envelope([], usages, kind=completion.chunk_kind)
 
-    return sse(chunks())
+    return sse(chunks(result))
 
 
 def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
+
+
+COMPLETION = Shape(
+    "text_completion",
+    answer=lambda a: choice(a.index, a.text, a.finish_reason, completion_logprobs(a.logprobs)),
+    label=lambda a, streamed: choice(a.index, a.text, "stop"),
+    delta=lambda d: choice(d.index, d.text, d.finish_reason, completion_logprobs(d.logprobs)),
+)
 
 
 def openai_router(service: PromptmuxService) -> APIRouter:
@@ -128,42 +134,12 @@ def openai_router(service: PromptmuxService) -> APIRouter:
 
     @router.post("/v1/completions", response_model=None)  # JSON or an event stream
     async def completions(body: CompletionBody) -> dict | StreamingResponse:
-        task, version, alias = parse_model(body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        query = Query(task, prompts, version, alias, body.user)
-        items = await service.prepare(query, None, "completions", body.params(logprobs=body.logprobs),
-                                      tokens_field="max_tokens")
-        if items[0].kind is TaskKind.classification:
-            labels = await service.classify(items, "completions")
-            completion = Completion(body.model, items[0], [service.feedback_id(i, o.label) for i, o in zip(items, labels)])
-            choices = [choice(i, o.label, "stop") for i, o in enumerate(labels)]
-            if body.stream:
-                return sse(one_by_one([completion.envelope(choices)]))
-            return completion.envelope(choices, [o.usage for o in labels])
-        completion = Completion(body.model, items[0], [service.feedback_id(item) for item in items])
-        if not body.stream:
-            outputs = await service.generate(items, "completions")
-            choices = [choice(i, o.text, o.finish_reason, completion_logprobs(o.logprobs, service.token_text))
-                       for i, o in enumerate(outputs)]
-            return completion.envelope(choices, [o.usage for o in outputs])
-
-        def streamed(index: int, event: StreamEvent) -> dict:
-            logprobs = completion_logprobs(event.logprobs, service.token_text) if body.logprobs is not None else None
-            return choice(index, event.text, event.finish_reason, logprobs)
-
-        return stream_response(service, items, "completions", completion, streamed, body.usage_in_stream)
+        return await respond(service, body.call(), body.model, COMPLETION, body.usage_in_stream)
 
     @router.get("/v1/models")
     async def models() -> dict:
-        """The model ids a request may name and be served now: a task whose only version is
-        archived, or an alias whose version cannot be served, is left out."""
-        data, view = [], service.view
-        for name in sorted(view.entries):
-            entry = view.entries[name]
-            created = int(entry.record.created_at.timestamp())
-            aliases = sorted(entry.aliases.keys() | entry.fallbacks.keys())
-            ids = [name] * view.servable(name) + [f"{name}:{alias}" for alias in aliases if view.servable(name, alias)]
-            data += [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"} for model_id in ids]
-        return {"object": "list", "data": data}
+        """The model ids a request may name and be served now."""
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"}
+                                           for model_id, created in service.model_ids()]}
 
     return router

@@ -1,6 +1,6 @@
 """Errors of the runtime a request can meet; the HTTP layer maps them to statuses."""
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.registry.errors import PromptmuxError, UnavailableError
 
 
 class RequestTimeout(PromptmuxError):
@@ -11,5 +11,5 @@ class ForgedFeedbackId(PromptmuxError):
     """A feedback id whose signature is not this deployment's (HTTP 403)."""
 
 
-class RouteUnavailable(PromptmuxError):
+class RouteUnavailable(UnavailableError):
     """The version a request would be served by is known but not servable (HTTP 503)."""

@@ -26,6 +26,22 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Call:
+    """One request to the runtime, whatever its endpoint: the query, the endpoint it came on (for
+    the metrics), the kind of task it needs (None: either), the parameters it overrides (and
+    what the client calls max_new_tokens), whether it streams, and whether its inputs are chat
+    conversations (fitted to the task's format; choice i of a seeded request samples with seed + i)."""
+
+    query: Query
+    endpoint: str
+    kind: TaskKind | None = None
+    params: ParamsOverride | None = None
+    tokens_field: str = "max_new_tokens"
+    stream: bool = False
+    conversation: bool = False
+
+
+@dataclass(frozen=True)
 class Assignment:
     """Which version and rollout variant serve a request, and the automatic rollout (if any)
     whose split put it there: what metrics, served windows and feedback ids are keyed by."""

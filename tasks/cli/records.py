@@ -41,7 +41,7 @@ registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no
 def list_tasks(registry: RegistryOption = "", as_json: JsonOption = False) -> None:
     """List tasks with their versions, aliases and rollout."""
     reg = open_registry(registry)
-    views = [reg.tasks.view(name) for name in reg.tasks.names()]
+    views = [reg.show(name) for name in reg.tasks.names()]
     if as_json:
         print_json([
             {
@@ -81,7 +81,7 @@ def rollout_text(rollout: RolloutSpec | None) -> str:
 @registry_app.command("show")
 def show(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
     """Show a task's spec, versions (aliases, sha256, metrics, directory URI) and rollout."""
-    view = open_registry(registry).tasks.view(task)
+    view = open_registry(registry).show(task)
     if as_json:
         payload = view.model_dump(mode="json")
         payload["versions"] = [
@@ -217,7 +217,7 @@ def export(
 ) -> None:
     """Write a version as a PEFT adapter directory (loadable with PeftModel.from_pretrained)."""
     reg = open_registry(registry)
-    manifest = reg.versions.resolve(task, version)
+    manifest = reg.aliases.resolve(task, version)
     reg.transfer.export(task, manifest.version, destination)
     console.print(f"exported {task} version {manifest.version} to {destination}")
 
@@ -240,14 +240,14 @@ def history(task: str, registry: RegistryOption = "", as_json: JsonOption = Fals
 @registry_app.command("archive")
 def archive(task: str, version: int, registry: RegistryOption = "") -> None:
     """Archive a version (refused while an alias or the rollout points at it)."""
-    open_registry(registry).versions.archive(task, version)
+    open_registry(registry).archive(task, version)
     console.print(f"archived {task} version {version}")
 
 
 @registry_app.command("unarchive")
 def unarchive(task: str, version: int, registry: RegistryOption = "") -> None:
     """Bring an archived version back (it counts for latest again)."""
-    open_registry(registry).versions.unarchive(task, version)
+    open_registry(registry).unarchive(task, version)
     console.print(f"unarchived {task} version {version}")
 
 
@@ -258,7 +258,7 @@ def delete(
     registry: RegistryOption = "",
 ) -> None:
     """Delete a task with all its versions (refused while an alias or a rollout routes to it)."""
-    open_registry(registry).tasks.delete(task, force)
+    open_registry(registry).delete_task(task, force)
     console.print(f"deleted task {task}")
 
 

@@ -41,7 +41,7 @@ def alias(
         return
     if version is None:
         raise PromptmuxError("give the VERSION to point the alias at, or --delete")
-    target = reg.versions.resolve(task, version).version
+    target = reg.aliases.resolve(task, version).version
     reg.aliases.set(task, name, target)
     console.print(f"{task}:{name} → version {target}")
 

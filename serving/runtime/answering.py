@@ -1,0 +1,270 @@
+"""Running a request, from the runtime's one call (`Answering.serve`) to its answers.
+
+A request is routed once, every input is prepared (everything that can fail does, before
+any joins a batch), run on the engine within the per-request deadline, and counted input by
+input under the variant that served it (ok, error, timeout, cancelled) for the metrics and
+the rollouts' guard rails. The answers carry their signed feedback ids and the runtime's own
+result types (`results.py`).
+"""
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+from typing import TypeVar
+
+from promptmux.registry import TaskKind
+from promptmux.registry.policy import Result, ServedWindow, VariantServed
+from promptmux.registry.schemas import Message, utc_now
+from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
+from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError
+from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob
+from promptmux.serving.engine.outputs import Usage as EngineUsage
+from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.sequence import StreamEvent
+from promptmux.serving.runtime.deadline import Deadline
+from promptmux.serving.runtime.errors import RequestTimeout
+from promptmux.serving.runtime.feedback import FeedbackIds
+from promptmux.serving.runtime.metrics import ServingMetrics
+from promptmux.serving.runtime.requests import Assignment, Call, Input, Prepared, prepare
+from promptmux.serving.runtime.results import (
+    Answer,
+    Answers,
+    AnswerStream,
+    Delta,
+    ServedBy,
+    TokenAlternative,
+    TokenChoice,
+    Usage,
+)
+from promptmux.serving.runtime.routing import RegistryView
+from promptmux.serving.runtime.settings import ServeSettings
+
+R = TypeVar("R", GenerationOutput, ClassificationOutput)
+
+
+class ServedCounters:
+    """What this replica served per assignment (task, version, variant, experiment) since the
+    last window was written, by result: the guard rails of automatic rollouts read these
+    windows from the registry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start = utc_now()
+        self._counts: dict[Assignment, VariantServed] = {}
+
+    def add(self, assignment: Assignment, result: Result, latency_s: float = 0.0) -> None:
+        with self._lock:
+            served = self._counts.setdefault(assignment, VariantServed(
+                version=assignment.version, variant=assignment.variant, experiment=assignment.experiment))
+            served.add(result, latency_s)
+
+    def take(self, replica: str, tasks: set[str]) -> dict[str, ServedWindow]:
+        """This window's figures of `tasks` (the others are dropped); a new window starts."""
+        with self._lock:
+            counts, start, self._counts, self._start = self._counts, self._start, {}, utc_now()
+        windows: dict[str, ServedWindow] = {}
+        for assignment, served in counts.items():
+            if assignment.task in tasks:
+                window = windows.setdefault(assignment.task, ServedWindow(replica=replica, start=start, variants=[]))
+                window.variants.append(served)
+        return windows
+
+
+def result_of(exc: BaseException) -> Result | None:
+    """How a request that raised `exc` counts: a failure of the server (or of the version that
+    served it), a timeout, a cancel; None for a refusal that says nothing of the version (an
+    invalid request, a full queue), which is not counted against any variant."""
+    if isinstance(exc, RequestTimeout):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, PositionLimitError):
+        return "error" if exc.version_caused else None
+    if isinstance(exc, RequestError | OverloadedError):
+        return None
+    return "error"
+
+
+def usage_of(usage: EngineUsage) -> Usage:
+    return Usage(**usage.model_dump())
+
+
+class Answering:
+    def __init__(self, settings: ServeSettings, engine: Engine, async_engine: AsyncEngine, view: RegistryView,
+                 ids: FeedbackIds, metrics: ServingMetrics) -> None:
+        self.settings, self.engine, self.async_engine, self.view = settings, engine, async_engine, view
+        self.ids, self.metrics = ids, metrics
+        self.served = ServedCounters()
+
+    async def serve(self, call: Call) -> Answers | AnswerStream:
+        """The one runtime call of a request: its answers, or for a streamed generation its
+        stream (a classification has nothing to stream: its answers come whole)."""
+        items = await self.prepare(call)
+        first = items[0]
+        served = ServedBy(first.task, first.version, first.variant, first.kind)
+        if first.kind is TaskKind.classification:
+            labels = await self._finish(self.async_engine.classify([item.row for item in items]), call.endpoint, items)
+            return Answers(served, [Answer(i, self.feedback_id(item, o.label), o.label, [], "stop", usage_of(o.usage),
+                                           label=o.label, probabilities=o.probabilities)
+                                    for i, (item, o) in enumerate(zip(items, labels))])
+        ids = [self.feedback_id(item) for item in items]
+        if call.stream:
+            return AnswerStream(served, ids, self._deltas(items, self._open_streams(items), call.endpoint))
+        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items), return_exceptions=True)
+        outputs = await self._finish(work, call.endpoint, items)
+        return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, usage_of(o.usage),
+                                       logprobs=self._choices(o.logprobs)) for i, o in enumerate(outputs)])
+
+    async def prepare(self, call: Call) -> list[Prepared]:
+        """Route once per request and prepare every input; refuse the wrong kind of task. A
+        prompt not yet resident is loaded on a worker thread, off the event loop. A request the
+        routed version's virtual tokens push past the model's positions is counted as a
+        failure of that version's variant before it is refused."""
+        query = call.query
+        if len(query.inputs) > self.settings.max_inputs_per_request:
+            raise RequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
+        entry = self.view.task(query.task)
+        spec = entry.record.spec
+        if call.kind is not None and spec.kind is not call.kind:
+            other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
+            raise RequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
+        inputs = [self._chat_input(query.task, spec.format, i) for i in query.inputs] if call.conversation else query.inputs
+        route = self.view.route(query.task, query.version, query.alias, query.routing_key)
+        prompts = self.engine.prompts
+        prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
+        try:
+            items = prepare(self.engine, spec, route, prompt, inputs, call.params, call.tokens_field)
+        except PositionLimitError as exc:
+            self.count(call.endpoint, [Assignment.of(spec.name, route)] * len(inputs), result_of(exc))
+            raise
+        if call.conversation and spec.kind is TaskKind.generation:
+            _reseeded(items)
+        return items
+
+    @staticmethod
+    def _chat_input(task: str, task_format: str, request: Input) -> Input:
+        """A chat request's input: the conversation for a chat-format task; for a plain-template
+        task, the content of its one user message (more is refused, saying so)."""
+        if task_format == "chat" or isinstance(request, str):
+            return request
+        messages: list[Message] = request
+        if [m.role for m in messages] != ["user"]:
+            roles = ", ".join(m.role for m in messages)
+            raise RequestError(f"task {task!r} has a plain template: it takes exactly one user message as its input; "
+                               f"this request has {len(messages)} message(s) ({roles})")
+        return messages[0].content
+
+    def feedback_id(self, item: Prepared, label: str | None = None) -> str:
+        """The signed id an output carries, which `POST /v1/feedback` takes back."""
+        a = item.assignment
+        return self.ids.issue(a.task, a.version, a.variant, a.experiment, label)
+
+    def _choices(self, logprobs: list[TokenLogprob] | None) -> list[TokenChoice] | None:
+        """Log-probabilities with each token's text (special tokens included)."""
+        if logprobs is None:
+            return None
+        text = self.engine.tokenizer.decode
+        return [TokenChoice(text([t.token_id]), t.logprob, [TokenAlternative(text([a.token_id]), a.logprob) for a in t.top])
+                for t in logprobs]
+
+    def record(self, endpoint: str, item: Prepared, usage: EngineUsage, started: float) -> None:
+        a, latency = item.assignment, time.perf_counter() - started
+        labels = (a.task, str(a.version), a.variant)
+        self.count(endpoint, [a], "ok", latency)
+        self.metrics.latency.labels(endpoint, *labels).observe(latency)
+        self.metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+
+    def count(self, endpoint: str, assignments: list[Assignment], result: Result | None, latency_s: float = 0.0) -> None:
+        """Count requests by result (ok, error, timeout: 504, cancelled: the client went away)
+        under the variant that served each, for the metrics and for the rollouts' guard rails;
+        a result of None (a refusal that says nothing of the version) is not counted."""
+        if result is None:
+            return
+        for a in assignments:
+            self.metrics.requests.labels(endpoint, a.task, str(a.version), a.variant, result).inc()
+            self.served.add(a, result, latency_s)
+
+    async def _finish(self, work: Awaitable[list[R | BaseException]], endpoint: str, items: list[Prepared]) -> list[R]:
+        """Every output of a plain request within its deadline. Each input is counted with its
+        own result under its own variant (a request of several inputs may fail in one of them);
+        the first failure is then raised. A request that does not finish is counted as timed
+        out (`RequestTimeout`, HTTP 504) or cancelled."""
+        started = time.perf_counter()
+        try:
+            outputs = await Deadline(self.settings.request_timeout_s).wait(work)
+        except (RequestTimeout, asyncio.CancelledError) as exc:
+            self.count(endpoint, [item.assignment for item in items], result_of(exc))
+            raise
+        except Exception as exc:  # the whole job failed (a classification): every input with it
+            outputs = [exc] * len(items)
+        for item, output in zip(items, outputs):
+            if isinstance(output, BaseException):
+                self.count(endpoint, [item.assignment], result_of(output))
+            else:
+                self.record(endpoint, item, output.usage, started)
+        failure = next((output for output in outputs if isinstance(output, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return list(outputs)
+
+    def _open_streams(self, items: list[Prepared]) -> list[EventStream]:
+        """Submit every input now, so overload or limits are refused before a response starts."""
+        streams: list[EventStream] = []
+        try:
+            for item in items:
+                streams.append(self.async_engine.submit(item.row))
+        except Exception:
+            for stream in streams:
+                stream.state.cancel()
+            raise
+        return streams
+
+    async def _deltas(self, items: list[Prepared], streams: list[EventStream], endpoint: str) -> AsyncIterator[Delta]:
+        """Every input's deltas as they come; leaving early cancels them all, and so does the
+        per-request deadline (after an error delta)."""
+        started = time.perf_counter()
+        deadline = Deadline(self.settings.request_timeout_s)
+        queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
+
+        async def pump(index: int, stream: EventStream) -> None:
+            async with aclosing(stream):
+                async for event in stream:
+                    await queue.put((index, event))
+
+        pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+        unfinished = set(range(len(streams)))
+        try:
+            while unfinished:
+                try:
+                    index, event = await deadline.wait(queue.get())
+                except RequestTimeout as exc:
+                    self.count(endpoint, [items[i].assignment for i in unfinished], "timeout")
+                    yield Delta(0, "", [], error=str(exc))
+                    return
+                if event.output is not None:
+                    self.record(endpoint, items[index], event.output.usage, started)
+                if event.error:
+                    self.count(endpoint, [items[index].assignment], "error")
+                if event.finish_reason or event.error:
+                    unfinished.discard(index)
+                asked = items[index].row.params.logprobs is not None
+                yield Delta(index, event.text, event.token_ids, event.finish_reason,
+                            usage_of(event.output.usage) if event.output is not None else None,
+                            self._choices(event.logprobs) if asked else None, event.error)
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
+            self.count(endpoint, [items[i].assignment for i in unfinished], "cancelled")
+            raise
+        finally:
+            for task in pumps:
+                task.cancel()
+
+
+def _reseeded(items: list[Prepared]) -> None:
+    """Choice i of a seeded sampling request samples with seed + i: different, and repeatable."""
+    for i, item in enumerate(items):
+        params = item.row.params
+        if params.seed is not None and params.temperature > 0:
+            item.row.params = params.model_copy(update={"seed": (params.seed + i) % 2**64})
