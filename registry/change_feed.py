@@ -32,7 +32,7 @@ from promptmux.registry.schemas import utc_now
 from promptmux.registry.storage import Storage
 
 LOG_DIR = "changes"
-FeedKind = Literal["task", "version", "archive", "alias", "rollout"]
+FeedKind = Literal["task", "version", "archive", "alias", "rollout", "tenant"]
 HEAD = f"{LOG_DIR}/HEAD"
 
 

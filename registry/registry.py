@@ -10,7 +10,7 @@ Layout under the root (any fsspec URL)::
     changes/<n>.json                         the change feed (`change_feed.py`): one entry per routing edit, for servers
 
 `Registry` composes one store per kind of record (`registry.tasks`, `.versions`,
-`.aliases`, `.rollouts`, `.outcomes`, `.transfer` for PEFT import and export), all over one
+`.aliases`, `.rollouts`, `.outcomes`, `.transfer` for PEFT import and export, `.tenants`), all over one
 `RecordFiles`, each depending only on the ones before it; it keeps what spans them: the
 edits that check what routes traffic (archive, delete), the task's view and history,
 verification and repair.
@@ -39,6 +39,7 @@ from promptmux.registry.rollout_store import RolloutStore
 from promptmux.registry.schemas import TaskView, VersionView, utc_now
 from promptmux.registry.storage import Storage, open_storage
 from promptmux.registry.task_store import TaskStore
+from promptmux.registry.tenant_store import TenantStore
 from promptmux.registry.transfer import PeftTransfer
 from promptmux.registry.version_store import VersionStore
 
@@ -78,6 +79,7 @@ class Registry:
         self.rollouts = RolloutStore(self.files, self.tasks, self.versions, self.aliases)
         self.outcomes = OutcomeStore(self.files)
         self.transfer = PeftTransfer(self.files, self.tasks, self.versions)
+        self.tenants = TenantStore(self.files)
 
     @property
     def uri(self) -> str:

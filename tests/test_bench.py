@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptmux.serving.bench import engine, http, scheduler, streaming
+from promptmux.serving.bench import engine, fairness, http, scheduler, streaming
 
 
 def check_ratios(report: dict, output: str, names: set[str]) -> None:
@@ -69,6 +69,19 @@ def test_bench_streaming_detokenizes_incrementally(cli, tmp_path: Path, monkeypa
     check_ratios(report, result.out, {"stream_over_plain"})
     assert "≤ 1.5" in result.out and report["config"]["new_tokens"] == 400
     assert report["full_over_incremental"] > 1  # decoding everything again at every token costs more
+
+
+def test_bench_fairness_refuses_the_flood_not_the_trickle(cli, tmp_path: Path, monkeypatch) -> None:
+    smallest(monkeypatch, fairness, new_tokens=[2, 6], max_batch_size=4, b_requests=6, calibration=16)
+    result = cli("bench", "fairness", "--quick", "--base-model", "tiny-random-llama", "--json", str(tmp_path / "out.json"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out.json").read_text())
+    check_ratios(report, result.out, {"fair_p99_over_alone"})
+    assert report["fifo_p99_over_alone"] > 0 and "A floods, fair" in result.out
+    for case in ("alone", "fifo", "fair"):
+        assert report[case]["b_served"] == 6 and report[case]["b_429"] == 0  # the trickle is never refused
+    for case in ("fifo", "fair"):
+        assert report[case]["a_429"] > 0 and report[case]["a_served"] > 0  # the flood is, past its concurrency
 
 
 def test_bench_registry_counts_the_storage_requests_of_a_refresh_locally_and_on_s3(cli, tmp_path: Path) -> None:

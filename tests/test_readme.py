@@ -40,7 +40,8 @@ def test_the_readme_shell_blocks_run_in_order(tmp_path: Path) -> None:
                      "registered grooming-copy version 1 (classification task, prompt tuning)", "wrote 4 results to results.jsonl (0 failed)",
                      '"status":"ok"', "data: [DONE]", '"label"', "text_completion", "promptmux_requests_total",
                      "'task': 'act-as'", "draining", "registered act-as-chat version 1", '"object":"chat.completion"',
-                     "chat.completion length", "\nTrue\n"):
+                     "chat.completion length", "\nTrue\n", "added tenant team-a", "unknown task 'grooming'",
+                     "no key: 401", "revoked: 401", "revoked tenant team-a"):
         assert expected in output, (expected, output[-6000:])
     registry = tmp_path / "my-registry" / "tasks"
     template = json.loads((registry / "grooming" / "task.json").read_text())["spec"]["template"]

@@ -36,6 +36,8 @@ class Row:
 @dataclass
 class GenerationRow(Row):
     params: GenerationParams
+    owner: str = ""  # whose request it is (a tenant): admission is fair across owners (`waiting.py`)
+    weight: float = 1.0  # the owner's share of admissions while others wait
 
 
 @dataclass

@@ -24,6 +24,9 @@ class EngineConfig(StrictModel):
         65536, ge=1, description="KV budget: virtual + input + max_new tokens summed over running rows"
     )
     max_waiting: int = Field(256, ge=0, description="requests queued beyond the running batch; more are refused")
+    fair_admission: bool = Field(
+        True, description="admit waiting requests fairly across owners (tenants) by weight; false: first come, first served"
+    )
     admit_fraction: float = Field(
         0.5, gt=0, le=1, description="while rows run, admit newcomers only when this share of the batch is free"
     )

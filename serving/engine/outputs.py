@@ -41,6 +41,7 @@ class GenerationOutput(StrictModel):
     finish_reason: Literal["stop", "length"]
     usage: Usage
     logprobs: list[TokenLogprob] | None = None
+    queue_s: float = 0.0  # how long it waited for a decode slot
 
 
 class ClassificationOutput(StrictModel):

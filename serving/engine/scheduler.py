@@ -1,8 +1,9 @@
 """Iteration-level scheduling over mixed-task batches (continuous batching).
 
-At every step boundary the scheduler admits waiting requests in FIFO order (the head
-of the queue is never skipped, so nothing starves) while the running rows and the
-tokens they may hold stay within the limits, prefills the newcomers together and merges
+At every step boundary the scheduler admits waiting requests (first come, first served
+within each owner, fair across owners by weight: `waiting.py`; the request whose turn it
+is is never skipped, so nothing starves) while the running rows and the tokens they may
+hold stay within the limits, prefills the newcomers together and merges
 them into the running decode batch, picks one token for every row, and lets finished or
 cancelled rows leave at once. Past the waiting-queue bound a submit is refused.
 
@@ -24,6 +25,7 @@ synchronous; `async_engine` runs it on a thread and bridges events to asyncio, a
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,6 +38,7 @@ from promptmux.serving.engine.errors import OverloadedError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput
 from promptmux.serving.engine.protocol import ModelRunner, RunningBatch
 from promptmux.serving.engine.sequence import Sequence, StreamEvent
+from promptmux.serving.engine.waiting import WaitingQueue
 
 
 @dataclass(eq=False)
@@ -56,7 +59,7 @@ class Scheduler:
         self.static = static
         self.limits = limits
         self.on_step = on_step
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = WaitingQueue(fair=limits.fair_admission)
         self.jobs: deque[ClassificationJob] = deque()
         self.running: list[Sequence] = []
         self.batch: RunningBatch | None = None
@@ -94,15 +97,13 @@ class Scheduler:
                 return []
             in_flight = sum(state.reserved_tokens for state in self.running)
             admitted: list[Sequence] = []
-            while self.waiting and len(self.running) + len(admitted) < self.limits.max_batch_size:
-                head = self.waiting[0]
-                if head.cancelled:
-                    self.waiting.popleft()
-                    continue
-                if in_flight + head.reserved_tokens > self.limits.max_tokens_in_flight:
+            while len(self.running) + len(admitted) < self.limits.max_batch_size:
+                head = self.waiting.peek()
+                if head is None or in_flight + head.reserved_tokens > self.limits.max_tokens_in_flight:
                     break
                 in_flight += head.reserved_tokens
-                admitted.append(self.waiting.popleft())
+                head.admitted_at = time.monotonic()
+                admitted.append(self.waiting.pop())
             if admitted:
                 self.last_admission_step = self.steps
             return admitted
@@ -117,7 +118,7 @@ class Scheduler:
             return False
         free = self.limits.max_batch_size - len(self.running)
         group = math.ceil(self.limits.admit_fraction * self.limits.max_batch_size)
-        waited = self.steps - max(self.waiting[0].submitted_step, self.last_admission_step)
+        waited = self.steps - max(self.waiting.oldest().submitted_step, self.last_admission_step)
         return free >= min(group, len(self.waiting)) or waited >= self.limits.max_admission_wait_steps
 
     # --------------------------------------------------------------- running
@@ -254,7 +255,7 @@ class Scheduler:
         """Fail every request the loop holds: running, waiting and classification jobs."""
         self.fail_running(exc)
         with self._lock:
-            waiting, jobs, self.waiting, self.jobs = list(self.waiting), list(self.jobs), deque(), deque()
+            waiting, jobs, self.jobs = self.waiting.drain(), list(self.jobs), deque()
         self._fail(waiting, exc)
         for job in jobs:
             job.on_done(exc)

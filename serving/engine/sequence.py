@@ -38,6 +38,8 @@ class Sequence:
     on_event: Callable[[StreamEvent], None] | None = None
     stream: bool = True
     submitted_step: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # when it left the waiting queue for a decode slot
     sampler: RowSampler | None = None
     detokenizer: IncrementalDetokenizer | None = None  # when text is needed before the end
     generated: list[int] = field(default_factory=list)
@@ -115,6 +117,7 @@ class Sequence:
             finish_reason=self.finish_reason or "length",
             usage=Usage.count(len(self.row.input_ids), len(self.generated), self.row.prompt.num_virtual_tokens),
             logprobs=self.logprobs,
+            queue_s=(self.admitted_at or self.submitted_at) - self.submitted_at,
         )
 
     def _emit(self, text: str, new_tokens: list[int]) -> None:

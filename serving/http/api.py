@@ -10,6 +10,7 @@ from promptmux.registry.schemas import Logprobs, MaxNewTokens, Message, Seed, St
 from promptmux.serving.runtime.requests import Call, Query
 from promptmux.serving.runtime.results import Usage
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
+from promptmux.serving.runtime.tenants import Caller
 
 
 class TaskBody(StrictModel):
@@ -180,10 +181,10 @@ class CompletionBody(OpenAIBody):
     def _refuse_unsupported(cls, data: object) -> object:
         return refuse_unsupported(data, UNSUPPORTED_COMPLETION_FIELDS)
 
-    def call(self) -> Call:
+    def call(self, caller: Caller) -> Call:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         return Call(self.query(prompts), "completions", params=self.params(logprobs=self.logprobs), tokens_field="max_tokens",
-                    stream=self.stream)
+                    stream=self.stream, caller=caller)
 
 
 class ContentPart(StrictModel):
@@ -235,8 +236,8 @@ class ChatBody(OpenAIBody):
     def tokens_field(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
-    def call(self) -> Call:
+    def call(self, caller: Caller) -> Call:
         """`n` choices are `n` rows of the one conversation."""
         params = self.params(self.max_completion_tokens, (self.top_logprobs or 0) if self.logprobs else None)
         return Call(self.query([[m.message() for m in self.messages]] * self.n), "chat", params=params,
-                    tokens_field=self.tokens_field, stream=self.stream, conversation=True)
+                    tokens_field=self.tokens_field, stream=self.stream, conversation=True, caller=caller)

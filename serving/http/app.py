@@ -21,9 +21,8 @@ def build_app(service: PromptmuxService) -> FastAPI:
     settings = service.settings
     app = FastAPI(title="promptmux", description="Multi-task soft-prompt serving on one frozen base model.")
     error = ErrorResponses(service.metrics)
-    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
     app.add_middleware(Guard, in_flight=service.in_flight, refuse=error, replica=service.replica,
-                       token=token, max_body_bytes=settings.max_body_bytes)
+                       identify=service.identify, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, error)
     for router in (native_router(service), openai_router(service), chat_router(service), introspection_router(service)):
         app.include_router(router)

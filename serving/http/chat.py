@@ -9,10 +9,11 @@ as the message content, its probabilities in `promptmux.probabilities`. The resp
 is the signed feedback id (with several choices, `promptmux.ids` holds one per choice).
 """
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from promptmux.serving.http.api import ChatBody
+from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.openai import Shape, respond
 from promptmux.serving.runtime.results import Delta, TokenChoice
 from promptmux.serving.runtime.service import PromptmuxService
@@ -59,7 +60,7 @@ def chat_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None)  # JSON or an event stream
-    async def chat(body: ChatBody) -> dict | StreamingResponse:
-        return await respond(service, body.call(), body.model, CHAT, body.usage_in_stream)
+    async def chat(body: ChatBody, request: Request) -> dict | StreamingResponse:
+        return await respond(service, body.call(caller_of(request)), body.model, CHAT, body.usage_in_stream)
 
     return router

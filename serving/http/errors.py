@@ -28,13 +28,13 @@ from promptmux.registry.errors import (
     UnavailableError,
     describe,
 )
-from promptmux.serving.runtime.errors import ForgedFeedbackId, RequestTimeout
+from promptmux.serving.runtime.errors import ForgedFeedbackId, RateLimited, RequestTimeout
 from promptmux.serving.runtime.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 STATUS = [  # by kind, first match wins
     (NotFoundError, 404), (InvalidNameError, 404), (UnavailableError, 503), (StorageError, 503),
-    (RequestTimeout, 504), (ForgedFeedbackId, 403), (InvalidRequestError, 400), (IncompatiblePromptError, 409),
+    (RequestTimeout, 504), (RateLimited, 429), (ForgedFeedbackId, 403), (InvalidRequestError, 400), (IncompatiblePromptError, 409),
     (InvalidArtifactError, 409), (ConflictError, 409), (PromptmuxError, 400),
 ]
 RETRY_AFTER_S = "1"
@@ -85,7 +85,7 @@ def install_error_handlers(app: FastAPI, error: ErrorResponses) -> None:
     @app.exception_handler(PromptmuxError)
     async def promptmux_error(request: Request, exc: PromptmuxError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
-        return error(request, status, str(exc))
+        return error(request, status, str(exc), getattr(exc, "headers", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

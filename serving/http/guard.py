@@ -1,5 +1,7 @@
-"""The gate in front of the API: bearer token, refusals while draining, body size, the
-in-flight count. All checked before a body is parsed.
+"""The gate in front of the API: who calls (the bearer key: the admin, a tenant, or 401),
+refusals while draining, body size, the in-flight count. All checked before a body is
+parsed. The caller is handed to the routers in the request's state (`caller_of`);
+`/metrics` needs the admin key once the endpoint is guarded.
 
 A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`: that one runs the
 app in a task group of its own, which turns a client that goes away into an exception
@@ -7,7 +9,6 @@ group (a 500 with a traceback) and ends before a streamed body does. Here a requ
 in flight from its first byte in to its last byte out, which is what draining waits for.
 """
 
-import hmac
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -15,10 +16,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptmux.serving.runtime.service import InFlight
+from promptmux.serving.runtime.tenants import ADMIN, Caller
 
 REPLICA_HEADER = b"x-promptmux-replica"
 DRAINING = "this replica is shutting down; retry and another one will serve you"
-UNGUARDED = "/healthz"  # load balancers probe health without a token
+UNGUARDED = "/healthz"  # load balancers probe health without a key
 ALWAYS_OPEN = "/metrics"  # scraped until the last moment, draining or not
 
 
@@ -27,14 +29,15 @@ Refusal = Callable[[Request, int, str, dict[str, str] | None], Response]
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, in_flight: InFlight, refuse: Refusal, replica: str, token: bytes | None, max_body_bytes: int
+        self, app: ASGIApp, in_flight: InFlight, refuse: Refusal, replica: str,
+        identify: Callable[[str | None], Caller | None], max_body_bytes: int,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.in_flight = in_flight
         self.refuse = refuse
         self.replica = replica.encode()
-        self.token = token
+        self.identify = identify
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,10 +68,14 @@ class Guard:
 
     def refusal(self, request: Request) -> Response | None:
         path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if self.token is not None and path != UNGUARDED:
+        if path != UNGUARDED:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token):
+            caller = self.identify(given if scheme.lower() == "bearer" and given else None)
+            if caller is None:
                 return self.refuse(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            if path == ALWAYS_OPEN and caller is not ADMIN:
+                return self.refuse(request, 403, "the metrics need the admin key", None)
+            request.scope.setdefault("state", {})["caller"] = caller
         if self.in_flight.draining and path != ALWAYS_OPEN:
             return self.refuse(request, 503, DRAINING, None)
         declared = request.headers.get("content-length")
@@ -92,6 +99,11 @@ class Guard:
                 return None
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+
+def caller_of(request: Request) -> Caller:
+    """Who sent the request, as the gate identified them."""
+    return request.scope["state"]["caller"]
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

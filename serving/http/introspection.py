@@ -1,8 +1,9 @@
 """What a replica serves and how it is: tasks, health, Prometheus metrics."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from promptmux.serving.http.guard import caller_of
 from promptmux.serving.runtime.service import PromptmuxService
 
 
@@ -10,12 +11,12 @@ def introspection_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/tasks")
-    async def tasks() -> dict:
-        return {"tasks": [service.task_summary(name) for name in sorted(service.view.entries)]}
+    async def tasks(request: Request) -> dict:
+        return {"tasks": service.task_summaries(caller_of(request))}
 
     @router.get("/v1/tasks/{task}")
-    async def task(task: str) -> dict:
-        return service.task_summary(task, detail=True)
+    async def task(task: str, request: Request) -> dict:
+        return service.task_summary(task, detail=True, caller=caller_of(request))
 
     @router.get("/healthz")
     async def healthz() -> dict:

@@ -4,7 +4,7 @@ Each maps its body to one runtime call and the runtime's answers to its response
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
@@ -18,6 +18,7 @@ from promptmux.serving.http.api import (
     GenerateOutput,
     GenerateResponse,
 )
+from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.streaming import sse
 from promptmux.serving.runtime.requests import Call
 from promptmux.serving.runtime.results import Answers, AnswerStream, Delta, ServedBy
@@ -28,8 +29,9 @@ def native_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateBody) -> GenerateResponse | StreamingResponse:
-        result = await service.serve(Call(body.query(), "generate", TaskKind.generation, body.params, stream=body.stream))
+    async def generate(body: GenerateBody, request: Request) -> GenerateResponse | StreamingResponse:
+        result = await service.serve(Call(body.query(), "generate", TaskKind.generation, body.params, stream=body.stream,
+                                          caller=caller_of(request)))
         if isinstance(result, AnswerStream):
             return sse(stream_events(result))
         served = result.served
@@ -40,8 +42,9 @@ def native_router(service: PromptmuxService) -> APIRouter:
         ])
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(body: ClassifyBody) -> ClassifyResponse:
-        result: Answers = await service.serve(Call(body.query(), "classify", TaskKind.classification))
+    async def classify(body: ClassifyBody, request: Request) -> ClassifyResponse:
+        result: Answers = await service.serve(Call(body.query(), "classify", TaskKind.classification,
+                                                   caller=caller_of(request)))
         served = result.served
         return ClassifyResponse(outputs=[
             ClassifyOutput(id=a.id, index=a.index, task=served.task, version=served.version, variant=served.variant,
@@ -50,8 +53,8 @@ def native_router(service: PromptmuxService) -> APIRouter:
         ])
 
     @router.post("/v1/feedback", response_model=FeedbackResponse)
-    async def feedback(body: FeedbackBody) -> FeedbackResponse:
-        return FeedbackResponse(counted=await service.feedback(body.id, body.score, body.label))
+    async def feedback(body: FeedbackBody, request: Request) -> FeedbackResponse:
+        return FeedbackResponse(counted=await service.feedback(body.id, body.score, body.label, caller_of(request)))
 
     return router
 

@@ -13,11 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
 from promptmux.serving.http.api import CompletionBody
+from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.streaming import one_by_one, sse
 from promptmux.serving.runtime.requests import Call
 from promptmux.serving.runtime.results import Answer, AnswerStream, Delta, ServedBy, TokenChoice, Usage
@@ -133,13 +134,13 @@ def openai_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/completions", response_model=None)  # JSON or an event stream
-    async def completions(body: CompletionBody) -> dict | StreamingResponse:
-        return await respond(service, body.call(), body.model, COMPLETION, body.usage_in_stream)
+    async def completions(body: CompletionBody, request: Request) -> dict | StreamingResponse:
+        return await respond(service, body.call(caller_of(request)), body.model, COMPLETION, body.usage_in_stream)
 
     @router.get("/v1/models")
-    async def models() -> dict:
-        """The model ids a request may name and be served now."""
+    async def models(request: Request) -> dict:
+        """The model ids the caller may name and be served by now."""
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"}
-                                           for model_id, created in service.model_ids()]}
+                                           for model_id, created in service.model_ids(caller_of(request))]}
 
     return router

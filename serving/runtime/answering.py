@@ -8,9 +8,10 @@ result types (`results.py`).
 """
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ from promptmux.serving.engine.outputs import Usage as EngineUsage
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.runtime.deadline import Deadline
-from promptmux.serving.runtime.errors import RequestTimeout
+from promptmux.serving.runtime.errors import RateLimited, RequestTimeout
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
 from promptmux.serving.runtime.requests import Assignment, Call, Input, Prepared, prepare
@@ -40,6 +41,7 @@ from promptmux.serving.runtime.results import (
 )
 from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.settings import ServeSettings
+from promptmux.serving.runtime.tenants import Caller, Quotas
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
 
@@ -97,23 +99,54 @@ class Answering:
         self.settings, self.engine, self.async_engine, self.view = settings, engine, async_engine, view
         self.ids, self.metrics = ids, metrics
         self.served = ServedCounters()
+        self.quotas = Quotas(settings.replicas)
 
     async def serve(self, call: Call) -> Answers | AnswerStream:
         """The one runtime call of a request: its answers, or for a streamed generation its
-        stream (a classification has nothing to stream: its answers come whole)."""
+        stream (a classification has nothing to stream: its answers come whole). A tenant's
+        request is counted against its quotas from here until its last answer."""
+        tenant, name = call.caller.tenant, call.caller.name
+        if tenant is not None:
+            try:
+                self.quotas.admit(tenant)
+            except RateLimited as exc:
+                self.metrics.tenant_rate_limited.labels(name, exc.limit).inc()
+                raise
+        ended = functools.partial(self._ended, call.caller)
+        try:
+            result = await self._answer(call, ended)
+        except BaseException:
+            ended("error", [])
+            raise
+        if isinstance(result, Answers):
+            ended("ok", [a.usage.completion_tokens for a in result.answers])
+        return result
+
+    def _ended(self, caller: Caller, status: str, generated: list[int], waits: Iterable[float] = ()) -> None:
+        """A request of `caller` ended: its quota released, its tenant's figures counted."""
+        if caller.tenant is not None:
+            self.quotas.release(caller.tenant, sum(generated))
+        self.metrics.tenant_requests.labels(caller.name, status).inc()
+        self.metrics.tenant_tokens.labels(caller.name).inc(sum(generated))
+        for wait in waits:
+            self.metrics.tenant_queue_wait.labels(caller.name).observe(wait)
+
+    async def _answer(self, call: Call, ended: Callable[..., None]) -> Answers | AnswerStream:
         items = await self.prepare(call)
         first = items[0]
         served = ServedBy(first.task, first.version, first.variant, first.kind)
         if first.kind is TaskKind.classification:
             labels = await self._finish(self.async_engine.classify([item.row for item in items]), call.endpoint, items)
-            return Answers(served, [Answer(i, self.feedback_id(item, o.label), o.label, [], "stop", usage_of(o.usage),
-                                           label=o.label, probabilities=o.probabilities)
+            return Answers(served, [Answer(i, self.feedback_id(item, call.caller, o.label), o.label, [], "stop",
+                                           usage_of(o.usage), label=o.label, probabilities=o.probabilities)
                                     for i, (item, o) in enumerate(zip(items, labels))])
-        ids = [self.feedback_id(item) for item in items]
+        ids = [self.feedback_id(item, call.caller) for item in items]
         if call.stream:
-            return AnswerStream(served, ids, self._deltas(items, self._open_streams(items), call.endpoint))
+            return AnswerStream(served, ids, self._deltas(items, self._open_streams(items), call.endpoint, ended))
         work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items), return_exceptions=True)
         outputs = await self._finish(work, call.endpoint, items)
+        for output in outputs:
+            self.metrics.tenant_queue_wait.labels(call.caller.name).observe(output.queue_s)
         return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, usage_of(o.usage),
                                        logprobs=self._choices(o.logprobs)) for i, o in enumerate(outputs)])
 
@@ -125,7 +158,7 @@ class Answering:
         query = call.query
         if len(query.inputs) > self.settings.max_inputs_per_request:
             raise RequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
-        entry = self.view.task(query.task)
+        entry = self.view.task(query.task, call.caller)
         spec = entry.record.spec
         if call.kind is not None and spec.kind is not call.kind:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
@@ -139,8 +172,11 @@ class Answering:
         except PositionLimitError as exc:
             self.count(call.endpoint, [Assignment.of(spec.name, route)] * len(inputs), result_of(exc))
             raise
-        if call.conversation and spec.kind is TaskKind.generation:
-            _reseeded(items)
+        if spec.kind is TaskKind.generation:
+            for item in items:
+                item.row.owner, item.row.weight = call.caller.name, call.caller.weight
+            if call.conversation:
+                _reseeded(items)
         return items
 
     @staticmethod
@@ -156,10 +192,10 @@ class Answering:
                                f"this request has {len(messages)} message(s) ({roles})")
         return messages[0].content
 
-    def feedback_id(self, item: Prepared, label: str | None = None) -> str:
-        """The signed id an output carries, which `POST /v1/feedback` takes back."""
+    def feedback_id(self, item: Prepared, caller: Caller, label: str | None = None) -> str:
+        """The signed id an output carries, which `POST /v1/feedback` takes back (from this caller only)."""
         a = item.assignment
-        return self.ids.issue(a.task, a.version, a.variant, a.experiment, label)
+        return self.ids.issue(a.task, a.version, a.variant, a.experiment, label, caller.tenant and caller.name)
 
     def _choices(self, logprobs: list[TokenLogprob] | None) -> list[TokenChoice] | None:
         """Log-probabilities with each token's text (special tokens included)."""
@@ -222,10 +258,12 @@ class Answering:
             raise
         return streams
 
-    async def _deltas(self, items: list[Prepared], streams: list[EventStream], endpoint: str) -> AsyncIterator[Delta]:
+    async def _deltas(self, items: list[Prepared], streams: list[EventStream], endpoint: str,
+                      ended: Callable[..., None]) -> AsyncIterator[Delta]:
         """Every input's deltas as they come; leaving early cancels them all, and so does the
-        per-request deadline (after an error delta)."""
+        per-request deadline (after an error delta). `ended` is told how it ended."""
         started = time.perf_counter()
+        status, generated, waits = "error", [], []
         deadline = Deadline(self.settings.request_timeout_s)
         queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
 
@@ -242,10 +280,13 @@ class Answering:
                     index, event = await deadline.wait(queue.get())
                 except RequestTimeout as exc:
                     self.count(endpoint, [items[i].assignment for i in unfinished], "timeout")
+                    status = "timeout"
                     yield Delta(0, "", [], error=str(exc))
                     return
                 if event.output is not None:
                     self.record(endpoint, items[index], event.output.usage, started)
+                    generated.append(event.output.usage.completion_tokens)
+                    waits.append(event.output.queue_s)
                 if event.error:
                     self.count(endpoint, [items[index].assignment], "error")
                 if event.finish_reason or event.error:
@@ -254,12 +295,15 @@ class Answering:
                 yield Delta(index, event.text, event.token_ids, event.finish_reason,
                             usage_of(event.output.usage) if event.output is not None else None,
                             self._choices(event.logprobs) if asked else None, event.error)
+            status = "ok" if len(generated) == len(items) else "error"
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
             self.count(endpoint, [items[i].assignment for i in unfinished], "cancelled")
+            status = "cancelled"
             raise
         finally:
             for task in pumps:
                 task.cancel()
+            ended(status, generated, waits)
 
 
 def _reseeded(items: list[Prepared]) -> None:

@@ -13,3 +13,13 @@ class ForgedFeedbackId(PromptmuxError):
 
 class RouteUnavailable(UnavailableError):
     """The version a request would be served by is known but not servable (HTTP 503)."""
+
+
+class RateLimited(PromptmuxError):
+    """A tenant over one of its quotas (HTTP 429): `headers` are the response's Retry-After and
+    x-ratelimit-* headers, `limit` which limit it met (requests, tokens, concurrency)."""
+
+    def __init__(self, message: str, headers: dict[str, str], limit: str) -> None:
+        super().__init__(message)
+        self.headers, self.limit = headers, limit
+

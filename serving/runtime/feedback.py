@@ -22,6 +22,7 @@ from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.runtime.errors import ForgedFeedbackId
 
 PREFIX = "pmx1"
+FORGED = "feedback id not issued by this deployment (its signature does not match)"
 SIGNATURE_BYTES = 16
 
 
@@ -33,6 +34,7 @@ class Served(StrictModel):
     variant: str
     experiment: str | None = None  # the automatic rollout that routed the request
     label: str | None = None  # the label answered, for a classification
+    tenant: str | None = None  # the tenant it was issued to; only that tenant (or the admin) sends its feedback
     nonce: str  # every request's id is its own
 
 
@@ -51,22 +53,27 @@ class FeedbackIds:
     def _sign(self, body: str) -> str:
         return _b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES])
 
-    def issue(self, task: str, version: int, variant: str, experiment: str | None = None, label: str | None = None) -> str:
-        served = Served(task=task, version=version, variant=variant, experiment=experiment, label=label,
+    def issue(self, task: str, version: int, variant: str, experiment: str | None = None, label: str | None = None,
+              tenant: str | None = None) -> str:
+        served = Served(task=task, version=version, variant=variant, experiment=experiment, label=label, tenant=tenant,
                         nonce=secrets.token_hex(8))
         body = _b64(json.dumps(served.model_dump(exclude_none=True), separators=(",", ":")).encode())
         return f"{PREFIX}.{body}.{self._sign(body)}"
 
-    def verify(self, feedback_id: str) -> Served:
+    def verify(self, feedback_id: str, tenant: str | None = None) -> Served:
         """The id's contents; `RequestError` if it is not an id at all, `ForgedFeedbackId` if
-        its signature is not this deployment's."""
+        its signature is not this deployment's, or if `tenant` (the caller; None for the admin)
+        is not the tenant it was issued to: to another tenant it reads exactly as a forged id."""
         prefix, _, rest = feedback_id.partition(".")
         body, _, signature = rest.partition(".")
         if prefix != PREFIX or not body or not signature:
             raise RequestError(f"malformed feedback id: expected the {PREFIX}.… id of a response")
         if not hmac.compare_digest(signature, self._sign(body)):
-            raise ForgedFeedbackId("feedback id not issued by this deployment (its signature does not match)")
+            raise ForgedFeedbackId(FORGED)
         try:
-            return Served.model_validate_json(_unb64(body))
+            served = Served.model_validate_json(_unb64(body))
         except (ValidationError, binascii.Error, ValueError) as exc:
             raise RequestError("malformed feedback id: its contents cannot be read") from exc
+        if tenant is not None and served.tenant != tenant:
+            raise ForgedFeedbackId(FORGED)
+        return served

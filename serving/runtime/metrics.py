@@ -67,6 +67,15 @@ class ServingMetrics:
                                 [*ROUTE], registry=self.registry)
         self.feedback_score = Counter("promptmux_feedback_score", "sum of the scores of that feedback (÷ the count: "
                                       "the mean score, or accuracy for classifications)", [*ROUTE], registry=self.registry)
+        self.tenant_requests = Counter("promptmux_tenant_requests", "requests by tenant and outcome (the admin key's "
+                                       "as tenant \"\")", ["tenant", "status"], registry=self.registry)
+        self.tenant_tokens = Counter("promptmux_tenant_tokens", "generated tokens by tenant", ["tenant"],
+                                     registry=self.registry)
+        self.tenant_queue_wait = Histogram("promptmux_tenant_queue_wait_seconds", "time waiting for a decode slot, "
+                                           "by tenant", ["tenant"], registry=self.registry,
+                                           buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.tenant_rate_limited = Counter("promptmux_tenant_rate_limited", "requests refused with 429, by tenant and "
+                                           "the limit met", ["tenant", "limit"], registry=self.registry)
         self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",
                                  registry=self.registry)
         self.cache_bytes.set_function(lambda: cache.stats().bytes)

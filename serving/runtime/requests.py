@@ -9,6 +9,7 @@ from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.routing import Route
 from promptmux.serving.runtime.schemas import ParamsOverride
+from promptmux.serving.runtime.tenants import ADMIN, Caller
 
 Input = str | list[Message]  # a text, or a conversation (chat-format tasks)
 
@@ -39,6 +40,7 @@ class Call:
     tokens_field: str = "max_new_tokens"
     stream: bool = False
     conversation: bool = False
+    caller: Caller = ADMIN
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ one storage request whatever the number of tasks, and one after k changes costs 
 full scan (every task) runs at the first refresh, every `full_scan_interval_s`, and when a
 log entry cannot be read: it catches what the log cannot see (files edited at rest).
 Tasks that could not be read, and tasks with a refused version due for a retry, are
-reloaded at every refresh. Each routed version is validated
+reloaded at every refresh. The view also holds the endpoint's tenants, re-read when the
+feed announces a tenant added or revoked, and at every full scan. Each routed version is validated
 first (`validate`, e.g. loading it into the engine's prompt cache, which reads and checks
 the file but never runs the model: the model stays with the engine's thread); one that
 fails is logged and counted, and is tried again after `retry_rejected_s` (a file restored
@@ -41,7 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
+from promptmux.registry.tenant_store import TENANTS, TenantRecord
 from promptmux.serving.runtime.errors import RouteUnavailable
+from promptmux.serving.runtime.tenants import ADMIN, Caller
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +103,16 @@ class RegistryView:
     unreadable: set[str] = field(default_factory=set)
     rejected_at: dict[tuple[str, int, str], float] = field(default_factory=dict)
     entries: dict[str, TaskEntry] = field(default_factory=dict)
+    tenants: list[TenantRecord] = field(default_factory=list)
     rejected: dict[tuple[str, int, str], str] = field(default_factory=dict)
     accepted: set[tuple[str, int, str]] = field(default_factory=set)
     _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---------------------------------------------------------------- routing
-    def task(self, name: str) -> TaskEntry:
-        entry = self.entries.get(name)
+    def task(self, name: str, caller: Caller = ADMIN) -> TaskEntry:
+        """The task's entry; a task the caller may not see is unknown to it, in the same words."""
+        entry = self.entries.get(name) if caller.sees(name) else None
         if entry is None:
             raise NotFoundError(f"unknown task {name!r}")
         return entry
@@ -190,6 +195,9 @@ class RegistryView:
             if changed is not None:
                 due = [key for key in self.rejected if now - self.rejected_at[key] >= self.retry_rejected_s]
                 self.cursor = cursor
+                if TENANTS in changed:
+                    changed.discard(TENANTS)
+                    self.tenants = self.registry.tenants.all()
                 if changed or due or self.unreadable:
                     self.entries = self._reload(changed | {key[0] for key in due} | self.unreadable, dict(self.entries))
                 for key in due:  # one no longer routed was not retried: its task waits a full interval again
@@ -197,6 +205,7 @@ class RegistryView:
                 return
         cursor = self.registry.feed.tail()  # taken before the scan: nothing written during it is missed
         self.entries = self._reload(self.registry.tasks.names(), {})
+        self.tenants = self.registry.tenants.all()
         # the interval runs from the scan's end: a scan slower than the interval is not run back to back
         self.cursor, self.scanned_at = cursor, time.monotonic()
 

@@ -24,6 +24,7 @@ from promptmux.serving.runtime.requests import Call
 from promptmux.serving.runtime.results import Answers, AnswerStream
 from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.settings import ServeSettings
+from promptmux.serving.runtime.tenants import ADMIN, Caller, identify
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.05
@@ -115,17 +116,23 @@ class PromptmuxService:
             await asyncio.sleep(DRAIN_POLL_S)
 
     # ------------------------------------------------------------- requests
+    def identify(self, key: str | None) -> Caller | None:
+        """Who a bearer key names (`tenants.identify`), by the tenants as last refreshed."""
+        admin = self.settings.api_token.get_secret_value() if self.settings.api_token else None
+        return identify(key, admin, self.view.tenants)
+
     async def serve(self, call: Call) -> Answers | AnswerStream:
         """The one runtime call of a request (`Answering.serve`)."""
         return await self.answering.serve(call)
 
     # ------------------------------------------------------------- feedback
-    async def feedback(self, feedback_id: str, score: float | None, label: str | None) -> bool:
+    async def feedback(self, feedback_id: str, score: float | None, label: str | None, caller: Caller = ADMIN) -> bool:
         """Count one piece of feedback on a served request, durably, before answering: True for
         the one create-only claim of its id, False when the same feedback was counted already
-        (by any replica), `ConflictError` (409) when different feedback was."""
-        served = self.ids.verify(feedback_id)
-        spec = self.view.task(served.task).record.spec
+        (by any replica), `ConflictError` (409) when different feedback was. A tenant sends
+        feedback only on the answers it was given: any other id reads as a forged one."""
+        served = self.ids.verify(feedback_id, caller.tenant and caller.name)
+        spec = self.view.task(served.task, caller).record.spec
         if served.label is None and label is not None:
             raise RequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
         if served.label is not None:
@@ -144,8 +151,15 @@ class PromptmuxService:
         return counted
 
     # ------------------------------------------------------------- introspection
-    def task_summary(self, name: str, detail: bool = False) -> dict:
-        entry = self.view.task(name)
+    def task_names(self, caller: Caller = ADMIN) -> list[str]:
+        """The tasks the caller may see."""
+        return sorted(name for name in self.view.entries if caller.sees(name))
+
+    def task_summaries(self, caller: Caller = ADMIN) -> list[dict]:
+        return [self.task_summary(name, caller=caller) for name in self.task_names(caller)]
+
+    def task_summary(self, name: str, detail: bool = False, caller: Caller = ADMIN) -> dict:
+        entry = self.view.task(name, caller)
         spec = entry.record.spec
         summary = {
             "task": name, "kind": spec.kind.value, "base_model": spec.base_model, "template": spec.template,
@@ -160,12 +174,12 @@ class PromptmuxService:
             summary["manifests"] = [m.model_dump(mode="json") for _, m in sorted(entry.versions.items())]
         return summary
 
-    def model_ids(self) -> list[tuple[str, int]]:
-        """The OpenAI model ids a request may name and be served by now, with their tasks'
+    def model_ids(self, caller: Caller = ADMIN) -> list[tuple[str, int]]:
+        """The OpenAI model ids the caller may name and be served by now, with their tasks'
         creation times: a task whose only version is archived, or an alias whose version cannot
         be served, is left out."""
         ids, view = [], self.view
-        for name in sorted(view.entries):
+        for name in self.task_names(caller):
             entry = view.entries[name]
             created = int(entry.record.created_at.timestamp())
             aliases = sorted(entry.aliases.keys() | entry.fallbacks.keys())

@@ -28,8 +28,10 @@ class ServeSettings(BaseSettings):
         "graceful_shutdown_timeout_s); streams still running then end with an error event"
     )
     api_token: SecretStr | None = Field(
-        None, description="if set, every endpoint but /healthz requires `Authorization: Bearer <token>`"
+        None, description="the admin key: if set, every endpoint but /healthz requires `Authorization: Bearer <key>` "
+        "(a tenant's key, once tenants exist, opens its own tasks)"
     )
+    replicas: int = Field(1, ge=1, description="replicas of this deployment: each enforces 1/replicas of every tenant quota")
 
     feedback_key: SecretStr | None = Field(
         None, description="hex key feedback ids are signed with (default: one kept in the registry, made on first use)"

@@ -2,7 +2,8 @@
 
 It sits at the top of the layers (`tasks` may import `serving` and `registry`), so it
 takes each room's commands directly: `registry ...` (records and rollouts: `records.py`,
-`rollouts.py`), `train` and `demo` (tasks), `generate`, `serve` and `bench` (`serve.py`).
+`rollouts.py`), `tenants ...` (`tenants.py`), `train` and `demo` (tasks), `generate`, `serve`
+and `bench` (`serve.py`).
 """
 
 import os
@@ -18,6 +19,7 @@ from promptmux.registry.errors import PromptmuxError, describe
 from promptmux.tasks.cli.common import err_console
 from promptmux.tasks.cli.rollouts import registry_app
 from promptmux.tasks.cli.serve import bench_app, generate, serve_command
+from promptmux.tasks.cli.tenants import tenants_app
 from promptmux.tasks.cli.train import train
 from promptmux.tasks.demo import demo
 
@@ -30,6 +32,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: fits 80 columns, names defaults and environment variables
 )
 app.add_typer(registry_app, name="registry")
+app.add_typer(tenants_app, name="tenants")
 app.command("train")(train)
 app.command("demo")(demo)
 app.command("generate")(generate)

@@ -1,7 +1,9 @@
 """`promptmux generate` (offline batch inference) and `promptmux bench ...`."""
 
+import functools
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -132,7 +134,7 @@ def serve_command(
               **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}),
               **({"max_model_len": max_model_len} if max_model_len is not None else {})}
     settings = ServeSettings.model_validate({
-        "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval,
+        "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval, "replicas": replicas,
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
     run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
@@ -151,16 +153,43 @@ JsonPathOption = Annotated[Path | None, typer.Option("--json", help="write the r
 
 
 # The benchmarks measured on a model: command -> (what it compares, the sides whose latencies are printed).
-MODEL_BENCHMARKS = {
-    "engine": ("Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens.", []),
+def print_latencies(report: dict, sides: list[str]) -> None:
+    """Throughput and latency percentiles of each side (time to first token where measured)."""
+    keys = [k for k in ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s") if k in report[sides[0]]]
+    table = Table()
+    for column in ("side", "tokens/s", *(k.removesuffix("_s").replace("_", " ") for k in keys)):
+        table.add_column(column)
+    for side in sides:
+        table.add_row(side, f"{report[side]['tokens_per_s']:.0f}", *(f"{report[side][k]:.2f} s" for k in keys))
+    console.print(table)
+
+
+def print_fairness(report: dict) -> None:
+    """Tenant B's latency alone, beside a flooding tenant A (first come first served, then
+    fair), and the 429s each got."""
+    table = Table(title=f"capacity {report['config']['capacity_requests_per_s']} requests/s")
+    for column in ("B's traffic", "B p50", "B p99", "B 429s", "A served", "A 429s"):
+        table.add_column(column)
+    for case, label in (("alone", "alone"), ("fifo", "A floods, FIFO"), ("fair", "A floods, fair")):
+        r = report[case]
+        table.add_row(label, f"{r['b_p50_s']:.2f} s", f"{r['b_p99_s']:.2f} s", str(r["b_429"]), str(r["a_served"]),
+                      str(r["a_429"]))
+    console.print(table)
+
+
+MODEL_BENCHMARKS: dict[str, tuple[str, Callable[[dict], None] | None]] = {
+    "engine": ("Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens.", None),
     "scheduler": ("Continuous vs static batching: throughput ratio, latency and time to first token.",
-                  ["continuous", "static"]),
-    "http": ("The same mixed-task workload through HTTP (Ray Serve) vs the service in-process.", ["http", "engine"]),
-    "streaming": ("A long output streamed vs returned at once; incremental vs full detokenization.", []),
+                  functools.partial(print_latencies, sides=["continuous", "static"])),
+    "http": ("The same mixed-task workload through HTTP (Ray Serve) vs the service in-process.",
+             functools.partial(print_latencies, sides=["http", "engine"])),
+    "streaming": ("A long output streamed vs returned at once; incremental vs full detokenization.", None),
+    "fairness": ("One tenant floods at 10x capacity, another sends 10%: its p99 alone, first come first served, fair.",
+                 print_fairness),
 }
 
 
-def _model_benchmark(name: str, summary: str, sides: list[str]) -> None:
+def _model_benchmark(name: str, summary: str, details: Callable[[dict], None] | None) -> None:
     """Register `promptmux bench NAME`, which runs `promptmux.serving.bench.NAME.run_NAME_benchmark`."""
 
     def command(
@@ -170,15 +199,15 @@ def _model_benchmark(name: str, summary: str, sides: list[str]) -> None:
         run = getattr(importlib.import_module(f"promptmux.serving.bench.{name}"), f"run_{name}_benchmark")
         report = run(quick=quick, device=device, dtype=dtype, base_model=base_model)
         publish(report, name, json_path)
-        if sides:
-            print_latencies(report, sides)
+        if details:
+            details(report)
 
     command.__doc__ = summary
     bench_app.command(name)(command)
 
 
-for _name, (_summary, _sides) in MODEL_BENCHMARKS.items():
-    _model_benchmark(_name, _summary, _sides)
+for _name, (_summary, _details) in MODEL_BENCHMARKS.items():
+    _model_benchmark(_name, _summary, _details)
 
 
 @bench_app.command("registry")
@@ -221,17 +250,6 @@ def publish(report: dict, name: str, json_path: Path | None) -> None:
         else "quiet"
     console.print(f"load average before {machine['load_average_before']}, after {machine['load_average_after']} "
                   f"({machine['cpu_cores']} cores, {machine['cpu_threads']} torch threads): {quiet}")
-
-
-def print_latencies(report: dict, sides: list[str]) -> None:
-    """Throughput and latency percentiles of each side (time to first token where measured)."""
-    keys = [k for k in ("latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s") if k in report[sides[0]]]
-    table = Table()
-    for column in ("side", "tokens/s", *(k.removesuffix("_s").replace("_", " ") for k in keys)):
-        table.add_column(column)
-    for side in sides:
-        table.add_row(side, f"{report[side]['tokens_per_s']:.0f}", *(f"{report[side][k]:.2f} s" for k in keys))
-    console.print(table)
 
 
 def print_registry_figures(report: dict) -> None:
