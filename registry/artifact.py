@@ -19,7 +19,6 @@ import json
 import os
 
 import torch
-from peft import PromptTuningConfig, TaskType
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
@@ -83,6 +82,8 @@ def adapter_config(manifest: PromptVersion, prompt: Prompt) -> bytes:
     if prompt.peft_config:
         config = {**prompt.peft_config, "inference_mode": True, "base_model_name_or_path": manifest.base_model}
         return json.dumps(config, indent=2, sort_keys=True, default=str).encode()
+    from peft import PromptTuningConfig, TaskType  # here only: reading, verifying and exporting never pay for it
+
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=manifest.num_virtual_tokens,

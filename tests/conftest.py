@@ -22,7 +22,6 @@ from promptmux.tasks.cli import main
 
 transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
 
-
 @pytest.fixture(scope="session")
 def llama() -> torch.nn.Module:
     return load_model("tiny-random-llama", dtype="float32")

@@ -16,7 +16,7 @@ from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 WRITER = """
 import json, sys, torch
 from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant
-import promptmux.registry.artifact  # loaded on first write otherwise: "ready" means about to write
+import peft, promptmux.registry.artifact  # loaded on first write otherwise: "ready" means about to write
 uri, fp, count, seed = sys.argv[1], BaseModelFingerprint.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 registry = Registry(uri)
 generator = torch.Generator().manual_seed(seed)

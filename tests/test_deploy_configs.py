@@ -46,7 +46,8 @@ def test_ray_serve_run_starts_the_cpu_config(tmp_path: Path) -> None:
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     registry = build_registry(tmp_path / "registry")
     serve_cli = Path(sys.executable).parent / "serve"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PROMPTMUX_REGISTRY": registry.uri}
+    # RAY_ADDRESS=local: a cluster of its own (`serve run` would join one running on the machine)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PROMPTMUX_REGISTRY": registry.uri, "RAY_ADDRESS": "local"}
     process = subprocess.Popen([str(serve_cli), "run", str(tmp_path / "serve.yaml")], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

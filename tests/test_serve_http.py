@@ -80,9 +80,13 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
         task = ("act-as", "summarize", "grooming")[i % 3]
         path = "/v1/classify" if task == "grooming" else "/v1/generate"
         requests.append((path, {"task": task, "input": text, "version": 1 if task == "act-as" else None}))
-    responses = asyncio.run(burst(url, requests))
-    assert [r.status_code for r in responses] == [200] * 24
-    for (path, body), response in zip(requests, responses):
+    responses: list[httpx.Response] = []
+    for _ in range(5):  # Ray's router may send one burst to one replica (the other busy): send another
+        responses += asyncio.run(burst(url, requests))
+        if len({r.headers["x-promptmux-replica"] for r in responses}) == 2:
+            break
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    for (path, body), response in zip(requests * (len(responses) // len(requests)), responses):
         output = response.json()["outputs"][0]
         assert output["task"] == body["task"]
         entry = registry.tasks.get(body["task"]).spec
@@ -234,12 +238,14 @@ def test_models_lists_only_what_is_servable_and_follows_archive_unarchive_and_de
 def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
     url, _ = served
     post(url, "/v1/generate", {"task": "act-as", "input": "m", "version": 2, "params": {"max_new_tokens": 1}})
-    text = wait_until(lambda: (t := httpx.get(f"{url}/metrics").text) and 'version="2"' in t and t)
+    def served_v2(text: str) -> bool:  # scraped from the replica that served it (there are two)
+        return any(line.startswith("promptmux_requests_total") and 'variant="v2"' in line for line in text.splitlines())
+
+    text = wait_until(lambda: (t := httpx.get(f"{url}/metrics").text) and served_v2(t) and t)
     for name in ("promptmux_requests_total", "promptmux_request_latency_seconds_bucket", "promptmux_tokens_total",
                  "promptmux_prompt_cache_hits_total", "promptmux_prompt_cache_misses_total",
                  "promptmux_prompt_cache_evictions_total", "promptmux_batch_rows_bucket"):
         assert name in text, name
-    assert any(line.startswith("promptmux_requests_total") and 'variant="v2"' in line for line in text.splitlines())
 
 
 @pytest.mark.parametrize(
@@ -590,13 +596,19 @@ def test_the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one(
     url, registry = served
     ab_task(registry, name)
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=30, interval=0.2)
-    registry.rollouts.start(name, RolloutPolicy(control=1, candidate=2, steps=[25, 50], min_samples_per_step=20))
+    # the statistics decide here: latency on a loaded machine says nothing of the versions (the guard rails
+    # have their own tests), so the latency guard is set out of reach
+    registry.rollouts.start(name, RolloutPolicy(control=1, candidate=2, steps=[25, 50], min_samples_per_step=20,
+                                                max_p99_latency_ratio=1000.0))
     served_by = asyncio.run(traffic_with_feedback(url, name, right, seed=winner,
                                                   until=lambda: registry.rollouts.policy(name) is None))
     assert registry.aliases.of(name)["production"] == winner and registry.rollouts.get(name) is None
     assert served_by.get("candidate", 0) > 0 and served_by.get("control", 0) > 0
+    def ended() -> list:  # the decision's history entry lands just after its split is gone
+        return [c for c in registry.history(name) if c.actor == "controller" and c.action in ("promote", "rollback")]
+
+    decided = wait_until(ended, timeout=10)
     history = registry.history(name)
-    decided = [c for c in history if c.actor == "controller" and c.action in ("promote", "rollback")]
     assert [c.action for c in decided] == [decision]
     assert decided[0].stats["control"]["outcomes"] >= 30 and decided[0].stats["p_value"] <= 0.05
     served_windows = {registry.outcomes.read_served(name, f).replica for f in registry.outcomes.names(name, "serving")}
@@ -663,7 +675,8 @@ def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decis
     os.kill(int(acknowledged[0][1].rsplit(":", 1)[1]), signal.SIGKILL)  # a replica that acknowledged feedback
     registry.rollouts.start(name, policy.model_copy(update={"test": SequentialTest()}))  # now allowed to decide
     wait_until(lambda: registry.rollouts.policy(name) is None, timeout=30, interval=0.2)
-    decision = next(c for c in registry.history(name) if c.action in ("promote", "rollback"))
+    decision = wait_until(lambda: next((c for c in registry.history(name) if c.action in ("promote", "rollback")), None),
+                          timeout=10)  # its history entry lands just after the split is gone
     assert decision.action == "promote"
     assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=60, interval=0.5)

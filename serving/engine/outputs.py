@@ -2,6 +2,8 @@
 
 from typing import Literal
 
+from pydantic import Field
+
 from promptmux.registry.schemas import StrictModel
 
 
@@ -41,7 +43,7 @@ class GenerationOutput(StrictModel):
     finish_reason: Literal["stop", "length"]
     usage: Usage
     logprobs: list[TokenLogprob] | None = None
-    queue_s: float = 0.0  # how long it waited for a decode slot
+    queue_s: float = Field(0.0, exclude=True)  # how long it waited for a decode slot (metrics only, not output)
 
 
 class ClassificationOutput(StrictModel):

@@ -20,15 +20,16 @@ DRAIN_MARGIN_S = 10.0  # past the grace period: ending the streams still running
 
 
 def init_ray(num_cpus: int, **options: object) -> None:
-    """`ray.init` for promptmux: no dashboard, no token warning, and the proxy's own errors
-    as JSON bodies (`proxy_errors`, installed through Ray Serve's proxy callback)."""
+    """`ray.init` for promptmux: a new local cluster (never one found running on the machine),
+    no dashboard, no token warning, and the proxy's own errors as JSON bodies (`proxy_errors`,
+    installed through Ray Serve's proxy callback)."""
     import ray
 
     from promptmux.serving.http.proxy_errors import CALLBACK, CALLBACK_ENV
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, **options)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False, **options)
 
 
 def run_local(
