@@ -22,7 +22,7 @@ tenants_app = typer.Typer(help="Tenants: keys scoped to tasks, with quotas.", no
 @tenants_app.command("add")
 def add(
     name: str,
-    tasks: Annotated[list[str], typer.Option("--tasks", help="a task name the tenant may use; * matches any run of "
+    tasks: Annotated[list[str], typer.Option("--tasks", metavar="PATTERN", help="a task name the tenant may use; * matches any run of "
                                              "characters (repeat for more)")],
     rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="requests per minute, endpoint-wide")] = None,
     tokens_per_minute: Annotated[int | None, typer.Option("--tokens-per-minute", min=1,
