@@ -49,7 +49,7 @@ SEED_TABLE = {"tuned": (0.983, 0.983), "base": (0.931, 0.930)}
 # The demo's time budget: one epoch, two validation passes, no early stopping.
 WEAK_TRAIN_SIZE = 16  # the second version: trained on far fewer reviews, the weaker one
 AB_SHARE = 50.0  # the candidate's share in the demo's automatic rollout
-AB_PASSES, AB_BATCH, CONTROLLER_WAIT_S = 4, 16, 2.0
+AB_BATCH, CONTROLLER_WAIT_S = 16, 2.0
 SHORT_RUN = {"epochs": 1, "evals_per_epoch": 2, "early_stopping_patience": 0}
 
 
@@ -157,6 +157,8 @@ def demo(
     seed_data: Annotated[Path, typer.Option("--seed-data", help="folder holding the seed tutorials' data")] = Path(
         "../shared/data"),
     train_size: Annotated[int, typer.Option("--train-size", min=8, help="dog-grooming training reviews used")] = 160,
+    feedback_passes: Annotated[int, typer.Option("--feedback-passes", min=1, help="passes over the held-out reviews "
+                                                 "while closing the loop, unless the rollout ends first")] = 4,
 ) -> None:
     """Tune a real model for two tasks, compare with the untuned model, roll out a second
     version 50/50, serve everything from one base model, send mixed traffic."""
@@ -200,7 +202,7 @@ def demo(
             if line.startswith("promptmux_requests_total"):
                 console.print(f"  {line}", highlight=False)
         console.rule("closing the loop: the held-out reviews as traffic, their gold labels as feedback")
-        sent = asyncio.run(_ab_traffic(port, reg, grooming.held_out))
+        sent = asyncio.run(_ab_traffic(port, reg, grooming.held_out, feedback_passes))
         console.print(_history_table(reg, "dog-grooming"))
         production = reg.aliases.of("dog-grooming")["production"]
         state = "still running" if reg.rollouts.policy("dog-grooming") else "ended"
@@ -221,8 +223,8 @@ def _start_auto_rollout(reg: Registry, first: int, second: int) -> tuple[int, in
     return control, candidate
 
 
-async def _ab_traffic(port: int, reg: Registry, reviews: list[Example]) -> int:
-    """Classify the reviews (up to `AB_PASSES` times) and send each gold label as feedback,
+async def _ab_traffic(port: int, reg: Registry, reviews: list[Example], passes: int) -> int:
+    """Classify the reviews (up to `passes` times) and send each gold label as feedback,
     printing the controller's decisions as they happen; the number of reviews sent."""
     seen, sent = len(reg.history("dog-grooming")), 0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -234,7 +236,7 @@ async def _ab_traffic(port: int, reg: Registry, reviews: list[Example]) -> int:
             output = response.json()["outputs"][0]
             (await client.post("/v1/feedback", json={"id": output["id"], "label": review.target})).raise_for_status()
 
-        for round_ in range(AB_PASSES):
+        for round_ in range(passes):
             for start in range(0, len(reviews), AB_BATCH):
                 batch = reviews[start: start + AB_BATCH]
                 await asyncio.gather(*(judged(r, f"reviewer-{round_}-{start + i}") for i, r in enumerate(batch)))

@@ -11,7 +11,7 @@ from helpers import SHARED_DATA
 
 def test_demo_runs_end_to_end(cli, tmp_path) -> None:
     result = cli("demo", "--registry", str(tmp_path / "registry"), "--base-model", "tiny-random-llama",
-                 "--seed-data", str(SHARED_DATA), "--train-size", "48")
+                 "--seed-data", str(SHARED_DATA), "--train-size", "48", "--feedback-passes", "1")
     assert result.code == 0, result.err
     assert "dog-grooming: 48 training examples from" in result.out
     for task, versions in (("dog-grooming", (1, 2)), ("act-as", (1,))):

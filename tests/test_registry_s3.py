@@ -5,15 +5,13 @@ version numbers are claimed with conditional writes, so writers in several proce
 take the same number; the change feed tells a reader what changed."""
 
 import json
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import pytest
 import torch
 from helpers import random_prompt
+from writers import Writer
 
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.registry.change_feed import HEAD, ChangeFeed
@@ -61,28 +59,11 @@ def test_a_task_lives_its_whole_life_on_s3_through_the_cli(s3_registry: Registry
     assert broken.code == 1 and "sentiment@3" in broken.err
 
 
-WRITER = textwrap.dedent("""
-    import sys, torch
-    from promptmux.registry import BaseModelFingerprint, Registry
-    uri, fingerprint, seed = sys.argv[1], BaseModelFingerprint.model_validate_json(sys.argv[2]), int(sys.argv[3])
-    registry = Registry(uri)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(25):
-        print(registry.versions.register("shared", torch.randn(4, fingerprint.hidden_size, generator=generator),
-                                fingerprint).version, flush=True)
-""")
-
-
 def test_four_processes_registering_one_task_on_s3_get_100_distinct_versions(
         s3_registry: Registry, llama_fp: BaseModelFingerprint) -> None:
     s3_registry.tasks.create(TaskSpec(name="shared", base_model="tiny-random-llama"), llama_fp)
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, s3_registry.uri, llama_fp.model_dump_json(), str(seed)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
-    claimed = []
-    for writer in writers:
-        out, err = writer.communicate(timeout=300)
-        assert writer.returncode == 0, err
-        claimed += [int(line) for line in out.split()]
+    writers = [Writer(s3_registry.uri, llama_fp, 25, seed, rows=4) for seed in range(4)]
+    claimed = [version for writer in writers for version in writer.versions(timeout=300)]
     assert sorted(claimed) == list(range(1, 101))
     assert s3_registry.versions.numbers("shared") == list(range(1, 101))
     results = s3_registry.verify("shared")

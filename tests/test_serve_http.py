@@ -28,7 +28,8 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.http.deployment import PromptmuxDeployment, RolloutControllerDeployment
+from promptmux.serving.http.controller_deployment import RolloutControllerDeployment
+from promptmux.serving.http.deployment import PromptmuxDeployment
 from promptmux.serving.http.local_cluster import init_ray
 from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.feedback import FeedbackIds

@@ -1,15 +1,19 @@
-"""Engine configuration: one pydantic object, shared by the CLI, the offline runner and Ray Serve."""
+"""Engine configuration: one pydantic object, shared by the CLI, the offline runner and Ray Serve.
+
+Processes that read it and run no model (the rollout controller's replica, the CLI before
+it starts a cluster) never import torch or transformers: they are imported only where a
+device or a dtype is resolved.
+"""
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from promptmux.registry.schemas import DEFAULT_BASE_MODEL, StrictModel
-from promptmux.serving.models.loading import resolve_device
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
 
 
 class EngineConfig(StrictModel):
@@ -46,6 +50,8 @@ class EngineConfig(StrictModel):
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 
     def resolved_device(self) -> str:
+        from promptmux.serving.models.loading import resolve_device
+
         return resolve_device(self.device)
 
     def resolved_cpu_threads(self) -> int:
@@ -56,10 +62,12 @@ class EngineConfig(StrictModel):
             return int(os.environ["OMP_NUM_THREADS"])
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    def resolved_dtype(self) -> torch.dtype:
+    def resolved_dtype(self) -> "torch.dtype":
         """`auto`: bfloat16 on a GPU that supports it, else float32."""
+        import torch
+
         if self.dtype != "auto":
-            return DTYPES[self.dtype]
+            return getattr(torch, self.dtype)
         if self.resolved_device() == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32

@@ -4,7 +4,7 @@ The task travels in the request body, never as a Serve multiplexed model id: Ser
 split batches by that id, and mixing tasks in one batch is the point. Batching is the
 engine's own continuous batching, so requests go straight to it (no `@serve.batch`).
 
-Draining: `promptmux serve` sets a `DrainSignal` actor on SIGTERM. Every replica waits on
+Draining: `promptmux serve` sets a `DrainSignal` actor (`drain_signal.py`) on SIGTERM. Every replica waits on
 it, drains its service (new requests 503, requests in flight finish within the grace
 period) and reports back, and only then is Serve shut down. Under `serve run` or KubeRay,
 Ray Serve's own `graceful_shutdown_timeout_s` (set from `drain_timeout_s`) waits for the
@@ -23,13 +23,12 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from promptmux.registry import Registry
 from promptmux.serving.http.app import build_app
-from promptmux.serving.runtime.controller import RolloutController
+from promptmux.serving.http.controller_deployment import SHUTDOWN_POLL_S, RolloutControllerDeployment
+from promptmux.serving.http.drain_signal import DRAIN_NAMESPACE
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
-DRAIN_NAMESPACE = "promptmux"
 log = logging.getLogger(__name__)
 
 
@@ -51,51 +50,8 @@ class DisconnectsAsMessages:
         await self.app(scope, receive_or_disconnect, send)
 
 
-@ray.remote(num_cpus=0)
-class DrainSignal:
-    """Set once, by `promptmux serve` on SIGTERM; replicas wait on it and report when drained."""
-
-    def __init__(self) -> None:
-        self._started = asyncio.Event()
-        self._grace_s = 0.0
-        self._drained: set[str] = set()
-
-    async def wait(self) -> float:
-        """Returns the grace period once draining starts."""
-        await self._started.wait()
-        return self._grace_s
-
-    async def start(self, grace_s: float) -> None:
-        self._grace_s = grace_s
-        self._started.set()
-
-    async def drained(self, replica: str) -> None:
-        self._drained.add(replica)
-
-    async def drained_count(self) -> int:
-        return len(self._drained)
-
-
-@serve.deployment(name="promptmux-controller", num_replicas=1, ray_actor_options={"num_cpus": 0})
-class RolloutControllerDeployment:
-    """One rollout controller per application (see `runtime.controller`)."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        parsed = ServeSettings.model_validate(settings)
-        self.controller = RolloutController(Registry(parsed.registry), parsed.controller_interval_s)
-        self.controller.start()
-
-    def check_health(self) -> None:
-        if not self.controller.alive():
-            raise RuntimeError("the rollout controller's loop has stopped")
-
-    def __del__(self) -> None:
-        controller = getattr(self, "controller", None)
-        if controller is not None:
-            controller.stop()
-
-
-@serve.deployment(name="promptmux", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(name="promptmux", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5},
+                  graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S)
 @serve.ingress()
 class PromptmuxDeployment:
     async def __init__(

@@ -41,12 +41,9 @@ def run_local(
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    from promptmux.serving.http.deployment import (
-        DRAIN_NAMESPACE,
-        DrainSignal,
-        PromptmuxDeployment,
-        RolloutControllerDeployment,
-    )
+    from promptmux.serving.http.controller_deployment import RolloutControllerDeployment
+    from promptmux.serving.http.deployment import PromptmuxDeployment
+    from promptmux.serving.http.drain_signal import DRAIN_NAMESPACE, DrainSignal
 
     init_ray(max(2, os.cpu_count() or 2))
     stop, hurry = threading.Event(), threading.Event()
