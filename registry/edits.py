@@ -12,6 +12,10 @@ written with their final content, removals skip what is gone, history entries ar
 under names derived from the edit's id (create-only, so never twice), and a repeated
 change-feed entry only makes readers reload the task once more.
 
+Tenant records are edited the same way, under the subject `TENANTS` instead of a task (their
+folder `tenants/`, their own lock), so a tenant added or revoked is announced to the
+replicas even when its writer dies between the record and the announcement.
+
 A record left behind is finished by whoever comes next: the next edit of the same task
 (under the task's lock, before its own), the rollout controller every round, and
 `promptmux registry verify --repair`. Because every edit of a task first finishes the
@@ -35,14 +39,26 @@ from promptmux.registry.schemas import StrictModel, utc_now
 from promptmux.registry.storage import Storage
 
 EDITS_DIR = "edits"
+TENANTS = ":tenants"  # the subject of tenant edits (and their change-feed entries): no task is named so
+TENANTS_DIR = "tenants"
+
+
+def subject_root(subject: str) -> str:
+    """The folder a subject's edits write under: a task's own, or the tenants' folder."""
+    return TENANTS_DIR if subject == TENANTS else f"tasks/{validate_name(subject, 'task name')}"
+
+
+def subject_words(subject: str) -> str:
+    return "the tenants" if subject == TENANTS else subject
 
 
 class Edit(StrictModel):
-    """One routing edit of one task, whole: what it writes and removes (paths under the task's
-    folder), the change-feed entry that announces it, and its history entries."""
+    """One routing edit of one task (or of the tenants), whole: what it writes and removes
+    (paths under the subject's folder), the change-feed entry that announces it, and its
+    history entries."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[a-z0-9][a-z0-9_-]{0,127}$")
-    task: str
+    task: str = Field(description="the task edited, or TENANTS")
     what: FeedKind
     writes: dict[str, str] = Field(default_factory=dict, description="file (under the task) -> its new content")
     removes: list[str] = Field(default_factory=list, description="files (under the task) removed if present")
@@ -52,7 +68,7 @@ class Edit(StrictModel):
     def summary(self) -> str:
         parts = [f"write {', '.join(self.writes)}" if self.writes else "", f"remove {', '.join(self.removes)}"
                  if self.removes else "", "; ".join(change.summary() for change in self.history)]
-        return f"{self.what} edit {self.id} of {self.task}: " + ("; ".join(p for p in parts if p) or "announce")
+        return f"{self.what} edit {self.id} of {subject_words(self.task)}: " + ("; ".join(p for p in parts if p) or "announce")
 
 
 class EditJournal:
@@ -72,34 +88,34 @@ class EditJournal:
         try:
             created = self.storage.create(_record_rel(edit), edit.model_dump_json().encode())
         except OSError as exc:
-            raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {edit.task} was not made; nothing "
-                                       "changed")) from exc
+            raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {subject_words(edit.task)} was not "
+                                       "made; nothing changed")) from exc
         if not created:
-            raise StorageError(f"an edit {edit.id} of {edit.task} is already recorded")
+            raise StorageError(f"an edit {edit.id} of {subject_words(edit.task)} is already recorded")
 
     def apply(self, edit: Edit, fresh: bool = False) -> None:
         """Apply a recorded edit and remove its record. `fresh`: the edit was recorded just now
         by this writer, so if its first data file cannot be written it is withdrawn whole."""
-        task_rel = f"tasks/{edit.task}"
+        root, subject = subject_root(edit.task), subject_words(edit.task)
         written = 0
         try:
             for rel, text in edit.writes.items():
-                self.storage.write_bytes(f"{task_rel}/{rel}", text.encode())
+                self.storage.write_bytes(f"{root}/{rel}", text.encode())
                 written += 1
             for rel in edit.removes:
-                _remove_if_present(self.storage, f"{task_rel}/{rel}")
+                _remove_if_present(self.storage, f"{root}/{rel}")
                 written += 1
             self.feed.append(edit.task, edit.what)
             for index, change in enumerate(edit.history):
-                self.storage.create(f"{task_rel}/history/{change.file_name(f'{edit.id}.{index}')}",
+                self.storage.create(f"{root}/history/{change.file_name(f'{edit.id}.{index}')}",
                                     change.model_dump_json().encode())
         except OSError as exc:
             if fresh and not written and self.withdraw(edit):
-                raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {edit.task} was not made; "
+                raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {subject} was not made; "
                                            "nothing changed")) from exc
-            raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {edit.task} is recorded and will "
-                                       "be finished by the next edit of the task or `promptmux registry verify "
-                                       "--repair`; nothing was lost")) from exc
+            raise StorageError(_failed(self.storage, exc, f"the {edit.what} edit of {subject} is recorded and will "
+                                       "be finished by the next edit of the same records or `promptmux registry "
+                                       "verify --repair`; nothing was lost")) from exc
         _remove_if_present(self.storage, _record_rel(edit))
 
     def withdraw(self, edit: Edit) -> bool:
@@ -137,7 +153,7 @@ class EditJournal:
         return records
 
     def finish(self, task: str) -> list[Edit]:
-        """Finish every edit of `task` a writer left recorded (call under the task's lock)."""
+        """Finish every edit of `task` (or TENANTS) a writer left recorded (call under its lock)."""
         left = self.pending(task)
         for edit in left:
             self.apply(edit)
@@ -145,7 +161,8 @@ class EditJournal:
 
 
 def _record_rel(edit: Edit) -> str:
-    return f"{EDITS_DIR}/{validate_name(edit.task, 'task name')}.{edit.id}.json"
+    subject = edit.task if edit.task == TENANTS else validate_name(edit.task, "task name")
+    return f"{EDITS_DIR}/{subject}.{edit.id}.json"
 
 
 def _remove_if_present(storage: Storage, rel: str) -> None:

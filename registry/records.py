@@ -13,7 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from promptmux.registry.change_feed import ChangeFeed, FeedKind
-from promptmux.registry.edits import Edit, EditJournal
+from promptmux.registry.edits import Edit, EditJournal, subject_root
 from promptmux.registry.errors import CorruptFileError, NotFoundError, StorageError, describe
 from promptmux.registry.names import validate_name
 from promptmux.registry.storage import Storage
@@ -71,7 +71,8 @@ class RecordFiles:
 
     @contextmanager
     def task_lock(self, task: str) -> Iterator[None]:
-        with self.storage.lock(f"{task_rel(task)}/meta"):
+        """The lock a task's edits are made under (or, for `edits.TENANTS`, the tenants' edits)."""
+        with self.storage.lock(f"{subject_root(task)}/meta"):
             yield
 
     @contextmanager

@@ -201,10 +201,11 @@ class Registry:
         return results
 
     def finish_pending(self, task: str | None = None) -> list[Edit]:
-        """Finish every edit a writer left half-done (of one task, or all), each under its task's lock."""
+        """Finish every edit a writer left half-done (of one task, or all, the tenants' too),
+        each under its task's lock."""
         finished = []
         for name in sorted({edit.task for edit in self.journal.pending(task)}):
-            with self.tasks.lock(name):
+            with self.files.task_lock(name):
                 finished += self.journal.finish(name)
         return finished
 

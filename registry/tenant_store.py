@@ -7,8 +7,9 @@ stays guarded: revoking the last tenant does not open it to clients without a ke
 is shown once, when the tenant is added, and stored only as its SHA-256: the key is 32
 random bytes, so a plain digest cannot be reversed, and a stolen registry opens nothing.
 Keys are compared digest against digest in constant time (`hmac.compare_digest`), every
-tenant's every time. Adding or revoking a tenant is announced on the change feed under
-`TENANTS` (a name no task can have), so replicas pick it up at their next refresh.
+tenant's every time. Adding or revoking a tenant is an edit through the journal under
+`TENANTS` (a name no task can have), under the tenants' own lock: its change-feed entry
+reaches the replicas at their next refresh even when the writer dies after the record.
 """
 
 import fnmatch
@@ -20,13 +21,12 @@ from datetime import datetime
 
 from pydantic import Field, field_validator
 
+from promptmux.registry.edits import TENANTS, TENANTS_DIR, Edit
 from promptmux.registry.errors import ConflictError, NotFoundError
 from promptmux.registry.names import validate_name
 from promptmux.registry.records import RecordFiles
 from promptmux.registry.schemas import StrictModel, utc_now
 
-TENANTS_DIR = "tenants"
-TENANTS = ":tenants"  # the change-feed entry of a tenant edit: no task is named so
 KEY_PREFIX = "pmx-"
 PATTERN = re.compile(r"^[a-z0-9*][a-z0-9._*-]{0,63}$")
 
@@ -78,15 +78,13 @@ class TenantStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         record = TenantRecord(name=name, tasks=tasks, key_sha256=key_digest(key), requests_per_minute=requests_per_minute,
                               tokens_per_minute=tokens_per_minute, concurrency=concurrency, weight=weight)
-        data = record.model_dump_json(indent=2).encode()
-        try:
-            if not self.files.storage.create(_rel(name), data):
-                if self.get(name).revoked_at is None:
-                    raise ConflictError(f"tenant {name!r} exists; revoke it first to give it a new key")
-                self.files.storage.write_bytes(_rel(name), data)
-        except OSError as exc:
-            raise self.files.write_failed(exc, f"tenant {name} was not added") from exc
-        self.files.feed.append(TENANTS, "tenant")
+        text = record.model_dump_json(indent=2)
+        with self.files.editing(TENANTS):
+            if self.files.announced(TENANTS, "tenant", lambda: self.files.storage.create(_rel(name), text.encode())):
+                return record, key
+            if self.get(name).revoked_at is None:
+                raise ConflictError(f"tenant {name!r} exists; revoke it first to give it a new key")
+            self.files.journal.run(Edit(task=TENANTS, what="tenant", writes={_file(name): text}))
         return record, key
 
     def get(self, name: str) -> TenantRecord:
@@ -107,16 +105,17 @@ class TenantStore:
 
     def revoke(self, name: str) -> None:
         """Revoke a tenant: its key opens nothing from the replicas' next refresh on."""
-        record = self.get(name)
-        if record.revoked_at is not None:
-            raise ConflictError(f"tenant {name!r} was revoked already, at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
-        revoked = record.model_copy(update={"revoked_at": utc_now()})
-        try:
-            self.files.storage.write_bytes(_rel(name), revoked.model_dump_json(indent=2).encode())
-        except OSError as exc:
-            raise self.files.write_failed(exc, f"tenant {name} was not revoked: its key still opens its tasks") from exc
-        self.files.feed.append(TENANTS, "tenant")
+        with self.files.editing(TENANTS):
+            record = self.get(name)
+            if record.revoked_at is not None:
+                raise ConflictError(f"tenant {name!r} was revoked already, at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+            revoked = record.model_copy(update={"revoked_at": utc_now()})
+            self.files.journal.run(Edit(task=TENANTS, what="tenant", writes={_file(name): revoked.model_dump_json(indent=2)}))
+
+
+def _file(name: str) -> str:
+    return f"{validate_name(name, 'tenant name')}.json"
 
 
 def _rel(name: str) -> str:
-    return f"{TENANTS_DIR}/{validate_name(name, 'tenant name')}.json"
+    return f"{TENANTS_DIR}/{_file(name)}"

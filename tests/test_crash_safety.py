@@ -159,6 +159,7 @@ def snapshot(registry: Registry) -> dict:
             "history": [(c.actor, c.action, c.details) for c in registry.history(name)],
             "outcomes": len(registry.outcomes.names(name)),
         }
+    state[":tenants"] = [(t.name, t.tasks, t.revoked_at is not None) for t in registry.tenants.all()]
     return state
 
 
@@ -185,13 +186,21 @@ EDITS: dict[str, tuple[str, Callable[[Registry], object]]] = {  # name: (the reg
     "a step decision": ("step", lambda r: advance(r, OutcomeLog(r, "reviews"))),
     "an end decision": ("end", lambda r: advance(r, OutcomeLog(r, "reviews"))),
     "feedback": ("plain", lambda r: r.outcomes.record(Outcome(id="x", task="reviews", version=1, variant="v1", score=1.0))),
+    "add a tenant": ("tenants", lambda r: r.tenants.add("team-c", ["reviews"])),
+    "add a revoked tenant again": ("tenants", lambda r: r.tenants.add("team-b", ["rev*"])),
+    "revoke a tenant": ("tenants", lambda r: r.tenants.revoke("team-a")),
 }
 
 
 @pytest.fixture(scope="module")
 def starts(tmp_path_factory) -> dict[str, Registry]:
     root = tmp_path_factory.mktemp("starts")
-    return {"plain": reviews_registry(root / "plain"), "end": due(root / "end", "end"), "step": due(root / "step", "step")}
+    with_tenants = reviews_registry(root / "tenants")
+    for name in ("team-a", "team-b"):
+        with_tenants.tenants.add(name, ["reviews"])
+    with_tenants.tenants.revoke("team-b")
+    return {"plain": reviews_registry(root / "plain"), "end": due(root / "end", "end"), "step": due(root / "step", "step"),
+            "tenants": with_tenants}
 
 
 @pytest.mark.parametrize("edit", list(EDITS))

@@ -42,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
-from promptmux.registry.tenant_store import TENANTS, TenantRecord
+from promptmux.registry.edits import TENANTS
+from promptmux.registry.tenant_store import TenantRecord
 from promptmux.serving.runtime.errors import RouteUnavailable
 from promptmux.serving.runtime.tenants import ADMIN, Caller
 
