@@ -7,12 +7,15 @@ and every feedback id (their own, another tenant's, a forged one). Revocation ac
 replicas is in `test_scale_out.py`; the fairness benchmark in `test_bench.py`.
 """
 
+import asyncio
 import fnmatch
+import gc
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -25,8 +28,11 @@ from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.sequence import Sequence
 from promptmux.serving.engine.waiting import WaitingQueue
 from promptmux.serving.runtime.errors import RateLimited
+from promptmux.serving.runtime.requests import Call, Query
+from promptmux.serving.runtime.schemas import ParamsOverride
+from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
-from promptmux.serving.runtime.tenants import Quotas
+from promptmux.serving.runtime.tenants import Caller, Quotas
 
 ADMIN_KEY = "admin-key-for-tests"
 PATTERNS = {"team-a": ["act-*"], "team-b": ["act-as", "grooming"], "team-c": ["summarize"]}
@@ -250,3 +256,34 @@ def test_a_revoked_key_opens_nothing_from_the_next_refresh_even_when_it_was_the_
         wait_until(lambda: httpx.get(f"{url}/v1/models", headers=headers).status_code == 401, timeout=5)
         assert time.monotonic() - revoked < 5
         assert httpx.get(f"{url}/v1/models").status_code == 401
+
+
+def test_a_stream_never_read_gives_back_its_tenants_slot_and_stops_its_rows(tmp_path: Path) -> None:
+    """A client that leaves between the stream's creation and its first byte: the generator
+    never runs, so it is its collection that releases the slot and cancels the rows."""
+    registry = build_registry(tmp_path / "registry")
+    record, _ = registry.tenants.add("team-a", ["act-*"], concurrency=1)
+    service = PromptmuxService(ServeSettings(registry=registry.uri))
+    long = ParamsOverride(max_new_tokens=1000, min_new_tokens=1000)
+    call = Call(Query(task="act-as", inputs=["a poet"]), endpoint="generate", params=long, stream=True,
+                caller=Caller(record))
+
+    async def leave_before_the_first_byte() -> str:
+        stream = await service.serve(call)
+        with pytest.raises(RateLimited):  # its one slot is taken
+            await service.serve(call)
+        del stream
+        gc.collect()
+        answers = await service.serve(replace(call, stream=False, params=ParamsOverride(max_new_tokens=2)))
+        return answers.answers[0].finish_reason
+
+    try:
+        assert asyncio.run(leave_before_the_first_byte()) == "length"
+        metrics = service.metrics.render().decode()
+        assert re.search(r'promptmux_requests_total\{endpoint="generate",status="cancelled",task="act-as".*\} 1\.0', metrics)
+        assert re.search(r'promptmux_tenant_requests_total\{status="cancelled",tenant="team-a"\} 1\.0', metrics)
+        steps = service.metrics.batch_size.collect()[0].samples
+        decoded = next(s.value for s in steps if s.name.endswith("_count"))
+        assert decoded < 200  # the 1,000-token row left at its next step, long before its end
+    finally:
+        service.shutdown()

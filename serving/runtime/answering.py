@@ -8,9 +8,9 @@ result types (`results.py`).
 """
 
 import asyncio
-import functools
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import TypeVar
@@ -44,6 +44,22 @@ from promptmux.serving.runtime.settings import ServeSettings
 from promptmux.serving.runtime.tenants import Caller, Quotas
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
+
+
+class Ending:
+    """How one request ended, told once: its quota released and its tenant's figures counted.
+
+    A stream tells it from its own `finally`; a stream never iterated (its client left before
+    the first byte, so its generator never ran) is told when the stream is collected."""
+
+    def __init__(self, tell: Callable[[str, list[int], Iterable[float]], None]) -> None:
+        self._tell = tell
+        self.told = False
+
+    def __call__(self, status: str, generated: list[int], waits: Iterable[float] = ()) -> None:
+        if not self.told:
+            self.told = True
+            self._tell(status, generated, waits)
 
 
 class ServedCounters:
@@ -112,17 +128,14 @@ class Answering:
             except RateLimited as exc:
                 self.metrics.tenant_rate_limited.labels(name, exc.limit).inc()
                 raise
-        ended = functools.partial(self._ended, call.caller)
+        ended = Ending(lambda status, generated, waits: self._ended(call.caller, status, generated, waits))
         try:
-            result = await self._answer(call, ended)
+            return await self._answer(call, ended)
         except BaseException:
             ended("error", [])
             raise
-        if isinstance(result, Answers):
-            ended("ok", [a.usage.completion_tokens for a in result.answers])
-        return result
 
-    def _ended(self, caller: Caller, status: str, generated: list[int], waits: Iterable[float] = ()) -> None:
+    def _ended(self, caller: Caller, status: str, generated: list[int], waits: Iterable[float]) -> None:
         """A request of `caller` ended: its quota released, its tenant's figures counted."""
         if caller.tenant is not None:
             self.quotas.release(caller.tenant, sum(generated))
@@ -131,24 +144,37 @@ class Answering:
         for wait in waits:
             self.metrics.tenant_queue_wait.labels(caller.name).observe(wait)
 
-    async def _answer(self, call: Call, ended: Callable[..., None]) -> Answers | AnswerStream:
+    async def _answer(self, call: Call, ended: Ending) -> Answers | AnswerStream:
         items = await self.prepare(call)
         first = items[0]
         served = ServedBy(first.task, first.version, first.variant, first.kind)
         if first.kind is TaskKind.classification:
             labels = await self._finish(self.async_engine.classify([item.row for item in items]), call.endpoint, items)
+            ended("ok", [o.usage.completion_tokens for o in labels])
             return Answers(served, [Answer(i, self.feedback_id(item, call.caller, o.label), o.label, [], "stop",
                                            usage_of(o.usage), label=o.label, probabilities=o.probabilities)
                                     for i, (item, o) in enumerate(zip(items, labels))])
         ids = [self.feedback_id(item, call.caller) for item in items]
         if call.stream:
-            return AnswerStream(served, ids, self._deltas(items, self._open_streams(items), call.endpoint, ended))
+            streams = self._open_streams(items)
+            deltas = self._deltas(items, streams, call.endpoint, ended)
+            weakref.finalize(deltas, self._abandoned, items, streams, call.endpoint, ended)
+            return AnswerStream(served, ids, deltas)
         work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items), return_exceptions=True)
         outputs = await self._finish(work, call.endpoint, items)
-        for output in outputs:
-            self.metrics.tenant_queue_wait.labels(call.caller.name).observe(output.queue_s)
+        ended("ok", [o.usage.completion_tokens for o in outputs], [o.queue_s for o in outputs])
         return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, usage_of(o.usage),
                                        logprobs=self._choices(o.logprobs)) for i, o in enumerate(outputs)])
+
+    def _abandoned(self, items: list[Prepared], streams: list[EventStream], endpoint: str, ended: Ending) -> None:
+        """A stream collected without ever being iterated: its rows are cancelled, and it ends
+        as cancelled (a stream that ran has told its end already, and this does nothing)."""
+        if ended.told:
+            return
+        for stream in streams:
+            stream.state.cancel()
+        self.count(endpoint, [item.assignment for item in items], "cancelled")
+        ended("cancelled", [])
 
     async def prepare(self, call: Call) -> list[Prepared]:
         """Route once per request and prepare every input; refuse the wrong kind of task. A
@@ -259,7 +285,7 @@ class Answering:
         return streams
 
     async def _deltas(self, items: list[Prepared], streams: list[EventStream], endpoint: str,
-                      ended: Callable[..., None]) -> AsyncIterator[Delta]:
+                      ended: Ending) -> AsyncIterator[Delta]:
         """Every input's deltas as they come; leaving early cancels them all, and so does the
         per-request deadline (after an error delta). `ended` is told how it ended."""
         started = time.perf_counter()

@@ -8,7 +8,7 @@ valid key gets 401 (a revoked tenant's key included).
 
 Quotas are per tenant: a request rate, generated tokens per minute, and requests in
 flight. With N replicas each replica holds 1/N of each limit, rounded up for the
-concurrency cap (`replica_share`): with requests spread evenly, as Ray Serve's router
+concurrency cap (`Share`): with requests spread evenly, as Ray Serve's router
 spreads them, the endpoint admits the limit. The error bound: a tenant gets at most the
 limit plus N-1 concurrent requests (the rounding), its rate and token limits are never
 exceeded endpoint-wide, and a tenant whose requests all land on one replica is refused
@@ -68,8 +68,19 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def replica_share(limit: float, replicas: int) -> float:
-    return limit / replicas
+@dataclass(frozen=True)
+class Share:
+    """This replica's share of one tenant's limits; None where the tenant has no such limit."""
+
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    concurrency: int | None
+
+    @classmethod
+    def of(cls, tenant: TenantRecord, replicas: int) -> "Share":
+        return cls(tenant.requests_per_minute / replicas if tenant.requests_per_minute else None,
+                   tenant.tokens_per_minute / replicas if tenant.tokens_per_minute else None,
+                   math.ceil(tenant.concurrency / replicas) if tenant.concurrency else None)
 
 
 @dataclass
@@ -92,14 +103,13 @@ class Quotas:
     def admit(self, tenant: TenantRecord) -> None:
         """Count one request in, or raise `RateLimited` (429) naming the limit, with OpenAI's
         `x-ratelimit-*` headers and Retry-After."""
-        now = time.monotonic()
+        now, share = time.monotonic(), Share.of(tenant, self.replicas)
+        rate, budget = share.requests_per_minute, share.tokens_per_minute
         with self._lock:
-            use = self._use_of(tenant, now)
-            rate = tenant.requests_per_minute and replica_share(tenant.requests_per_minute, self.replicas)
-            budget = tenant.tokens_per_minute and replica_share(tenant.tokens_per_minute, self.replicas)
+            use = self._use_of(tenant.name, share, now)
             used = sum(n for _, n in use.tokens)
-            headers = self._headers(tenant, use, rate, budget, used, now)
-            if tenant.concurrency and use.in_flight >= math.ceil(replica_share(tenant.concurrency, self.replicas)):
+            headers = self._headers(use, share, used, now)
+            if share.concurrency and use.in_flight >= share.concurrency:
                 raise RateLimited(f"tenant {tenant.name} has {use.in_flight} requests in flight, its limit here; "
                                   "retry when one ends", {**headers, "Retry-After": "1"}, "concurrency")
             if rate and use.requests < 1:
@@ -118,14 +128,15 @@ class Quotas:
         """A request of `tenant` ended, having generated `generated` tokens."""
         now = time.monotonic()
         with self._lock:
-            use = self._use_of(tenant, now)
+            use = self._use_of(tenant.name, Share.of(tenant, self.replicas), now)
             use.in_flight = max(0, use.in_flight - 1)
             if generated:
                 use.tokens.append((now, generated))
 
-    def _use_of(self, tenant: TenantRecord, now: float) -> TenantUse:
-        rate = tenant.requests_per_minute and replica_share(tenant.requests_per_minute, self.replicas)
-        use = self._use.setdefault(tenant.name, TenantUse(requests=rate or 0.0, refilled_at=now))
+    def _use_of(self, name: str, share: Share, now: float) -> TenantUse:
+        """The tenant's use, its request bucket refilled and its token window moved to `now`."""
+        rate = share.requests_per_minute
+        use = self._use.setdefault(name, TenantUse(requests=rate or 0.0, refilled_at=now))
         if rate:
             use.requests = min(rate, use.requests + (now - use.refilled_at) * rate / 60)
         use.refilled_at = now
@@ -134,9 +145,9 @@ class Quotas:
         return use
 
     @staticmethod
-    def _headers(tenant: TenantRecord, use: TenantUse, rate: float | None, budget: float | None, used: int,
-                 now: float) -> dict[str, str]:
+    def _headers(use: TenantUse, share: Share, used: int, now: float) -> dict[str, str]:
         """OpenAI's rate-limit headers, for this replica's share of the limits."""
+        rate, budget = share.requests_per_minute, share.tokens_per_minute
         headers = {}
         if rate:
             headers |= {"x-ratelimit-limit-requests": f"{rate:g}",
