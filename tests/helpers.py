@@ -2,6 +2,7 @@
 registries filled with random prompts, the shared seed data's folder, and a promptmux
 server in-process or as the installed command."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -108,3 +109,32 @@ def start_serve(registry: str, port: int, *options: str, cwd: Path | None = None
     wait_until(lambda: process.poll() is not None or healthy(f"http://127.0.0.1:{port}"), timeout=240, interval=0.5)
     assert process.poll() is None, process.stdout.read()
     return process
+
+
+MOVE_DEADLINE_S = 5.0  # an alias moved in the registry is served by every replica within this
+
+
+def served_by(url: str, headers: dict[str, str] | None = None) -> dict[str, set[int]]:
+    """A burst of act-as generations: the versions each replica (by its header) answered with."""
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
+            body = {"task": "act-as", "input": "a poet", "params": {"max_new_tokens": 1}}
+            return await asyncio.gather(*(client.post("/v1/generate", json=body) for _ in range(16)))
+
+    versions: dict[str, set[int]] = {}
+    for response in asyncio.run(burst()):
+        assert response.status_code == 200, response.text
+        versions.setdefault(response.headers["x-promptmux-replica"], set()).add(response.json()["outputs"][0]["version"])
+    return versions
+
+
+def seconds_until_every_replica_serves(url: str, registry: Registry, version: int,
+                                       headers: dict[str, str] | None = None) -> float:
+    """Move `production` of act-as to `version`; seconds until a burst reaches both replicas and
+    every answer comes from that version (at most MOVE_DEADLINE_S, or TimeoutError)."""
+    wait_until(lambda: len(served_by(url, headers)) == 2, timeout=60, interval=0.5)
+    registry.aliases.set("act-as", "production", version)
+    moved = time.monotonic()
+    wait_until(lambda: (lambda seen: len(seen) == 2 and all(v == {version} for v in seen.values()))(
+        served_by(url, headers)), timeout=MOVE_DEADLINE_S, interval=0.1)
+    return time.monotonic() - moved

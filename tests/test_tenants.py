@@ -4,7 +4,7 @@ The scope fuzz runs the real app of one replica over real HTTP (uvicorn, no Ray)
 tenants with overlapping and disjoint patterns, the admin key and a client without a key
 call every route, with every task (their own, another tenant's, one that does not exist)
 and every feedback id (their own, another tenant's, a forged one). Revocation across two
-replicas is in `test_scale_out.py`; the fairness benchmark in `test_bench.py`.
+replicas is in `test_serve_cli.py`; the fairness benchmark in `test_bench.py`.
 """
 
 import asyncio
