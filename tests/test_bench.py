@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptmux.serving.bench import engine, fairness, http, scheduler, streaming
+from promptmux.serving.bench import engine, fairness, http, registry, scheduler, streaming
 
 
 def check_ratios(report: dict, output: str, names: set[str]) -> None:
@@ -84,7 +84,10 @@ def test_bench_fairness_refuses_the_flood_not_the_trickle(cli, tmp_path: Path, m
         assert report[case]["a_429"] > 0 and report[case]["a_served"] > 0  # the flood is, past its concurrency
 
 
-def test_bench_registry_counts_the_storage_requests_of_a_refresh_locally_and_on_s3(cli, tmp_path: Path) -> None:
+def test_bench_registry_counts_the_storage_requests_of_a_refresh_locally_and_on_s3(cli, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(registry, "ROUTES", 2000)
+    monkeypatch.setattr(registry, "REFRESH_S", 0.5)  # the replicas' refresh the alias move waits for
     result = cli("bench", "registry", "--quick", "--tasks", "20", "--storage", "local,s3", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())

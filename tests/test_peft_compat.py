@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTunin
 from promptmux.registry import InvalidArtifactError, Registry
 from promptmux.serving.models.loading import load_model, load_tokenizer
 
-PROMPTMUX = [sys.executable, "-m", "promptmux.tasks.cli"]
 TEXTS = ["Comment: the groomer was lovely\nSatisfaction:\n", "hola"]
 
 
@@ -36,19 +33,16 @@ def _save_adapter(config, path: Path, seed: int = 3) -> torch.Tensor:
     return _logits(model)
 
 
-def _import_cli(adapter: Path, registry_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*PROMPTMUX, "registry", "import", str(adapter), "--task", "imported", "--registry", str(registry_dir), *extra],
-        capture_output=True, text=True, env={**os.environ}, timeout=300,
-    )
+def _import_cli(cli, adapter: Path, registry_dir: Path, *extra: str):
+    return cli("registry", "import", str(adapter), "--task", "imported", "--registry", str(registry_dir), *extra)
 
 
-def test_cli_import_then_peft_loads_identical_logits(tmp_path: Path) -> None:
+def test_cli_import_then_peft_loads_identical_logits(cli, tmp_path: Path) -> None:
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=7)
     expected = _save_adapter(config, tmp_path / "adapter")
-    result = _import_cli(tmp_path / "adapter", tmp_path / "reg", "--base-model", "tiny-random-llama", "--json")
-    assert result.returncode == 0, result.stderr
-    imported = json.loads(result.stdout)
+    result = _import_cli(cli, tmp_path / "adapter", tmp_path / "reg", "--base-model", "tiny-random-llama", "--json")
+    assert result.code == 0, result.err
+    imported = json.loads(result.out)
     assert imported["version"] == 1
 
     version_dir = imported["uri"]
@@ -56,9 +50,9 @@ def test_cli_import_then_peft_loads_identical_logits(tmp_path: Path) -> None:
     loaded = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype="float32"), version_dir)
     assert torch.equal(_logits(loaded), expected)
 
-    second = _import_cli(tmp_path / "adapter", tmp_path / "reg")  # base model taken from the task now
-    assert second.returncode == 0, second.stderr
-    assert "registered imported version 2" in second.stdout
+    second = _import_cli(cli, tmp_path / "adapter", tmp_path / "reg")  # base model taken from the task now
+    assert second.code == 0, second.err
+    assert "registered imported version 2" in second.out
 
 
 def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
@@ -96,14 +90,14 @@ def test_a_pickled_adapter_is_refused(tmp_path: Path, registry: Registry, llama_
     assert registry.tasks.names() == []
 
 
-def test_cli_refuses_incompatible_adapter_cleanly(tmp_path: Path) -> None:
+def test_cli_refuses_incompatible_adapter_cleanly(cli, tmp_path: Path) -> None:
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
     model = get_peft_model(load_model("tiny-random-gpt2", dtype="float32"), config)
     model.save_pretrained(tmp_path / "gpt2-adapter")
-    result = _import_cli(tmp_path / "gpt2-adapter", tmp_path / "reg", "--base-model", "tiny-random-llama")
-    assert result.returncode == 1
-    assert "token_dim 64 != base model hidden_size 128" in result.stderr
-    assert "Traceback" not in result.stderr
+    result = _import_cli(cli, tmp_path / "gpt2-adapter", tmp_path / "reg", "--base-model", "tiny-random-llama")
+    assert result.code == 1
+    assert "token_dim 64 != base model hidden_size 128" in result.err
+    assert "Traceback" not in result.err
     assert Registry(str(tmp_path / "reg")).tasks.names() == []
 
 
