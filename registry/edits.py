@@ -49,6 +49,7 @@ def subject_root(subject: str) -> str:
 
 
 def subject_words(subject: str) -> str:
+    """A subject as an error message names it."""
     return "the tenants" if subject == TENANTS else subject
 
 

@@ -8,6 +8,7 @@ result types (`results.py`).
 """
 
 import asyncio
+import functools
 import threading
 import time
 import weakref
@@ -128,7 +129,7 @@ class Answering:
             except RateLimited as exc:
                 self.metrics.tenant_rate_limited.labels(name, exc.limit).inc()
                 raise
-        ended = Ending(lambda status, generated, waits: self._ended(call.caller, status, generated, waits))
+        ended = Ending(functools.partial(self._ended, call.caller))
         try:
             return await self._answer(call, ended)
         except BaseException:
