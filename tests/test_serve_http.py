@@ -479,76 +479,6 @@ def test_a_thousand_clients_that_leave_mid_stream_are_counted_as_cancelled_and_l
     assert not [p.name for p in logs.rglob("*replica*") if p.is_file() and b"unexpected error" in p.read_bytes()]
 
 
-def test_a_killed_replica_is_replaced_and_clients_with_one_retry_succeed(served) -> None:
-    url, _ = served
-    body = {"task": "grooming", "input": "steady load"}
-    before = {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"] for _ in range(30)}
-    assert len(before) == 2
-    victim = int(sorted(before)[0].rsplit(":", 1)[1])
-    refusals: list[httpx.Response] = []  # every answer that was not a 200, first attempts and retries
-    dropped: list[str] = []  # connections closed without an answer
-
-    async def load() -> list[str]:
-        outcomes: list[str] = []
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            async def one() -> None:
-                for _ in range(2):  # one retry
-                    try:
-                        response = await client.post("/v1/classify", json=body)
-                    except httpx.HTTPError as exc:
-                        dropped.append(type(exc).__name__)
-                        continue
-                    if response.status_code == 200:
-                        outcomes.append("ok")
-                        return
-                    refusals.append(response)
-                outcomes.append("failed")
-
-            async def waves() -> None:
-                for _ in range(20):
-                    await asyncio.gather(*(one() for _ in range(10)))
-                    await asyncio.sleep(0.05)
-
-            async def kill() -> None:
-                await asyncio.sleep(0.5)
-                os.kill(victim, signal.SIGKILL)
-
-            await asyncio.gather(waves(), kill())
-        return outcomes
-
-    outcomes = asyncio.run(load())
-    statuses = collections.Counter(response.status_code for response in refusals)
-    print(f"replica kill: {outcomes.count('ok')} of {len(outcomes)} succeeded with one retry; "
-          f"refusals {dict(statuses)}, dropped connections {collections.Counter(dropped)}")
-    assert len(outcomes) == 200 and outcomes.count("ok") / len(outcomes) >= 0.99
-    for response in refusals:  # the documented JSON body, whether the replica or the proxy answered
-        assert response.headers["content-type"] == "application/json" and response.json()["error"]["message"]
-    replaced = wait_until(lambda: (now := {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"]
-                                           for _ in range(30)}) and len(now) == 2 and now != before and now,
-                          timeout=120, interval=1)
-    assert len(replaced) == 2
-
-
-def test_the_proxy_answers_a_request_whose_replica_dies_with_a_json_error(served) -> None:
-    # The one-replica "tight" app allows 8,000 tokens: a request that long is surely still in
-    # the replica when it is killed (a 64-token one may already have finished).
-    url = f"{served[0]}/tight"
-    long = {"task": "act-as", "input": "x", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
-
-    async def request_while_the_replica_dies() -> httpx.Response:
-        victim = int(httpx.get(f"{url}/healthz").headers["x-promptmux-replica"].rsplit(":", 1)[1])
-        async with httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH) as client:
-            pending = asyncio.create_task(client.post("/v1/generate", json=long))
-            await asyncio.sleep(0.4)
-            os.kill(victim, signal.SIGKILL)
-            return await pending
-
-    response = asyncio.run(request_while_the_replica_dies())
-    wait_until(lambda: httpx.get(f"{url}/healthz", timeout=60).status_code == 200, timeout=120, interval=1)
-    assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
-    assert "replica serving this request stopped" in response.json()["error"]["message"]
-
-
 def ab_task(registry: Registry, name: str) -> None:
     """A classification task with two versions and `production` on the first."""
     fp = fingerprint(load_model(BASE, dtype="float32"))
@@ -645,7 +575,10 @@ def test_feedback_ids_are_checked(served) -> None:
     assert post(url, "/v1/feedback", {"id": generated["id"], "score": 0.75}).json() == {"counted": True}
 
 
-def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decision(served) -> None:
+def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_and_answer_in_json(served) -> None:
+    """Two replicas die at once by SIGKILL: one of the main app's, under steady load from
+    clients that retry once, after it acknowledged feedback; and the one-replica "tight"
+    app's, with a request in flight that only the proxy is left to answer."""
     url, registry = served
     name = "ab-durable"
     ab_task(registry, name)
@@ -673,11 +606,67 @@ def test_acknowledged_feedback_survives_a_killed_replica_and_counts_in_the_decis
 
     acknowledged = asyncio.run(feedback())
     assert all(counted for counted, _ in acknowledged) and len({replica for _, replica in acknowledged}) == 2
-    os.kill(int(acknowledged[0][1].rsplit(":", 1)[1]), signal.SIGKILL)  # a replica that acknowledged feedback
+    before = {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"] for _ in range(30)}
+    assert len(before) == 2
+    victim = int(acknowledged[0][1].rsplit(":", 1)[1])  # a replica that acknowledged feedback
+    # The tight app allows 8,000 tokens: a request that long is surely still in its replica
+    # when it is killed (a 64-token one may already have finished).
+    tight = f"{url}/tight"
+    tight_victim = int(httpx.get(f"{tight}/healthz").headers["x-promptmux-replica"].rsplit(":", 1)[1])
+    long = {"task": "act-as", "input": "x", "params": {"max_new_tokens": 8000, "min_new_tokens": 8000}}
+    refusals: list[httpx.Response] = []  # every answer that was not a 200, first attempts and retries
+    dropped: list[str] = []  # connections closed without an answer
+
+    async def load_while_killing() -> tuple[list[str], httpx.Response]:
+        outcomes: list[str] = []
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client, \
+                httpx.AsyncClient(base_url=tight, timeout=60, headers=AUTH) as tight_client:
+            async def one() -> None:
+                for _ in range(2):  # one retry
+                    try:
+                        response = await client.post("/v1/classify", json={"task": "grooming", "input": "steady load"})
+                    except httpx.HTTPError as exc:
+                        dropped.append(type(exc).__name__)
+                        continue
+                    if response.status_code == 200:
+                        outcomes.append("ok")
+                        return
+                    refusals.append(response)
+                outcomes.append("failed")
+
+            async def waves() -> None:
+                for _ in range(20):
+                    await asyncio.gather(*(one() for _ in range(10)))
+                    await asyncio.sleep(0.05)
+
+            async def kill() -> None:
+                await asyncio.sleep(0.5)
+                os.kill(victim, signal.SIGKILL)
+                os.kill(tight_victim, signal.SIGKILL)
+
+            in_flight = asyncio.create_task(tight_client.post("/v1/generate", json=long))
+            await asyncio.gather(waves(), kill())
+            return outcomes, await in_flight
+
+    outcomes, orphan = asyncio.run(load_while_killing())
+    statuses = collections.Counter(response.status_code for response in refusals)
+    print(f"replica kill: {outcomes.count('ok')} of {len(outcomes)} succeeded with one retry; "
+          f"refusals {dict(statuses)}, dropped connections {collections.Counter(dropped)}")
+    assert len(outcomes) == 200 and outcomes.count("ok") / len(outcomes) >= 0.99
+    for response in refusals:  # the documented JSON body, whether the replica or the proxy answered
+        assert response.headers["content-type"] == "application/json" and response.json()["error"]["message"]
+    assert orphan.status_code == 503 and orphan.headers["retry-after"] == "1", orphan.text
+    assert "replica serving this request stopped" in orphan.json()["error"]["message"]
+
     registry.rollouts.start(name, policy.model_copy(update={"test": SequentialTest()}))  # now allowed to decide
     wait_until(lambda: registry.rollouts.policy(name) is None, timeout=30, interval=0.2)
     decision = wait_until(lambda: next((c for c in registry.history(name) if c.action in ("promote", "rollback")), None),
                           timeout=10)  # its history entry lands just after the split is gone
     assert decision.action == "promote"
     assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)
+    replaced = wait_until(lambda: (now := {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"]
+                                           for _ in range(30)}) and len(now) == 2 and now != before and now,
+                          timeout=120, interval=1)
+    assert len(replaced) == 2
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=60, interval=0.5)
+    wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=1)
