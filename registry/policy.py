@@ -97,14 +97,14 @@ class RolloutDecision(StrictModel):
     next_policy: RolloutPolicy | None = Field(None, description="a step: the policy of the next step")
     winner: int | None = Field(None, ge=1, description="an end: the version `production` moves to")
 
+    def file_name(self) -> str:
+        return f"{self.experiment}-{'end' if self.winner is not None else f'step{self.step}'}.json"
+
     @model_validator(mode="after")
     def _one_outcome(self) -> "RolloutDecision":
         if (self.next_policy is None) == (self.winner is None):
             raise ValueError("a decision either moves to the next step or ends with a winner")
         return self
-
-    def file_name(self) -> str:
-        return f"{self.experiment}-{'end' if self.winner is not None else f'step{self.step}'}.json"
 
 
 class Outcome(StrictModel):

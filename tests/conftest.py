@@ -1,6 +1,7 @@
 """Shared fixtures: small real models built from configs, and throw-away registries."""
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +13,47 @@ os.environ.setdefault("PROMPTMUX_CACHE", str(Path(__file__).resolve().parent.par
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import torch
+from helpers import REAL_MODEL
 from transformers.utils import logging as transformers_logging
 
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
+from promptmux.serving.models.embedded import built_path
 from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.tasks.cli import main
 
 transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
+REAL_MODEL_BUILD = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a fresh checkout, build the real model (about 20 s of one core, from its GGUF) in a
+    niced process while the tests before its own run: the suite leaves a core idle a third
+    of the time. `real_model` waits for it."""
+    wanted = any("real_model" in getattr(item, "fixturenames", ()) for item in session.items)
+    if wanted and not (built_path(REAL_MODEL) / "config.json").exists():
+        build = "import sys; from promptmux.serving.models.embedded import resolve_model_path; resolve_model_path(sys.argv[1])"
+        session.stash[REAL_MODEL_BUILD] = subprocess.Popen(
+            [sys.executable, "-c", build, REAL_MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.nice(19))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    build = session.stash.get(REAL_MODEL_BUILD, None)
+    if build is not None and build.poll() is None:  # the run stopped before the real model's tests
+        build.kill()
+        build.wait()
+
+
+@pytest.fixture(scope="session")
+def real_model(request: pytest.FixtureRequest) -> str:
+    """The real embedded model's id, once its background build (if one started) has ended;
+    a build that failed is retried, and reported, where the model loads."""
+    build = request.session.stash.get(REAL_MODEL_BUILD, None)
+    if build is not None:
+        build.wait()
+    return REAL_MODEL
 
 @pytest.fixture(scope="session")
 def llama() -> torch.nn.Module:

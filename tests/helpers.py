@@ -24,6 +24,7 @@ from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
 BASE = "tiny-random-llama"
+REAL_MODEL = "smollm2-135m-instruct"
 SPECS = [
     TaskSpec(name="act-as", template="Act as: {input}\nPrompt:", base_model=BASE,
              generation=GenerationParams(max_new_tokens=6)),

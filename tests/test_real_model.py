@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REAL_MODEL
 from peft_adapters import make_adapters
 from peft_reference import peft_generate, peft_logprobs
 
@@ -24,7 +25,6 @@ from promptmux.serving.engine.runner import Engine
 from promptmux.serving.models.embedded import ModelUnavailableError
 from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 
-REAL_MODEL = "smollm2-135m-instruct"
 LABELS = {"0": "no", "1": "yes"}
 # task -> (kind, virtual tokens, init text, inputs)
 TASKS = {
@@ -47,9 +47,9 @@ def _text_prompt(model: torch.nn.Module, tokenizer, text: str, rows: int) -> tor
 
 
 @pytest.fixture(scope="module")
-def real_registry(tmp_path_factory) -> Registry:
+def real_registry(tmp_path_factory, real_model: str) -> Registry:
     try:
-        model = load_model(REAL_MODEL, dtype="float32")
+        model = load_model(real_model, dtype="float32")
     except ModelUnavailableError as exc:
         pytest.skip(f"the real model cannot be built here: {exc}")
     tokenizer = load_tokenizer(REAL_MODEL)
@@ -110,9 +110,9 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
         )
 
 
-def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Path) -> None:
+def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Path, real_model: str) -> None:
     try:
-        model = load_model(REAL_MODEL, dtype="float32")
+        model = load_model(real_model, dtype="float32")
     except ModelUnavailableError as exc:
         pytest.skip(f"the real model cannot be built here: {exc}")
     registry = Registry(str(tmp_path / "registry"))

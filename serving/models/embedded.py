@@ -114,11 +114,16 @@ def is_embedded(model_id: str) -> bool:
     return model_id in EMBEDDED_MODELS or model_id in PACKAGED_MODELS
 
 
+def built_path(model_id: str) -> Path:
+    """Where an embedded id's checkpoint is built to (it may not be there yet)."""
+    return cache_dir() / "models" / f"{model_id}-r{EMBEDDED_RECIPE_VERSION}"
+
+
 def resolve_model_path(model_id: str) -> str:
     """Local path for an embedded id (built on first use); any other id is returned as is."""
     if not is_embedded(model_id):
         return model_id
-    target = cache_dir() / "models" / f"{model_id}-r{EMBEDDED_RECIPE_VERSION}"
+    target = built_path(model_id)
     if not (target / "config.json").exists():
         model, tokenizer = _build_packaged(model_id) if model_id in PACKAGED_MODELS else _build_random(model_id)
         _save_atomically(model, tokenizer, target)
