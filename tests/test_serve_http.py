@@ -666,7 +666,7 @@ def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_an
     assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)
     replaced = wait_until(lambda: (now := {httpx.get(f"{url}/healthz").headers["x-promptmux-replica"]
                                            for _ in range(30)}) and len(now) == 2 and now != before and now,
-                          timeout=120, interval=1)
+                          timeout=120, interval=0.5)
     assert len(replaced) == 2
     wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=60, interval=0.5)
-    wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=1)
+    wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=0.5)
