@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -19,17 +20,18 @@ DRAIN_SIGNAL = "promptmux-drain"
 DRAIN_MARGIN_S = 10.0  # past the grace period: ending the streams still running and flushing them
 
 
-def init_ray(num_cpus: int, **options: object) -> None:
+def init_ray(num_cpus: int, **options: object) -> Path:
     """`ray.init` for promptmux: a new local cluster (never one found running on the machine),
     no dashboard, no token warning, and the proxy's own errors as JSON bodies (`proxy_errors`,
-    installed through Ray Serve's proxy callback)."""
+    installed through Ray Serve's proxy callback). The folder its processes log to."""
     import ray
 
     from promptmux.serving.http.proxy_errors import CALLBACK, CALLBACK_ENV
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False, **options)
+    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False, **options)
+    return Path(context.address_info["session_dir"]) / "logs"
 
 
 def run_local(
