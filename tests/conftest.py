@@ -55,6 +55,7 @@ def real_model(request: pytest.FixtureRequest) -> str:
         build.wait()
     return REAL_MODEL
 
+
 @pytest.fixture(scope="session")
 def llama() -> torch.nn.Module:
     return load_model("tiny-random-llama", dtype="float32")
