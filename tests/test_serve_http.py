@@ -493,9 +493,14 @@ def ab_task(registry: Registry, name: str) -> None:
     registry.aliases.set(name, "production", 1)
 
 
+def probe(url: str, task: str) -> list[httpx.Response]:
+    """A burst of 16 classifications of `task`: concurrent, so Ray's router spreads it over the replicas."""
+    return asyncio.run(burst(url, [("/v1/classify", {"task": task, "input": f"probe {i}"}) for i in range(16)]))
+
+
 def on_both_replicas(url: str, task: str, check) -> bool:
-    """Whether a burst of classifications reached both replicas and every answer passes `check`."""
-    responses = asyncio.run(burst(url, [("/v1/classify", {"task": task, "input": f"probe {i}"}) for i in range(16)]))
+    """Whether a probe reached both replicas and every answer passes `check`."""
+    responses = probe(url, task)
     return len({r.headers["x-promptmux-replica"] for r in responses}) == 2 and all(check(r) for r in responses)
 
 
@@ -667,12 +672,10 @@ def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_an
                           timeout=10)  # its history entry lands just after the split is gone
     assert decision.action == "promote"
     assert decision.stats["control"]["outcomes"] + decision.stats["candidate"]["outcomes"] == len(acknowledged)
-    def replicas() -> set[str]:
-        probes = [("/v1/classify", {"task": "grooming", "input": f"probe {i}"}) for i in range(16)]
-        return {r.headers["x-promptmux-replica"] for r in asyncio.run(burst(url, probes)) if r.status_code == 200}
+    def replaced() -> set[str] | None:  # two replicas again, one of them new, both serving the task
+        responses = probe(url, name)
+        now = {r.headers["x-promptmux-replica"] for r in responses}
+        return now if len(now) == 2 and now != before and all(r.status_code == 200 for r in responses) else None
 
-    replaced = wait_until(lambda: (now := replicas()) and len(now) == 2 and now != before and now,
-                          timeout=120, interval=0.5)
-    assert len(replaced) == 2 and len(replaced & before) == 1  # the survivor and a new process
-    wait_until(lambda: on_both_replicas(url, name, lambda r: r.status_code == 200), timeout=60, interval=0.5)
+    assert len(wait_until(replaced, timeout=120, interval=0.5) & before) == 1  # the survivor and a new process
     wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=0.5)
