@@ -27,14 +27,19 @@ def smallest(monkeypatch: pytest.MonkeyPatch, bench, **sizes: object) -> None:
 
 def test_bench_engine_reports_its_ratios_and_its_kv_paths_agree(cli, tmp_path: Path, monkeypatch) -> None:
     smallest(monkeypatch, engine, tasks=4, batch=4, new_tokens=2, input_tokens=4, virtual_tokens=4, cls_virtual_tokens=16,
-             cls_input_tokens=4, repeats=1)
+             cls_input_tokens=4, repeats=1, decode_tokens=3, decode_input_tokens=40)
     monkeypatch.setattr(engine, "ADAPT_S", 0.2)
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())
-    check_ratios(report, result.out, {"mixed_over_single", "mixed_methods_over_single", "engine_over_peft",
+    check_ratios(report, result.out, {"engine_over_hf", "engine_over_hf_batch1", "step_over_bound", "kv_bytes_per_token",
+                                      "mixed_over_single", "mixed_methods_over_single", "engine_over_peft",
                                       "pinned_kv_speedup", "busy_over_quiet"})
     assert report["pinned_kv_labels_equal_recompute"] is True
+    decode = report["decode"]  # the engine and bare HF made the same tokens; the pool gave everything back
+    assert decode["same_tokens_as_hf"] is True and decode["kv"]["pool"]["empty_after"] is True
+    assert report["kv_bytes_per_token"] < decode["kv"]["dynamic_cache_bytes_per_token"]
+    assert decode["profile"]["engine"][0]["op"] and "peak flops" in result.out
     assert len(report["timings_s"]["mixed"]) == len(report["timings_s"]["mixed_beside_busy"]) == report["config"]["repeats"]
     assert report["config"]["cls_virtual_tokens"] == 16 and report["machine"]["torch"]
 

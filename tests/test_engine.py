@@ -1,4 +1,4 @@
-"""The engine against PEFT, row by row, on four architectures and both KV paths."""
+"""The engine against PEFT, row by row, on six architectures and both ways of computing virtual tokens."""
 
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
-ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite"]
+ARCHITECTURES = ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-bloom", "tiny-random-granite", "tiny-random-qwen2",
+                 "tiny-random-gpt-neox"]
 INPUTS = ["hello world", "x", "the quick brown fox jumps", "prompt tuning"]
 
 

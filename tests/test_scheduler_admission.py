@@ -44,6 +44,9 @@ class FakeBatch:
         self.lengths = [self.lengths[i] for i in indices]
         self.logits = next_logits(self.lengths)
 
+    def release(self) -> None:
+        self.lengths = []
+
 
 class FakeRunner:
     eos_ids = {0}

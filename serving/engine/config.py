@@ -27,6 +27,14 @@ class EngineConfig(StrictModel):
     max_tokens_in_flight: int = Field(
         65536, ge=1, description="KV budget: virtual + input + max_new tokens summed over running rows"
     )
+    kv_pool: bool = Field(
+        True, description="hold running rows in the KV pool (allocated once); off: transformers' DynamicCache, "
+        "concatenated every step and re-padded when rows join (how the engine decoded before the pool)"
+    )
+    kv_cache_mb: float | None = Field(
+        None, gt=0, description="memory of the KV pool, allocated once at start-up; it then sets max_tokens_in_flight "
+        "(default: a pool for max_tokens_in_flight tokens)"
+    )
     max_waiting: int = Field(256, ge=0, description="requests queued beyond the running batch; more are refused")
     fair_admission: bool = Field(
         True, description="admit waiting requests fairly across owners (tenants) by weight; false: first come, first served"

@@ -26,6 +26,9 @@ class RunningBatch(Protocol):
     def keep(self, indices: list[int]) -> None:
         """Drop every row not in `indices`."""
 
+    def release(self) -> None:
+        """Drop every row (the batch ends): what they hold is given back."""
+
 
 class ModelRunner(Protocol):
     eos_ids: set[int]

@@ -9,6 +9,12 @@ The engine is the scheduler's model runner (`protocol.ModelRunner`): it prefills
 decodes one step and classifies, on whichever single thread drives it. A prompt's
 pinned KV is computed there too, at the prompt's first batch, so that loading a prompt
 (from a request handler or the registry refresh) never runs the model.
+
+Running rows live in the KV pool (`kv_pool.py`, `paged_batch.py`), allocated once at start-up
+for `engine.max_tokens_in_flight` tokens (or `engine.kv_cache_mb`), where the model allows it:
+its attention goes through transformers' `AttentionInterface`, it takes position ids, and a
+probe decoded through the pool equals the same probe decoded on transformers' own cache.
+Otherwise the engine says so once and decodes on `DynamicCache` (`dynamic_batch.py`).
 """
 
 import inspect
@@ -30,9 +36,12 @@ from promptmux.serving.engine.batching import (
     virtual_token_kv,
 )
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.decoding import DecodeBatch
+from promptmux.serving.engine.dynamic_batch import DynamicBatch
 from promptmux.serving.engine.errors import RequestError, check_positions, over_limit
+from promptmux.serving.engine.kv_pool import ATTENTION, KVLayout, KVPool, PoolStats
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
+from promptmux.serving.engine.packed_linear import can_pack, pack_linears
+from promptmux.serving.engine.paged_batch import PagedBatch
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
@@ -40,6 +49,13 @@ from promptmux.serving.models.inputs import NoChatTemplateError, encode_input, e
 from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
+PROBE_STEPS = 3  # decode steps the start-up probe compares between the KV pool and DynamicCache
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float noise: another kernel sums in another order."""
+    a, b = a.float(), b.float()
+    return torch.allclose(a, b, rtol=0.0, atol=0.02 * float(b.abs().max()) + 1e-4)
 
 
 class Engine:
@@ -54,6 +70,9 @@ class Engine:
         self.model.requires_grad_(False)
         self.tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
         self.fingerprint = fingerprint(self.model)
+        self.parameter_count = sum(p.numel() for p in self.model.parameters())  # before packing turns weights into buffers
+        if can_pack(self.model):
+            pack_linears(self.model)
         self.max_positions = config.max_model_len or max_positions(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = self._eos_ids()
@@ -61,9 +80,14 @@ class Engine:
         self.takes_position_ids = "position_ids" in parameters
         self.cache_argument = cache_argument(self.model)
         self._takes_logits_to_keep = "logits_to_keep" in parameters
-        probe = self._pinned_kv_probe() if config.pinned_kv else None
-        self.pinned_kv = probe is not None
-        serving = ServingFormat.of(self.fingerprint, self.model.dtype, self.device, probe)
+        probe = self._probe_rows()
+        pinned = self._pinned_kv_probe(probe) if config.pinned_kv and probe else None
+        self.pinned_kv = pinned is not None
+        self.kv_pool: KVPool | None = None
+        self.kv_pool = self._kv_pool(probe) if probe and config.kv_pool else None
+        if self.kv_pool is not None and config.kv_cache_mb is not None:
+            self.config = config.model_copy(update={"max_tokens_in_flight": self.kv_pool.capacity_tokens})
+        serving = ServingFormat.of(self.fingerprint, self.model.dtype, self.device, pinned)
         self.prompts = PromptCache(loader, int(config.prompt_cache_mb * MiB), serving)
 
     @property
@@ -81,10 +105,9 @@ class Engine:
             if row.prompt.kv is None:
                 row.prompt.kv = virtual_token_kv(self.model, row.prompt.embeds, self.takes_position_ids)
 
-    def _pinned_kv_probe(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Check once, on a random probe, that pinned KV reproduces the embedding path; the
-        probe's KV (its shapes and bytes are the model's) if it does, else None (virtual tokens
-        are recomputed, and prefix-tuned prompts cannot be served)."""
+    def _probe_rows(self) -> list[GenerationRow] | None:
+        """Two random prompts with their KV, and random inputs: what the start-up checks run. None
+        when the model's cache is not a plain one (no pinned KV, no pool)."""
         generator = torch.Generator().manual_seed(0)
         hidden = self.fingerprint.hidden_size
         rows = []
@@ -92,18 +115,68 @@ class Engine:
             embeds = torch.randn(n, hidden, generator=generator).to(self.device, self.model.dtype)
             kv = virtual_token_kv(self.model, embeds, self.takes_position_ids)
             if kv is None:
-                log.warning("%s: cache layout unsupported for pinned KV; recomputing virtual tokens", self.config.base_model)
+                log.warning("%s: cache layout unsupported for pinned KV and the KV pool; recomputing virtual tokens "
+                            "and decoding on transformers' DynamicCache", self.config.base_model)
                 return None
             ids = torch.randint(3, self.fingerprint.vocab_size, (length,), generator=generator).tolist()
-            rows.append(Row(CachedPrompt(PromptKey("probe", 1, ""), embeds, kv), ids))
+            rows.append(GenerationRow(CachedPrompt(PromptKey("probe", 1, ""), embeds, kv), ids,
+                                      GenerationParams(max_new_tokens=PROBE_STEPS + 1)))
+        return rows
+
+    def _pinned_kv_probe(self, rows: list[GenerationRow]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Check once, on the probe, that pinned KV reproduces the embedding path; the probe's KV
+        (its shapes and bytes are the model's) if it does, else None (virtual tokens are
+        recomputed, and prefix-tuned prompts cannot be served)."""
         with torch.inference_mode():
             pinned = self.forward(pinned_batch(self.model, rows, self.pad_id, self.takes_position_ids).kwargs, 1)
             plain = self.forward(embedding_batch(self.model, rows, self.pad_id, self.takes_position_ids).kwargs, 1)
-        a, b = pinned.logits[:, -1].float(), plain.logits[:, -1].float()
-        if not torch.allclose(a, b, rtol=0.0, atol=0.02 * float(b.abs().max()) + 1e-4):
+        if not _close(pinned.logits[:, -1], plain.logits[:, -1]):
             log.warning("%s: pinned KV does not reproduce the model; recomputing virtual tokens", self.config.base_model)
             return None
         return rows[0].prompt.kv
+
+    def _kv_pool(self, rows: list[GenerationRow]) -> KVPool | None:
+        """The KV pool, if the model's attention can read it and a probe decoded through it equals
+        the probe decoded on transformers' own cache; else None (and why, once)."""
+        name = self.config.base_model
+        if not (type(self.model)._supports_attention_backend and self.takes_position_ids
+                and self.model.config._attn_implementation == "sdpa"):
+            log.warning("%s: its attention does not go through transformers' AttentionInterface with sdpa; decoding "
+                        "without the KV pool, on DynamicCache", name)
+            return None
+        layout = KVLayout.of(rows[0].prompt.kv)
+        tokens = self.config.max_tokens_in_flight
+        if self.config.kv_cache_mb is not None:
+            tokens = int(self.config.kv_cache_mb * MiB) // layout.bytes_per_token
+        pool = KVPool(layout, tokens, self.config.max_batch_size, self.device)
+        self.model.set_attn_implementation(ATTENTION)
+        dynamic = self._probe_decode(rows)
+        self.kv_pool = pool
+        try:
+            paged = self._probe_decode(rows)
+        except Exception:  # any failure of the pool's path means the model is decoded without it
+            log.exception("%s: decoding through the KV pool failed; decoding on DynamicCache", name)
+            paged = []
+        self.kv_pool = None
+        if len(paged) != len(dynamic) or not all(map(_close, paged, dynamic)) or pool.stats().blocks_held:
+            log.warning("%s: decoding through the KV pool does not reproduce the model; decoding on DynamicCache", name)
+            self.model.set_attn_implementation("sdpa")
+            return None
+        return pool
+
+    def _probe_decode(self, rows: list[GenerationRow]) -> list[torch.Tensor]:
+        """The probe's logits after its prefill and each of `PROBE_STEPS` greedy decode steps."""
+        batch = self.prefill(rows)
+        logits = [batch.logits.float()]
+        for _ in range(PROBE_STEPS):
+            self.decode_step(batch, batch.logits.argmax(-1))
+            logits.append(batch.logits.float())
+        batch.release()
+        return logits
+
+    def kv_stats(self) -> PoolStats | None:
+        """What the KV pool holds now (None without a pool)."""
+        return self.kv_pool.stats() if self.kv_pool is not None else None
 
     # ----------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
@@ -168,15 +241,20 @@ class Engine:
             raise RequestError(over_limit(tokens_field, params.max_new_tokens, self.config.max_new_tokens))
 
     @torch.inference_mode()
-    def prefill(self, rows: list[GenerationRow]) -> DecodeBatch:
+    def prefill(self, rows: list[GenerationRow]) -> PagedBatch | DynamicBatch:
+        """Run the rows' prompts and inputs together; in the KV pool, each row's keys and values
+        then move into blocks of its own."""
         inputs = self.batch_inputs(rows)
-        return DecodeBatch.from_prefill(inputs, self.forward(inputs.kwargs, 1))
+        output = self.forward(inputs.kwargs, 1)
+        if self.kv_pool is None:
+            return DynamicBatch.from_prefill(inputs, output)
+        return PagedBatch.from_prefill(self.kv_pool, rows, inputs, output)
 
     @torch.inference_mode()
-    def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> None:
+    def decode_step(self, batch: PagedBatch | DynamicBatch, tokens: torch.Tensor) -> None:
         batch.advance(self.forward(batch.step_inputs(tokens, self.takes_position_ids, self.cache_argument), 1))
 
-    def sample(self, batch: DecodeBatch, samplers: list[RowSampler], done: list[bool],
+    def sample(self, batch: PagedBatch | DynamicBatch, samplers: list[RowSampler], done: list[bool],
                generated: list[int]) -> tuple[list[int], dict[int, Exception]]:
         return select_tokens(samplers, done, batch.logits, generated, sorted(self.eos_ids))
 

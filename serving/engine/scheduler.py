@@ -210,7 +210,7 @@ class Scheduler:
         that fails alone fails with its own error and the rows beside it go on. A lone row,
         or a static batch (the baseline), fails as it is."""
         states = [state for state in self.running if not state.done]
-        self.running, self.batch = [], None
+        self._drop_batch()
         if len(states) <= 1 or self.static:
             self._fail(states, exc)
             return
@@ -230,7 +230,7 @@ class Scheduler:
         keep = [j for j, (state, token) in enumerate(zip(states, tokens))
                 if not state.done and not self._accept_alone(state, token, batch.logits[j])]
         if not keep:
-            self.running, self.batch = [], None
+            self._drop_batch()
             return
         if self.static:
             # the classic baseline: finished rows stay in the batch, decoding padding,
@@ -263,6 +263,12 @@ class Scheduler:
     def fail_running(self, exc: Exception) -> None:
         """Fail every running row and drop the decode batch (after an unexpected error in a step)."""
         self._fail([state for state in self.running if not state.done], exc)
+        self._drop_batch()
+
+    def _drop_batch(self) -> None:
+        """End the running batch: its rows give their KV memory back."""
+        if self.batch is not None:
+            self.batch.release()
         self.running, self.batch = [], None
 
     def _fail(self, states: list[Sequence], exc: Exception) -> None:

@@ -25,11 +25,13 @@ from transformers import (
     BloomConfig,
     ByT5Tokenizer,
     GPT2Config,
+    GPTNeoXConfig,
     GraniteConfig,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
 )
 
 from promptmux.registry.errors import PromptmuxError
@@ -69,6 +71,20 @@ def _granite(vocab: int) -> PretrainedConfig:
     )
 
 
+def _qwen2(vocab: int) -> PretrainedConfig:  # biases on the query, key and value projections
+    return Qwen2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, **_TOKENS,
+    )
+
+
+def _gpt_neox(vocab: int) -> PretrainedConfig:  # one fused query-key-value projection, rotary on part of each head
+    return GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        rotary_pct=0.5, max_position_embeddings=1024, **_TOKENS,
+    )
+
+
 def _bench_llama(vocab: int) -> PretrainedConfig:
     return LlamaConfig(
         vocab_size=vocab, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
@@ -82,6 +98,8 @@ EMBEDDED_MODELS: dict[str, Callable[[int], PretrainedConfig]] = {
     "tiny-random-gpt2": _gpt2,
     "tiny-random-bloom": _bloom,
     "tiny-random-granite": _granite,
+    "tiny-random-qwen2": _qwen2,
+    "tiny-random-gpt-neox": _gpt_neox,
 }
 
 

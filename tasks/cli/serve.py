@@ -29,6 +29,9 @@ from promptmux.tasks.cli.common import (
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
 PinnedOption = Annotated[bool, typer.Option("--pinned-kv/--no-pinned-kv", help="reuse each prompt's precomputed KV")]
+KvCacheOption = Annotated[float | None, typer.Option(
+    "--kv-cache-mb", min=1, help="memory of the KV pool running rows live in, allocated once at start-up; it bounds the "
+    "tokens in flight [default: room for 65,536 tokens]")]
 
 
 def read_requests(path: Path) -> list[TaskRequest]:
@@ -60,6 +63,7 @@ def generate(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     pinned_kv: PinnedOption = True,
+    kv_cache_mb: KvCacheOption = None,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
@@ -74,7 +78,7 @@ def generate(
     check_base_model(model_id)
     config = EngineConfig.model_validate({
         "base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
-        "max_batch_size": batch_size, "trust_remote_code": trust_remote_code,
+        "max_batch_size": batch_size, "trust_remote_code": trust_remote_code, "kv_cache_mb": kv_cache_mb,
     })
     with err_console.status(f"loading {model_id}"):
         engine = Engine(config, reg.versions)
@@ -104,6 +108,7 @@ def serve_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     pinned_kv: PinnedOption = True,
+    kv_cache_mb: KvCacheOption = None,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="the most tokens any request may ask for [default: 1024]")
@@ -130,7 +135,7 @@ def serve_command(
     model_id = base_model_of(reg, base_model)
     load_config(model_id, trust_remote_code)  # before a cluster starts, whose replicas would fail with a long traceback
     engine = {"base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
-              "max_batch_size": max_batch_size, "trust_remote_code": trust_remote_code,
+              "max_batch_size": max_batch_size, "trust_remote_code": trust_remote_code, "kv_cache_mb": kv_cache_mb,
               **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}),
               **({"max_model_len": max_model_len} if max_model_len is not None else {})}
     settings = ServeSettings.model_validate({
@@ -177,8 +182,37 @@ def print_fairness(report: dict) -> None:
     console.print(table)
 
 
+def print_decode(report: dict) -> None:
+    """The decode step beside bare HF and the machine's bound, the KV held per token, and the
+    ops that take most of a step."""
+    decode = report["decode"]
+    peak, steps, bounds = decode["peak"], decode["step_s"], decode["bound"]
+    console.print(f"machine: peak flops {peak['flops_per_s'] / 1e9:.0f} GFLOP/s (matmul), copy {peak['bytes_per_s'] / 1e9:.1f} "
+                  f"GB/s (read + write); context {decode['context']} positions; same tokens as HF: {decode['same_tokens_as_hf']}")
+    for rows, suffix in ((report["config"]["batch"], ""), (1, "_batch1")):
+        bound = bounds.get(str(rows))
+        limit = (f"; bound {bound['bound_s'] * 1e3:.1f} ms ({bound['flops'] / 1e9:.2f} GFLOP: {bound['compute_s'] * 1e3:.1f} "
+                 f"ms, {bound['bytes'] / 1e6:.0f} MB: {bound['memory_s'] * 1e3:.1f} ms)") if bound else ""
+        console.print(f"decode step at {rows} rows: engine {steps['engine' + suffix] * 1e3:.1f} ms, bare HF "
+                      f"{steps['hf' + suffix] * 1e3:.1f} ms{limit}")
+    kv = decode["kv"]
+    if kv["model_bytes_per_token"]:
+        console.print(f"KV held per token over a run of mixed lengths: pool {report['kv_bytes_per_token']:.3f}x the model's "
+                      f"{kv['model_bytes_per_token']} bytes (padding {kv['pool']['padding_share']:.1%}, empty after: "
+                      f"{kv['pool']['empty_after']}); DynamicCache {kv['dynamic_cache_bytes_per_token']:.3f}x "
+                      f"(padding {kv['dynamic_cache']['padding_share']:.1%})")
+    table = Table(title="the ops that take most of one decode step (ms per step)")
+    for column in ("engine op", "ms", "share", "bare HF op", "ms ", "share "):
+        table.add_column(column)
+    for mine, theirs in zip(decode["profile"]["engine"], decode["profile"]["hf"]):
+        table.add_row(mine["op"], f"{mine['ms_per_step']:.2f}", f"{mine['share']:.0%}",
+                      theirs["op"], f"{theirs['ms_per_step']:.2f}", f"{theirs['share']:.0%}")
+    console.print(table)
+
+
 MODEL_BENCHMARKS: dict[str, tuple[str, Callable[[dict], None] | None]] = {
-    "engine": ("Mixed vs single-task batches, engine vs PEFT, pinned KV vs recomputed virtual tokens.", None),
+    "engine": ("The decode step vs bare HF and the machine's bound, KV held per token, mixed vs single-task batches, "
+               "engine vs PEFT, pinned KV vs recomputed virtual tokens.", print_decode),
     "scheduler": ("Continuous vs static batching: throughput ratio, latency and time to first token.",
                   functools.partial(print_latencies, sides=["continuous", "static"])),
     "http": ("The same mixed-task workload through HTTP (Ray Serve) vs the service in-process.",

@@ -1,4 +1,9 @@
-"""The running decode batch: a KV cache, mask and positions that rows join and leave.
+"""The running decode batch on transformers' `DynamicCache`: for a model the KV pool cannot serve.
+
+The engine holds its running rows in the KV pool (`paged_batch.py`) wherever the model's
+attention goes through transformers' `AttentionInterface` and its cache is a plain one. For
+any other model (Bloom computes its own ALiBi attention; sliding windows and recurrent state
+have caches of their own) it says so at start-up and decodes here, as it always has.
 
 Rows prefilled together join a running batch by left-padding the shorter of the two
 caches (and masks) to a common length and concatenating along the batch dimension.
@@ -17,7 +22,7 @@ from promptmux.serving.engine.batching import ModelInputs, cache_of
 MASK_CHUNK = 64
 
 
-class DecodeBatch:
+class DynamicBatch:
     def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor) -> None:
         self.cache = cache
         self.mask = mask  # [rows, cache length], a view of the buffer
@@ -25,7 +30,7 @@ class DecodeBatch:
         self.logits = logits  # [rows, vocab]: each row's next-token logits
 
     @classmethod
-    def from_prefill(cls, inputs: ModelInputs, output) -> "DecodeBatch":
+    def from_prefill(cls, inputs: ModelInputs, output) -> "DynamicBatch":
         return cls(cache_of(output), inputs.attention_mask, inputs.next_positions, output.logits[:, -1])
 
     @property
@@ -42,7 +47,11 @@ class DecodeBatch:
     def size(self) -> int:
         return self._buffer.shape[0]
 
-    def merge(self, other: "DecodeBatch") -> None:
+    def kv_held(self) -> tuple[int, int]:
+        """(positions the cache holds: every row as long as the longest, tokens among them)."""
+        return self.mask.numel(), int(self.mask.sum())
+
+    def merge(self, other: "DynamicBatch") -> None:
         """Append `other`'s rows to this batch (one copy of each cache tensor)."""
         length = max(self.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
@@ -51,6 +60,9 @@ class DecodeBatch:
         self.mask = _stack_left_aligned(self.mask, other.mask, length)
         self.positions = torch.cat([self.positions, other.positions])
         self.logits = torch.cat([self.logits, other.logits])
+
+    def release(self) -> None:
+        """Nothing to give back: the cache is freed with the batch."""
 
     def keep(self, indices: list[int]) -> None:
         """Drop every row not in `indices`, then trim columns that are padding for all rows."""
