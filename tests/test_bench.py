@@ -27,7 +27,7 @@ def smallest(monkeypatch: pytest.MonkeyPatch, bench, **sizes: object) -> None:
 
 def test_bench_engine_reports_its_ratios_and_its_kv_paths_agree(cli, tmp_path: Path, monkeypatch) -> None:
     smallest(monkeypatch, engine, tasks=4, batch=4, new_tokens=2, input_tokens=4, virtual_tokens=4, cls_virtual_tokens=16,
-             cls_input_tokens=4, repeats=1, decode_tokens=3, decode_input_tokens=40)
+             cls_input_tokens=4, repeats=1, decode_tokens=6, decode_input_tokens=40)
     monkeypatch.setattr(engine, "ADAPT_S", 0.2)
     result = cli("bench", "engine", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
@@ -45,7 +45,7 @@ def test_bench_engine_reports_its_ratios_and_its_kv_paths_agree(cli, tmp_path: P
 
 
 def test_bench_scheduler_gives_both_modes_the_same_tokens(cli, tmp_path: Path, monkeypatch) -> None:
-    smallest(monkeypatch, scheduler, requests=12, tasks=2, max_batch_size=4, rate_per_s=200.0, new_tokens=[2, 12])
+    smallest(monkeypatch, scheduler, requests=12, tasks=2, max_batch_size=4, rate_per_s=200.0, new_tokens=[2, 12], repeats=1)
     result = cli("bench", "scheduler", "--quick", "--json", str(tmp_path / "out.json"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out.json").read_text())

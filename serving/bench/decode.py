@@ -3,8 +3,8 @@
 * `engine_over_hf` (and `engine_over_hf_batch1`): decode throughput of the engine on rows of
   one prompt-tuned task / a bare Hugging Face forward loop on the same rows (the virtual tokens
   given to it as input embeddings, its own `DynamicCache`, greedy, EOS suppressed on both sides,
-  the same number of new tokens). Start-up cancels out: each side's time for one new token
-  (prefill and set-up) is subtracted from its time for all of them.
+  the same number of new tokens). Start-up is left out: each side is timed from its first
+  token (the prefill's) to its last.
 * `step_over_bound` (and `_batch1`): the bound's time / the engine's decode step. The bound is
   the larger of the step's FLOPs over the machine's peak matmul FLOP/s and its bytes (weights,
   and the KV it reads) over the machine's copy bandwidth, both measured in this run.
@@ -15,6 +15,7 @@
 """
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,6 @@ from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.bench.common import timed
 from promptmux.serving.engine.batching import GenerationRow, cache_argument, cache_of
 from promptmux.serving.engine.kv_pool import KVLayout
-from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
@@ -36,6 +36,11 @@ from promptmux.serving.models.loading import load_model
 PROFILED_STEPS = 5
 
 
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # each row's new tokens
+    step_s: float  # seconds per decode step
+
 @dataclass(frozen=True)
 class Peak:
     flops_per_s: float  # matmul, in the model's dtype
@@ -43,13 +48,13 @@ class Peak:
 
     @classmethod
     def measure(cls, device: torch.device, dtype: torch.dtype) -> "Peak":
-        """The best of five large matmuls and five large copies on `device`."""
+        """The best of five large matmuls and of five large copies on `device`, after one of each."""
         n = 2048 if device.type == "cpu" else 8192
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        matmul = min(timed(lambda: torch.mm(a, b), device) for _ in range(6)[1:])
         source = torch.randn(2**26, device=device)  # 256 MiB: far beyond any cache
         target = torch.empty_like(source)
-        copy = min(timed(lambda: target.copy_(source), device) for _ in range(6)[1:])
+        matmul, copy = (min(timed(fn, device) for _ in range(6)) for fn in (lambda: torch.mm(a, b),
+                                                                            lambda: target.copy_(source)))
         return cls(2 * n**3 / matmul, 2 * source.numel() * source.element_size() / copy)
 
 
@@ -82,32 +87,42 @@ class BareHF:
         return logits.argmax(-1)
 
     @torch.inference_mode()
-    def generate(self, new: int) -> list[list[int]]:
+    def generate(self, new: int) -> Decoded:
         rows, length = self.ids.shape
         embeds = torch.cat([self.prompt.embeds[None].expand(rows, -1, -1), self.model.get_input_embeddings()(self.ids)], 1)
         output = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        tokens = [self._pick(output)]
+        tokens = [self._pick(output).tolist()]
+        first = time.perf_counter()
         position = embeds.shape[1]
         for _ in range(new - 1):
-            output = self.model(input_ids=tokens[-1][:, None], use_cache=True, logits_to_keep=1,
-                                position_ids=torch.full((rows, 1), position, device=self.ids.device),
+            output = self.model(input_ids=torch.tensor(tokens[-1], device=self.ids.device)[:, None], use_cache=True,
+                                logits_to_keep=1, position_ids=torch.full((rows, 1), position, device=self.ids.device),
                                 **{self.cache_name: cache_of(output)})
-            tokens.append(self._pick(output))
+            tokens.append(self._pick(output).tolist())
             position += 1
-        return torch.stack(tokens, 1).tolist()
+        return Decoded([list(row) for row in zip(*tokens)], (time.perf_counter() - first) / (new - 1))
 
 
-def decode_step_s(sides: dict[str, Callable[[int], object]], new: int, repeats: int, device: torch.device
-                  ) -> dict[str, list[float]]:
-    """Seconds per decode step of each side: its time for `new` tokens less its time for one,
-    over `new - 1` steps; sides alternate A B B A ... after a warm-up."""
+def engine_decode(engine: Engine, rows: list[GenerationRow]) -> Decoded:
+    """The rows through the scheduler, prefilled together, timed from their first token (the
+    prefill's) to the last one's end."""
+    scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": len(rows)}), engine)
+    states = [scheduler.submit(row) for row in rows]
+    while scheduler.has_work():
+        scheduler.step()
+    new = max(len(state.generated) for state in states)
+    seconds = max(state.finished_at for state in states) - min(state.first_token_at for state in states)
+    return Decoded([state.generated for state in states], seconds / (new - 1))
+
+
+def decode_step_s(sides: dict[str, Callable[[], Decoded]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per decode step of each side, `repeats` times; sides alternate A B B A ... after a warm-up."""
     for run in sides.values():
-        run(new)
+        run()
     order, steps = list(sides), {name: [] for name in sides}
     for _ in range(repeats):
         for name in order:
-            whole, start = timed(lambda: sides[name](new), device), timed(lambda: sides[name](1), device)
-            steps[name].append((whole - start) / (new - 1))
+            steps[name].append(sides[name]().step_s)
         order.reverse()
     return steps
 
@@ -176,18 +191,17 @@ def decode_figures(engine: Engine, flat: Engine, registry: Registry, task: str, 
     hf = BareHF(load_model(engine.config.base_model, engine.model.dtype, str(device)).eval(), prompt, inputs,
                 engine.eos_ids)
 
-    def engine_run(rows: int) -> Callable[[int], list[list[int]]]:
-        def run(count: int) -> list[list[int]]:
-            params = GenerationParams(max_new_tokens=count, min_new_tokens=count)
-            return [o.token_ids for o in generate(engine, [GenerationRow(prompt, x, params) for x in inputs[:rows]])]
-        return run
+    params = GenerationParams(max_new_tokens=new, min_new_tokens=new)
 
-    def hf_run(rows: int) -> Callable[[int], list[list[int]]]:
-        return BareHF(hf.model, prompt, inputs[:rows], engine.eos_ids).generate
+    def engine_run(rows: int) -> Callable[[], Decoded]:
+        return lambda: engine_decode(engine, [GenerationRow(prompt, x, params) for x in inputs[:rows]])
 
-    same_tokens = engine_run(batch)(new) == hf.generate(new)
-    steps = {**decode_step_s({"engine": engine_run(batch), "hf": hf_run(batch)}, new, size["repeats"], device),
-             **decode_step_s({"engine_batch1": engine_run(1), "hf_batch1": hf_run(1)}, new, size["repeats"], device)}
+    def hf_run(rows: int) -> Callable[[], Decoded]:
+        return lambda: BareHF(hf.model, prompt, inputs[:rows], engine.eos_ids).generate(new)
+
+    same_tokens = engine_run(batch)().tokens == hf.generate(new).tokens
+    steps = {**decode_step_s({"engine": engine_run(batch), "hf": hf_run(batch)}, size["repeats"]),
+             **decode_step_s({"engine_batch1": engine_run(1), "hf_batch1": hf_run(1)}, size["repeats"])}
     median = {name: statistics.median(values) for name, values in steps.items()}
     peak = Peak.measure(device, engine.model.dtype)
     layout = engine.kv_pool.layout if engine.kv_pool is not None else None

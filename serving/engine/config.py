@@ -40,7 +40,7 @@ class EngineConfig(StrictModel):
         True, description="admit waiting requests fairly across owners (tenants) by weight; false: first come, first served"
     )
     admit_fraction: float = Field(
-        0.5, gt=0, le=1, description="while rows run, admit newcomers only when this share of the batch is free"
+        0.25, gt=0, le=1, description="while rows run, admit newcomers only when this share of the batch is free"
     )
     max_admission_wait_steps: int = Field(
         32, ge=0, description="...or all waiting fit, or this many decode steps passed since the last admission"

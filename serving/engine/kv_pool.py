@@ -206,18 +206,19 @@ class PoolStep:
         kv_heads = keys.shape[1]
         group = heads // kv_heads  # query heads that share a KV head
         scanned = self.owner.shape[0]
-        per_block = (query * scaling).view(rows, heads, head_dim).index_select(0, self.query_owner)
+        per_block = query.view(rows, heads, head_dim).index_select(0, self.query_owner)
         scores = torch.baddbmm(  # [scanned x KV heads, group, BLOCK]
-            self.bias, per_block.view(-1, group, head_dim), keys[:scanned].view(-1, BLOCK, head_dim).transpose(1, 2))
+            self.bias, per_block.view(-1, group, head_dim), keys[:scanned].view(-1, BLOCK, head_dim).transpose(1, 2),
+            alpha=scaling)
         scores = scores.view(scanned, heads, BLOCK).float()
         row_max = scores.new_full((rows + 1, heads), torch.finfo(scores.dtype).min)  # and nobody's row
         row_max.scatter_reduce_(0, self.owner[:, None].expand(-1, heads), scores.amax(-1), "amax")
-        probs = torch.exp(scores - row_max.index_select(0, self.owner).unsqueeze(-1))
-        sums = scores.new_zeros(row_max.shape).index_add_(0, self.owner, probs.sum(-1))
+        probs = scores.sub_(row_max.index_select(0, self.owner).unsqueeze(-1)).exp_()
+        sums = probs.new_zeros(row_max.shape).index_add_(0, self.owner, probs.sum(-1))
         weighted = torch.bmm(probs.to(values.dtype).view(-1, group, BLOCK), values[:scanned].view(-1, BLOCK, head_dim))
-        out = scores.new_zeros((rows + 1, heads, head_dim))
+        out = probs.new_zeros((rows + 1, heads, head_dim))
         out.index_add_(0, self.owner, weighted.view(scanned, heads, head_dim).float())
-        out = out[:rows] / sums[:rows].clamp(min=torch.finfo(sums.dtype).tiny).unsqueeze(-1)
+        out = out[:rows].div_(sums[:rows].clamp_(min=torch.finfo(sums.dtype).tiny).unsqueeze(-1))
         return out.to(query.dtype).view(rows, 1, heads, head_dim)
 
 
