@@ -62,7 +62,7 @@ def held(engine: Engine) -> tuple[int, int]:
 def test_rows_joining_and_leaving_at_random_for_500_steps_get_what_they_get_alone_and_leave_nothing(
         engine: Engine, registry: Registry) -> None:
     rng = random.Random(7)
-    rows = [random_row(engine, registry, rng) for _ in range(120)]
+    rows = [random_row(engine, registry, rng) for _ in range(140)]
     alone = [generate(engine, [row])[0].token_ids for row in rows]
     scheduler = Scheduler(engine.config.model_copy(update={"max_waiting": len(rows)}), engine)
     pending, states, cancelled, largest = list(rows), [], set(), 0

@@ -86,6 +86,12 @@ def medians(timings: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
+def fastest(timings: dict[str, list[float]]) -> dict[str, float]:
+    """Each side's fastest run: on a shared machine a neighbour only ever slows a run down, so
+    the fastest of a few alternated runs is the least disturbed measure of each side."""
+    return {name: min(values) for name, values in timings.items()}
+
+
 def percentile(values: list[float], q: float) -> float:
     """The `q` quantile (0..1) of `values`, nearest rank."""
     ordered = sorted(values)

@@ -15,7 +15,8 @@
 * `busy_over_quiet`: mixed-batch throughput beside another process that keeps one core
   busy / on the quiet machine (a shared node; on 2 cores, half is the fair share).
 
-Each pair is timed alternately (A B B A ...), after a warm-up, and the medians are compared.
+Each pair is timed alternately (A B B A ...), after a warm-up, and each side's fastest
+run is compared (`common.fastest`).
 """
 
 import time
@@ -27,7 +28,7 @@ from peft import PeftModel
 
 from promptmux.registry import Registry
 from promptmux.registry.schemas import GenerationParams
-from promptmux.serving.bench.common import METHODS, bench_registry, medians, methods_registry, side_by_side, timed
+from promptmux.serving.bench.common import METHODS, bench_registry, fastest, methods_registry, side_by_side, timed
 from promptmux.serving.bench.decode import decode_figures
 from promptmux.serving.bench.machine import busy_neighbour, load_average, machine_report, workload
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
@@ -94,27 +95,27 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     threads = {"quiet": pinned.threads.threads if pinned.threads else None}
     timings["mixed_beside_busy"] = beside_busy_neighbour(lambda: generate(pinned, mixed), repeats, dev)
     threads["beside_busy"] = pinned.threads.threads if pinned.threads else None
-    median = medians(timings)
+    best = fastest(timings)
     flat = Engine(config.model_copy(update={"kv_pool": False}), registry.versions)
     decode = decode_figures(pinned, flat, registry, names[0], size)
     targets = TARGETS if pinned.kv_pool is not None else {k: v for k, v in TARGETS.items() if k not in decode}
     return {
         **decode,
-        "mixed_over_single": round(median["single"] / median["mixed"], 3),
-        "mixed_methods_over_single": round(median["one_method"] / median["mixed_methods"], 3),
+        "mixed_over_single": round(best["single"] / best["mixed"], 3),
+        "mixed_methods_over_single": round(best["one_method"] / best["mixed_methods"], 3),
         "pinned_kv_bytes_per_task": {method: prompt.nbytes for method, prompt in method_prompts.items()},
-        "engine_over_peft": round(median["peft"] / median["engine"], 3),
-        "pinned_kv_speedup": round(median["recompute"] / median["pinned_kv"], 3),
+        "engine_over_peft": round(best["peft"] / best["engine"], 3),
+        "pinned_kv_speedup": round(best["recompute"] / best["pinned_kv"], 3),
         "pinned_kv_labels_equal_recompute": same_labels,
-        "busy_over_quiet": round(median["mixed"] / median["mixed_beside_busy"], 3),
+        "busy_over_quiet": round(best["mixed"] / best["mixed_beside_busy"], 3),
         "targets": targets,
         "config": {**size, "mode": "quick" if quick else "full", "device": str(dev),
                    "dtype": str(pinned.model.dtype).removeprefix("torch."),
                    "parameters": pinned.parameter_count, "kv_pool": pinned.kv_pool is not None,
                    "engine_threads": threads},
         "timings_s": timings,
-        "median_s": median,
-        "throughput_tokens_per_s": {name: batch * new / median[name]
+        "fastest_s": best,
+        "throughput_tokens_per_s": {name: batch * new / best[name]
                                     for name in ("mixed", "single", "engine", "peft", "mixed_beside_busy")},
         "machine": machine_report(dev, load_before),
     }
