@@ -26,7 +26,8 @@ from safetensors.torch import save as save_safetensors
 
 from promptmux.registry.errors import InvalidArtifactError
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.methods import EMBEDDINGS, MAX_TENSOR_BYTES, SUPPORTED_DTYPES, Prompt
+from promptmux.registry.limits import limits
+from promptmux.registry.methods import EMBEDDINGS, SUPPORTED_DTYPES, Prompt
 from promptmux.registry.schemas import PromptVersion
 
 
@@ -63,8 +64,7 @@ def read_tensor_file(path: str, source: str) -> dict[str, torch.Tensor]:
 
 
 def _check_size(size: int, source: str) -> None:
-    if size > MAX_TENSOR_BYTES:
-        raise InvalidArtifactError(f"{source}: {size} bytes is larger than any soft prompt")
+    limits().check_file("tensor_bytes", size, source)
 
 
 def dtype_name(tensor: torch.Tensor) -> str:

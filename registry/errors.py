@@ -7,15 +7,26 @@ classes); anything else escaping is a bug.
 """
 
 
+import re
 from typing import Any
+
+FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def describe(errors: list[dict[str, Any]], whole: str = "value", skip: int = 0, limit: int | None = None) -> str:
     """`field.path: message; ...` for the `errors()` of a pydantic (or FastAPI) validation
     error; `skip` drops leading location parts (FastAPI's "body"), `whole` names an error
-    about the object as a whole. pydantic's "Value error, " before our own messages is dropped."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'][skip:])) or whole}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in errors[:limit])
+    about the object as a whole. pydantic's "Value error, " before our own messages is dropped,
+    and so are the tags it puts in a path for each member of a union (`list[constrained-str]`,
+    `function-after[...]`): Python internals, not the client's fields. Repeated lines are said once."""
+    lines = dict.fromkeys(f"{'.'.join(str(p) for p in e['loc'][skip:] if _field(p)) or whole}: "
+                          f"{e['msg'].removeprefix('Value error, ')}" for e in errors[:limit])
+    return "; ".join(lines)
+
+
+def _field(part: object) -> bool:
+    """Whether a location part names a field or an index (not a union member's tag)."""
+    return isinstance(part, int) or (isinstance(part, str) and FIELD.fullmatch(part) is not None)
 
 
 class PromptmuxError(Exception):
@@ -36,6 +47,10 @@ class ConflictError(PromptmuxError):
 
 class InvalidArtifactError(PromptmuxError, ValueError):
     """A prompt tensor or adapter directory is malformed, corrupt or unsupported."""
+
+
+class TooLargeError(InvalidArtifactError):
+    """A task or an import past a size limit (`registry/limits.py`); the message names the limit."""
 
 
 class IncompatiblePromptError(PromptmuxError, ValueError):

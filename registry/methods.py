@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from promptmux.registry.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.registry.limits import limits
 from promptmux.registry.schemas import BaseModelFingerprint, KvShape, Method
 
 PEFT_TYPES: dict[str, Method] = {
@@ -32,7 +33,6 @@ EMBEDDINGS = "prompt_embeddings"
 TASK_COLS, TASK_ROWS = "prefix_task_cols", "prefix_task_rows"
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 MAX_VIRTUAL_TOKENS = 4096
-MAX_TENSOR_BYTES = 512 * 1024 * 1024
 
 
 def parse_config(data: bytes, source: str) -> dict[str, Any]:
@@ -92,8 +92,7 @@ def prompt_tensors(tensors: dict[str, torch.Tensor], method: Method, source: str
     if set(tensors) != expected:
         raise InvalidArtifactError(f"{source}: a {method} adapter holds {sorted(expected)}, found {sorted(tensors)}")
     checked = {name: _checked(name, tensor, source) for name, tensor in tensors.items()}
-    if sum(t.numel() * t.element_size() for t in checked.values()) > MAX_TENSOR_BYTES:
-        raise InvalidArtifactError(f"{source}: larger than any soft prompt ({MAX_TENSOR_BYTES // 2**20} MiB at most)")
+    limits().check_file("tensor_bytes", sum(t.numel() * t.element_size() for t in checked.values()), f"{source}: its tensors")
     rows = checked[EMBEDDINGS].shape[0]
     if checked[EMBEDDINGS].dim() != 2 or not 1 <= rows <= MAX_VIRTUAL_TOKENS or checked[EMBEDDINGS].shape[1] < 1:
         raise InvalidArtifactError(f"{source}: a soft prompt must be 2-D [num_virtual_tokens, width] with "
@@ -159,7 +158,12 @@ def _check_multitask(prompt: Prompt, source: str) -> None:
         raise InvalidArtifactError(f"{source}: {TASK_COLS} {tuple(cols.shape)} and {TASK_ROWS} {tuple(rows.shape)} "
                                    f"do not fit {EMBEDDINGS} {tuple(prompt.embeddings.shape)} as [tasks, n, rank] and "
                                    "[tasks, rank, hidden]")
-    tasks = cols.shape[0]
+    tasks, rank = cols.shape[0], cols.shape[2]
+    declared = {"num_tasks": prompt.peft_config.get("num_tasks", 1), "num_ranks": prompt.peft_config.get("num_ranks", 1)}
+    for name, size in (("num_tasks", tasks), ("num_ranks", rank)):
+        if declared[name] != size:  # PEFT builds its parameters from the config: loading these tensors fails
+            raise InvalidArtifactError(f"{source}: adapter_config says {name} {declared[name]} but {TASK_COLS} is "
+                                       f"{tuple(cols.shape)} ([tasks, n, rank]): PEFT cannot load it")
     if prompt.task_id is None or not 0 <= prompt.task_id < tasks:
         raise InvalidArtifactError(f"{source}: a multitask prompt of {tasks} tasks serves one of them: choose it with "
                                    f"--task-id 0..{tasks - 1} (got {prompt.task_id})")

@@ -24,7 +24,7 @@ class OutcomeStore:
                 data = self.files.read_or_none(FEEDBACK_KEY)
                 if data is None:
                     data = secrets.token_hex(32).encode()
-                    self.files.storage.write_bytes(FEEDBACK_KEY, data)
+                    self.files.storage.write_bytes(FEEDBACK_KEY, data, private=True)  # it forges feedback ids
         return bytes.fromhex(data.decode())
 
     def record(self, outcome: Outcome) -> bool:

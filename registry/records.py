@@ -13,7 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from promptmux.registry.change_feed import ChangeFeed, FeedKind
-from promptmux.registry.edits import Edit, EditJournal, subject_root
+from promptmux.registry.edits import Edit, EditJournal, subject_root, subject_words
 from promptmux.registry.errors import CorruptFileError, NotFoundError, StorageError, describe
 from promptmux.registry.names import validate_name
 from promptmux.registry.storage import Storage
@@ -45,12 +45,15 @@ class RecordFiles:
     def uri(self) -> str:
         return self.storage.uri
 
-    def parse(self, schema: type[SchemaT], data: bytes, rel: str) -> SchemaT:
+    def parse(self, schema: type[SchemaT], data: bytes, rel: str, outside: bool = False) -> SchemaT:
+        """The record in `data`, read from `rel` in the registry (or, `outside`, from the path
+        or URL `rel` itself: an import's files)."""
         try:
             return schema.model_validate_json(data)
         except ValidationError as exc:
             problems = describe(exc.errors(), "file", limit=3)
-            raise CorruptFileError(f"{self.uri.rstrip('/')}/{rel} is corrupt ({problems})") from exc
+            where = rel if outside else f"{self.uri.rstrip('/')}/{rel}"
+            raise CorruptFileError(f"{where} is corrupt ({problems})") from exc
 
     def read_or_none(self, rel: str) -> bytes | None:
         try:
@@ -80,7 +83,14 @@ class RecordFiles:
         """The task's lock, with any edit a writer left half-done finished first: so an edit
         left behind is always the task's latest, and finishing it is always right."""
         with self.task_lock(task):
-            self.journal.finish(task)
+            try:
+                self.journal.finish(task)
+            except StorageError as exc:  # this edit answers for itself: it was not made
+                reason = exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc
+                raise StorageError(f"cannot write to the registry at {self.uri}: {reason}; this edit of "
+                                   f"{subject_words(task)} was not made, nothing changed: an earlier edit is still "
+                                   "recorded and could not be finished (the next edit or `promptmux registry verify "
+                                   "--repair` finishes it)") from exc
             yield
 
     def announced(self, task: str, what: FeedKind, claim: Callable[[], ClaimT]) -> ClaimT:

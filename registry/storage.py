@@ -93,7 +93,9 @@ class Storage:
             return []
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, private: bool = False) -> None:
+        """Write `rel` whole; `private`: readable by its owner only, where the storage has file
+        modes (an object store's access is its bucket policy)."""
         self.requests["write"] += 1
         self.fs.pipe_file(self.path(rel), data)
 
@@ -164,9 +166,9 @@ class LocalStorage(Storage):
     def local_path(self, rel: str) -> str | None:
         return self.path(rel)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, private: bool = False) -> None:
         self.requests["write"] += 1
-        self._place(rel, data, os.replace)
+        self._place(rel, data, os.replace, 0o600 if private else 0o666)
 
     def create(self, rel: str, data: bytes) -> bool:
         self.requests["create"] += 1
@@ -176,13 +178,14 @@ class LocalStorage(Storage):
             return False
         return True
 
-    def _place(self, rel: str, data: bytes, move: Callable[[Path, Path], None]) -> None:
-        """Write `data` to a synced temporary file beside `rel`, then `move` it into place."""
+    def _place(self, rel: str, data: bytes, move: Callable[[Path, Path], None], mode: int = 0o666) -> None:
+        """Write `data` to a synced temporary file beside `rel` (of `mode`, less the umask), then
+        `move` it into place."""
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            _write_synced(tmp, data)
+            _write_synced(tmp, data, mode)
             move(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -246,8 +249,8 @@ def _mtime(path: Path) -> float:
         return float("inf")
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
+def _write_synced(path: Path, data: bytes, mode: int = 0o666) -> None:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

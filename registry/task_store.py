@@ -5,7 +5,8 @@ import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from promptmux.registry.errors import ConflictError, NotFoundError
+from promptmux.registry.errors import ConflictError, NotFoundError, StorageError
+from promptmux.registry.limits import limits
 from promptmux.registry.records import RecordFiles, task_rel
 from promptmux.registry.schemas import BaseModelFingerprint, TaskRecord, TaskSpec
 
@@ -15,7 +16,9 @@ class TaskStore:
         self.files = files
 
     def create(self, spec: TaskSpec, base_fingerprint: BaseModelFingerprint, exist_ok: bool = False) -> TaskRecord:
-        """Create a task; with `exist_ok`, return the existing one if its base model matches."""
+        """Create a task; with `exist_ok`, return the existing one if its base model matches. A spec
+        past the size limits (`limits.py`) is refused."""
+        limits().check_spec(spec)
         record = TaskRecord(spec=spec, base_fingerprint=base_fingerprint)
         data = record.model_dump_json(indent=2).encode()
         if self.files.announced(spec.name, "task", lambda: self.files.storage.create(f"{task_rel(spec.name)}/task.json", data)):
@@ -40,6 +43,28 @@ class TaskStore:
 
     def names(self) -> list[str]:
         return [name for name in self.files.storage.listdir("tasks") if self.exists(name)]
+
+    @contextmanager
+    def holding_first_version(self, spec: TaskSpec, base_fingerprint: BaseModelFingerprint) -> Iterator[None]:
+        """The task, created if it is new, for the version registered inside the block. A task
+        this created that ends the block without a version (its registration failed: a full
+        disk, a bad prompt) is removed again, which needs no space: a failed import or training
+        leaves no empty task behind."""
+        new = not self.exists(spec.name)
+        try:
+            if new:
+                self.create(spec, base_fingerprint, exist_ok=True)
+            yield
+        except BaseException as exc:
+            claimed_by_another = isinstance(exc, ConflictError)  # a concurrent creator's task is theirs
+            if new and not claimed_by_another and not self.files.storage.listdir(f"{task_rel(spec.name)}/versions"):
+                self.files.storage.remove_tree(task_rel(spec.name))
+                for edit in self.files.journal.pending(spec.name):  # its announcement, if that is what failed
+                    self.files.journal.withdraw(edit)
+                if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError):
+                    raise StorageError(f"cannot write to the registry at {self.files.uri}: {exc.__cause__.strerror}; "
+                                       "nothing was registered") from exc
+            raise
 
     @contextmanager
     def lock(self, task: str) -> Iterator[None]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import fsspec
 
-from promptmux.registry.errors import ConflictError, InvalidArtifactError, NotFoundError
+from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
 from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
+from promptmux.registry.limits import limits
 from promptmux.registry.records import RecordFiles, version_rel
 from promptmux.registry.schemas import BaseModelFingerprint, ExportedTask, PromptVersion, TaskSpec
 from promptmux.registry.storage import LocalStorage
@@ -29,17 +30,21 @@ class PeftTransfer:
         note: str = "",
         spec: TaskSpec | None = None,
         task_id: int | None = None,
+        positions: int | None = None,
     ) -> PromptVersion:
         """Register a PEFT adapter directory (local path or fsspec URL) of any prompt-learning
         method (`registry/methods.py`; `task_id` chooses a multitask prompt's task), keeping its
         files as PEFT wrote them, and creating the task if needed: as `spec` says, by default a
         generation task with template `{input}`. A promptmux export keeps its version's init,
-        training settings and metrics, and records where it came from (`training.lineage`)."""
+        training settings and metrics, and records where it came from (`training.lineage`). With
+        `positions` (the base model's), a prompt that leaves no room for one input token is refused."""
         tasks, versions = self.tasks, self.versions
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
-        config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source)
+        config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source, "adapter_config_bytes")
         config = methods().parse_config(config_bytes, source)
+        if not isinstance(config.get("num_virtual_tokens"), int):  # PEFT sizes its prompt by it
+            raise InvalidArtifactError(f"{source}: adapter_config needs num_virtual_tokens (an integer): PEFT cannot load it")
         tensor_path = f"{root}/{TENSOR_FILE}"
         if not fs.exists(tensor_path):
             if fs.exists(f"{root}/adapter_model.bin"):
@@ -48,7 +53,7 @@ class PeftTransfer:
                     "(save the adapter with safe_serialization=True)"
                 )
             raise InvalidArtifactError(f"{source}: no {TENSOR_FILE}")
-        tensor_bytes = _read_source(fs, tensor_path, source)
+        tensor_bytes = _read_source(fs, tensor_path, source, "tensor_bytes")
         method = methods().PEFT_TYPES[config["peft_type"]]
         if method == "multitask_prompt_tuning" and task_id is None and config.get("num_tasks") == 1:
             task_id = 0
@@ -56,20 +61,22 @@ class PeftTransfer:
                                   {CONFIG_FILE: config_bytes, TENSOR_FILE: tensor_bytes})
         expected = tasks.get(task).base_fingerprint if tasks.exists(task) else base_fingerprint
         prompt = checked_prompt(prompt, base_fingerprint, expected, source)  # before a task is created for it
-        if not tasks.exists(task):
-            tasks.create(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint, exist_ok=True)
+        if positions is not None and prompt.num_virtual_tokens >= positions:
+            raise IncompatiblePromptError(f"{source}: {prompt.num_virtual_tokens} virtual tokens leave no room for an input "
+                                          f"in the base model's {positions} positions")
         imported = {"imported_from": source, "peft_type": config["peft_type"]}
         exported = self.read_export(source)
-        if exported is not None:
-            origin, manifest = exported
-            return versions.register(task, prompt, base_fingerprint, init_method=manifest.init_method,
-                                     init_text=manifest.init_text, metrics=manifest.metrics,
-                                     training={**manifest.training, **imported, "lineage": origin.lineage()},
-                                     data_fingerprint=manifest.data_fingerprint, note=note or manifest.note)
-        init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
-        return versions.register(task, prompt, base_fingerprint,
-                                 init_method=f"imported-{method.replace('_', '-')}" + (f" ({init})" if init else ""),
-                                 init_text=config.get("prompt_tuning_init_text"), training=imported, note=note)
+        with tasks.holding_first_version(spec or TaskSpec(name=task, base_model=base_model), base_fingerprint):
+            if exported is not None:
+                origin, manifest = exported
+                return versions.register(task, prompt, base_fingerprint, init_method=manifest.init_method,
+                                         init_text=manifest.init_text, metrics=manifest.metrics,
+                                         training={**manifest.training, **imported, "lineage": origin.lineage()},
+                                         data_fingerprint=manifest.data_fingerprint, note=note or manifest.note)
+            init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
+            return versions.register(task, prompt, base_fingerprint,
+                                     init_method=f"imported-{method.replace('_', '-')}" + (f" ({init})" if init else ""),
+                                     init_text=config.get("prompt_tuning_init_text"), training=imported, note=note)
 
     def read_export(self, source: str) -> tuple[ExportedTask, PromptVersion] | None:
         """What a promptmux export holds beside the PEFT files (the task and where the version
@@ -78,9 +85,11 @@ class PeftTransfer:
         root = root.rstrip("/")
         if not fs.exists(f"{root}/{EXPORT_FILE}"):
             return None
-        origin = self.files.parse(ExportedTask, _read_source(fs, f"{root}/{EXPORT_FILE}", source), f"{source}/{EXPORT_FILE}")
-        manifest = self.files.parse(PromptVersion, _read_source(fs, f"{root}/{MANIFEST_FILE}", source),
-                                    f"{source}/{MANIFEST_FILE}")
+        origin = self.files.parse(ExportedTask, _read_source(fs, f"{root}/{EXPORT_FILE}", source, "spec_file_bytes"),
+                                  f"{source.rstrip('/')}/{EXPORT_FILE}", outside=True)
+        limits().check_spec(origin.spec)
+        manifest = self.files.parse(PromptVersion, _read_source(fs, f"{root}/{MANIFEST_FILE}", source, "spec_file_bytes"),
+                                    f"{source.rstrip('/')}/{MANIFEST_FILE}", outside=True)
         return origin, manifest
 
     def export(self, task: str, version: int, destination: str) -> str:
@@ -114,8 +123,10 @@ class PeftTransfer:
         return path == root or path.startswith(f"{root}/")
 
 
-def _read_source(fs: fsspec.AbstractFileSystem, path: str, source: str) -> bytes:
+def _read_source(fs: fsspec.AbstractFileSystem, path: str, source: str, limit: str) -> bytes:
+    """A file of an import, refused unread when it is past the size limit `limit`."""
     try:
+        limits().check_file(limit, fs.size(path), f"{source}: {path.rsplit('/', 1)[-1]}")
         return fs.cat_file(path)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise NotFoundError(f"{source}: {path.rsplit('/', 1)[-1]} not found") from exc

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from promptmux.registry import PromptmuxError, TaskSpec
 from promptmux.registry.errors import describe
+from promptmux.registry.limits import limits
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields
 
@@ -19,6 +20,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 def read_fields(path: Path) -> dict[str, Any]:
     try:
+        limits().check_file("spec_file_bytes", path.stat().st_size, f"task spec {path}")
         fields = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise PromptmuxError(f"cannot read task spec {path}: {exc}") from exc

@@ -20,6 +20,7 @@ from peft import PeftModel, get_peft_model
 from rich.console import Console
 
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
+from promptmux.registry.limits import limits
 from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
 from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, resolve_device
@@ -97,6 +98,7 @@ def train_task(
 ) -> TrainResult:
     """Train, evaluate, write the learning curve and metrics, then register the new version."""
     console = console or Console(stderr=True)
+    limits().check_spec(spec)  # before anything loads: a task past the limits is refused, not trained
     if alias:
         validate_alias(alias)
     if spec.kind is TaskKind.classification:
@@ -140,21 +142,20 @@ def train_task(
     metrics_json.write_text(json.dumps({"metrics": metrics, "curve": asdict(curve), "config": config.model_dump(),
                                         "eval_row_ids": sorted(row_id(row) for row in held_out)}, indent=2))
 
-    if existing is None:
-        registry.tasks.create(spec, base_fingerprint, exist_ok=True)
-    parent = registry.versions.latest(spec.name).version if registry.versions.all(spec.name, include_archived=False) else None
-    manifest = registry.versions.register(
-        spec.name,
-        trained_prompt(model),
-        base_fingerprint,
-        init_method=config.init,
-        init_text=init_text if config.init == "text" else None,
-        training=config.model_dump(),
-        metrics=metrics,
-        data_fingerprint=data_fingerprint,
-        parent_version=parent,
-        note=note,
-    )
+    with registry.tasks.holding_first_version(spec, base_fingerprint):
+        parent = registry.versions.latest(spec.name).version if registry.versions.all(spec.name, include_archived=False) else None
+        manifest = registry.versions.register(
+            spec.name,
+            trained_prompt(model),
+            base_fingerprint,
+            init_method=config.init,
+            init_text=init_text if config.init == "text" else None,
+            training=config.model_dump(),
+            metrics=metrics,
+            data_fingerprint=data_fingerprint,
+            parent_version=parent,
+            note=note,
+        )
     if alias:
         registry.aliases.set(spec.name, alias, manifest.version)
     return TrainResult(manifest, metrics, curve_png, metrics_json)

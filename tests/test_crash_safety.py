@@ -134,9 +134,9 @@ class FullAfter(LocalStorage):
         if self.fail_at is not None and self.writes >= self.fail_at:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, private: bool = False) -> None:
         self._count()
-        super().write_bytes(rel, data)
+        super().write_bytes(rel, data, private)
 
     def create(self, rel: str, data: bytes) -> bool:
         self._count()
@@ -282,3 +282,57 @@ def test_on_a_full_filesystem_every_cli_edit_fails_in_one_line_and_loses_nothing
     after = snapshot(Registry(registry.uri))
     assert after["reviews"]["versions"] == before["reviews"]["versions"]  # nothing registered was lost
     assert all(r.ok for r in Registry(registry.uri).verify())
+
+
+def test_on_a_nearly_full_filesystem_nothing_is_half_visible_and_each_edit_answers_for_itself(
+        cli, full_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With 4 and 2 pages left: a failed import into a new task leaves no task; an alias move
+    is either not made, or made and reported pending by `verify` until `--repair` finishes it;
+    a later edit that fails answers with its own outcome, not the earlier edit's."""
+    registry = reviews_registry(full_disk / "registry")
+    uri = ("--registry", registry.uri)
+    assert cli("registry", "export", "reviews", "3", str(tmp_path / "adapter"), *uri).code == 0
+    filler = fill(full_disk)
+    for pages in (4, 2):
+        os.truncate(filler, max(0, filler.stat().st_size - pages * 4096))
+        result = cli("registry", "import", str(tmp_path / "adapter"), "--task", f"fresh-{pages}", *uri)
+        listed = cli("registry", "list", *uri).out
+        if result.code != 0:
+            assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err, result.err
+            assert f"fresh-{pages}" not in listed and not Registry(registry.uri).tasks.exists(f"fresh-{pages}")
+        moved = cli("registry", "alias", "reviews", "production", "2" if pages == 4 else "3", *uri)
+        aliases = Registry(registry.uri).aliases.of("reviews")
+        target = 2 if pages == 4 else 3
+        if moved.code != 0 and aliases.get("production") == target:  # visible: then pending, until repaired
+            assert "will be finished" in moved.err, moved.err
+            reported = cli("registry", "verify", *uri)
+            assert reported.code == 1 and "half-done edit" in reported.out + reported.err
+        later = cli("registry", "rollout", "reviews", "1=60", "2=40", *uri)
+        if later.code != 0 and Registry(registry.uri).journal.pending("reviews"):
+            assert "rollout" in later.err or "this edit of reviews was not made" in later.err, later.err
+        with capsys.disabled():
+            print(f"\n{pages} pages free: import {result.code}, alias {moved.code}, rollout {later.code}: "
+                  f"{(result.err + moved.err + later.err).strip()}")
+        filler = fill(full_disk) if pages == 4 else filler
+    filler.unlink()
+    assert cli("registry", "verify", "--repair", *uri).code == 0
+    assert cli("registry", "verify", *uri).code == 0
+    final = Registry(registry.uri)
+    assert all(final.versions.numbers(task) for task in final.tasks.names())  # no empty task anywhere
+
+
+def test_an_edit_after_one_left_pending_answers_for_itself(tmp_path: Path) -> None:
+    """An alias move fails at its history entry (recorded, to be finished); the disk stays
+    full: the next edit of the task cannot finish it, and says that it itself was not made."""
+    registry = reviews_registry(tmp_path / "registry")
+    counting = on(registry, None)
+    counting.aliases.set("reviews", "production", 2)
+    writes = counting.storage.writes
+    with pytest.raises(StorageError, match="will be finished"):
+        on(registry, writes).aliases.set("reviews", "production", 3)  # its last write, the history entry, fails
+    with pytest.raises(StorageError) as later:
+        on(registry, 1).rollouts.set("reviews", RolloutSpec(variants=[RolloutVariant(version=1, weight=90),
+                                                                       RolloutVariant(version=2, weight=10)]))
+    assert "this edit of reviews was not made, nothing changed" in str(later.value)
+    assert "No space left on device" in str(later.value) and registry.rollouts.get("reviews") is None
+    assert all(r.ok for r in registry.verify(repair=True)) and registry.aliases.of("reviews")["production"] == 3

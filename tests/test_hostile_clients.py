@@ -10,6 +10,7 @@ loopback port); the controller's step is the real `advance`, on the real registr
 
 import asyncio
 import random
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -218,11 +219,22 @@ def _routed_to(policy: RolloutPolicy, i: int) -> str:
     ({"model": "act-as", "prompt": "x", "best_of": 3}, "best_of"),
     ({"model": "act-as", "prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"model": "act-as", "prompt": "x", "functions": []}, "functions"),
+    ({"model": "act-as:", "prompt": "x"}, "task:ALIAS"),
 ])
 def test_unsupported_or_empty_openai_fields_get_400_naming_the_field(reviews, body: dict, field: str) -> None:
     url, _, _ = reviews
     response = httpx.post(f"{url}/v1/completions", json=body)
     assert response.status_code == 400 and field in response.json()["error"]["message"], response.text
+
+
+@pytest.mark.parametrize("stop", [5, [""], [None], {"x": 1}, ""])
+def test_validation_messages_name_fields_never_python_internals(reviews, stop: object) -> None:
+    url, _, _ = reviews
+    response = httpx.post(f"{url}/v1/chat/completions", json={"model": "act-as", "stop": stop,
+                                                              "messages": [{"role": "user", "content": "x"}]})
+    message = response.json()["error"]["message"]
+    assert response.status_code == 400 and message.startswith("stop"), message
+    assert not re.search(r"0x[0-9a-f]+|function|partial|constrained|\[", message), message
 
 
 def test_openai_fields_sent_with_their_neutral_values_are_served(reviews) -> None:

@@ -125,3 +125,23 @@ def test_promptmux_generate_answers_every_line_and_fails_only_the_overflow(cli, 
     assert [("error" in line, "result" in line) for line in written] == [
         (False, True), (True, False), (False, True), (False, True), (True, False), (False, True)]
     assert "exceed the model's 1024 positions" in written[1]["error"] and "verbalizer tokens" in written[4]["error"]
+
+
+def test_a_max_model_len_past_the_position_table_is_clamped_and_no_request_gets_a_5xx(gpt2_registry, caplog) -> None:
+    """`--max-model-len 4096` on a 1,024-position GPT-2: the engine says so at start-up and
+    serves 1,024; requests past it get a 400 on every route, streamed or not."""
+    settings = ServeSettings(registry=gpt2_registry.uri, engine=EngineConfig(base_model=GPT2, dtype="float32",
+                                                                             max_model_len=4096, max_new_tokens=4000))
+    with caplog.at_level("WARNING"), serve_locally(settings) as (url, _):
+        assert "engine.max_model_len 4096 is past the model's learned position table of 1024" in caplog.text
+        calls = [("/v1/generate", {"task": "act-as", "input": LONG, "params": {"max_new_tokens": 2000}}),
+                 ("/v1/generate", {"task": "act-as", "input": LONG, "stream": True, "params": {"max_new_tokens": 2000}}),
+                 ("/v1/completions", {"model": "act-as", "prompt": LONG, "max_tokens": 2000}),
+                 ("/v1/completions", {"model": "act-as", "prompt": LONG, "max_tokens": 2000, "stream": True}),
+                 ("/v1/classify", {"task": "grooming", "inputs": [LONG * 3]})]
+        for path, body in calls:
+            response = httpx.post(f"{url}{path}", json=body, timeout=60)
+            assert response.status_code == 400, (path, response.text)
+            assert "exceed the model's 1024 positions" in response.json()["error"]["message"], response.text
+        fits = httpx.post(f"{url}/v1/generate", json={"task": "act-as", "input": "a poet"}, timeout=60)
+        assert fits.status_code == 200

@@ -234,3 +234,11 @@ def test_default_registry_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.delenv("PROMPTMUX_REGISTRY")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert Registry().uri == str(tmp_path / "xdg" / "promptmux" / "registry")
+
+
+def test_the_feedback_key_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Whoever reads the key forges feedback ids: it is written 0600, whatever the umask."""
+    registry = Registry(str(tmp_path / "registry"))
+    key = registry.outcomes.feedback_key()
+    path = tmp_path / "registry" / "keys" / "feedback.key"
+    assert path.stat().st_mode & 0o777 == 0o600 and registry.outcomes.feedback_key() == key

@@ -2,6 +2,8 @@
 
 import asyncio
 import collections
+import concurrent.futures
+import itertools
 import json
 import os
 import random
@@ -679,3 +681,80 @@ def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_an
 
     assert len(wait_until(replaced, timeout=120, interval=0.5) & before) == 1  # the survivor and a new process
     wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=0.5)
+
+
+QUOTA_WINDOW_S, QUOTA_TOKENS_PER_MINUTE, RESERVED = 6.0, 200, 16
+
+
+def test_a_token_quota_holds_across_two_replicas_whatever_n_and_inputs(served, tmp_path: Path) -> None:
+    """A tenant at 200 tokens a minute (20 per 6 s window: 10 on each of two replicas) sends
+    requests of 16 rows (`n` 16 on chat, 16 prompts on completions, 16 inputs on the native
+    route) for three windows. In any window it gets at most its limit plus one
+    request's reservation per replica, and every answer's headers agree with its message."""
+    url = served[0]
+    registry = build_registry(tmp_path / "registry")
+    _, key = registry.tenants.add("metered", ["act-*"], tokens_per_minute=QUOTA_TOKENS_PER_MINUTE)
+    settings = ServeSettings(registry=registry.uri, replicas=2, quota_window_s=QUOTA_WINDOW_S,
+                             engine=EngineConfig(base_model=BASE, max_batch_size=16))
+    app = PromptmuxDeployment.options(name="quota", num_replicas=2, ray_actor_options={"num_cpus": 0.1})
+    serve.run(app.bind(settings.replica_args()), name="quota", route_prefix="/quota")
+    base, auth = f"{url}/quota", {"authorization": f"Bearer {key}"}
+    bodies = [("/v1/chat/completions", {"model": "act-as", "messages": [{"role": "user", "content": "a poet"}],
+                                        "n": 16, "max_tokens": 1}),
+              ("/v1/completions", {"model": "act-as", "prompt": [f"p{i}" for i in range(16)], "max_tokens": 1}),
+              ("/v1/generate", {"task": "act-as", "inputs": [f"x{i}" for i in range(16)],
+                                "params": {"max_new_tokens": 1, "min_new_tokens": 1}})]
+    share = QUOTA_TOKENS_PER_MINUTE * QUOTA_WINDOW_S / 60 / 2
+    try:
+        wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, timeout=60, interval=0.5)
+        seen: list[tuple[float, float, int, int]] = []  # sent, answered, status, tokens
+
+        def client(offset: int) -> None:
+            with httpx.Client(timeout=60) as http:
+                for i in itertools.count(offset):
+                    if time.monotonic() > stop:
+                        return
+                    path, body = bodies[i % len(bodies)]
+                    sent = time.monotonic()
+                    response = http.post(f"{base}{path}", json=body, headers=auth)
+                    assert response.status_code in (200, 429), response.text
+                    headers = response.headers
+                    assert headers["x-ratelimit-limit-tokens"] == f"{share:g}"
+                    remaining = int(headers["x-ratelimit-remaining-tokens"])
+                    assert 0 <= remaining <= share and headers["x-ratelimit-reset-tokens"].endswith("s")
+                    tokens = 0
+                    if response.status_code == 429:
+                        message = response.json()["error"]["message"]
+                        assert f"has {remaining} of its {share:g} tokens per {QUOTA_WINDOW_S:g} s left" in message
+                        assert f"reserves {RESERVED}" in message and int(headers["retry-after"]) >= 1
+                    elif path == "/v1/generate":
+                        tokens = sum(o["usage"]["completion_tokens"] for o in response.json()["outputs"])
+                    else:
+                        tokens = response.json()["usage"]["completion_tokens"]
+                    seen.append((sent, time.monotonic(), response.status_code, tokens))
+                    time.sleep(0.05)
+
+        stop = time.monotonic() + 3 * QUOTA_WINDOW_S
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(client, range(4)))
+    finally:
+        serve.delete("quota")
+    served_ok = [(sent, done, tokens) for sent, done, status, tokens in seen if status == 200]
+    assert served_ok and len(served_ok) < len(seen)  # some served, some refused
+    bound = share * 2 + 2 * RESERVED  # the limit, plus one request's reservation per replica
+    for start, _, _ in served_ok:  # requests surely admitted in [start, start + window): sent and answered in it
+        inside = sum(tokens for sent, done, tokens in served_ok if start <= sent and done < start + QUOTA_WINDOW_S)
+        assert inside <= bound, (inside, bound)
+    total = sum(tokens for *_, tokens in served_ok)
+    print(f"\nquota: {len(seen)} requests, {len(served_ok)} served, {total} tokens in {3 * QUOTA_WINDOW_S:g} s "
+          f"(limit {share * 2:g} per {QUOTA_WINDOW_S:g} s window, at most {bound:g} with one reservation per replica)")
+
+
+def test_without_a_key_health_says_only_ok_and_the_proxy_keeps_its_route_table(served) -> None:
+    url = served[0]
+    bare, keyed = httpx.get(f"{url}/tight/healthz"), httpx.get(f"{url}/tight/healthz", headers={"authorization": "Bearer s3cret"})
+    assert bare.status_code == 200 and bare.json() == {"status": "ok"}  # no base model, no task count
+    assert keyed.json()["status"] == "ok" and keyed.json()["base_model"] == BASE and "tasks" in keyed.json()
+    routes = httpx.get(f"{url}/-/routes")
+    assert routes.status_code == 401 and routes.json()["error"]["message"] == "the proxy's routes need the admin key"
+    assert httpx.get(f"{url}/-/healthz").status_code == 200  # load balancers still probe the proxy

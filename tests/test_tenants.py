@@ -25,6 +25,7 @@ from helpers import build_registry, serve_locally, wait_until
 from promptmux.registry import Registry
 from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import GenerationRow
+from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.sequence import Sequence
 from promptmux.serving.engine.waiting import WaitingQueue
 from promptmux.serving.runtime.errors import RateLimited
@@ -80,33 +81,50 @@ def test_admission_is_first_come_first_served_within_a_tenant_and_fair_across_te
 def test_quotas_refuse_past_each_limit_with_openai_headers_and_split_across_replicas(tmp_path: Path) -> None:
     registry = Registry(str(tmp_path / "registry"))
     rated, _ = registry.tenants.add("rated", ["*"], requests_per_minute=6)
-    tokens, _ = registry.tenants.add("tokens", ["*"], tokens_per_minute=100)
     narrow, _ = registry.tenants.add("narrow", ["*"], concurrency=4)
     quotas = Quotas(replicas=1)
     for _ in range(6):
-        quotas.admit(rated)
-        quotas.release(rated, 1)
+        quotas.release(quotas.admit(rated, 1, 1), 1)
     with pytest.raises(RateLimited) as refused:
-        quotas.admit(rated)
+        quotas.admit(rated, 1, 1)
     headers = refused.value.headers
     assert refused.value.limit == "requests" and headers["x-ratelimit-limit-requests"] == "6"
     assert headers["x-ratelimit-remaining-requests"] == "0" and 1 <= int(headers["Retry-After"]) <= 10
     assert headers["x-ratelimit-reset-requests"].endswith("s")
 
-    quotas.admit(tokens)
-    quotas.release(tokens, 100)  # the whole minute's budget, generated
-    with pytest.raises(RateLimited) as spent:
-        quotas.admit(tokens)
-    assert spent.value.limit == "tokens" and spent.value.headers["x-ratelimit-remaining-tokens"] == "0"
-
-    two = Quotas(replicas=2)  # each replica holds half of every limit
-    for _ in range(2):
-        two.admit(narrow)
+    two = Quotas(replicas=2)  # each replica holds half of every limit: 2 rows of the 4
+    held = [two.admit(narrow, 1, 0), two.admit(narrow, 1, 0)]
     with pytest.raises(RateLimited) as busy:
-        two.admit(narrow)
-    assert busy.value.limit == "concurrency"
-    two.release(narrow, 0)
-    two.admit(narrow)  # one ended: one more fits
+        two.admit(narrow, 1, 0)
+    assert busy.value.limit == "concurrency" and "2 of its 2 rows" in str(busy.value)
+    two.release(held.pop(), 0)
+    two.admit(narrow, 1, 0)  # one ended: one more fits
+    with pytest.raises(RequestError, match="5 rows .* may have 4 in flight"):
+        Quotas(replicas=1).admit(narrow, 5, 0)  # more rows than the whole cap: no retry could help
+
+
+def test_tokens_are_reserved_for_what_a_request_can_generate_and_given_back_at_its_end(tmp_path: Path) -> None:
+    """n x inputs x max tokens are held from admission; what was not generated returns at the
+    end; a replica with nothing in its window admits one request up to the tenant's whole
+    limit; headers and message tell the same numbers."""
+    registry = Registry(str(tmp_path / "registry"))
+    tenant, _ = registry.tenants.add("metered", ["*"], tokens_per_minute=200)
+    quotas = Quotas(replicas=2)  # 100 tokens a minute here
+    first = quotas.admit(tenant, 16, 16 * 5)  # n 16 x 5 max tokens
+    assert first.headers["x-ratelimit-limit-tokens"] == "100" and first.headers["x-ratelimit-remaining-tokens"] == "20"
+    with pytest.raises(RateLimited) as over:
+        quotas.admit(tenant, 4, 4 * 6)  # 24 more do not fit in the 20 left, however few it would generate
+    message, headers = str(over.value), over.value.headers
+    assert over.value.limit == "tokens" and headers["x-ratelimit-remaining-tokens"] == "20"
+    assert "20 of its 100 tokens per 60 s left" in message and "reserves 24" in message
+    quotas.release(first, 30)  # generated 30 of the 80 it held: 50 come back
+    second = quotas.admit(tenant, 4, 24)
+    assert second.headers["x-ratelimit-remaining-tokens"] == str(100 - 30 - 24)
+
+    burst = Quotas(replicas=2).admit(tenant, 30, 150)  # past a replica's share, within the tenant's whole limit: alone, served
+    assert burst.headers["x-ratelimit-remaining-tokens"] == "0"
+    with pytest.raises(RequestError, match="can generate 300 tokens"):
+        Quotas(replicas=2).admit(tenant, 30, 300)  # past the whole limit: never
 
 
 @dataclass

@@ -55,8 +55,9 @@ def random_prompt(method: Method, fp: BaseModelFingerprint, n: int, generator: t
         return Prompt(method, {EMBEDDINGS: randn(n, shape.width)}, config)
     if method == "multitask_prompt_tuning":
         return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size), TASK_COLS: randn(2, n, 4),
-                               TASK_ROWS: randn(2, 4, fp.hidden_size)}, {"peft_type": "MULTITASK_PROMPT_TUNING"}, 1)
-    return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size)}, {"peft_type": method.upper()})
+                               TASK_ROWS: randn(2, 4, fp.hidden_size)},
+                      {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": n, "num_tasks": 2, "num_ranks": 4}, 1)
+    return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size)}, {"peft_type": method.upper(), "num_virtual_tokens": n})
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

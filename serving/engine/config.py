@@ -53,7 +53,7 @@ class EngineConfig(StrictModel):
     max_model_len: int | None = Field(
         None, ge=1, description="positions a row may use: virtual + input + new tokens (default: the model's own, "
         "max_position_embeddings; none for ALiBi models). Raise it only where the model's positions extend (RoPE "
-        "scaling): past a learned position table (GPT-2) a forward fails"
+        "scaling): past a learned position table (GPT-2, OPT) it is clamped to the table, with a warning at start-up"
     )
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 

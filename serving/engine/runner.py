@@ -46,7 +46,7 @@ from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
 from promptmux.serving.models.inputs import NoChatTemplateError, encode_input, encode_task_input, text_ids
-from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, max_positions
+from promptmux.serving.models.loading import fingerprint, learned_positions, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
 PROBE_STEPS = 3  # decode steps the start-up probe compares between the KV pool and DynamicCache
@@ -73,7 +73,7 @@ class Engine:
         self.parameter_count = sum(p.numel() for p in self.model.parameters())  # before packing turns weights into buffers
         if can_pack(self.model):
             pack_linears(self.model)
-        self.max_positions = config.max_model_len or max_positions(self.model.config)
+        self.max_positions = self._max_positions(config.max_model_len)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = self._eos_ids()
         parameters = inspect.signature(self.model.forward).parameters
@@ -222,13 +222,25 @@ class Engine:
         output.logits = output.logits[:, -keep:]
         return output
 
+    def _max_positions(self, asked: int | None) -> int | None:
+        """The positions a row may use: `engine.max_model_len`, or the model's own; a length past
+        a learned position table is clamped to the table, saying so (no request may index past it)."""
+        if asked is None:
+            return max_positions(self.model.config)
+        table = learned_positions(self.model)
+        if table is not None and asked > table:
+            log.warning("%s: engine.max_model_len %d is past the model's learned position table of %d; using %d",
+                        self.config.base_model, asked, table, table)
+            return table
+        return asked
+
     def check_positions(self, virtual: int, inputs: int, new: int, new_field: str = "max_new_tokens") -> None:
         """Refuse a row that would run past the model's positions or the engine's KV budget
         (`PositionLimitError`, naming the three numbers): past the position table a forward
         fails, on a GPU with a device-side assert that poisons every row beside it."""
         budget = self.config.max_tokens_in_flight
         if self.max_positions is not None and self.max_positions <= budget:
-            whose = "engine.max_model_len" if self.config.max_model_len else "the model's"
+            whose = "engine.max_model_len" if self.config.max_model_len == self.max_positions else "the model's"
             limit, what = self.max_positions, f"{whose} {self.max_positions} positions"
         else:
             limit, what = budget, f"the engine's KV budget of {budget} tokens (engine.max_tokens_in_flight)"

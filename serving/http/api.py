@@ -124,7 +124,9 @@ def parse_model(model: str) -> tuple[str, int | None, str | None]:
         if number is None:
             raise InvalidRequestError(f"invalid model {model!r}: expected task@VERSION with a positive integer (ASCII digits)")
         return task, number, None
-    task, _, alias = model.partition(":")
+    task, colon, alias = model.partition(":")
+    if colon and not alias:
+        raise InvalidRequestError(f"invalid model {model!r}: expected task:ALIAS with an alias after the colon")
     return task, None, alias or None
 
 

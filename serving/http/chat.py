@@ -9,7 +9,7 @@ as the message content, its probabilities in `promptmux.probabilities`. The resp
 is the signed feedback id (with several choices, `promptmux.ids` holds one per choice).
 """
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promptmux.serving.http.api import ChatBody
@@ -60,7 +60,7 @@ def chat_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None)  # JSON or an event stream
-    async def chat(body: ChatBody, request: Request) -> dict | StreamingResponse:
-        return await respond(service, body.call(caller_of(request)), body.model, CHAT, body.usage_in_stream)
+    async def chat(body: ChatBody, request: Request, response: Response) -> dict | StreamingResponse:
+        return await respond(service, body.call(caller_of(request)), body.model, CHAT, body.usage_in_stream, response)
 
     return router

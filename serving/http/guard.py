@@ -20,7 +20,7 @@ from promptmux.serving.runtime.tenants import ADMIN, Caller
 
 REPLICA_HEADER = b"x-promptmux-replica"
 DRAINING = "this replica is shutting down; retry and another one will serve you"
-UNGUARDED = "/healthz"  # load balancers probe health without a key
+UNGUARDED = "/healthz"  # load balancers probe health without a key (and learn only that it is ok)
 ALWAYS_OPEN = "/metrics"  # scraped until the last moment, draining or not
 
 
@@ -68,14 +68,13 @@ class Guard:
 
     def refusal(self, request: Request) -> Response | None:
         path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if path != UNGUARDED:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            caller = self.identify(given if scheme.lower() == "bearer" and given else None)
-            if caller is None:
-                return self.refuse(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-            if path == ALWAYS_OPEN and caller is not ADMIN:
-                return self.refuse(request, 403, "the metrics need the admin key", None)
-            request.scope.setdefault("state", {})["caller"] = caller
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        caller = self.identify(given if scheme.lower() == "bearer" and given else None)
+        if caller is None and path != UNGUARDED:
+            return self.refuse(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if path == ALWAYS_OPEN and caller is not ADMIN:
+            return self.refuse(request, 403, "the metrics need the admin key", None)
+        request.scope.setdefault("state", {})["caller"] = caller
         if self.in_flight.draining and path != ALWAYS_OPEN:
             return self.refuse(request, 503, DRAINING, None)
         declared = request.headers.get("content-length")
@@ -104,6 +103,12 @@ class Guard:
 def caller_of(request: Request) -> Caller:
     """Who sent the request, as the gate identified them."""
     return request.scope["state"]["caller"]
+
+
+def known_caller(request: Request) -> bool:
+    """Whether the request's key opens this endpoint (any key does where it is open): on
+    `/healthz`, the one route answered without one, only such a caller learns more than ok."""
+    return request.scope["state"]["caller"] is not None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

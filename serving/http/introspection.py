@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from promptmux.serving.http.guard import caller_of
+from promptmux.serving.http.guard import caller_of, known_caller
 from promptmux.serving.runtime.service import PromptmuxService
 
 
@@ -19,8 +19,9 @@ def introspection_router(service: PromptmuxService) -> APIRouter:
         return service.task_summary(task, detail=True, caller=caller_of(request))
 
     @router.get("/healthz")
-    async def healthz() -> dict:
-        return service.health()
+    async def healthz(request: Request) -> dict:
+        health = service.health()
+        return health if known_caller(request) else {"status": health["status"]}
 
     @router.get("/metrics")
     async def metrics() -> Response:

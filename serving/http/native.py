@@ -4,7 +4,7 @@ Each maps its body to one runtime call and the runtime's answers to its response
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
@@ -29,11 +29,12 @@ def native_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateBody, request: Request) -> GenerateResponse | StreamingResponse:
+    async def generate(body: GenerateBody, request: Request, response: Response) -> GenerateResponse | StreamingResponse:
         result = await service.serve(Call(body.query(), "generate", TaskKind.generation, body.params, stream=body.stream,
                                           caller=caller_of(request)))
+        response.headers.update(result.rate_limits)
         if isinstance(result, AnswerStream):
-            return sse(stream_events(result))
+            return sse(stream_events(result), result.rate_limits)
         served = result.served
         return GenerateResponse(outputs=[
             GenerateOutput(id=a.id, index=a.index, task=served.task, version=served.version, variant=served.variant,
@@ -42,9 +43,10 @@ def native_router(service: PromptmuxService) -> APIRouter:
         ])
 
     @router.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(body: ClassifyBody, request: Request) -> ClassifyResponse:
+    async def classify(body: ClassifyBody, request: Request, response: Response) -> ClassifyResponse:
         result: Answers = await service.serve(Call(body.query(), "classify", TaskKind.classification,
                                                    caller=caller_of(request)))
+        response.headers.update(result.rate_limits)
         served = result.served
         return ClassifyResponse(outputs=[
             ClassifyOutput(id=a.id, index=a.index, task=served.task, version=served.version, variant=served.variant,

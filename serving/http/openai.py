@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
@@ -82,13 +82,15 @@ class Shape:
     probabilities: bool = False
 
 
-async def respond(service: PromptmuxService, call: Call, model: str, shape: Shape, usage_in_stream: bool
-                  ) -> dict | StreamingResponse:
+async def respond(service: PromptmuxService, call: Call, model: str, shape: Shape, usage_in_stream: bool,
+                  response: Response) -> dict | StreamingResponse:
     """One runtime call, and its answers as `shape` writes them: a JSON body, or an event
     stream: the opening choices, a chunk per delta, an error chunk for an input that fails,
     and with `usage_in_stream` (`stream_options.include_usage`) a last chunk of no choices
-    with the usage. A classification streams as one chunk."""
+    with the usage. A classification streams as one chunk. The caller's rate-limit headers go
+    on `response` (or on the stream)."""
     result = await service.serve(call)
+    response.headers.update(result.rate_limits)
     completion = Completion(model, result.served, result.ids, shape.kind)
     if not isinstance(result, AnswerStream):
         answers, usages = result.answers, [a.usage for a in result.answers]
@@ -97,7 +99,7 @@ async def respond(service: PromptmuxService, call: Call, model: str, shape: Shap
         extra = {"probabilities": [a.probabilities for a in answers]} if shape.probabilities else {}
         if call.stream:
             chunk = completion.envelope([shape.label(a, True) for a in answers], kind=completion.chunk_kind, **extra)
-            return sse(one_by_one([chunk]))
+            return sse(one_by_one([chunk]), result.rate_limits)
         return completion.envelope([shape.label(a, False) for a in answers], usages, **extra)
 
     async def chunks(stream: AnswerStream) -> AsyncIterator[dict]:
@@ -115,7 +117,7 @@ async def respond(service: PromptmuxService, call: Call, model: str, shape: Shap
         if usage_in_stream:
             yield completion.envelope([], usages, kind=completion.chunk_kind)
 
-    return sse(chunks(result))
+    return sse(chunks(result), result.rate_limits)
 
 
 def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
@@ -134,8 +136,9 @@ def openai_router(service: PromptmuxService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/completions", response_model=None)  # JSON or an event stream
-    async def completions(body: CompletionBody, request: Request) -> dict | StreamingResponse:
-        return await respond(service, body.call(caller_of(request)), body.model, COMPLETION, body.usage_in_stream)
+    async def completions(body: CompletionBody, request: Request, response: Response) -> dict | StreamingResponse:
+        return await respond(service, body.call(caller_of(request)), body.model, COMPLETION, body.usage_in_stream,
+                             response)
 
     @router.get("/v1/models")
     async def models(request: Request) -> dict:

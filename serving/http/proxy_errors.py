@@ -8,9 +8,16 @@ This middleware runs in the proxy (Ray Serve calls `middlewares` at proxy start 
 those the documented body, `{"error": {"message", "status"}}`. A response that has
 already started (a stream cut by its replica's death) cannot be changed: the connection
 closes without `[DONE]`.
+
+The proxy's route table (`/-/routes`: every application and where it is mounted) is answered
+only to the admin key (`PROMPTMUX_API_TOKEN`, which the proxy inherits from the process that
+started the cluster, as `promptmux serve` and the Dockerfile do); with no admin key set it is
+not served. `/-/healthz` stays open for load balancers: it says only that the proxy is up.
 """
 
+import hmac
 import json
+import os
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "promptmux.serving.http.proxy_errors:middlewares"
 REPLICA_LOST = "the replica serving this request stopped before answering; retry and another one will serve you"
+ROUTES = "/-/routes"
+ADMIN_KEY_ENV = "PROMPTMUX_API_TOKEN"
 
 
 def middlewares() -> list[Middleware]:
@@ -29,6 +38,9 @@ class JSONErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == ROUTES and not admin(scope):
+            await answer(send, 401, "the proxy's routes need the admin key", None)
+            return
         if scope["type"] != "http" or scope["path"].startswith("/-/"):  # the proxy's own probes stay as they are
             await self.app(scope, receive, send)
             return
@@ -60,6 +72,13 @@ class JSONErrors:
             return
         if not started:  # the proxy lost the replica (it logs "Request failed: the actor died") and sent nothing
             await answer(send, 503, REPLICA_LOST, b"1")
+
+
+def admin(scope: Scope) -> bool:
+    """Whether the request carries the admin key (never, when none is set)."""
+    key = os.environ.get(ADMIN_KEY_ENV)
+    given = dict(scope.get("headers", [])).get(b"authorization", b"").decode(errors="replace")
+    return bool(key) and hmac.compare_digest(given.encode(), f"Bearer {key}".encode())
 
 
 async def answer(send: Send, status: int, message: str, retry_after: bytes | None) -> None:

@@ -57,11 +57,12 @@ def unknown_model(model_id: str) -> ModelUnavailableError:
     )
 
 
-def check_base_model(model_id: str) -> None:
+def check_base_model(model_id: str, offline: bool = False) -> None:
     """Refuse a base model that cannot load here before anything slow runs: an embedded
     id whose weights package is missing, a local path without a checkpoint, an id that
     is one typo away from an embedded one and is not in the Hugging Face cache. Other
-    Hub ids are left to `from_pretrained` (whose failure `load_model` words alike)."""
+    Hub ids are left to `from_pretrained` (whose failure `load_model` words alike), unless
+    `offline`: then a Hub id must be in the cache (no download, no network retries)."""
     if model_id in PACKAGED_MODELS:
         packaged_folder(model_id)
     if is_embedded(model_id):
@@ -70,8 +71,8 @@ def check_base_model(model_id: str) -> None:
         if not (Path(model_id).expanduser() / "config.json").is_file():
             raise ModelUnavailableError(f"no checkpoint at {model_id}: a local base model is a folder with config.json")
         return
-    if difflib.get_close_matches(model_id, [*EMBEDDED_MODELS, *PACKAGED_MODELS], n=1, cutoff=0.8) \
-            and not _in_hub_cache(model_id):
+    near = difflib.get_close_matches(model_id, [*EMBEDDED_MODELS, *PACKAGED_MODELS], n=1, cutoff=0.8)
+    if (near or offline) and not _in_hub_cache(model_id):
         raise unknown_model(model_id)
 
 
@@ -167,6 +168,18 @@ def max_positions(config: PretrainedConfig) -> int | None:
         value = getattr(text, name, None)
         if isinstance(value, int) and value > 0:
             return value
+    return None
+
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def learned_positions(model: PreTrainedModel) -> int | None:
+    """The size of a model's learned position table (GPT-2's `wpe`, OPT's `embed_positions`):
+    past it a forward indexes out of the table. None where positions are computed (RoPE, ALiBi)."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
+            return module.num_embeddings - getattr(module, "offset", 0)
     return None
 
 

@@ -8,6 +8,7 @@ result types (`results.py`).
 """
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
@@ -41,8 +42,9 @@ from promptmux.serving.runtime.results import (
     Usage,
 )
 from promptmux.serving.runtime.routing import RegistryView
+from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
-from promptmux.serving.runtime.tenants import Caller, Quotas
+from promptmux.serving.runtime.tenants import Caller, Quotas, Reservation
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
 
@@ -116,30 +118,39 @@ class Answering:
         self.settings, self.engine, self.async_engine, self.view = settings, engine, async_engine, view
         self.ids, self.metrics = ids, metrics
         self.served = ServedCounters()
-        self.quotas = Quotas(settings.replicas)
+        self.quotas = Quotas(settings.replicas, settings.quota_window_s)
 
     async def serve(self, call: Call) -> Answers | AnswerStream:
         """The one runtime call of a request: its answers, or for a streamed generation its
         stream (a classification has nothing to stream: its answers come whole). A tenant's
         request is counted against its quotas from here until its last answer."""
-        tenant, name = call.caller.tenant, call.caller.name
+        tenant, name, reservation = call.caller.tenant, call.caller.name, None
         if tenant is not None:
             try:
-                self.quotas.admit(tenant)
+                reservation = self.quotas.admit(tenant, len(call.query.inputs), self._can_generate(call))
             except RateLimited as exc:
                 self.metrics.tenant_rate_limited.labels(name, exc.limit).inc()
                 raise
-        ended = Ending(functools.partial(self._ended, call.caller))
+        ended = Ending(functools.partial(self._ended, call.caller, reservation))
         try:
-            return await self._answer(call, ended)
+            result = await self._answer(call, ended)
         except BaseException:
             ended("error", [])
             raise
+        return dataclasses.replace(result, rate_limits=reservation.headers) if reservation else result
 
-    def _ended(self, caller: Caller, status: str, generated: list[int], waits: Iterable[float]) -> None:
+    def _can_generate(self, call: Call) -> int:
+        """The most tokens a request can generate: its rows (`n` x inputs) x its max new tokens."""
+        spec = self.view.task(call.query.task, call.caller).record.spec
+        if spec.kind is TaskKind.classification:
+            return 0
+        return len(call.query.inputs) * (call.params or ParamsOverride()).apply(spec.generation).max_new_tokens
+
+    def _ended(self, caller: Caller, reservation: Reservation | None, status: str, generated: list[int],
+               waits: Iterable[float]) -> None:
         """A request of `caller` ended: its quota released, its tenant's figures counted."""
-        if caller.tenant is not None:
-            self.quotas.release(caller.tenant, sum(generated))
+        if reservation is not None:
+            self.quotas.release(reservation, sum(generated))
         self.metrics.tenant_requests.labels(caller.name, status).inc()
         self.metrics.tenant_tokens.labels(caller.name).inc(sum(generated))
         for wait in waits:

@@ -4,7 +4,7 @@ bodies and never sees the engine's own outputs; log-probabilities come with thei
 text already."""
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from promptmux.registry import TaskKind
 from promptmux.registry.schemas import StrictModel
@@ -62,6 +62,7 @@ class Answer:
 class Answers:
     served: ServedBy
     answers: list[Answer]
+    rate_limits: dict[str, str] = field(default_factory=dict)  # the caller's x-ratelimit-* headers
 
     @property
     def ids(self) -> list[str]:
@@ -91,3 +92,4 @@ class AnswerStream:
     served: ServedBy
     ids: list[str]
     deltas: AsyncIterator[Delta]
+    rate_limits: dict[str, str] = field(default_factory=dict)  # the caller's x-ratelimit-* headers

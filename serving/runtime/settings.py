@@ -32,6 +32,10 @@ class ServeSettings(BaseSettings):
         "(a tenant's key, once tenants exist, opens its own tasks)"
     )
     replicas: int = Field(1, ge=1, description="replicas of this deployment: each enforces 1/replicas of every tenant quota")
+    quota_window_s: float = Field(
+        60.0, gt=0, le=3600, description="the sliding window tenant quotas are counted over; per-minute limits are "
+        "scaled to it (200 tokens a minute allow 50 in a 15 s window)"
+    )
 
     feedback_key: SecretStr | None = Field(
         None, description="hex key feedback ids are signed with (default: one kept in the registry, made on first use)"

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from promptmux.registry.errors import PromptmuxError
+from promptmux.registry.limits import limits
 from promptmux.registry.schemas import (
     RolloutSpec,
     TaskSpec,
@@ -144,8 +145,8 @@ def import_adapter(
     peft_dir: Annotated[str, typer.Argument(help="PEFT adapter directory (path or URL): prompt tuning, P-tuning, "
                                             "prefix tuning or multitask prompt tuning")],
     task: Annotated[str, typer.Option("--task", help="task to register the prompt under")],
-    task_id: Annotated[int | None, typer.Option("--task-id", min=0, help="multitask prompt tuning: which of the "
-                                                "adapter's tasks this one serves")] = None,
+    task_id: Annotated[int | None, typer.Option("--task-id", help="multitask prompt tuning: which of the "
+                                                "adapter's tasks this one serves (from 0)")] = None,
     base_model: BaseModelOption = None,
     kind: KindOption = None,
     template: TemplateOption = None,
@@ -162,8 +163,17 @@ def import_adapter(
     promptmux export), else as generation with template {input}; --kind, --template,
     --labels, --format and --system override either."""
     from promptmux.serving.models.inputs import check_chat_template
-    from promptmux.serving.models.loading import check_base_model, fingerprint, load_model, load_tokenizer, model_identity
+    from promptmux.serving.models.loading import (
+        check_base_model,
+        fingerprint,
+        load_model,
+        load_tokenizer,
+        max_positions,
+        model_identity,
+    )
 
+    if task_id is not None and task_id < 0:
+        raise PromptmuxError(f"--task-id {task_id}: a multitask adapter's tasks are numbered from 0")
     reg = open_registry(registry, create=True)
     named_by_adapter = _adapter_base_model(peft_dir)  # the adapter is checked before any model loads
     exported = reg.transfer.read_export(peft_dir)
@@ -184,12 +194,13 @@ def import_adapter(
                                  "--kind, --template, --labels, --format, --system and an export's task describe a new task")
     spec = existing or TaskSpec.model_validate({**(exported_spec.model_dump() if exported_spec else {}),
                                                **described, "name": task, "base_model": model_id})
-    check_base_model(model_id)
+    limits().check_spec(spec)
+    check_base_model(model_id, offline=True)  # an import never downloads a model
     if spec.format == "chat":
         check_chat_template(load_tokenizer(model_id, trust_remote_code), model_id)
     model = load_model(model_id, dtype="float32", trust_remote_code=trust_remote_code)
     manifest = reg.transfer.import_peft(peft_dir, task, fingerprint(model), base_model=model_id, note=note, spec=spec,
-                               task_id=task_id)
+                                        task_id=task_id, positions=max_positions(model.config))
     if as_json:
         print_json({"task": task, "version": manifest.version, "uri": reg.versions.uri(task, manifest.version)})
     else:
@@ -202,9 +213,11 @@ def _adapter_base_model(peft_dir: str) -> str | None:
     import fsspec
 
     try:
-        with fsspec.open(f"{peft_dir.rstrip('/')}/adapter_config.json") as handle:
-            return json.load(handle).get("base_model_name_or_path") or None
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError) as exc:
+        fs, path = fsspec.core.url_to_fs(f"{peft_dir.rstrip('/')}/adapter_config.json")
+        limits().check_file("adapter_config_bytes", fs.size(path), f"{peft_dir}: adapter_config.json")
+        config = json.loads(fs.cat_file(path))
+        return (config.get("base_model_name_or_path") or None) if isinstance(config, dict) else None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromptmuxError(f"{peft_dir}: not a PEFT adapter folder: cannot read adapter_config.json ({exc})") from exc
 
 

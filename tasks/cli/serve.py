@@ -115,7 +115,7 @@ def serve_command(
     ] = None,
     max_model_len: Annotated[
         int | None, typer.Option(min=1, help="positions a request may use (virtual + input + new tokens) [default: "
-                                 "the model's max_position_embeddings]")
+                                 "the model's max_position_embeddings; past a learned position table, clamped to it]")
     ] = None,
     refresh_interval: Annotated[float, typer.Option(min=0.1, help="seconds between registry refreshes")] = 2.0,
     drain_timeout: Annotated[
