@@ -285,7 +285,7 @@ def test_on_a_full_filesystem_every_cli_edit_fails_in_one_line_and_loses_nothing
 
 
 def test_on_a_nearly_full_filesystem_nothing_is_half_visible_and_each_edit_answers_for_itself(
-        cli, full_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        cli, full_disk: Path, tmp_path: Path) -> None:
     """With 4 and 2 pages left: a failed import into a new task leaves no task; an alias move
     is either not made, or made and reported pending by `verify` until `--repair` finishes it;
     a later edit that fails answers with its own outcome, not the earlier edit's."""
@@ -310,9 +310,6 @@ def test_on_a_nearly_full_filesystem_nothing_is_half_visible_and_each_edit_answe
         later = cli("registry", "rollout", "reviews", "1=60", "2=40", *uri)
         if later.code != 0 and Registry(registry.uri).journal.pending("reviews"):
             assert "rollout" in later.err or "this edit of reviews was not made" in later.err, later.err
-        with capsys.disabled():
-            print(f"\n{pages} pages free: import {result.code}, alias {moved.code}, rollout {later.code}: "
-                  f"{(result.err + moved.err + later.err).strip()}")
         filler = fill(full_disk) if pages == 4 else filler
     filler.unlink()
     assert cli("registry", "verify", "--repair", *uri).code == 0

@@ -3,6 +3,7 @@
 under a second, before anything of it is written; and a task at the size limits costs a
 request bounded work."""
 
+import functools
 import json
 import shutil
 import time
@@ -14,7 +15,7 @@ import torch
 from helpers import BASE, build_registry
 from safetensors.torch import save_file
 
-from promptmux.registry import Registry, TaskKind, TaskSpec
+from promptmux.registry import BaseModelFingerprint, Registry, TaskKind, TaskSpec
 from promptmux.registry.errors import PromptmuxError
 from promptmux.registry.limits import SpecLimits
 from promptmux.serving.bench.common import random_prompt
@@ -59,9 +60,16 @@ def multitask(tasks: int, rank: int, declared: dict) -> Craft:
     return tensors(make, {"peft_type": "MULTITASK_PROMPT_TUNING", **declared})
 
 
+@functools.cache
+def base() -> tuple[BaseModelFingerprint, int | None]:
+    """The tiny model's fingerprint and positions."""
+    model = load_model(BASE, dtype="float32")
+    return fingerprint(model), max_positions(model.config)
+
+
 def long_prefix(folder: Path) -> None:
     """A prefix of 4,000 virtual tokens: more than the model's 2,048 positions hold."""
-    fp = fingerprint(load_model(BASE, dtype="float32"))
+    fp = base()[0]
     prompt = random_prompt("prefix_tuning", fp, 4000, torch.Generator().manual_seed(0))
     save_file(prompt.tensors, folder / "adapter_model.safetensors")
     (folder / "adapter_config.json").write_text(json.dumps({**prompt.peft_config, "base_model_name_or_path": BASE}))
@@ -103,8 +111,7 @@ def test_a_crafted_import_is_refused_in_one_line_under_a_second_and_changes_noth
     craft, named = CRAFTED[case]
     folder = Path(shutil.copytree(valid, tmp_path / "crafted"))
     craft(folder)
-    fp = fingerprint(load_model(BASE, dtype="float32"))
-    positions = max_positions(load_model(BASE, dtype="float32").config)
+    fp, positions = base()
     before = files_of(registry)
     started = time.perf_counter()
     with pytest.raises(PromptmuxError) as refused:

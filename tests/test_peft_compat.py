@@ -118,7 +118,8 @@ def test_hostile_tensor_files_are_refused_at_import(tmp_path: Path, registry: Re
                                                     message: str) -> None:
     adapter = tmp_path / "hostile"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM"}))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM",
+                                                             "num_virtual_tokens": 4}))
     (adapter / "adapter_model.safetensors").write_bytes(tensor_file)
     with pytest.raises(InvalidArtifactError, match=message):
         registry.transfer.import_peft(str(adapter), "hostile", llama_fp, "tiny-random-llama")

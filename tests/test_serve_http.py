@@ -683,11 +683,11 @@ def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_an
     wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=0.5)
 
 
-QUOTA_WINDOW_S, QUOTA_TOKENS_PER_MINUTE, RESERVED = 6.0, 200, 16
+QUOTA_WINDOW_S, QUOTA_TOKENS_PER_MINUTE, RESERVED = 4.0, 300, 16
 
 
 def test_a_token_quota_holds_across_two_replicas_whatever_n_and_inputs(served, tmp_path: Path) -> None:
-    """A tenant at 200 tokens a minute (20 per 6 s window: 10 on each of two replicas) sends
+    """A tenant at 300 tokens a minute (20 per 4 s window: 10 on each of two replicas) sends
     requests of 16 rows (`n` 16 on chat, 16 prompts on completions, 16 inputs on the native
     route) for three windows. In any window it gets at most its limit plus one
     request's reservation per replica, and every answer's headers agree with its message."""
