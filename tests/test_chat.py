@@ -121,6 +121,25 @@ def test_n_choices_are_rows_of_their_own_and_seeds_make_them_repeatable(server) 
     assert len({tuple(t) for t in tokens}) > 1  # seed + i per choice: not three copies
 
 
+def test_completions_take_n_and_echo_models_retrieve_and_a_classification_refuses_logprobs(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    prompts = ["a judge", "a chef"]
+    reply = client.completions.create(model="plain", prompt=prompts, n=2, echo=True, max_tokens=4, temperature=1.2, seed=5)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3] and 4 <= reply.usage.completion_tokens <= 16
+    assert all(c.text.startswith(prompts[c.index // 2]) and len(c.text) > len(prompts[c.index // 2]) for c in reply.choices)
+    assert reply.choices[0].text != reply.choices[1].text  # seed + i: two choices of one prompt differ
+    assert client.models.retrieve("plain").id == "plain"
+    assert {m.id for m in client.models.list()} >= {"plain", "verdict"}
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    with pytest.raises(openai.BadRequestError, match="classification task"):
+        client.chat.completions.create(model="verdict", messages=[{"role": "user", "content": "lovely"}], logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="classification task"):
+        client.completions.create(model="verdict", prompt="lovely", logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="echo with stream"):
+        client.completions.create(model="plain", prompt="x", echo=True, stream=True)
+
+
 OPENAI_ERRORS = [  # (route, body, status, words of the message, param)
     ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "unknown task", None),
     ("/v1/chat/completions", {"model": "plain", "messages": [{"role": "user", "content": "x"}, {"role": "user",
@@ -163,3 +182,9 @@ def test_completions_give_logprobs_too(server) -> None:
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 5
     assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(5)]
     assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+
+
+def test_the_api_documents_itself_at_docs_and_the_readme_says_so(server) -> None:
+    page = httpx.get(f"{server}/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text and httpx.get(f"{server}/openapi.json").status_code == 200
+    assert "`GET /docs`" in (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -117,6 +117,8 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     policy = filled.rollouts.policy("sentiment")
     assert (policy.control, policy.candidate, policy.steps, policy.min_samples_per_step) == (1, 2, [5, 20, 60], 5)
     assert "control (v1):95% / candidate (v2):5%" in started.out
+    empty = cli("registry", "rollout-status", "sentiment", *uri).out
+    assert empty.count("no data yet") == 9 and "0.000" not in empty and "0 s" not in empty  # nothing measured yet
     sides = {1: "control", 2: "candidate"}
     for i, (version, score) in enumerate([(1, 1.0), (1, 0.0), (2, 1.0), (2, 1.0), (1, 1.0)]):
         filled.outcomes.record(Outcome(id=f"r{i}", task="sentiment", version=version, variant=sides[version],
@@ -127,6 +129,7 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     assert status["candidate"]["outcomes"] == 2 and status["verdict"] == "continue"
     table = cli("registry", "rollout-status", "sentiment", *uri, "--plot", str(filled_plot := Path(filled.uri) / "ab.png"))
     assert "step 1 of 3, candidate at 5%" in table.out and "verdict so far: continue" in table.out
+    assert "0.667" in table.out and table.out.count("no data yet") == 4  # scored, but no request served yet
     assert filled_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and filled_plot.stat().st_size > 10_000
     history = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
     assert [(c["actor"], c["action"]) for c in history] == [("manual", "alias"), ("manual", "rollout")]

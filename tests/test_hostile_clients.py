@@ -214,8 +214,9 @@ def _routed_to(policy: RolloutPolicy, i: int) -> str:
     ({"model": "act-as", "prompt": "x", "logit_bias": {"5": 10}}, "logit_bias"),
     ({"model": "act-as", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
     ({"model": "act-as", "prompt": "x", "suffix": "and then"}, "suffix"),
-    ({"model": "act-as", "prompt": "x", "n": 2}, "n"),
-    ({"model": "act-as", "prompt": "x", "echo": True}, "echo"),
+    ({"model": "act-as", "prompt": "x", "n": 17}, "n"),
+    ({"model": "act-as", "prompt": "x", "echo": True, "stream": True}, "echo"),
+    ({"model": "act-as", "prompt": "x", "echo": True, "logprobs": 2}, "echo"),
     ({"model": "act-as", "prompt": "x", "best_of": 3}, "best_of"),
     ({"model": "act-as", "prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"model": "act-as", "prompt": "x", "functions": []}, "functions"),
@@ -243,3 +244,17 @@ def test_openai_fields_sent_with_their_neutral_values_are_served(reviews) -> Non
             "logit_bias": {}, "n": 1, "best_of": 1, "echo": False, "suffix": None, "stream_options": None}
     response = httpx.post(f"{url}/v1/completions", json=body)
     assert response.status_code == 200, response.text
+
+
+def test_a_request_pinned_to_an_archived_version_is_still_served_and_the_default_skips_it(reviews) -> None:
+    """Archiving takes a version out of routing (the default, aliases, rollouts), not out of
+    the registry: a client pinned to it by number keeps working until it is deleted."""
+    url, _, registry = reviews
+    registry.archive("reviews", 2)
+    wait_until(lambda: 2 in httpx.get(f"{url}/v1/tasks/reviews").json().get("archived", []), timeout=10)
+    pinned = httpx.post(f"{url}/v1/classify", json={"task": "reviews", "version": 2, "input": "fine"})
+    assert pinned.status_code == 200 and pinned.json()["outputs"][0]["version"] == 2
+    default = httpx.post(f"{url}/v1/classify", json={"task": "reviews", "input": "fine"})
+    assert default.json()["outputs"][0]["version"] == 1
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "A request that names an archived version by number" in readme

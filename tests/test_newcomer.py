@@ -167,3 +167,20 @@ def test_a_hub_id_that_cannot_be_fetched_stops_serve_before_any_cluster_starts(t
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "unknown base model 'nobody/no-such-model'" in lines[0] and "Hub id needs network access" in lines[0]
     assert "Ray" not in result.stdout + result.stderr
+
+
+def test_without_the_hub_an_unknown_id_fails_in_one_line_within_seconds(cli, tmp_path: Path) -> None:
+    """No `HF_HUB_OFFLINE`, no network to the Hub (as on this machine, or a firewalled node):
+    one short probe of the Hub, then the one-line error, never a minute of retries. Where the
+    Hub answers, the id is left to `from_pretrained` and this test has nothing to check."""
+    from promptmux.serving.models.loading import _hub_reachable
+
+    if _hub_reachable():
+        pytest.skip("the Hugging Face Hub answers from here")
+    Registry(str(tmp_path / "registry"))
+    started = time.perf_counter()
+    result = cli("serve", "--base-model", "nobody/no-such-model", "--registry", str(tmp_path / "registry"))
+    elapsed = time.perf_counter() - started
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 1 and len(lines) == 1 and "unknown base model 'nobody/no-such-model'" in lines[0], result.err
+    assert elapsed < 5, elapsed

@@ -173,8 +173,9 @@ class CompletionBody(OpenAIBody):
     """OpenAI `POST /v1/completions`."""
 
     prompt: Text | Annotated[list[Text], Field(min_length=1)]
-    n: Literal[1] = 1
-    echo: Literal[False] = False
+    n: int = Field(1, ge=1, le=16, description="choices per prompt, each a row of its own (seed + i when sampling "
+                   "with a seed)")
+    echo: bool = Field(False, description="each choice's text begins with its prompt")
     logprobs: Logprobs | None = None
     best_of: Literal[1] | None = None
 
@@ -183,10 +184,23 @@ class CompletionBody(OpenAIBody):
     def _refuse_unsupported(cls, data: object) -> object:
         return refuse_unsupported(data, UNSUPPORTED_COMPLETION_FIELDS)
 
+    @model_validator(mode="after")
+    def _echo_alone(self) -> "CompletionBody":
+        if self.echo and self.stream:
+            raise ValueError("echo with stream is not supported: the prompt is the text you sent")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported: promptmux gives no log-probabilities of the prompt")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
     def call(self, caller: Caller) -> Call:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        return Call(self.query(prompts), "completions", params=self.params(logprobs=self.logprobs), tokens_field="max_tokens",
-                    stream=self.stream, caller=caller)
+        """Each prompt's `n` choices are `n` rows of it, in OpenAI's order (prompt i's are i*n..i*n+n-1)."""
+        inputs = [prompt for prompt in self.prompts for _ in range(self.n)]
+        return Call(self.query(inputs), "completions", params=self.params(logprobs=self.logprobs), tokens_field="max_tokens",
+                    stream=self.stream, choices=self.n, caller=caller)
 
 
 class ContentPart(StrictModel):
@@ -242,4 +256,4 @@ class ChatBody(OpenAIBody):
         """`n` choices are `n` rows of the one conversation."""
         params = self.params(self.max_completion_tokens, (self.top_logprobs or 0) if self.logprobs else None)
         return Call(self.query([[m.message() for m in self.messages]] * self.n), "chat", params=params,
-                    tokens_field=self.tokens_field, stream=self.stream, conversation=True, caller=caller)
+                    tokens_field=self.tokens_field, stream=self.stream, conversation=True, choices=self.n, caller=caller)

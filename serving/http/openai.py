@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promptmux.registry import TaskKind
+from promptmux.registry.errors import NotFoundError
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.streaming import one_by_one, sse
@@ -120,6 +121,10 @@ async def respond(service: PromptmuxService, call: Call, model: str, shape: Shap
     return sse(chunks(result), result.rate_limits)
 
 
+def model_object(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"}
+
+
 def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
 
@@ -137,13 +142,24 @@ def openai_router(service: PromptmuxService) -> APIRouter:
 
     @router.post("/v1/completions", response_model=None)  # JSON or an event stream
     async def completions(body: CompletionBody, request: Request, response: Response) -> dict | StreamingResponse:
-        return await respond(service, body.call(caller_of(request)), body.model, COMPLETION, body.usage_in_stream,
-                             response)
+        answered = await respond(service, body.call(caller_of(request)), body.model, COMPLETION, body.usage_in_stream,
+                                 response)
+        if body.echo:  # never a stream (refused with echo)
+            for choice in answered["choices"]:
+                choice["text"] = body.prompts[choice["index"] // body.n] + choice["text"]
+        return answered
 
     @router.get("/v1/models")
     async def models(request: Request) -> dict:
         """The model ids the caller may name and be served by now."""
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "promptmux"}
-                                           for model_id, created in service.model_ids(caller_of(request))]}
+        return {"object": "list", "data": [model_object(model_id, created) for model_id, created in service.model_ids(caller_of(request))]}
+
+    @router.get("/v1/models/{model_id}")
+    async def retrieve(model_id: str, request: Request) -> dict:
+        """One model id the caller may name and be served by now (404 otherwise, as for a task it cannot see)."""
+        created = dict(service.model_ids(caller_of(request))).get(model_id)
+        if created is None:
+            raise NotFoundError(f"the model {model_id!r} does not exist or is not served now")
+        return model_object(model_id, created)
 
     return router

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import torch
 from transformers import (
     AutoConfig,
@@ -72,8 +73,23 @@ def check_base_model(model_id: str, offline: bool = False) -> None:
             raise ModelUnavailableError(f"no checkpoint at {model_id}: a local base model is a folder with config.json")
         return
     near = difflib.get_close_matches(model_id, [*EMBEDDED_MODELS, *PACKAGED_MODELS], n=1, cutoff=0.8)
-    if (near or offline) and not _in_hub_cache(model_id):
+    if (near or offline or not _hub_reachable()) and not _in_hub_cache(model_id):
         raise unknown_model(model_id)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers at all, asked once with a short timeout: when it
+    does not, an id missing from the cache is refused at once, not after a minute of the Hub
+    client's retries. `HF_HUB_OFFLINE` says no without asking."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def model_identity(model_id: str) -> str:

@@ -201,6 +201,9 @@ class Answering:
         if call.kind is not None and spec.kind is not call.kind:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
             raise RequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
+        if spec.kind is TaskKind.classification and call.params is not None and call.params.logprobs is not None:
+            raise RequestError(f"task {query.task!r} is a classification task: it answers a label with each label's "
+                               "probability (`probabilities` on /v1/classify), not token log-probabilities")
         inputs = [self._chat_input(query.task, spec.format, i) for i in query.inputs] if call.conversation else query.inputs
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
         prompts = self.engine.prompts
@@ -213,7 +216,7 @@ class Answering:
         if spec.kind is TaskKind.generation:
             for item in items:
                 item.row.owner, item.row.weight = call.caller.name, call.caller.weight
-            if call.conversation:
+            if call.choices > 1:
                 _reseeded(items)
         return items
 

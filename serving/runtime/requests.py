@@ -30,8 +30,10 @@ class Query:
 class Call:
     """One request to the runtime, whatever its endpoint: the query, the endpoint it came on (for
     the metrics), the kind of task it needs (None: either), the parameters it overrides (and
-    what the client calls max_new_tokens), whether it streams, and whether its inputs are chat
-    conversations (fitted to the task's format; choice i of a seeded request samples with seed + i)."""
+    what the client calls max_new_tokens), whether it streams, whether its inputs are chat
+    conversations (fitted to the task's format), and how many choices each input asks for
+    (OpenAI's `n`: the inputs hold each one that many times; choice i of a seeded sampling
+    request samples with seed + i)."""
 
     query: Query
     endpoint: str
@@ -40,6 +42,7 @@ class Call:
     tokens_field: str = "max_new_tokens"
     stream: bool = False
     conversation: bool = False
+    choices: int = 1
     caller: Caller = ADMIN
 
 

@@ -140,15 +140,19 @@ def rollout_status(
     for column in ("side", "version", "outcomes", "mean", "95% interval", "requests", "errors", "p99 ≤"):
         table.add_column(column)
     for side in ("control", "candidate"):
-        arm = rollout.figures[side]
-        table.add_row(side, str(arm["version"]), str(arm["outcomes"]), f"{arm['mean']:.3f}",
-                      f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}", str(arm["requests"]),
-                      f"{arm['error_rate']:.1%}", f"{arm['p99_s']:g} s")
+        arm, none = rollout.figures[side], "no data yet"
+        scored, served = arm["outcomes"] > 0, arm["requests"] > 0  # zeros would read as measured
+        table.add_row(side, str(arm["version"]), str(arm["outcomes"]), f"{arm['mean']:.3f}" if scored else none,
+                      f"{arm['interval'][0]:.3f} – {arm['interval'][1]:.3f}" if scored else none, str(arm["requests"]),
+                      f"{arm['error_rate']:.1%}" if served else none, f"{arm['p99_s']:g} s" if served else none)
     console.print(table)
     figures = rollout.figures
     verdict = f"verdict so far: {figures['verdict']}" if rollout.status == "running" else \
         f"decided on: {figures['verdict']}" if rollout.decision else f"verdict when stopped: {figures['verdict']}"
-    console.print(f"{verdict} (always-valid p {figures['p_value']:.4f}, difference {figures['difference']:+.3f})")
+    if all(figures[side]["outcomes"] for side in ("control", "candidate")):
+        console.print(f"{verdict} (always-valid p {figures['p_value']:.4f}, difference {figures['difference']:+.3f})")
+    else:
+        console.print(f"{verdict} (no data yet: both sides need outcomes to be compared)")
 
 
 def _parse_variant(item: str) -> RolloutVariant:
