@@ -97,7 +97,8 @@ class Registry:
                 users.append("the rollout")
             if users:
                 raise ConflictError(f"version {version} of {task!r} is in use by {', '.join(users)}; move them first")
-            self.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()}))
+            self.journal.run(Edit(task=task, what="archive", writes={f"archived/{version}": utc_now().isoformat()},
+                                  history=[HistoryEntry(action="archive", details={"version": version})]))
 
     def unarchive(self, task: str, version: int) -> None:
         """Bring an archived version back: it counts for `latest` again."""
@@ -105,7 +106,8 @@ class Registry:
             self.versions.get(task, version)
             if version not in self.versions.archived(task):
                 raise ConflictError(f"version {version} of {task!r} is not archived")
-            self.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"]))
+            self.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"],
+                                  history=[HistoryEntry(action="unarchive", details={"version": version})]))
 
     def delete_task(self, task: str, force: bool = False) -> None:
         """Remove a task with every version, alias, rollout and record, refused while an alias

@@ -154,6 +154,8 @@ def test_unarchive_and_delete(cli, filled: Registry) -> None:
     assert filled.versions.latest("sentiment").version == 3
     again = cli("registry", "unarchive", "sentiment", "3", *uri)
     assert again.code == 1 and "version 3 of 'sentiment' is not archived" in again.err
+    history = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
+    assert [(c["action"], c["details"]) for c in history][-2:] == [("archive", {"version": 3}), ("unarchive", {"version": 3})]
     filled.rollouts.set("sentiment", RolloutSpec(variants=[RolloutVariant(version=1, weight=1)]))
     refused = cli("registry", "delete", "sentiment", *uri)
     assert refused.code == 1 and "served through its rollout" in refused.err and filled.tasks.exists("sentiment")
