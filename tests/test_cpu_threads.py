@@ -42,3 +42,15 @@ def test_a_count_set_explicitly_stays_put() -> None:
     with busy_neighbour():
         work_and_adjust(threads, 2 * SAMPLE_S)
     assert threads.threads == CPUS and torch.get_num_threads() == CPUS
+
+
+def test_serve_gives_replicas_a_gpu_where_cuda_is_present_unless_told_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray hides every GPU from a replica given none: the default asks for one wherever CUDA
+    is present. (This machine has no GPU; CUDA's presence is what the default reads.)"""
+    import torch
+
+    from promptmux.serving.http.local_cluster import default_replica_gpus
+
+    assert default_replica_gpus("auto") == (1.0 if torch.cuda.is_available() else 0.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (default_replica_gpus("auto"), default_replica_gpus("cuda"), default_replica_gpus("cpu")) == (1.0, 1.0, 0.0)

@@ -50,6 +50,15 @@ class DisconnectsAsMessages:
         await self.app(scope, receive_or_disconnect, send)
 
 
+def warn_if_gpus_unused(device: str) -> None:
+    """One warning when this replica's engine runs on the CPU while its node has GPUs: Ray
+    hides every GPU from a replica given none (`--replica-gpus 0`, `num_gpus: 0`)."""
+    node_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device == "cpu" and node_gpus:
+        log.warning("this replica's engine runs on the CPU while the cluster has %d GPU(s): give replicas a GPU "
+                    "(promptmux serve --replica-gpus 1, or ray_actor_options.num_gpus in the Serve config)", node_gpus)
+
+
 @serve.deployment(name="promptmux", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5},
                   graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S)
 @serve.ingress()
@@ -58,6 +67,7 @@ class PromptmuxDeployment:
         self, settings: dict[str, Any], drain_signal: str | None = None, controller: DeploymentHandle | None = None
     ) -> None:
         self.service = PromptmuxService(ServeSettings.model_validate(settings))
+        warn_if_gpus_unused(self.service.engine.device.type)
         self.controller = controller  # bound so that the application runs it
         self._drainer = None
         if drain_signal is not None:

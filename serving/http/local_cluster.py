@@ -34,6 +34,14 @@ def init_ray(num_cpus: int, **options: object) -> Path:
     return Path(context.address_info["session_dir"]) / "logs"
 
 
+def default_replica_gpus(device: str) -> float:
+    """A GPU per replica where CUDA is present, unless the engine is told to run on the CPU:
+    Ray hides every GPU from a replica given none."""
+    import torch
+
+    return 1.0 if device != "cpu" and torch.cuda.is_available() else 0.0
+
+
 def run_local(
     settings: ServeSettings, host: str, port: int, replicas: int, replica_cpus: float, replica_gpus: float,
     access_log: bool = False, say: Callable[[str], None] = print,

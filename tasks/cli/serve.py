@@ -104,7 +104,8 @@ def serve_command(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="Serve replicas, each holding the base model once")] = 1,
     replica_cpus: Annotated[float, typer.Option(min=0.01, help="CPUs reserved per replica")] = 0.5,
-    replica_gpus: Annotated[float, typer.Option(min=0, help="GPUs per replica")] = 0,
+    replica_gpus: Annotated[float | None, typer.Option(min=0, help="GPUs per replica [default: 1 where CUDA is "
+                                                       "present and --device is not cpu, else 0]")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     pinned_kv: PinnedOption = True,
@@ -128,7 +129,7 @@ def serve_command(
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
     reg = open_registry(registry)
     check_port(host, port)  # before anything slow: a busy port is one line, not a cluster started and torn down
-    from promptmux.serving.http.local_cluster import run_local
+    from promptmux.serving.http.local_cluster import default_replica_gpus, run_local
     from promptmux.serving.models.loading import load_config
     from promptmux.serving.runtime.settings import ServeSettings
 
@@ -142,7 +143,8 @@ def serve_command(
         "registry": reg.uri, "engine": engine, "refresh_interval_s": refresh_interval, "replicas": replicas,
         **({"drain_timeout_s": drain_timeout} if drain_timeout is not None else {}),
     })
-    run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+    gpus = replica_gpus if replica_gpus is not None else default_replica_gpus(device)
+    run_local(settings, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=gpus,
               access_log=access_log, say=lambda text: console.print(text, highlight=False))
 
 
