@@ -38,6 +38,7 @@ from promptmux.serving.http.ports import free_port
 from promptmux.tasks.cli.common import console
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
+from promptmux.tasks.progress import status
 from promptmux.tasks.report import base_rows, print_report
 from promptmux.tasks.spec_file import example
 
@@ -168,7 +169,7 @@ def demo(
     console.rule(f"promptmux demo: base model {base_model}, registry {reg.uri}")
     from promptmux.serving.models.embedded import resolve_model_path
 
-    with console.status(f"preparing {base_model} (built once from its package, then cached)"):
+    with status(console, f"preparing {base_model} (built once from its package, then cached)"):
         resolve_model_path(base_model)
     grooming, act_as = _dog_grooming(base_model, seed_data, train_size), _act_as(base_model)
     first = _train(reg, grooming, runs, "production")
@@ -184,10 +185,10 @@ def demo(
 
     port = port or free_port()
     console.rule(f"starting the serving runtime on http://127.0.0.1:{port}")
-    with console.status("starting Ray, one Serve replica and its copy of the base model"):
+    with status(console, "starting Ray, one Serve replica and its copy of the base model"):
         server = _start_server(reg, base_model, port)
     try:
-        with console.status("sending the requests"):
+        with status(console, "sending the requests"):
             results = asyncio.run(_burst(port))
         table = Table(title=f"{len(results)} mixed-task requests")
         for column in ("task", "routing key", "version", "variant", "output", "latency"):

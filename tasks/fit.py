@@ -31,6 +31,7 @@ from transformers import (
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example
 from promptmux.tasks.encoding import TaskEncoder
+from promptmux.tasks.progress import Paced
 
 # A loss this many times, and this many nats, above the one it should match means trouble:
 # training loss vs validation loss (memorising); validation vs held-out loss (the held-out
@@ -68,6 +69,7 @@ class _RichProgress(TrainerCallback):
     """A rich progress bar with the running training loss and the last validation loss."""
 
     def __init__(self, console: Console, description: str) -> None:
+        self.console, self.paced = console, Paced()  # off a terminal: a line every few seconds instead of a bar
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"),
                                  TimeRemainingColumn(), console=console)
@@ -87,6 +89,10 @@ class _RichProgress(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         self.progress.update(self.bar, completed=state.global_step)
+        if not self.console.is_terminal and self.paced():
+            fields = self.progress.tasks[0].fields
+            self.console.print(f"{self.description}: step {state.global_step}/{state.max_steps}, loss "
+                               f"{fields['loss']:.4f}, val {fields['val']:.4f}", highlight=False)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         self.progress.stop()

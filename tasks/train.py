@@ -29,6 +29,7 @@ from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit
+from promptmux.tasks.progress import status
 from promptmux.tasks.prompt_init import peft_config
 
 
@@ -106,7 +107,7 @@ def train_task(
         if unknown:
             raise DataError(f"targets {unknown} are not labels of {spec.name!r} ({', '.join(spec.labels)})")
     existing = registry.tasks.get(spec.name) if registry.tasks.exists(spec.name) else None
-    with console.status(f"loading {config.base_model}"):
+    with status(console, f"loading {config.base_model}"):
         model, encoder, init_text = _prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())
     problem = existing.base_fingerprint.misfit(base_fingerprint) if existing else None

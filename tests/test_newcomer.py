@@ -3,6 +3,7 @@ the base model defaults to the one the registry's tasks were trained on."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -184,3 +185,22 @@ def test_without_the_hub_an_unknown_id_fails_in_one_line_within_seconds(cli, tmp
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert result.code == 1 and len(lines) == 1 and "unknown base model 'nobody/no-such-model'" in lines[0], result.err
     assert elapsed < 5, elapsed
+
+
+def test_a_long_step_shows_in_a_log_every_few_seconds() -> None:
+    """Off a terminal (output to a file, CI) rich's spinner prints nothing; the step says it
+    started and then that it goes on, until it ends."""
+    import io
+
+    from rich.console import Console
+
+    from promptmux.tasks.progress import status
+
+    log = io.StringIO()
+    with status(Console(file=log, force_terminal=False, width=120), "loading a model", every_s=0.05):
+        time.sleep(0.32)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "loading a model ..." and len(lines) >= 4, lines
+    assert all(re.fullmatch(r"loading a model \.\.\. \d+ s", line) for line in lines[1:]), lines
+    time.sleep(0.1)
+    assert log.getvalue().splitlines() == lines  # nothing after the step ended

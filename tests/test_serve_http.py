@@ -282,7 +282,7 @@ def test_metrics_are_labelled_by_task_version_and_variant(served) -> None:
         ("/v1/generate", {"task": "grooming", "input": "x"}, 400, "use /v1/classify"),
         ("/v1/classify", {"task": "act-as", "input": "x"}, 400, "use /v1/generate"),
         ("/v1/completions", {"model": "act-as@0", "prompt": "x"}, 400, "positive integer"),
-        ("/v1/completions", {"model": "act-as", "prompt": "x", "n": 2}, 400, "n"),  # OpenAI's status for a bad body
+        ("/v1/completions", {"model": "act-as", "prompt": "x", "n": 17}, 400, "n"),  # OpenAI's status for a bad body
         ("/v1/completions", {"model": "act-as", "prompt": [1, 2]}, 400, "prompt"),
         ("/v1/completions", {"model": "act-as", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
         # values the sampler cannot compute with: refused at the edge, naming the field
@@ -683,11 +683,11 @@ def test_killed_replicas_cost_clients_one_retry_lose_no_acknowledged_feedback_an
     wait_until(lambda: httpx.get(f"{tight}/healthz", timeout=60).status_code == 200, timeout=120, interval=0.5)
 
 
-QUOTA_WINDOW_S, QUOTA_TOKENS_PER_MINUTE, RESERVED = 4.0, 300, 16
+QUOTA_WINDOW_S, QUOTA_TOKENS_PER_MINUTE, RESERVED = 3.0, 400, 16
 
 
 def test_a_token_quota_holds_across_two_replicas_whatever_n_and_inputs(served, tmp_path: Path) -> None:
-    """A tenant at 300 tokens a minute (20 per 4 s window: 10 on each of two replicas) sends
+    """A tenant at 400 tokens a minute (20 per 3 s window: 10 on each of two replicas) sends
     requests of 16 rows (`n` 16 on chat, 16 prompts on completions, 16 inputs on the native
     route) for three windows. In any window it gets at most its limit plus one
     request's reservation per replica, and every answer's headers agree with its message."""

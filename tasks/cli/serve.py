@@ -25,6 +25,7 @@ from promptmux.tasks.cli.common import (
     err_console,
     open_registry,
 )
+from promptmux.tasks.progress import status
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
@@ -80,7 +81,7 @@ def generate(
         "base_model": model_id, "device": device, "dtype": dtype, "pinned_kv": pinned_kv,
         "max_batch_size": batch_size, "trust_remote_code": trust_remote_code, "kv_cache_mb": kv_cache_mb,
     })
-    with err_console.status(f"loading {model_id}"):
+    with status(err_console, f"loading {model_id}"):
         engine = Engine(config, reg.versions)
     runner = TaskRunner(engine, reg)
     failed = 0
