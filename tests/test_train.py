@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import TrainerState
 
 from promptmux.registry import Registry, TaskSpec
+from promptmux.serving.bench.machine import busy_neighbour
 from promptmux.serving.models.loading import load_model, load_tokenizer
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
@@ -207,3 +208,25 @@ def test_held_out_data_unlike_the_training_data_is_warned_about(tmp_path: Path) 
     result = train_task(spec, train, held_out, config, Registry(str(tmp_path / "registry")), tmp_path / "run", "data")
     assert result.metrics["best_validation_loss"] < 0.1 < 1.0 < result.metrics["eval_loss_after"]
     assert any("held-out data differs from the training data" in w for w in result.metrics["warnings"])
+
+
+def test_the_same_training_twice_once_beside_a_busy_process_gives_the_same_run(tmp_path: Path) -> None:
+    """Same command, same seed: the same steps, the same best checkpoint, the same figures and
+    the same prompt, whatever else the machine is doing."""
+    train = examples(load_records(DOG / "dog_grooming_reviews_train_data.json"), DataFields(), DOG)[:48]
+    held_out = train[:8]
+    spec = TaskSpec(name="grooming", kind="classification", labels={"0": "0", "1": "1"}, base_model="tiny-random-llama")
+    config = TrainConfig(base_model="tiny-random-llama", lr=0.3, epochs=2, evals_per_epoch=3, early_stopping_patience=1,
+                         num_virtual_tokens=4, init="random", seed=5)
+
+    def run(name: str) -> tuple[dict, bytes]:
+        registry = Registry(str(tmp_path / name))
+        result = train_task(spec, train, held_out, config, registry, tmp_path / f"run-{name}", "data")
+        figures = {key: value for key, value in result.metrics.items() if key != "train_seconds"}
+        return {**figures, "curve": json.loads(result.metrics_json.read_text())["curve"]}, \
+            (Path(registry.versions.uri("grooming", 1)) / "adapter_model.safetensors").read_bytes()
+
+    quiet = run("quiet")
+    with busy_neighbour():
+        busy = run("busy")
+    assert busy[0] == quiet[0] and busy[1] == quiet[1]
