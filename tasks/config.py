@@ -14,6 +14,17 @@ TrainMethod = Literal["prompt", "p-tuning", "prefix"]
 DEFAULT_LR: dict[str, float] = {"prompt": 3e-2, "p-tuning": 3e-3, "prefix": 3e-3}
 
 
+class MethodSettings(StrictModel):
+    """A spec's settings for one method (`training.methods.<method>`): they apply only when
+    training with that method, over the spec's own."""
+
+    lr: float | None = Field(None, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] | None = None
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    epochs: int | None = Field(None, ge=1)
+    num_virtual_tokens: int | None = Field(None, ge=1, le=1024)
+
+
 class TrainConfig(StrictModel):
     base_model: str = Field(description="Hugging Face id, local path or embedded id")
     method: TrainMethod = Field("prompt", description="PEFT method: prompt (prompt tuning), p-tuning (an MLP prompt "
@@ -46,13 +57,15 @@ class TrainConfig(StrictModel):
     seed: int = Field(42, description="seed of the prompt init, data order and validation split")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     trust_remote_code: bool = False
+    lr_from: str = Field("", description="where the learning rate came from (said before training, kept with the run)")
 
     @model_validator(mode="after")
     def _init_text_needs_text_init(self) -> "TrainConfig":
         if self.method != "prompt":  # a spec file's prompt-tuning init does not apply: these start at random
             self.init, self.init_text = "random", None
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+            self.lr, self.lr_from = DEFAULT_LR[self.method], self.lr_from or f"the default for {self.method}"
+        self.lr_from = self.lr_from or "as given"
         if self.init_text is not None and self.init != "text":
             raise ValueError("init_text is only used with init=text")
         return self

@@ -38,6 +38,7 @@ from promptmux.tasks.progress import Paced
 # data is not like the training data: seen as 0.0003 vs 0.99, where a healthy run had 0.22).
 COLLAPSE_RATIO = 5.0
 COLLAPSE_GAP = 0.1
+DIVERGED_WINDOW, DIVERGED_RATIO, DIVERGED_GAP = 5, 3.0, 2.0  # a loss climbing well above its start stops the run
 SHIFT_GAP = 0.5
 
 
@@ -98,6 +99,30 @@ class _RichProgress(TrainerCallback):
         self.progress.stop()
 
 
+class _Divergence(TrainerCallback):
+    """Stop a run whose training loss has climbed well above where it started (the mean of
+    the last few logged losses over `DIVERGED_RATIO` times the first few and `DIVERGED_GAP`
+    above them): the learning rate is too high for the method, and later steps only make the
+    prompt worse. The warning names the learning rate."""
+
+    def __init__(self, lr: float, method: str, warnings: list[str]) -> None:
+        self.lr, self.method, self.warnings, self.losses = lr, method, warnings, []
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs) -> None:
+        if "loss" not in (logs or {}):
+            return
+        self.losses.append(logs["loss"])
+        window = DIVERGED_WINDOW
+        if len(self.losses) < 2 * window:
+            return
+        start, now = sum(self.losses[:window]) / window, sum(self.losses[-window:]) / window
+        if now > DIVERGED_RATIO * start and now - start > DIVERGED_GAP:
+            control.should_training_stop = True
+            self.warnings.append(f"training stopped at step {state.global_step}: the loss climbed to {now:.2f} from "
+                                 f"{start:.2f} at the start; learning rate {self.lr:g} is too high for {self.method} "
+                                 "(try a tenth of it)")
+
+
 class _BestPrompt(TrainerCallback):
     """Keep a copy of the trainable parameters at each new best validation loss; restore it at the end."""
 
@@ -156,7 +181,9 @@ def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
     checkpoints = work_dir / "checkpoints"
     args = _arguments(config, steps_per_epoch, checkpoints, model.device.type)
-    callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}"), _BestPrompt(model)]
+    diverged: list[str] = []
+    callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}"), _BestPrompt(model),
+                                        _Divergence(config.lr, config.method, diverged)]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, encoder),
@@ -165,7 +192,11 @@ def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation
     trainer.train()
     model.eval()
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return curve_from_history(trainer.state, steps_per_epoch * config.epochs)
+    curve = curve_from_history(trainer.state, steps_per_epoch * config.epochs)
+    for warning in diverged:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    curve.warnings[:0] = diverged
+    return curve
 
 
 def curve_from_history(state: TrainerState, planned_steps: int) -> Curve:

@@ -230,3 +230,51 @@ def test_the_same_training_twice_once_beside_a_busy_process_gives_the_same_run(t
     with busy_neighbour():
         busy = run("busy")
     assert busy[0] == quiet[0] and busy[1] == quiet[1]
+
+
+def test_a_spec_sets_each_method_its_own_lr_and_the_run_says_where_its_lr_came_from() -> None:
+    """The spec's `training.lr` is for the spec's own method; another method takes
+    `training.methods.<method>` or its own default, never the spec's lr silently."""
+    from promptmux.registry.errors import PromptmuxError
+    from promptmux.tasks.spec_file import resolve
+
+    fields = {"name": "t", "base_model": "tiny-random-llama",
+              "training": {"lr": 0.03, "epochs": 3, "methods": {"p-tuning": {"lr": 0.01, "epochs": 5}}}}
+
+    def config(**training: object) -> TrainConfig:
+        return resolve(fields, {}, {}, training)[2]
+
+    own, p_tuning, prefix, given = config(), config(method="p-tuning"), config(method="prefix"), config(method="prefix", lr=0.02)
+    assert (own.lr, own.lr_from) == (0.03, "the spec's training.lr")
+    assert (p_tuning.lr, p_tuning.epochs, p_tuning.lr_from) == (0.01, 5, "the spec's training.methods.p-tuning.lr")
+    assert (prefix.lr, prefix.epochs) == (0.003, 3) and prefix.lr_from == ("the default for prefix: the spec's "
+                                                                           "training.lr is for prompt")
+    assert (given.lr, given.lr_from) == (0.02, "--lr")
+    with pytest.raises(PromptmuxError, match="training.methods has lora"):
+        resolve({**fields, "training": {"methods": {"lora": {"lr": 1}}}}, {}, {}, {})
+
+
+def test_a_diverging_loss_stops_the_run_with_a_warning_naming_the_lr() -> None:
+    """As prefix tuning at the prompt-tuning lr did on SmolLM2: the loss climbs from about 2
+    to 16. The run stops at the first logged step where the last few losses are well above
+    the first few; noise around a flat loss never stops it."""
+    from transformers import TrainerControl, TrainingArguments
+
+    from promptmux.tasks.fit import _Divergence
+
+    def run(losses: list[float]) -> tuple[TrainerControl, list[str]]:
+        warnings, control = [], TrainerControl()
+        callback, state = _Divergence(0.03, "prefix", warnings), TrainerState()
+        for step, loss in enumerate(losses, 1):
+            state.global_step = step
+            callback.on_log(TrainingArguments(output_dir="unused", report_to="none"), state, control, logs={"loss": loss})
+            if control.should_training_stop:
+                break
+        return control, warnings
+
+    stopped, warnings = run([2.1, 2.0, 1.9, 2.2, 2.0, 3.0, 6.0, 9.0, 12.0, 16.0, 16.5, 15.0])
+    assert stopped.should_training_stop and warnings == [
+        "training stopped at step 10: the loss climbed to 9.20 from 2.04 at the start; learning rate 0.03 is too high "
+        "for prefix (try a tenth of it)"]
+    flat, none = run([2.0, 2.3, 1.7, 2.4, 1.9, 2.6, 1.5, 2.2, 2.5, 1.8] * 3)
+    assert not flat.should_training_stop and none == []
