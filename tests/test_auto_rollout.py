@@ -3,6 +3,7 @@ rollback out, every change in the task's history."""
 
 import json
 import random
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, Vari
 from promptmux.registry.schemas import utc_now
 from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.rollouts.loop import Experiment, OutcomeLog, advance
+from promptmux.serving.rollouts.plot import plotted
+from promptmux.serving.rollouts.review import review
 
 BASE = "tiny-random-llama"
 
@@ -81,6 +84,12 @@ def test_an_ended_rollout_is_reviewed_from_its_decision_and_plotted(cli, registr
     shown = cli("registry", "rollout-status", "reviews", "--at", "1", "--plot", str(png := tmp_path / "ab.png"), *uri)
     assert shown.code == 0 and "automatic rollout 1 of 2" in shown.out and "promote, production → v2" in shown.out
     assert f"wrote {png}" in shown.err and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    late = Outcome(id="late", task="reviews", version=2, variant="candidate", experiment=first["experiment"], score=1.0)
+    registry.outcomes.record(late)  # feedback that arrives after the decision
+    rollout = review(registry, registry.rollouts.experiments("reviews")[0], log := OutcomeLog(registry, "reviews"))
+    drawn = Counter(o.variant for o in plotted(rollout, log.read()))
+    assert {side: drawn[side] for side in ("control", "candidate")} == {
+        side: first[side]["outcomes"] for side in ("control", "candidate")}  # the plot counts what the table shows
     last = cli("registry", "rollout-status", "reviews", *uri)
     assert "automatic rollout 2 of 2" in last.out and "stopped by hand at step 1 of 1" in last.out
     beyond = cli("registry", "rollout-status", "reviews", "--at", "3", *uri)

@@ -16,11 +16,19 @@ from promptmux.serving.rollouts.review import RolloutReview
 from promptmux.serving.rollouts.sequential import ArmOutcomes
 
 
+def plotted(rollout: RolloutReview, outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes the plot draws, in time order: the experiment's own, and once it has ended
+    only those up to its end, which the decision (and the table) counted; feedback that
+    arrives later is not part of it."""
+    end = rollout.ended_at
+    return sorted((o for o in rollout.policy.own(outcomes) if end is None or o.at <= end), key=lambda o: o.at)
+
+
 def plot_rollout(task: str, rollout: RolloutReview, outcomes: list[Outcome], path: Path) -> None:
     policy = rollout.policy
     figure = Figure(figsize=(9, 5.5), layout="constrained")  # no pyplot: no backend, no global state
     scores, shares = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    ordered = sorted(policy.own(outcomes), key=lambda o: o.at)
+    ordered = plotted(rollout, outcomes)
     for side, version in (("control", policy.control), ("candidate", policy.candidate)):
         arm, times, means, lows, highs = ArmOutcomes(), [], [], [], []
         for outcome in (o for o in ordered if o.variant == side):
