@@ -57,6 +57,9 @@ class TrainConfig(StrictModel):
     seed: int = Field(42, description="seed of the prompt init, data order and validation split")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     trust_remote_code: bool = False
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers Trainer also reports the run to (TensorBoard's event files go to the "
+        "run's folder; MLflow and W&B read their own settings, e.g. MLFLOW_TRACKING_URI)")
     lr_from: str = Field("", description="where the learning rate came from (said before training, kept with the run)")
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ prefix tuning (a projected prefix saves its output, not the MLP; peft#2256), so 
 trainable parameters of the best validation pass are kept in memory and put back at the end.
 """
 
+import importlib.util
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.integrations import TensorBoardCallback
 
+from promptmux.registry.errors import PromptmuxError
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example
 from promptmux.tasks.encoding import TaskEncoder
@@ -164,7 +167,7 @@ def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, dev
         greater_is_better=False,
         prediction_loss_only=True,
         logging_steps=1,
-        report_to="none",
+        report_to=[name for name in config.report_to if name != "tensorboard"] or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
         bf16=config.bf16,
@@ -175,6 +178,26 @@ def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, dev
     )
 
 
+TRACKER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+
+
+def check_trackers(config: TrainConfig) -> None:
+    """Refuse, before anything loads, a tracker whose library is not installed."""
+    for name in config.report_to:
+        if not any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name]):
+            raise PromptmuxError(f"--report-to {name} needs {TRACKER_PACKAGES[name][0]}: pip install 'promptmux[{name}]'")
+
+
+def trackers(config: TrainConfig, work_dir: Path) -> list[TrainerCallback]:
+    """Trainer's TensorBoard callback writing into the run's folder (`<run>/tensorboard`), which
+    outlives the checkpoints; MLflow and W&B go through `report_to`."""
+    if "tensorboard" not in config.report_to:
+        return []
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(work_dir / "tensorboard")
+    return [callback]
+
+
 def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation: list[Example], config: TrainConfig,
         work_dir: Path, console: Console) -> Curve:
     """Train the prompt; on return the model holds the prompt with the best validation loss."""
@@ -183,7 +206,7 @@ def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation
     args = _arguments(config, steps_per_epoch, checkpoints, model.device.type)
     diverged: list[str] = []
     callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}"), _BestPrompt(model),
-                                        _Divergence(config.lr, config.method, diverged)]
+                                        _Divergence(config.lr, config.method, diverged), *trackers(config, work_dir)]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, encoder),

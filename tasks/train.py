@@ -28,7 +28,7 @@ from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
-from promptmux.tasks.fit import SHIFT_GAP, Curve, far_above, fit
+from promptmux.tasks.fit import SHIFT_GAP, Curve, check_trackers, far_above, fit
 from promptmux.tasks.progress import status
 from promptmux.tasks.prompt_init import peft_config
 
@@ -100,6 +100,7 @@ def train_task(
     """Train, evaluate, write the learning curve and metrics, then register the new version."""
     console = console or Console(stderr=True)
     limits().check_spec(spec)  # before anything loads: a task past the limits is refused, not trained
+    check_trackers(config)
     if alias:
         validate_alias(alias)
     if spec.kind is TaskKind.classification:

@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import TrainerState
 
 from promptmux.registry import Registry, TaskSpec
+from promptmux.registry.errors import PromptmuxError
 from promptmux.serving.bench.machine import busy_neighbour
 from promptmux.serving.models.loading import load_model, load_tokenizer
 from promptmux.tasks.config import TrainConfig
@@ -235,7 +236,6 @@ def test_the_same_training_twice_once_beside_a_busy_process_gives_the_same_run(t
 def test_a_spec_sets_each_method_its_own_lr_and_the_run_says_where_its_lr_came_from() -> None:
     """The spec's `training.lr` is for the spec's own method; another method takes
     `training.methods.<method>` or its own default, never the spec's lr silently."""
-    from promptmux.registry.errors import PromptmuxError
     from promptmux.tasks.spec_file import resolve
 
     fields = {"name": "t", "base_model": "tiny-random-llama",
@@ -278,3 +278,36 @@ def test_a_diverging_loss_stops_the_run_with_a_warning_naming_the_lr() -> None:
         "for prefix (try a tenth of it)"]
     flat, none = run([2.0, 2.3, 1.7, 2.4, 1.9, 2.6, 1.5, 2.2, 2.5, 1.8] * 3)
     assert not flat.should_training_stop and none == []
+
+
+def events(folder: Path) -> list:
+    """Every event in a TensorBoard folder's event files (TFRecord: length, its CRC, the record, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found = []
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            found.append(event_pb2.Event.FromString(data[at + 12:at + 12 + length]))
+            at += 12 + length + 4
+    return found
+
+
+def test_report_to_tensorboard_writes_the_run_where_tensorboard_reads_it(tmp_path: Path) -> None:
+    train = examples(load_records(DOG / "dog_grooming_reviews_train_data.json"), DataFields(), DOG)[:40]
+    spec = TaskSpec(name="grooming", kind="classification", labels={"0": "0", "1": "1"}, base_model="tiny-random-llama")
+    config = TrainConfig(base_model="tiny-random-llama", lr=0.3, epochs=1, evals_per_epoch=2, num_virtual_tokens=4,
+                         init="random", seed=3, report_to=["tensorboard"])
+    result = train_task(spec, train, train[:8], config, Registry(str(tmp_path / "registry")), tmp_path / "run", "data")
+    values = [(e.step, v.tag, v.simple_value) for e in events(tmp_path / "run" / "tensorboard") for v in e.summary.value]
+    curve = json.loads(result.metrics_json.read_text())["curve"]
+    logged = [(step, value) for step, tag, value in values if tag == "train/loss"]
+    assert [step for step, _ in logged] == curve["step"]
+    assert [value for _, value in logged] == pytest.approx(curve["train_loss"], rel=1e-5)
+    assert any(tag == "eval/loss" for _, tag, _ in values)
+    with pytest.raises(PromptmuxError, match=r"--report-to wandb needs wandb: pip install 'promptmux\[wandb\]'"):
+        train_task(spec, train, train[:8], config.model_copy(update={"report_to": ["wandb"]}),
+                   Registry(str(tmp_path / "other")), tmp_path / "run2", "data")

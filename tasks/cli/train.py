@@ -65,6 +65,8 @@ def train(
     init_text: Annotated[str | None, _option("--init-text", _help("init_text"))] = None,
     num_virtual_tokens: Annotated[int | None, _option("--num-virtual-tokens", _help("num_virtual_tokens"), min=1)] = None,
     lr: Annotated[float | None, _option("--lr", _help("lr"), min=0.0)] = None,
+    report_to: Annotated[list[str] | None, _option("--report-to", f"{_help('report_to')} (tensorboard, mlflow or "
+                                                   "wandb; repeat for several)")] = None,
     lr_scheduler: Annotated[str | None, _option("--lr-scheduler", _help("lr_scheduler"))] = None,
     epochs: Annotated[int | None, _option("--epochs", _help("epochs"), min=1)] = None,
     batch_size: Annotated[int | None, _option("--batch-size", _help("batch_size"), min=1)] = None,
@@ -105,7 +107,7 @@ def train(
          "lr_scheduler": lr_scheduler, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
          "validation_fraction": validation_fraction, "early_stopping_patience": early_stopping_patience,
          "max_input_tokens": max_input_tokens, "max_output_tokens": max_output_tokens, "bf16": bf16, "seed": seed,
-         "device": device, "trust_remote_code": trust_remote_code or None},
+         "device": device, "trust_remote_code": trust_remote_code or None, "report_to": report_to or None},
         str(spec_file or "the task"),
     )
     spec = spec.model_copy(update={"base_model": model_identity(spec.base_model)})
