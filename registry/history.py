@@ -1,6 +1,7 @@
 """A task's history: the audit trail people read (`promptmux registry history`), every
 change to how the task is served with who made it and why: alias moves, rollouts,
-automatic decisions and the statistics they were made on, archiving and unarchiving. (Servers follow the registry's
+automatic decisions and the statistics they were made on, registrations (imports
+included: `details.imported_from`), archiving and unarchiving. (Servers follow the registry's
 change feed, `change_feed.py`, instead.)
 
 Each change is one immutable file, `tasks/<task>/history/<time>-<random>.json`, never
@@ -17,7 +18,7 @@ from pydantic import Field
 from promptmux.registry.schemas import StrictModel, utc_now
 
 Action = Literal["alias", "alias-delete", "rollout", "rollout-clear", "auto-start", "step", "promote", "rollback",
-                 "archive", "unarchive"]
+                 "archive", "unarchive", "register"]
 MANUAL = "manual"
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from promptmux.registry.change_feed import ChangeFeed, FeedKind
 from promptmux.registry.edits import Edit, EditJournal, subject_root, subject_words
 from promptmux.registry.errors import CorruptFileError, NotFoundError, StorageError, describe
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.names import validate_name
 from promptmux.registry.storage import Storage
 
@@ -93,11 +94,12 @@ class RecordFiles:
                                    "--repair` finishes it)") from exc
             yield
 
-    def announced(self, task: str, what: FeedKind, claim: Callable[[], ClaimT]) -> ClaimT:
+    def announced(self, task: str, what: FeedKind, claim: Callable[[], ClaimT],
+                  history: list[HistoryEntry] | None = None) -> ClaimT:
         """Run `claim`, a create-only write that makes something new visible (a task, a version),
-        between recording and applying its announcement: if it claims nothing (returns a falsy
-        value) or fails, the record is withdrawn and nothing changed."""
-        edit = Edit(task=task, what=what)
+        between recording and applying its announcement (and its `history` entries): if it
+        claims nothing (returns a falsy value) or fails, the record is withdrawn and nothing changed."""
+        edit = Edit(task=task, what=what, history=history or [])
         self.journal.begin(edit)
         try:
             claimed = claim()

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
+from promptmux.registry.history import HistoryEntry
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import parse_version
 from promptmux.registry.records import RecordFiles, task_rel, version_rel
@@ -105,15 +106,18 @@ class VersionStore:
             sha256=artifact().tensors_sha256(prompt.tensors),
         )
 
-        def claim() -> PromptVersion:
-            for _ in range(MAX_CLAIM_ATTEMPTS):
-                manifest = template.model_copy(update={"version": max(self._claimed_numbers(task), default=0) + 1})
-                if self.files.storage.publish_dir(version_rel(task, manifest.version),
-                                                  artifact().version_files(manifest, prompt)):
-                    return manifest
-            raise ConflictError(f"could not claim a version number for task {task!r}")
-
-        return self.files.announced(task, "version", claim)
+        for _ in range(MAX_CLAIM_ATTEMPTS):  # each number tried is its own announced edit, with its history entry
+            manifest = template.model_copy(update={"version": max(self._claimed_numbers(task), default=0) + 1})
+            details = {"version": manifest.version, "method": prompt.method, "init": init_method,
+                       **({"imported_from": training["imported_from"]} if training and "imported_from" in training else {})}
+            claimed = self.files.announced(
+                task, "version",
+                lambda m=manifest: self.files.storage.publish_dir(version_rel(task, m.version),
+                                                                  artifact().version_files(m, prompt)) and m,
+                [HistoryEntry(action="register", details=details)])
+            if claimed:
+                return claimed
+        raise ConflictError(f"could not claim a version number for task {task!r}")
 
     def all(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
         self.tasks.get(task)

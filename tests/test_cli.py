@@ -132,8 +132,10 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     assert "0.667" in table.out and table.out.count("no data yet") == 4  # scored, but no request served yet
     assert filled_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and filled_plot.stat().st_size > 10_000
     history = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
-    assert [(c["actor"], c["action"]) for c in history] == [("manual", "alias"), ("manual", "rollout")]
-    assert history[1]["reason"] == "--auto" and history[0]["details"] == {"alias": "production", "version": 1, "was": None}
+    assert [(c["actor"], c["action"]) for c in history] == [("manual", "register")] * 3 + [("manual", "alias"),
+                                                                                           ("manual", "rollout")]
+    assert [c["details"]["version"] for c in history[:3]] == [1, 2, 3] and history[0]["details"]["method"] == "prompt_tuning"
+    assert history[4]["reason"] == "--auto" and history[3]["details"] == {"alias": "production", "version": 1, "was": None}
     assert "rollout (control=1=95, candidate=2=5): --auto" in cli("registry", "history", "sentiment", *uri).out
     for bad, message in [(("1=95", "2=5", "3=1"), "--auto takes two versions"), (("1=95", "2=5", "--steps", "a"), "invalid --steps")]:
         refused = cli("registry", "rollout", "sentiment", *bad, "--auto", *uri)

@@ -237,7 +237,7 @@ def export(
 
 @registry_app.command("history")
 def history(task: str, registry: RegistryOption = "", as_json: JsonOption = False) -> None:
-    """Every change to how a task is served: alias moves, rollouts, automatic decisions, archiving."""
+    """Every change to a task: registrations and imports, alias moves, rollouts, automatic decisions, archiving."""
     changes = open_registry(registry).history(task)
     if as_json:
         print_json([change.model_dump(mode="json") for change in changes])
