@@ -188,6 +188,7 @@ def test_promptmux_serve_follows_edits_on_s3_serves_then_drains_on_sigterm_and_l
     assert process.returncode == 0 and "draining" in output and "shadowed" not in output, output[-3000:]
     assert "base model tiny-random-llama: the one every task" in output
     assert "shutting down Serve and the local Ray cluster" in output
+    assert "graceful_shutdown failed" not in output and "infinite retries" not in output  # a clean stop, said cleanly
     for result in finite:  # in flight at SIGTERM, finished after it, in full
         assert result["status"] == 200 and result["ended_at"] > signalled
         if "events" in result:

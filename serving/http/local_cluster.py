@@ -86,7 +86,7 @@ def run_local(
                 break
     finally:
         say("shutting down Serve and the local Ray cluster")
-        try:
-            serve.shutdown()
+        try:  # the application goes first: `serve.shutdown()` kills its controller mid-call, which Ray reports as
+            serve.delete(APP_NAME)  # a failed task on every clean stop; the cluster is ours and goes with it
         finally:
             ray.shutdown()
