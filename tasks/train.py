@@ -108,6 +108,7 @@ def train_task(
         if unknown:
             raise DataError(f"targets {unknown} are not labels of {spec.name!r} ({', '.join(spec.labels)})")
     existing = registry.tasks.get(spec.name) if registry.tasks.exists(spec.name) else None
+    console.print(f"{config.method}: learning rate {config.lr:g} ({config.lr_from})", highlight=False)
     with status(console, f"loading {config.base_model}"):
         model, encoder, init_text = _prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())

@@ -183,12 +183,10 @@ def test_collapsing_training_loss_is_warned_about() -> None:
 def test_dog_grooming_example_spec_reads_the_comment_of_every_seed_record() -> None:
     """The seed's test inputs carry an instruction its training inputs lack; the example
     spec's input_pattern gives the task the comment alone in both."""
-    import yaml
+    from promptmux.tasks.spec_file import example
 
-    spec_file = yaml.safe_load((EXAMPLES / "dog-grooming.yaml").read_text())
-    fields = DataFields.model_validate(spec_file["data"])
-    spec = TaskSpec.model_validate({k: v for k, v in spec_file.items() if k not in ("data", "training")})
-    TrainConfig.model_validate({**spec_file["training"], "base_model": spec.base_model})
+    spec, fields, config = example("dog-grooming")
+    assert (config.lr, config.method) == (0.03, "prompt")
     for name, count in (("dog_grooming_reviews_train_data.json", 353), ("dog_grooming_reviews_test_data.json", 116)):
         found = examples(load_records(DOG / name), fields, DOG / name)
         assert len(found) == count and {e.target for e in found} == set(spec.labels)

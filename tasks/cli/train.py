@@ -18,7 +18,6 @@ from promptmux.tasks.cli.common import (
     TemplateOption,
     TrustRemoteCode,
     console,
-    err_console,
     open_registry,
     parse_labels,
     print_json,
@@ -111,7 +110,6 @@ def train(
         str(spec_file or "the task"),
     )
     spec = spec.model_copy(update={"base_model": model_identity(spec.base_model)})
-    err_console.print(f"{config.method}: learning rate {config.lr:g} ({config.lr_from})", highlight=False)
     check_base_model(spec.base_model)  # before reading data or loading anything
     train_set = examples(load_records(data), data_fields, data, limit)
     files = [data]
