@@ -6,6 +6,7 @@ these same functions, so both see one model and record it under one identity.
 """
 
 import difflib
+import functools
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,10 +78,12 @@ def check_base_model(model_id: str, offline: bool = False) -> None:
         raise unknown_model(model_id)
 
 
+@functools.cache
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers at all, asked once with a short timeout: when it
-    does not, an id missing from the cache is refused at once, not after a minute of the Hub
-    client's retries. `HF_HUB_OFFLINE` says no without asking."""
+    """Whether the Hugging Face Hub answers at all, asked once per process with a short
+    timeout (every load of a Hub id checks it): when it does not, an id missing from the
+    cache is refused at once, not after a minute of the Hub client's retries.
+    `HF_HUB_OFFLINE` says no without asking."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
