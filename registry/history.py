@@ -1,7 +1,8 @@
 """A task's history: the audit trail people read (`promptmux registry history`), every
 change to how the task is served with who made it and why: alias moves, rollouts,
 automatic decisions and the statistics they were made on, registrations (imports
-included: `details.imported_from`), archiving and unarchiving. (Servers follow the registry's
+included: `details.imported_from`), archiving, unarchiving and deleting. A deleted task's
+history stays (`RecordFiles.remove_task`), ending with who deleted it. (Servers follow the registry's
 change feed, `change_feed.py`, instead.)
 
 Each change is one immutable file, `tasks/<task>/history/<time>-<random>.json`, never
@@ -18,7 +19,7 @@ from pydantic import Field
 from promptmux.registry.schemas import StrictModel, utc_now
 
 Action = Literal["alias", "alias-delete", "rollout", "rollout-clear", "auto-start", "step", "promote", "rollback",
-                 "archive", "unarchive", "register"]
+                 "archive", "unarchive", "register", "delete"]
 MANUAL = "manual"
 
 

@@ -19,6 +19,7 @@ from promptmux.registry.history import HistoryEntry
 from promptmux.registry.names import validate_name
 from promptmux.registry.storage import Storage
 
+HISTORY_DIR = "history"
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 ClaimT = TypeVar("ClaimT")
 
@@ -55,6 +56,19 @@ class RecordFiles:
             problems = describe(exc.errors(), "file", limit=3)
             where = rel if outside else f"{self.uri.rstrip('/')}/{rel}"
             raise CorruptFileError(f"{where} is corrupt ({problems})") from exc
+
+    def remove_task(self, task: str) -> None:
+        """Remove a task's records, all but its history: the audit trail outlives the task, so
+        `registry history` still says who deleted it, and a task created again under the name
+        continues it."""
+        rel = task_rel(task)
+        for name in self.storage.listdir(rel):
+            if name != HISTORY_DIR:
+                self.storage.remove_tree(f"{rel}/{name}")
+
+    def leftovers(self, task: str) -> bool:
+        """Whether a task's folder holds anything but its history (a delete that was cut short)."""
+        return any(name != HISTORY_DIR for name in self.storage.listdir(task_rel(task)))
 
     def read_or_none(self, rel: str) -> bytes | None:
         try:

@@ -32,9 +32,9 @@ from pathlib import Path
 from promptmux.registry.alias_store import AliasStore
 from promptmux.registry.edits import Edit
 from promptmux.registry.errors import ConflictError, CorruptFileError
-from promptmux.registry.history import HistoryEntry
+from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.outcome_store import OutcomeStore
-from promptmux.registry.records import RecordFiles, task_rel
+from promptmux.registry.records import HISTORY_DIR, RecordFiles
 from promptmux.registry.rollout_store import RolloutStore
 from promptmux.registry.schemas import TaskView, VersionView, utc_now
 from promptmux.registry.storage import Storage, open_storage
@@ -109,11 +109,12 @@ class Registry:
             self.journal.run(Edit(task=task, what="archive", removes=[f"archived/{version}"],
                                   history=[HistoryEntry(action="unarchive", details={"version": version})]))
 
-    def delete_task(self, task: str, force: bool = False) -> None:
-        """Remove a task with every version, alias, rollout and record, refused while an alias
-        or a rollout routes traffic to it unless `force`. Its `task.json` goes first, in one
-        journaled edit that servers see, so a task half-deleted by a crash is already gone to
-        every reader, and deleting it again removes what is left."""
+    def delete_task(self, task: str, force: bool = False, actor: str = MANUAL) -> None:
+        """Remove a task with every version, alias, rollout and record but its history, which
+        records the delete; refused while an alias or a rollout routes traffic to it unless
+        `force`. Its `task.json` goes first, in one journaled edit that servers see, so a task
+        half-deleted by a crash is already gone to every reader, and deleting it again removes
+        what is left."""
         if self.tasks.exists(task):
             with self.tasks.editing(task):
                 users = [f"alias {name}→{version}" for name, version in sorted(self.aliases.of(task).items())]
@@ -121,10 +122,12 @@ class Registry:
                 if users and not force:
                     raise ConflictError(f"task {task!r} is served through {', '.join(users)}; move them, or delete "
                                         "anyway with --force")
-                self.journal.run(Edit(task=task, what="task", removes=["task.json"]))
-        elif not self.storage.exists(task_rel(task)):
+                deleted = HistoryEntry(actor=actor, action="delete", reason="forced" if users else "",
+                                       details={"versions": len(self.versions.numbers(task)), "served_by": users})
+                self.journal.run(Edit(task=task, what="task", removes=["task.json"], history=[deleted]))
+        elif not self.files.leftovers(task):
             self.tasks.get(task)  # unknown: says so, with a guess
-        self.storage.remove_tree(task_rel(task))
+        self.files.remove_task(task)
 
     # ------------------------------------------------------------ reading
     def show(self, task: str) -> TaskView:
@@ -149,9 +152,11 @@ class Registry:
         )
 
     def history(self, task: str) -> list[HistoryEntry]:
-        """Every recorded change of a task, oldest first."""
-        self.tasks.get(task)
-        return self.files.records(task, "history", HistoryEntry)
+        """Every recorded change of a task, oldest first; a deleted task's too."""
+        entries = self.files.records(task, HISTORY_DIR, HistoryEntry)
+        if not entries:
+            self.tasks.get(task)  # an unknown task says so
+        return entries
 
     # ------------------------------------------------------ verify and repair
     def verify(self, task: str | None = None, repair: bool = False) -> list[VerifyResult]:

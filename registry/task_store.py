@@ -58,7 +58,7 @@ class TaskStore:
         except BaseException as exc:
             claimed_by_another = isinstance(exc, ConflictError)  # a concurrent creator's task is theirs
             if new and not claimed_by_another and not self.files.storage.listdir(f"{task_rel(spec.name)}/versions"):
-                self.files.storage.remove_tree(task_rel(spec.name))
+                self.files.remove_task(spec.name)
                 for edit in self.files.journal.pending(spec.name):  # its announcement, if that is what failed
                     self.files.journal.withdraw(edit)
                 if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError):

@@ -163,8 +163,13 @@ def test_unarchive_and_delete(cli, filled: Registry) -> None:
     assert refused.code == 1 and "served through its rollout" in refused.err and filled.tasks.exists("sentiment")
     deleted = cli("registry", "delete", "sentiment", "--force", *uri)
     assert deleted.code == 0 and "deleted task sentiment" in deleted.out
-    assert not filled.tasks.exists("sentiment") and not (Path(filled.uri) / "tasks" / "sentiment").exists()
+    assert not filled.tasks.exists("sentiment")
+    assert sorted(p.name for p in (Path(filled.uri) / "tasks" / "sentiment").iterdir()) == ["history"]
     assert filled.tasks.names() == [] and cli("registry", "delete", "sentiment", *uri).code == 1
+    after = json.loads(cli("registry", "history", "sentiment", *uri, "--json").out)
+    assert len(after) == len(history) + 2 and after[-1]["action"] == "delete"  # the rollout, then the delete
+    assert after[-1]["details"] == {"versions": 3, "served_by": ["its rollout"]} and after[-1]["reason"] == "forced"
+    assert cli("registry", "history", "never-was", *uri).code == 1
 
 
 def test_a_split_whose_weights_do_not_add_up_to_100_says_so(cli, filled: Registry) -> None:

@@ -2,7 +2,12 @@
 two-node Ray cluster on this machine (Ray's own `cluster_utils.Cluster`, one replica per
 node): an alias moved in the registry reaches both nodes within 5 seconds, through the
 change feed. `promptmux serve --replicas 2` on S3 (a moved alias, a tenant revoked) is in
-`test_serve_cli.py`."""
+`test_serve_cli.py`.
+
+The second node declares a GPU that no replica is given (`num_gpus` 0): each replica, whose
+engine then runs on the CPU, logs the one warning that says so."""
+
+from pathlib import Path
 
 import psutil
 import pytest
@@ -32,7 +37,7 @@ def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     # request on its own node's replica while that one has room.
     monkeypatch.setenv("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, num_gpus=1)  # a logical GPU: Ray does not look for the hardware
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
@@ -56,3 +61,7 @@ def test_two_ray_nodes_serve_from_one_s3_registry_and_both_follow_a_moved_alias(
     assert len(nodes) == 2, f"both replicas run under one Ray node: {replicas}"
     elapsed = seconds_until_every_replica_serves(url, registry, 2)
     print(f"alias move on S3 reached both Ray nodes in {elapsed:.2f} s")
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    warned = [line for path in logs.glob("worker-*") for line in path.read_text(errors="replace").splitlines()
+              if "engine runs on the CPU while the cluster has 1 GPU(s)" in line]
+    assert len(warned) == 2, warned  # one per replica
