@@ -8,9 +8,10 @@ Layout under the root (any fsspec URL)::
     tasks/<task>/rollout.json                RolloutSpec
     tasks/<task>/archived/<n>                marker: version n is archived
     changes/<n>.json                         the change feed (`change_feed.py`): one entry per routing edit, for servers
+    traffic/<hour>/<minute>-<replica>.json   what each replica served, per task and tenant (`traffic_store.py`)
 
 `Registry` composes one store per kind of record (`registry.tasks`, `.versions`,
-`.aliases`, `.rollouts`, `.outcomes`, `.transfer` for PEFT import and export, `.tenants`), all over one
+`.aliases`, `.rollouts`, `.outcomes`, `.transfer` for PEFT import and export, `.tenants`, `.traffic`), all over one
 `RecordFiles`, each depending only on the ones before it; it keeps what spans them: the
 edits that check what routes traffic (archive, delete), the task's view and history,
 verification and repair.
@@ -40,6 +41,7 @@ from promptmux.registry.schemas import TaskView, VersionView, utc_now
 from promptmux.registry.storage import Storage, open_storage
 from promptmux.registry.task_store import TaskStore
 from promptmux.registry.tenant_store import TenantStore
+from promptmux.registry.traffic_store import TrafficStore
 from promptmux.registry.transfer import PeftTransfer
 from promptmux.registry.version_store import VersionStore
 
@@ -80,6 +82,7 @@ class Registry:
         self.outcomes = OutcomeStore(self.files)
         self.transfer = PeftTransfer(self.files, self.tasks, self.versions)
         self.tenants = TenantStore(self.files)
+        self.traffic = TrafficStore(self.files)
 
     @property
     def uri(self) -> str:

@@ -28,12 +28,13 @@ class RolloutStore:
         return self.files.read(RolloutSpec, f"{task_rel(task)}/rollout.json")
 
     def set(self, task: str, spec: RolloutSpec, actor: str = MANUAL, reason: str = "") -> None:
-        """Split the task's default traffic; set by hand, it stops an automatic rollout."""
+        """Split the task's default traffic; it stops an automatic rollout (holding its split, when
+        set to the split it had: a pause)."""
         with self.tasks.editing(task):
             for variant in spec.variants:
                 self.versions.check_servable(task, variant.version)
             self.files.journal.run(Edit(task=task, what="rollout", writes={"rollout.json": spec.model_dump_json(indent=2)},
-                                        removes=[POLICY_FILE] if actor == MANUAL else [],
+                                        removes=[POLICY_FILE],
                                         history=[_split_entry(spec, actor, reason)]))
 
     def clear(self, task: str, actor: str = MANUAL, reason: str = "") -> None:

@@ -133,7 +133,9 @@ def train_task(
                "eval_examples": len(held_out), "eval_rows": rows_digest(held_out), "steps": curve.step[-1] if curve.step else 0,
                "best_step": curve.best_step, "stopped_early": curve.stopped_early,
                "final_train_loss": curve.train_loss[-1], "best_validation_loss": min(curve.eval_loss),
-               "warnings": curve.warnings, "train_seconds": round(time.time() - started, 2)}
+               "warnings": curve.warnings, "train_seconds": round(time.time() - started, 2),
+               "learning_curve": {"step": curve.step, "train_loss": [round(x, 5) for x in curve.train_loss],
+                                  "eval_step": curve.eval_step, "eval_loss": [round(x, 5) for x in curve.eval_loss]}}
     if spec.kind is TaskKind.classification:
         metrics.update(accuracy=after["tuned"]["accuracy"], macro_f1=after["tuned"]["macro_f1"],
                        base_accuracy=before["base_model"]["accuracy"], base_macro_f1=before["base_model"]["macro_f1"],

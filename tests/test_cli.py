@@ -143,6 +143,14 @@ def test_auto_rollout_status_and_history(cli, filled: Registry, llama_fp) -> Non
     assert cli("registry", "rollout", "sentiment", "--clear", *uri).code == 0
     stopped = cli("registry", "rollout-status", "sentiment", *uri)
     assert stopped.code == 0 and "stopped by hand at step 1 of 3" in stopped.out
+    none = cli("registry", "promote", "sentiment", *uri)
+    assert none.code == 1 and "has no automatic rollout running" in none.err
+    assert cli("registry", "rollout", "sentiment", "1=95", "3=5", "--auto", *uri).code == 0
+    promoted = cli("registry", "promote", "sentiment", *uri)
+    assert promoted.code == 0 and "promote by manual, production → v3 (promote by hand)" in promoted.out
+    assert filled.aliases.of("sentiment")["production"] == 3 and filled.rollouts.get("sentiment") is None
+    ended = json.loads(cli("registry", "rollout-status", "sentiment", *uri, "--json").out)
+    assert (ended["rollout"], ended["status"], ended["reason"]) == (2, "promote", "promote by hand")
     filled.tasks.create(TaskSpec(name="other", base_model="tiny-random-llama"), llama_fp)
     never = cli("registry", "rollout-status", "other", *uri)
     assert never.code == 1 and "has had no automatic rollout (start one with: promptmux registry rollout other 1=95 2=5 --auto)" in never.err

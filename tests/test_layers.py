@@ -6,10 +6,13 @@ demo and the root CLI, which composes every room) sits on top. Inside `serving` 
 point down: http -> runtime -> engine -> models, with `rollouts` (the decisions) beside the
 engine and bench on top; the engine and the models (pure torch + transformers) import no
 Ray, FastAPI or Prometheus, the runtime no Ray or FastAPI, and the http room no engine
-module: it talks to the runtime alone.
+module: it talks to the runtime alone. The console (`console`, mounted by http) reads the
+registry and the rollouts' statistics, and loads no model: no torch, no engine.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 WEB = {"ray", "fastapi", "starlette", "uvicorn"}
 ROOMS = {  # a room of serving/ -> what it may not import: rooms above or beside it, and libraries
-    "models": ({"engine", "rollouts", "runtime", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
-    "engine": ({"rollouts", "runtime", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
-    "rollouts": ({"models", "engine", "runtime", "http", "bench"}, WEB | {"prometheus_client", "torch", "transformers"}),
-    "runtime": ({"http", "bench"}, WEB),
+    "models": ({"engine", "rollouts", "runtime", "console", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
+    "engine": ({"rollouts", "runtime", "console", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
+    "rollouts": ({"models", "engine", "runtime", "console", "http", "bench"},
+                 WEB | {"prometheus_client", "torch", "transformers"}),
+    "runtime": ({"console", "http", "bench"}, WEB),
+    "console": ({"models", "engine", "http", "bench"}, {"ray", "torch", "transformers", "prometheus_client"}),
     "http": ({"engine", "bench"}, set()),
     "bench": (set(), set()),
 }
@@ -275,3 +280,24 @@ def test_each_request_is_one_runtime_call() -> None:
                       "@router.post('/v1/x')\nasync def x(body):\n    items = await service.prepare(body)\n"
                       "    return await helper(service, items)\n")
     assert route_calls([back_and_forth]) == {"x": 2}  # the rule fails when broken
+
+
+def test_the_console_and_the_cli_import_without_torch(tmp_path: Path) -> None:
+    """`promptmux ui` starts in seconds because nothing on its path loads torch: run with
+    torch (and transformers, PEFT, Ray) made unimportable, the CLI imports and the console's
+    app is built over a registry."""
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'ray'):\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import promptmux.tasks.cli\n"
+        "from promptmux.registry import Registry\n"
+        "from promptmux.serving.console.app import console_app\n"
+        "console_app(Registry(sys.argv[1]))\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "registry")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

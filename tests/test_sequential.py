@@ -7,7 +7,7 @@ consulted after every batch of 10 outcomes, as a controller watching feedback do
 import random
 
 from promptmux.registry.policy import SequentialTest
-from promptmux.serving.rollouts.sequential import ArmOutcomes, decide
+from promptmux.serving.rollouts.sequential import ArmOutcomes, confidence_radius, decide
 
 EXPERIMENTS = 500
 BATCH = 10
@@ -74,3 +74,21 @@ def test_peeking_at_a_fixed_horizon_test_would_fail_the_same_a_a_check() -> None
                     wrong += 1
                     break
     assert wrong > 0.15 * EXPERIMENTS
+
+
+def test_the_confidence_sequence_leaves_zero_exactly_when_the_test_decides() -> None:
+    """The console draws the difference with its always-valid band (`confidence_radius`): the
+    band excludes 0 on exactly the looks where the test reaches a verdict."""
+    test, rng = SequentialTest(min_samples=2, max_samples=10**6), random.Random(5)
+    decided = undecided = 0
+    for _ in range(300):
+        control, candidate = ArmOutcomes(), ArmOutcomes()
+        for _ in range(rng.randint(2, 400)):
+            control.add(float(rng.random() < 0.5))
+            candidate.add(float(rng.random() < rng.choice((0.5, 0.8))))
+        verdict = decide(test, control, candidate)
+        excludes_zero = abs(verdict.difference) > confidence_radius(test, control, candidate)
+        assert excludes_zero == (verdict.verdict != "continue")
+        decided += excludes_zero
+        undecided += not excludes_zero
+    assert decided > 20 and undecided > 20  # both sides of the boundary were tried

@@ -174,6 +174,9 @@ def test_promptmux_serve_follows_edits_on_s3_serves_then_drains_on_sigterm_and_l
         seen, streamed, ended = asyncio.run(revoked_while_busy(url, registry, key))
         serves_as_a_user_expects(url, registry)
         metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
+        with httpx.Client(base_url=url) as browser:  # the console, mounted at /ui by every replica
+            assert browser.post("/ui/login", data={"key": ADMIN_KEY}).status_code == 303
+            console_tasks = {row["name"] for row in browser.get("/ui/api/tasks").json()["tasks"]}
         finite, cut, refused, signalled = asyncio.run(drain(url, process))
     except BaseException:  # stop the server (and the Ray cluster it started) before failing
         process.send_signal(signal.SIGTERM)
@@ -184,6 +187,7 @@ def test_promptmux_serve_follows_edits_on_s3_serves_then_drains_on_sigterm_and_l
     late = [(status, replica) for since, status, replica in seen if since >= MOVE_DEADLINE_S]
     assert late and {status for status, _ in late} == {401}  # within 5 s every new request is refused...
     assert len({replica for since, status, replica in seen if status == 401}) == 2  # ...by both replicas
+    assert console_tasks == set(registry.tasks.names())
     assert key not in output and key not in metrics  # the server log and the metrics never hold a key
     assert process.returncode == 0 and "draining" in output and "shadowed" not in output, output[-3000:]
     assert "base model tiny-random-llama: the one every task" in output

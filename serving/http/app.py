@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI) over a `PromptmuxService`, assembled from its routers:
 promptmux's own endpoints, the OpenAI-compatible API, introspection, and the error
-handlers and gate in front of them all.
+handlers and gate in front of them all; the console (`serving/console/`) at `/ui`, which
+reads the registry and keeps its own sessions.
 
 Every failure a request can cause is answered with a 4xx and a message; overload with
 503 and `Retry-After`. A 500 means a bug.
@@ -8,6 +9,8 @@ Every failure a request can cause is answered with a 4xx and a message; overload
 
 from fastapi import FastAPI
 
+from promptmux.serving.console import CONSOLE_PATH
+from promptmux.serving.console.app import console_app
 from promptmux.serving.http.chat import chat_router
 from promptmux.serving.http.errors import ErrorResponses, install_error_handlers
 from promptmux.serving.http.guard import Guard
@@ -26,4 +29,6 @@ def build_app(service: PromptmuxService) -> FastAPI:
     install_error_handlers(app, error)
     for router in (native_router(service), openai_router(service), chat_router(service), introspection_router(service)):
         app.include_router(router)
+    admin_key = settings.api_token.get_secret_value() if settings.api_token else None
+    app.mount(CONSOLE_PATH, console_app(service.registry, admin_key, settings.console_edits))
     return app

@@ -1,7 +1,8 @@
 """The gate in front of the API: who calls (the bearer key: the admin, a tenant, or 401),
 refusals while draining, body size, the in-flight count. All checked before a body is
 parsed. The caller is handed to the routers in the request's state (`caller_of`);
-`/metrics` needs the admin key once the endpoint is guarded.
+`/metrics` needs the admin key once the endpoint is guarded. The console (`/ui`) passes
+through: its session cookie, not a bearer key, says who looks.
 
 A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`: that one runs the
 app in a task group of its own, which turns a client that goes away into an exception
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptmux.serving.console import CONSOLE_PATH  # a browser sends no bearer key: the console's sessions guard it
 from promptmux.serving.runtime.service import InFlight
 from promptmux.serving.runtime.tenants import ADMIN, Caller
 
@@ -50,6 +52,10 @@ class Guard:
             await send(message)
 
         request = Request(scope)
+        path = request.url.path.removeprefix(scope.get("root_path", ""))
+        if path == CONSOLE_PATH or path.startswith(f"{CONSOLE_PATH}/"):
+            await self.app(scope, receive, tagged)
+            return
         refusal = self.refusal(request)
         if refusal is None and "content-length" not in request.headers:  # chunked: read it, within the limit
             body = await self.capped_body(receive)

@@ -23,8 +23,9 @@ Outcome and served-window files are immutable, so an `OutcomeLog` reads each one
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+from promptmux.registry.errors import NotFoundError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import (
     LATENCY_BUCKETS_S,
@@ -177,6 +178,24 @@ def decide(policy: RolloutPolicy, experiment: Experiment) -> RolloutDecision | N
     change = HistoryEntry(actor=CONTROLLER, action="step", reason=reason, stats=experiment.snapshot(),
                     details={"from": policy.share, "to": moved.share})
     return RolloutDecision(experiment=policy.experiment, step=policy.step, change=change, next_policy=moved)
+
+
+def end_by_hand(registry: Registry, log: OutcomeLog, action: Literal["promote", "rollback"], actor: str) -> HistoryEntry:
+    """End the task's running automatic rollout now, as its controller would: `promote` moves
+    `production` to the candidate, `rollback` keeps it on (or returns it to) the control. The
+    decision is recorded and applied like the controller's, with the figures it was made on;
+    if the controller ended the rollout first, its decision stands and is returned."""
+    policy = registry.rollouts.policy(log.task)
+    if policy is None:
+        raise NotFoundError(f"task {log.task!r} has no automatic rollout running")
+    experiment = Experiment.of(policy, log.read(), log.read_served())
+    winner = policy.candidate if action == "promote" else policy.control
+    change = HistoryEntry(actor=actor, action=action, reason=f"{action} by hand", stats=experiment.snapshot(),
+                          details={"control": policy.control, "candidate": policy.candidate, "production": winner})
+    decision = registry.rollouts.record_decision(log.task, RolloutDecision(
+        experiment=policy.experiment, step=policy.step, change=change, winner=winner))
+    registry.rollouts.apply_decision(log.task, decision)
+    return decision.change
 
 
 def advance(registry: Registry, log: OutcomeLog) -> HistoryEntry | None:

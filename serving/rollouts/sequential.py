@@ -72,6 +72,15 @@ def likelihood_ratio(test: SequentialTest, control: ArmOutcomes, candidate: ArmO
     return math.exp(min(log_ratio, 700.0))
 
 
+def confidence_radius(test: SequentialTest, control: ArmOutcomes, candidate: ArmOutcomes) -> float:
+    """The half-width of the always-valid confidence sequence of the difference (the same
+    mixture, inverted): the test decides exactly when |difference| reaches it, so the band
+    difference ± radius leaving 0 is the decision boundary crossed."""
+    v = control.variance / control.count + candidate.variance / candidate.count
+    t2 = test.tau**2
+    return math.sqrt(2 * v * (v + t2) / t2 * (math.log(1 / test.alpha) + 0.5 * math.log((v + t2) / v)))
+
+
 def decide(test: SequentialTest, control: ArmOutcomes, candidate: ArmOutcomes) -> Decision:
     """What the test says now: continue, or a verdict once each arm has `min_samples` outcomes."""
     if min(control.count, candidate.count) < test.min_samples:

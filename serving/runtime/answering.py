@@ -45,6 +45,7 @@ from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
 from promptmux.serving.runtime.tenants import Caller, Quotas, Reservation
+from promptmux.serving.runtime.traffic import TrafficCounters
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
 
@@ -118,6 +119,7 @@ class Answering:
         self.settings, self.engine, self.async_engine, self.view = settings, engine, async_engine, view
         self.ids, self.metrics = ids, metrics
         self.served = ServedCounters()
+        self.traffic = TrafficCounters()
         self.quotas = Quotas(settings.replicas, settings.quota_window_s)
 
     async def serve(self, call: Call) -> Answers | AnswerStream:
@@ -130,6 +132,7 @@ class Answering:
                 reservation = self.quotas.admit(tenant, len(call.query.inputs), self._can_generate(call))
             except RateLimited as exc:
                 self.metrics.tenant_rate_limited.labels(name, exc.limit).inc()
+                self.traffic.limited(name)
                 raise
         ended = Ending(functools.partial(self._ended, call.caller, reservation))
         try:
@@ -153,6 +156,7 @@ class Answering:
             self.quotas.release(reservation, sum(generated))
         self.metrics.tenant_requests.labels(caller.name, status).inc()
         self.metrics.tenant_tokens.labels(caller.name).inc(sum(generated))
+        self.traffic.tenant(caller.name, status, sum(generated))
         for wait in waits:
             self.metrics.tenant_queue_wait.labels(caller.name).observe(wait)
 
@@ -263,6 +267,7 @@ class Answering:
         for a in assignments:
             self.metrics.requests.labels(endpoint, a.task, str(a.version), a.variant, result).inc()
             self.served.add(a, result, latency_s)
+            self.traffic.task(a.task, result)
 
     async def _finish(self, work: Awaitable[list[R | BaseException]], endpoint: str, items: list[Prepared]) -> list[R]:
         """Every output of a plain request within its deadline. Each input is counted with its

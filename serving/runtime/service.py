@@ -61,6 +61,7 @@ class PromptmuxService:
         self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.outcomes.feedback_key())
         self.answering = Answering(settings, self.engine, self.async_engine, self.view, self.ids, self.metrics)
         self._stopped = threading.Event()
+        self._traffic_since = time.monotonic()
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
         self._refresher.start()
 
@@ -86,6 +87,7 @@ class PromptmuxService:
             try:
                 self.view.refresh()
                 self._publish_served()
+                self._publish_traffic()
             except Exception:  # keep serving the last good view whatever the registry does
                 log.exception("registry refresh failed; keeping the previous routes")
 
@@ -95,8 +97,20 @@ class PromptmuxService:
         for task, window in self.answering.served.take(self.replica, rolling).items():
             self.registry.outcomes.record_served(task, window)
 
+    def _publish_traffic(self, now: bool = False) -> None:
+        """Append this replica's traffic window to the registry once it spans `traffic_interval_s`."""
+        if now or time.monotonic() - self._traffic_since >= self.settings.traffic_interval_s:
+            self._traffic_since = time.monotonic()
+            window = self.answering.traffic.take(self.replica)
+            if window is not None:
+                self.registry.traffic.record(window)
+
     def shutdown(self) -> None:
         self._stopped.set()
+        try:
+            self._publish_traffic(now=True)
+        except Exception as exc:  # the registry may be gone at shutdown; the window is only statistics
+            log.warning("could not write the last traffic window: %s", exc)
         self.async_engine.shutdown()
 
     async def drain(self, grace_s: float) -> None:

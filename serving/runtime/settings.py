@@ -31,6 +31,10 @@ class ServeSettings(BaseSettings):
         None, description="the admin key: if set, every endpoint but /healthz requires `Authorization: Bearer <key>` "
         "(a tenant's key, once tenants exist, opens its own tasks)"
     )
+    console_edits: bool = Field(
+        False, description="let the console at /ui edit (move aliases, end rollouts) with no admin key and no tenant "
+        "configured; with keys, only the admin key's session edits"
+    )
     replicas: int = Field(1, ge=1, description="replicas of this deployment: each enforces 1/replicas of every tenant quota")
     quota_window_s: float = Field(
         60.0, gt=0, le=3600, description="the sliding window tenant quotas are counted over; per-minute limits are "
@@ -39,6 +43,10 @@ class ServeSettings(BaseSettings):
 
     feedback_key: SecretStr | None = Field(
         None, description="hex key feedback ids are signed with (default: one kept in the registry, made on first use)"
+    )
+    traffic_interval_s: float = Field(
+        60.0, gt=0, le=3600, description="how often each replica appends its per-task and per-tenant traffic to the "
+        "registry, where the console reads the whole endpoint's last hour"
     )
     controller_interval_s: float = Field(
         2.0, gt=0, description="how often the rollout controller looks at automatic rollouts' feedback"

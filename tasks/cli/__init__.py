@@ -3,7 +3,7 @@
 It sits at the top of the layers (`tasks` may import `serving` and `registry`), so it
 takes each room's commands directly: `registry ...` (records and rollouts: `records.py`,
 `rollouts.py`), `tenants ...` (`tenants.py`), `train` and `demo` (tasks), `generate`, `serve`
-and `bench` (`serve.py`).
+and `bench` (`serve.py`), `ui` (`console.py`).
 """
 
 import os
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from promptmux.registry.errors import PromptmuxError, describe
 from promptmux.tasks.cli.common import err_console
+from promptmux.tasks.cli.console import ui_command
 from promptmux.tasks.cli.rollouts import registry_app
 from promptmux.tasks.cli.serve import bench_app, generate, serve_command
 from promptmux.tasks.cli.tenants import tenants_app
@@ -37,6 +38,7 @@ app.command("train")(train)
 app.command("demo")(demo)
 app.command("generate")(generate)
 app.command("serve")(serve_command)
+app.command("ui")(ui_command)
 app.add_typer(bench_app, name="bench")
 
 

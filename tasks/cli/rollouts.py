@@ -1,5 +1,6 @@
-"""`promptmux registry alias | rollout | rollout-status`: where a task's traffic goes, set
-by hand or by an automatic rollout, and the review of a rollout, running or ended.
+"""`promptmux registry alias | rollout | rollout-status | promote | rollback`: where a task's
+traffic goes, set by hand or by an automatic rollout, the review of a rollout, running or
+ended, and ending one by hand.
 """
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import typer
 from rich.table import Table
 
 from promptmux.registry.errors import PromptmuxError
+from promptmux.registry.history import MANUAL
 from promptmux.registry.names import parse_version
 from promptmux.registry.schemas import (
     RolloutSpec,
@@ -91,6 +93,29 @@ def rollout(
         print_json(current.model_dump(mode="json") if current else None)
     else:
         console.print(f"{task} rollout: {rollout_text(current)}")
+
+
+def _end_by_hand(task: str, action: str, registry: str) -> None:
+    from promptmux.serving.rollouts.loop import OutcomeLog, end_by_hand
+
+    reg = open_registry(registry)
+    change = end_by_hand(reg, OutcomeLog(reg, task), action, MANUAL)
+    console.print(f"{task}: {change.action} by {change.actor}, production → v{change.details['production']} "
+                  f"({change.reason})", highlight=False)
+
+
+@registry_app.command("promote")
+def promote(task: str, registry: RegistryOption = "") -> None:
+    """End the running automatic rollout now, production moving to the candidate (as the
+    console's Promote button does)."""
+    _end_by_hand(task, "promote", registry)
+
+
+@registry_app.command("rollback")
+def rollback(task: str, registry: RegistryOption = "") -> None:
+    """End the running automatic rollout now, production staying on the control (as the
+    console's Roll back button does)."""
+    _end_by_hand(task, "rollback", registry)
 
 
 def _parse_steps(text: str) -> list[float]:

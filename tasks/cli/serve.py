@@ -269,6 +269,23 @@ def bench_registry(
     print_registry_figures(report)
 
 
+@bench_app.command("console")
+def bench_console(quick: QuickOption = False, json_path: JsonPathOption = None, base_model: BenchModelOption = None) -> None:
+    """The console's experiment page at 10,000 outcomes beside 100: first open, poll, chart JSON size."""
+    from promptmux.serving.bench.console import run_console_benchmark
+
+    report = run_console_benchmark(quick=quick, base_model=base_model)
+    publish(report, "console", json_path)
+    table = Table(title="an experiment's page in the console")
+    for column in ("outcomes", "first open", "poll", "chart JSON", "points drawn"):
+        table.add_column(column)
+    for figures in report["experiments"].values():
+        table.add_row(str(figures["outcomes"]), f"{figures['page_first_s']:.3f} s", f"{figures['poll_s']:.3f} s",
+                      f"{figures['chart_json_kb']} kB", str(figures["points"]))
+    console.print(table)
+    console.print(f"poll at {report['config']['outcomes']} outcomes / at 100: {report['large_over_small_poll']}×")
+
+
 def publish(report: dict, name: str, json_path: Path | None) -> None:
     """Write the report as JSON (if asked) and print its ratios against their targets."""
     if json_path:
