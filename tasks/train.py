@@ -49,7 +49,7 @@ def default_init_text(spec: TaskSpec) -> str:
     return f"Complete the {spec.name} task."
 
 
-def _prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskEncoder, str]:
+def prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskEncoder, str]:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
@@ -96,8 +96,10 @@ def train_task(
     alias: str | None = None,
     note: str = "",
     console: Console | None = None,
+    extra_metrics: dict | None = None,
 ) -> TrainResult:
-    """Train, evaluate, write the learning curve and metrics, then register the new version."""
+    """Train, evaluate, write the learning curve and metrics, then register the new version
+    (with `extra_metrics` beside its own: a search's trials)."""
     console = console or Console(stderr=True)
     limits().check_spec(spec)  # before anything loads: a task past the limits is refused, not trained
     check_trackers(config)
@@ -110,7 +112,7 @@ def train_task(
     existing = registry.tasks.get(spec.name) if registry.tasks.exists(spec.name) else None
     console.print(f"{config.method}: learning rate {config.lr:g} ({config.lr_from})", highlight=False)
     with status(console, f"loading {config.base_model}"):
-        model, encoder, init_text = _prompt_model(spec, config)
+        model, encoder, init_text = prompt_model(spec, config)
     base_fingerprint = fingerprint(model.get_base_model())
     problem = existing.base_fingerprint.misfit(base_fingerprint) if existing else None
     if problem:
@@ -135,7 +137,8 @@ def train_task(
                "final_train_loss": curve.train_loss[-1], "best_validation_loss": min(curve.eval_loss),
                "warnings": curve.warnings, "train_seconds": round(time.time() - started, 2),
                "learning_curve": {"step": curve.step, "train_loss": [round(x, 5) for x in curve.train_loss],
-                                  "eval_step": curve.eval_step, "eval_loss": [round(x, 5) for x in curve.eval_loss]}}
+                                  "eval_step": curve.eval_step, "eval_loss": [round(x, 5) for x in curve.eval_loss]},
+               **(extra_metrics or {})}
     if spec.kind is TaskKind.classification:
         metrics.update(accuracy=after["tuned"]["accuracy"], macro_f1=after["tuned"]["macro_f1"],
                        base_accuracy=before["base_model"]["accuracy"], base_macro_f1=before["base_model"]["macro_f1"],

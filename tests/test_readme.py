@@ -41,7 +41,7 @@ def test_the_readme_shell_blocks_run_in_order(tmp_path: Path) -> None:
                      '"status":"ok"', "data: [DONE]", '"label"', "text_completion", "promptmux_requests_total",
                      "'task': 'act-as'", "draining", "registered act-as-chat version 1", '"object":"chat.completion"',
                      "chat.completion length", "\nTrue\n", "added tenant team-a", "unknown task 'grooming'",
-                     "no key: 401", "revoked: 401", "revoked tenant team-a", "console for", "['grooming']"):
+                     "no key: 401", "revoked: 401", "revoked tenant team-a", "console for", "['grooming']", "2 trials, chosen"):
         assert expected in output, (expected, output[-6000:])
     registry = tmp_path / "my-registry" / "tasks"
     template = json.loads((registry / "grooming" / "task.json").read_text())["spec"]["template"]

@@ -2,7 +2,7 @@
 
 It sits at the top of the layers (`tasks` may import `serving` and `registry`), so it
 takes each room's commands directly: `registry ...` (records and rollouts: `records.py`,
-`rollouts.py`), `tenants ...` (`tenants.py`), `train` and `demo` (tasks), `generate`, `serve`
+`rollouts.py`), `tenants ...` (`tenants.py`), `train`, `tune` and `demo` (tasks), `generate`, `serve`
 and `bench` (`serve.py`), `ui` (`console.py`).
 """
 
@@ -22,6 +22,7 @@ from promptmux.tasks.cli.rollouts import registry_app
 from promptmux.tasks.cli.serve import bench_app, generate, serve_command
 from promptmux.tasks.cli.tenants import tenants_app
 from promptmux.tasks.cli.train import train
+from promptmux.tasks.cli.tune import tune
 from promptmux.tasks.demo import demo
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.add_typer(registry_app, name="registry")
 app.add_typer(tenants_app, name="tenants")
 app.command("train")(train)
+app.command("tune")(tune)
 app.command("demo")(demo)
 app.command("generate")(generate)
 app.command("serve")(serve_command)

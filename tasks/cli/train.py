@@ -7,7 +7,7 @@ from typing import Annotated, get_args
 import typer
 
 from promptmux.registry import PromptmuxError
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL
+from promptmux.registry.schemas import DEFAULT_BASE_MODEL, TaskSpec
 from promptmux.tasks.cli.common import (
     BaseModelOption,
     FormatOption,
@@ -23,6 +23,7 @@ from promptmux.tasks.cli.common import (
     print_json,
 )
 from promptmux.tasks.config import TrainConfig
+from promptmux.tasks.data import Example
 from promptmux.tasks.spec_file import read_fields, resolve
 
 INIT_METHODS = list(get_args(TrainConfig.model_fields["init"].annotation))
@@ -35,6 +36,31 @@ def _option(flag: str, help_text: str, **kwargs) -> typer.models.OptionInfo:
 def _help(field: str) -> str:
     info = TrainConfig.model_fields[field]
     return info.description if info.default is None else f"{info.description} [default: {info.default}]"
+
+
+def task_data(spec_file: Path | None, task: str | None, data: Path, eval_data: Path | None, eval_fraction: float,
+              limit: int | None, task_fields: dict, data_fields: dict, training: dict,
+              ) -> tuple[TaskSpec, TrainConfig, list[Example], list[Example], str]:
+    """A task to train (or tune), from a spec file and flags: its spec, training settings, the
+    training and held-out examples, and the data's fingerprint."""
+    from promptmux.serving.models.loading import check_base_model, model_identity
+    from promptmux.tasks.data import examples, fingerprint_files, held_out_split, load_records
+
+    fields = read_fields(spec_file) if spec_file else {}
+    if task is None and "name" not in fields:
+        raise PromptmuxError("name the task with --task or a --spec file")
+    spec, record_fields, config = resolve({"base_model": DEFAULT_BASE_MODEL, **fields}, task_fields, data_fields,
+                                          training, str(spec_file or "the task"))
+    spec = spec.model_copy(update={"base_model": model_identity(spec.base_model)})
+    check_base_model(spec.base_model)  # before reading data or loading anything
+    train_set = examples(load_records(data), record_fields, data, limit)
+    files = [data]
+    if eval_data:
+        held_out = examples(load_records(eval_data), record_fields, eval_data)
+        files.append(eval_data)
+    else:
+        train_set, held_out = held_out_split(train_set, eval_fraction)
+    return spec, config, train_set, held_out, fingerprint_files(files)
 
 
 def train(
@@ -89,16 +115,11 @@ def train(
     Training settings come from the spec file's `training:` section and record fields from
     its `data:` section; flags override both.
     """
-    from promptmux.serving.models.loading import check_base_model, model_identity
-    from promptmux.tasks.data import examples, fingerprint_files, held_out_split, load_records
     from promptmux.tasks.report import print_report
     from promptmux.tasks.train import train_task
 
-    fields = read_fields(spec_file) if spec_file else {}
-    if task is None and "name" not in fields:
-        raise PromptmuxError("name the task with --task or a --spec file")
-    spec, data_fields, config = resolve(
-        {"base_model": DEFAULT_BASE_MODEL, **fields},
+    spec, config, train_set, held_out, data_fingerprint = task_data(
+        spec_file, task, data, eval_data, eval_fraction, limit,
         {"name": task, "kind": kind, "template": template, "base_model": base_model,
          "labels": parse_labels(labels) if labels else None, "format": task_format, "system": system},
         {"input_field": input_field, "target_field": target_field, "input_pattern": input_pattern},
@@ -107,20 +128,10 @@ def train(
          "validation_fraction": validation_fraction, "early_stopping_patience": early_stopping_patience,
          "max_input_tokens": max_input_tokens, "max_output_tokens": max_output_tokens, "bf16": bf16, "seed": seed,
          "device": device, "trust_remote_code": trust_remote_code or None, "report_to": report_to or None},
-        str(spec_file or "the task"),
     )
-    spec = spec.model_copy(update={"base_model": model_identity(spec.base_model)})
-    check_base_model(spec.base_model)  # before reading data or loading anything
-    train_set = examples(load_records(data), data_fields, data, limit)
-    files = [data]
-    if eval_data:
-        held_out = examples(load_records(eval_data), data_fields, eval_data)
-        files.append(eval_data)
-    else:
-        train_set, held_out = held_out_split(train_set, eval_fraction)
     reg = open_registry(registry, create=True)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = train_task(spec, train_set, held_out, config, reg, out, fingerprint_files(files), alias, note)
+    result = train_task(spec, train_set, held_out, config, reg, out, data_fingerprint, alias, note)
     summary = {"task": spec.name, "version": result.manifest.version, "uri": reg.versions.uri(spec.name, result.manifest.version),
                "metrics": result.metrics, "learning_curve": str(result.curve_png), "metrics_json": str(result.metrics_json)}
     if as_json:
