@@ -55,6 +55,8 @@ class TrainConfig(StrictModel):
     max_output_tokens: int = Field(64, ge=1, description="generation targets are cut to N tokens")
     bf16: bool = Field(False, description="mixed-precision bfloat16 training (GPUs and CPUs that support it)")
     seed: int = Field(42, description="seed of the prompt init, data order and validation split")
+    workers: int = Field(1, ge=1, le=1024, description="data-parallel workers (Ray Train's TorchTrainer, one process "
+                         "each; each batch is split between them)")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     trust_remote_code: bool = False
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(

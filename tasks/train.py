@@ -122,7 +122,12 @@ def train_task(
     started = time.time()
     model.eval()
     before = evaluator.evaluate(held_out, "before")
-    curve = fit(model, encoder, fit_set, validation, config, output_dir, console)
+    if config.workers > 1:
+        from promptmux.tasks.workers import fit_on_workers
+
+        curve = fit_on_workers(model, encoder, fit_set, validation, config, output_dir, console, workers=config.workers)
+    else:
+        curve = fit(model, encoder, fit_set, validation, config, output_dir, console)
     after = evaluator.evaluate(held_out, "after")
     held_out_loss = after["eval_loss_after"]
     if far_above(held_out_loss, min(curve.eval_loss), SHIFT_GAP):

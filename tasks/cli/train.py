@@ -103,6 +103,7 @@ def train(
     max_output_tokens: Annotated[int | None, _option("--max-output-tokens", _help("max_output_tokens"), min=1)] = None,
     bf16: Annotated[bool | None, _option("--bf16", _help("bf16"))] = None,
     seed: Annotated[int | None, _option("--seed", _help("seed"))] = None,
+    workers: Annotated[int | None, _option("--workers", _help("workers"), min=1)] = None,
     device: Annotated[str | None, _option("--device", "auto, cuda or cpu [default: auto]")] = None,
     alias: Annotated[str | None, typer.Option(help="point this alias at the new version")] = None,
     note: Annotated[str, typer.Option(help="free-text note stored with the version")] = "",
@@ -127,7 +128,7 @@ def train(
          "lr_scheduler": lr_scheduler, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
          "validation_fraction": validation_fraction, "early_stopping_patience": early_stopping_patience,
          "max_input_tokens": max_input_tokens, "max_output_tokens": max_output_tokens, "bf16": bf16, "seed": seed,
-         "device": device, "trust_remote_code": trust_remote_code or None, "report_to": report_to or None},
+         "workers": workers, "device": device, "trust_remote_code": trust_remote_code or None, "report_to": report_to or None},
     )
     reg = open_registry(registry, create=True)
     out = output_dir or Path("promptmux-runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
