@@ -20,7 +20,6 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -116,6 +115,13 @@ def draw_trials(space: SearchSpace, trials: int, seed: int) -> list[TrialSetting
     return drawn
 
 
+def _report(**fields: Any) -> None:
+    import ray
+    from ray import tune
+
+    tune.report({**fields, "node": ray.get_runtime_context().get_node_id()})
+
+
 class _ReportToTune(TrainerCallback):
     """Each validation pass's loss to Ray Tune, whose scheduler may stop the trial there."""
 
@@ -124,13 +130,9 @@ class _ReportToTune(TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None,
                     **kwargs) -> None:
-        import ray
-        from ray import tune
-
         loss = (metrics or {}).get("eval_loss", float("inf"))
         self.best = min(self.best, loss)
-        tune.report({"val_loss": loss, "best_val_loss": self.best, "step": state.global_step,
-                     "node": ray.get_runtime_context().get_node_id()})
+        _report(val_loss=loss, best_val_loss=self.best, step=state.global_step)
 
 
 def trial_config(base: TrainConfig, settings: TrialSettings, lr_from: str) -> TrainConfig:
@@ -149,7 +151,10 @@ def run_trial(config: dict, spec: TaskSpec, fit_set: list[Example], validation: 
     train_config = trial_config(base, settings, "the search")
     model, encoder, _ = prompt_model(spec, train_config)
     with tempfile.TemporaryDirectory(prefix="promptmux-trial-") as work:
-        fit(model, encoder, fit_set, validation, train_config, Path(work), Console(quiet=True), [_ReportToTune()])
+        curve = fit(model, encoder, fit_set, validation, train_config, Path(work), Console(quiet=True), [_ReportToTune()])
+    best = min(curve.eval_loss)  # ran to its end (ASHA stops a trial before this line): said so, with how it ended
+    _report(val_loss=best, best_val_loss=best, step=curve.step[-1] if curve.step else 0, finished=True,
+            stopped_early=curve.stopped_early)
 
 
 @dataclass
@@ -209,13 +214,14 @@ def tune_task(spec: TaskSpec, train: list[Example], held_out: list[Example], bas
             param_space={"trial": tune.grid_search([{"index": i, **s.model_dump()} for i, s in enumerate(drawn)])},
             tune_config=tune.TuneConfig(
                 metric="val_loss", mode="min", max_concurrent_trials=concurrency, reuse_actors=True,
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=passes, grace_period=2, reduction_factor=2)),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=passes + 1, grace_period=2,
+                                        reduction_factor=2)),  # + 1: a trial that ran to its end says so
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(state.parent), verbose=0, callbacks=[progress]),
         )
     console.print(f"tuning {spec.name}: {len(drawn)} trials on {base.base_model}, {concurrency} at a time "
                   f"({cpus_per_trial:g} CPU each); ASHA stops those that trail", highlight=False)
     grid = tuner.fit()
-    table = trial_table(grid, lambda epochs: validation_passes(base.model_copy(update={"epochs": epochs}), len(fit_set)))
+    table = trial_table(grid)
     finished = [row for row in table if row["best_val_loss"] is not None]
     if not finished:
         raise PromptmuxError(f"no trial of the search finished (see {state})")
@@ -243,7 +249,7 @@ def tune_task(spec: TaskSpec, train: list[Example], held_out: list[Example], bas
     return TuneResult(table, chosen, tuning["stopped_by_asha"], wall_s, result)
 
 
-def trial_table(grid: Any, passes: Callable[[int], int]) -> list[dict[str, Any]]:
+def trial_table(grid: Any) -> list[dict[str, Any]]:
     """One row per trial, in the order drawn: its settings, best validation loss, steps run,
     validation passes, what stopped it early (ASHA, or the loop's own early stopping), its
     Ray node, and whether it failed."""
@@ -251,16 +257,20 @@ def trial_table(grid: Any, passes: Callable[[int], int]) -> list[dict[str, Any]]
     for result in grid:
         trial = dict(result.config["trial"])
         index = trial.pop("index")
-        history = result.metrics_dataframe
-        reports = 0 if history is None or "val_loss" not in history else len(history)
-        planned = passes(trial["epochs"])
-        by_scheduler = reports > 0 and not (result.metrics or {}).get("done", False)
-        stopped = "asha" if by_scheduler else "early stopping" if 0 < reports < planned else None
+        reports = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+        passes = [r for r in reports if str(r.get("finished")) != "True" and "val_loss" in r]
+        final = next((r for r in reports if str(r.get("finished")) == "True"), None)
+        if result.error or not passes:
+            stopped = None
+        elif final is None:
+            stopped = "asha"  # the trial never reached its last line
+        else:
+            stopped = "early stopping" if str(final.get("stopped_early")) == "True" else None
         rows.append({
             "trial": index, "settings": trial,
-            "best_val_loss": round(float(history["val_loss"].min()), 5) if reports else None,
-            "steps": int(history["step"].max()) if reports else 0, "validation_passes": reports,
-            "stopped_early": stopped, "node": (result.metrics or {}).get("node"),
+            "best_val_loss": round(float(min(r["val_loss"] for r in passes)), 5) if passes else None,
+            "steps": int(max(r["step"] for r in passes)) if passes else 0, "validation_passes": len(passes),
+            "stopped_early": stopped, "node": passes[-1].get("node") if passes else None,
             "status": "error" if result.error else "done",
         })
     return sorted(rows, key=lambda row: row["trial"])

@@ -38,7 +38,7 @@ class TrialProgress(Callback):
         self.running.discard(trial.trial_id)
         last = trial.last_result or {}
         self.done[trial.trial_id] = last.get("best_val_loss")
-        stopped = "" if last.get("done", True) else " (stopped early by ASHA)"
+        stopped = "" if last.get("finished") or how == "failed" else " (stopped early by ASHA)"
         self._say(f"trial {self._name(trial)} {how}{stopped}: best validation loss {last.get('best_val_loss', float('nan')):.4f}")
 
     def _say(self, event: str) -> None:
