@@ -16,21 +16,20 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from rich.console import Console
 
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
 from promptmux.registry.limits import limits
 from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
-from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer, resolve_device
+from promptmux.serving.models.loading import fingerprint
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
-from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import SHIFT_GAP, Curve, check_trackers, far_above, fit
 from promptmux.tasks.progress import status
-from promptmux.tasks.prompt_init import peft_config
+from promptmux.tasks.prompt_init import prompt_model
 
 
 @dataclass
@@ -39,24 +38,6 @@ class TrainResult:
     metrics: dict
     curve_png: Path
     metrics_json: Path
-
-
-def default_init_text(spec: TaskSpec) -> str:
-    if spec.description:
-        return spec.description
-    if spec.kind is TaskKind.classification:
-        return f"Classify the input as one of: {', '.join(spec.labels)}."
-    return f"Complete the {spec.name} task."
-
-
-def prompt_model(spec: TaskSpec, config: TrainConfig) -> tuple[PeftModel, TaskEncoder, str]:
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.base_model, config.trust_remote_code)
-    base = load_model(config.base_model, torch.float32, device, config.trust_remote_code)
-    init_text = config.init_text or default_init_text(spec)
-    model = get_peft_model(base, peft_config(config, init_text))
-    return model, TaskEncoder(spec, tokenizer, config.max_input_tokens, config.max_output_tokens), init_text
 
 
 def trained_prompt(model: PeftModel) -> torch.Tensor | Prompt:

@@ -36,7 +36,8 @@ from promptmux.registry.schemas import StrictModel
 from promptmux.tasks.config import TrainConfig, TrainMethod
 from promptmux.tasks.data import Example, split
 from promptmux.tasks.fit import fit, validation_passes
-from promptmux.tasks.train import TrainResult, prompt_model, train_task
+from promptmux.tasks.prompt_init import prompt_model
+from promptmux.tasks.train import TrainResult, train_task
 
 EXPERIMENT = "search"
 

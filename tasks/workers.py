@@ -25,6 +25,7 @@ from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.fit import Curve, fit
+from promptmux.tasks.prompt_init import prompt_model
 
 PROMPT_FILE, CURVE_FILE = "prompt.safetensors", "curve.json"
 
@@ -33,8 +34,6 @@ def _worker_loop(settings: dict) -> None:
     """One worker: the model from the seed, `fit` on its share, and (the first worker) the
     trained parameters and the curve back as a checkpoint."""
     import ray.train
-
-    from promptmux.tasks.train import prompt_model
 
     spec, config = TaskSpec.model_validate(settings["spec"]), TrainConfig.model_validate(settings["config"])
     torch.set_num_threads(settings["threads"])
