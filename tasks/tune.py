@@ -57,9 +57,6 @@ class SearchSpace(StrictModel):
     epochs: list[int] = Field(min_length=1)
     init: list[Literal["text", "random", "sample-vocab"]] = Field(min_length=1, description="prompt tuning only")
 
-    def size(self) -> int:
-        return len(self.settings())
-
     def settings(self) -> list["TrialSettings"]:
         """Every combination, in a fixed order."""
         combos = []
@@ -89,9 +86,8 @@ class TrialSettings(StrictModel):
         return f"{self.method} lr {self.lr:g}, {self.num_virtual_tokens} tokens, {self.epochs} epoch(s){init}"
 
 
-def read_search(path: Path, methods: list[str] | None = None) -> SearchSpace:
-    """A YAML search file (SearchSpace's fields; those left out keep the default's), and the
-    methods to keep (all by default)."""
+def read_search(path: Path) -> SearchSpace:
+    """A YAML search file (SearchSpace's fields; those left out keep the default's)."""
     try:
         fields = yaml.safe_load(path.read_text()) or {}
         space = DEFAULT_SEARCH.model_validate({**DEFAULT_SEARCH.model_dump(), **fields})

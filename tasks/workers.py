@@ -11,6 +11,7 @@ registers as a one-worker run would.
 """
 
 import json
+import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -54,8 +55,6 @@ def fit_on_workers(model: PeftModel, encoder: TaskEncoder, train: list[Example],
                    cpus_per_worker: float = 1.0) -> Curve:
     """`fit`, data-parallel on `workers` Ray Train workers; on return `model` holds the prompt
     they trained (its best validation pass) and the curve is theirs."""
-    import os
-
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray.train import RunConfig, ScalingConfig

@@ -23,7 +23,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from promptmux.registry import Registry
 from promptmux.registry.errors import NotFoundError, PromptmuxError
 from promptmux.registry.names import parse_version
-from promptmux.serving.console.access import COOKIE, COOKIE_PATH, SESSION_S, ConsoleAccess, Viewer
+from promptmux.serving.console.access import COOKIE, COOKIE_PATH, OPEN, SESSION_S, ConsoleAccess, Viewer
 from promptmux.serving.console.views import OutcomeLogs, experiment_view, task_detail, task_rows, tenant_rows
 from promptmux.serving.rollouts.loop import end_by_hand
 
@@ -77,7 +77,8 @@ def console_app(registry: Registry, admin_key: str | None = None, allow_edits: b
 
     def page(request: Request, template: str, viewer: Viewer | None, status: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {
-            "viewer": viewer, "csrf": access.csrf(request), "guarded": not access.open(), "refresh_s": refresh_s,
+            "viewer": viewer, "csrf": access.csrf(request), "guarded": viewer is None or viewer.tenant is not None or viewer.name != OPEN,
+            "refresh_s": refresh_s,
             "message": request.query_params.get("done"), **context}, status_code=status)
 
     @app.exception_handler(LoginRequired)

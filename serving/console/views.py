@@ -12,7 +12,7 @@ from promptmux.registry import Registry
 from promptmux.registry.errors import NotFoundError
 from promptmux.registry.policy import RolloutPolicy
 from promptmux.registry.traffic_store import TrafficCounts, TrafficTotals
-from promptmux.serving.rollouts.loop import OutcomeLog
+from promptmux.serving.rollouts.loop import OutcomeLog, p99_ratio
 from promptmux.serving.rollouts.plot import plotted
 from promptmux.serving.rollouts.review import RolloutReview, review
 from promptmux.serving.rollouts.series import difference_series
@@ -122,10 +122,8 @@ def experiment_view(registry: Registry, task: str, number: int | None, log: Outc
 
 def _guards(policy: RolloutPolicy, rollout: RolloutReview) -> list[dict[str, Any]]:
     candidate, control = rollout.figures["candidate"], rollout.figures["control"]
-    ratio = None
-    if control["requests"] and candidate["requests"]:
-        floor = policy.latency_floor_s
-        ratio = max(candidate["p99_s"], floor) / max(control["p99_s"], floor, 1e-9)
+    served = control["requests"] and candidate["requests"]
+    ratio = p99_ratio(policy, candidate["p99_s"], control["p99_s"]) if served else None
     return [
         {"name": "candidate error rate", "value": candidate["error_rate"] if candidate["requests"] else None,
          "limit": policy.max_error_rate, "unit": "share"},

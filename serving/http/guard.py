@@ -56,7 +56,7 @@ class Guard:
         if path == CONSOLE_PATH or path.startswith(f"{CONSOLE_PATH}/"):
             await self.app(scope, receive, tagged)
             return
-        refusal = self.refusal(request)
+        refusal = self.refusal(request, path)
         if refusal is None and "content-length" not in request.headers:  # chunked: read it, within the limit
             body = await self.capped_body(receive)
             if body is None:
@@ -72,8 +72,7 @@ class Guard:
         finally:
             self.in_flight.count -= 1
 
-    def refusal(self, request: Request) -> Response | None:
-        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    def refusal(self, request: Request, path: str) -> Response | None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         caller = self.identify(given if scheme.lower() == "bearer" and given else None)
         if caller is None and path != UNGUARDED:

@@ -99,6 +99,11 @@ class Served:
         return 0.0
 
 
+def p99_ratio(policy: RolloutPolicy, candidate_s: float, control_s: float) -> float:
+    """The candidate's p99 latency over the control's, each counted as at least the policy's floor."""
+    return max(candidate_s, policy.latency_floor_s) / max(control_s, policy.latency_floor_s, 1e-9)
+
+
 def served_sides(policy: RolloutPolicy, windows: list[ServedWindow]) -> dict[str, Served]:
     sides = {"control": Served(), "candidate": Served()}
     versions = {"control": policy.control, "candidate": policy.candidate}
@@ -140,7 +145,7 @@ class Experiment:
         if candidate.error_rate > policy.max_error_rate:
             return f"guard rail: candidate error rate {candidate.error_rate:.1%} > {policy.max_error_rate:.1%}"
         if control.requests >= policy.guard_min_requests:
-            ratio = max(candidate.p99_s, policy.latency_floor_s) / max(control.p99_s, policy.latency_floor_s, 1e-9)
+            ratio = p99_ratio(policy, candidate.p99_s, control.p99_s)
             if ratio > policy.max_p99_latency_ratio:
                 return f"guard rail: candidate p99 latency {ratio:.1f}x the control's > {policy.max_p99_latency_ratio:g}x"
         return None
