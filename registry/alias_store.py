@@ -2,8 +2,8 @@
 each recording where it pointed before, so servers can fall back while a new target fails
 validation. Every move is a journaled edit with its history entry and change-feed entry."""
 
+from promptmux.core.errors import NotFoundError
 from promptmux.registry.edits import Edit
-from promptmux.registry.errors import NotFoundError
 from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.names import parse_version, validate_alias
 from promptmux.registry.records import RecordFiles, task_rel

@@ -24,7 +24,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
-from promptmux.registry.errors import InvalidArtifactError
+from promptmux.core.errors import InvalidArtifactError
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.limits import limits
 from promptmux.registry.methods import EMBEDDINGS, SUPPORTED_DTYPES, Prompt

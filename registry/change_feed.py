@@ -27,8 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from promptmux.registry.errors import NotFoundError
-from promptmux.registry.schemas import utc_now
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import NotFoundError
 from promptmux.registry.storage import Storage
 
 LOG_DIR = "changes"

@@ -31,11 +31,12 @@ from datetime import datetime
 
 from pydantic import Field
 
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import NotFoundError, StorageError
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.change_feed import ChangeFeed, FeedKind
-from promptmux.registry.errors import NotFoundError, StorageError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.names import validate_name
-from promptmux.registry.schemas import StrictModel, utc_now
 from promptmux.registry.storage import Storage
 
 EDITS_DIR = "edits"

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from promptmux.registry.schemas import StrictModel, utc_now
+from promptmux.core.clock import utc_now
+from promptmux.core.strict_model import StrictModel
 
 Action = Literal["alias", "alias-delete", "rollout", "rollout-clear", "auto-start", "step", "promote", "rollback",
                  "archive", "unarchive", "register", "delete"]

@@ -17,7 +17,7 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptmux.registry.errors import TooLargeError
+from promptmux.core.errors import TooLargeError
 from promptmux.registry.schemas import TaskSpec
 
 KiB, MiB = 1024, 1024 * 1024

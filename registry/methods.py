@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from promptmux.registry.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.core.errors import IncompatiblePromptError, InvalidArtifactError
 from promptmux.registry.limits import limits
 from promptmux.registry.schemas import BaseModelFingerprint, KvShape, Method
 

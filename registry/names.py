@@ -7,7 +7,7 @@ files), and to a bounded length.
 
 import re
 
-from promptmux.registry.errors import InvalidNameError
+from promptmux.core.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: str.isdigit() takes "²" and "٣"

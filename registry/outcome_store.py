@@ -4,7 +4,7 @@ immutable), and the key replicas sign feedback ids with (`keys/feedback.key`).""
 
 import secrets
 
-from promptmux.registry.errors import ConflictError
+from promptmux.core.errors import ConflictError
 from promptmux.registry.policy import Outcome, ServedWindow
 from promptmux.registry.records import RecordFiles, task_rel
 

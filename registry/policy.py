@@ -24,8 +24,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from promptmux.core.clock import utc_now
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.history import HistoryEntry
-from promptmux.registry.schemas import RolloutSpec, RolloutVariant, StrictModel, utc_now
+from promptmux.registry.schemas import RolloutSpec, RolloutVariant
 
 DEFAULT_STEPS = [5.0, 25.0, 50.0]
 

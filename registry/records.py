@@ -12,9 +12,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from promptmux.core.errors import CorruptFileError, NotFoundError, StorageError, describe
 from promptmux.registry.change_feed import ChangeFeed, FeedKind
 from promptmux.registry.edits import Edit, EditJournal, subject_root, subject_words
-from promptmux.registry.errors import CorruptFileError, NotFoundError, StorageError, describe
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.names import validate_name
 from promptmux.registry.storage import Storage

@@ -30,14 +30,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import ConflictError, CorruptFileError
 from promptmux.registry.alias_store import AliasStore
 from promptmux.registry.edits import Edit
-from promptmux.registry.errors import ConflictError, CorruptFileError
 from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.outcome_store import OutcomeStore
 from promptmux.registry.records import HISTORY_DIR, RecordFiles
 from promptmux.registry.rollout_store import RolloutStore
-from promptmux.registry.schemas import TaskView, VersionView, utc_now
+from promptmux.registry.schemas import TaskView, VersionView
 from promptmux.registry.storage import Storage, open_storage
 from promptmux.registry.task_store import TaskStore
 from promptmux.registry.tenant_store import TenantStore

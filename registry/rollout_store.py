@@ -6,9 +6,9 @@ These are the records; the decisions themselves are made in `serving/rollouts/`,
 records one here first and then applies it in one journaled edit: the next step's split and
 policy, or `production` on the winner and the rollout's end."""
 
+from promptmux.core.errors import NotFoundError
 from promptmux.registry.alias_store import AliasStore
 from promptmux.registry.edits import Edit
-from promptmux.registry.errors import NotFoundError
 from promptmux.registry.history import MANUAL, HistoryEntry
 from promptmux.registry.policy import RolloutDecision, RolloutPolicy
 from promptmux.registry.records import RecordFiles, task_rel

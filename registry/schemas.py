@@ -4,93 +4,26 @@ These are the on-disk formats (`task.json`, `promptmux.json`, alias and rollout 
 and the objects the serving runtime and the task scripts exchange with the registry.
 """
 
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import InvalidConversationError
+from promptmux.core.fields import GenerationParams, Message
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.names import validate_name
 
 INPUT_PLACEHOLDER = "{input}"
-MIN_TEMPERATURE = 1e-2
-MIN_REPETITION_PENALTY = 1e-2
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-DEFAULT_BASE_MODEL = "tiny-random-llama"  # embedded, random weights: for tests and first steps
-# PEFT's prompt-learning methods for decoder-only models (`registry/methods.py`)
+# PEFT's prompt-learning methods for decoder-only models (`promptmux.methods`)
 Method = Literal["prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning"]
-
-class StrictModel(BaseModel):
-    """A model at a boundary (HTTP body, registry file, config): unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class TaskKind(str, Enum):
     classification = "classification"
     generation = "generation"
-
-
-def _zero_or_usable(value: float) -> float:
-    if 0 < value < MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
-    return value
-
-
-# The bounds are what the sampler can compute with: a temperature or repetition penalty near
-# zero turns logits into infinities, and torch seeds are 64-bit. Request overrides
-# (`promptmux.serving.runtime.schemas.ParamsOverride`) use the same types.
-# Token counts are capped only against absurd values here; the limit that applies is the
-# engine's configured `max_new_tokens` (one limit, one message, whatever the endpoint).
-TOKENS_CAP = 1_048_576
-MaxNewTokens = Annotated[int, Field(ge=1, le=TOKENS_CAP)]
-MinNewTokens = Annotated[int, Field(ge=0, le=TOKENS_CAP, description="EOS is suppressed until this many tokens")]
-Temperature = Annotated[float, Field(ge=0.0, le=10.0, description=f"0 means greedy decoding; else at least {MIN_TEMPERATURE}"),
-                        AfterValidator(_zero_or_usable)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-TopK = Annotated[int, Field(ge=0, le=1_000_000, description="0 disables top-k filtering")]
-RepetitionPenalty = Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=10.0)]
-StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=16)]
-Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="sampling seed (64-bit unsigned)")]
-Logprobs = Annotated[int, Field(ge=0, le=5, description="return each generated token's log-probability with its N most "
-                                "likely alternatives (0..5)")]
-
-
-class GenerationParams(StrictModel):
-    """Decoding parameters; a task carries defaults and a request may override them."""
-
-    max_new_tokens: MaxNewTokens = 32
-    min_new_tokens: MinNewTokens = 0
-    temperature: Temperature = 0.0
-    top_p: TopP = 1.0
-    top_k: TopK = 0
-    repetition_penalty: RepetitionPenalty = 1.0
-    stop: StopStrings = Field(default_factory=list)
-    seed: Seed | None = None
-    logprobs: Logprobs | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "GenerationParams":
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
-        return self
-
-
-class InvalidConversationError(PromptmuxError, ValueError):
-    """A conversation a task cannot take (no user message, or a conversation for a text task)."""
-
-
-class Message(StrictModel):
-    """One turn of a conversation, as chat templates take it."""
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class TaskSpec(StrictModel):

@@ -43,7 +43,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from promptmux.registry.errors import NotFoundError, PromptmuxError
+from promptmux.core.errors import NotFoundError, PromptmuxError
 
 STAGING_DIR = ".staging"
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what `LocalStorage._place` writes before its rename

@@ -5,7 +5,7 @@ import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from promptmux.registry.errors import ConflictError, NotFoundError, StorageError
+from promptmux.core.errors import ConflictError, NotFoundError, StorageError
 from promptmux.registry.limits import limits
 from promptmux.registry.records import RecordFiles, task_rel
 from promptmux.registry.schemas import BaseModelFingerprint, TaskRecord, TaskSpec

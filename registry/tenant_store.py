@@ -21,11 +21,12 @@ from datetime import datetime
 
 from pydantic import Field, field_validator
 
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import ConflictError, NotFoundError
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.edits import TENANTS, TENANTS_DIR, Edit
-from promptmux.registry.errors import ConflictError, NotFoundError
 from promptmux.registry.names import validate_name
 from promptmux.registry.records import RecordFiles
-from promptmux.registry.schemas import StrictModel, utc_now
 
 KEY_PREFIX = "pmx-"
 PATTERN = re.compile(r"^[a-z0-9*][a-z0-9._*-]{0,63}$")

@@ -14,8 +14,9 @@ from hashlib import sha256
 
 from pydantic import Field
 
+from promptmux.core.clock import utc_now
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.records import RecordFiles
-from promptmux.registry.schemas import StrictModel, utc_now
 
 TRAFFIC_DIR = "traffic"
 RETENTION_H = 24

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import fsspec
 
-from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
+from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
 from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.limits import limits
 from promptmux.registry.records import RecordFiles, version_rel

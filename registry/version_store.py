@@ -13,7 +13,7 @@ from collections.abc import Collection
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from promptmux.registry.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
+from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
 from promptmux.registry.names import parse_version

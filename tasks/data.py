@@ -11,12 +11,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from promptmux.registry import PromptmuxError
-from promptmux.registry.schemas import StrictModel
-
-
-class DataError(PromptmuxError):
-    """The data cannot be read or lacks the named fields."""
+from promptmux.core.errors import DataError
+from promptmux.core.strict_model import StrictModel
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,11 @@ never follow a colon.
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from promptmux.core.errors import DataError, NoChatTemplateError
+from promptmux.core.fields import Message
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.registry.schemas import Message
-from promptmux.serving.models.inputs import (
-    NoChatTemplateError,
-    check_chat_template,
-    encode_chat,
-    encode_input,
-    encode_task_input,
-    text_ids,
-)
-from promptmux.tasks.data import DataError, Example
+from promptmux.serving.models.inputs import check_chat_template, encode_chat, encode_input, encode_task_input, text_ids
+from promptmux.tasks.data import Example
 
 IGNORE = -100
 

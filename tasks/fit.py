@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.integrations import TensorBoardCallback
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example
 from promptmux.tasks.encoding import TaskEncoder

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from promptmux.registry import PromptmuxError, TaskSpec
-from promptmux.registry.errors import describe
+from promptmux.core.errors import PromptmuxError, describe
+from promptmux.registry import TaskSpec
 from promptmux.registry.limits import limits
 from promptmux.tasks.config import DEFAULT_LR, MethodSettings, TrainConfig
 from promptmux.tasks.data import DataFields

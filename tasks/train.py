@@ -19,13 +19,14 @@ from matplotlib.figure import Figure
 from peft import PeftModel
 from rich.console import Console
 
+from promptmux.core.errors import DataError
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
 from promptmux.registry.limits import limits
 from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
 from promptmux.serving.models.loading import fingerprint
 from promptmux.tasks.config import TrainConfig
-from promptmux.tasks.data import DataError, Example, row_id, rows_digest, split
+from promptmux.tasks.data import Example, row_id, rows_digest, split
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import SHIFT_GAP, Curve, check_trackers, far_above, fit
 from promptmux.tasks.progress import status

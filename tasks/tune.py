@@ -30,9 +30,9 @@ from pydantic import Field, ValidationError
 from rich.console import Console
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from promptmux.registry import PromptmuxError, Registry, TaskSpec
-from promptmux.registry.errors import describe
-from promptmux.registry.schemas import StrictModel
+from promptmux.core.errors import PromptmuxError, describe
+from promptmux.core.strict_model import StrictModel
+from promptmux.registry import Registry, TaskSpec
 from promptmux.tasks.config import TrainConfig, TrainMethod
 from promptmux.tasks.data import Example, split
 from promptmux.tasks.fit import fit, validation_passes

@@ -16,7 +16,8 @@ import httpx
 import torch
 import uvicorn
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.http.app import build_app
 from promptmux.serving.http.ports import free_port
 from promptmux.serving.models.loading import fingerprint, load_model

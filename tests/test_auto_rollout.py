@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptmux.registry import ConflictError, Registry, TaskSpec
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import ConflictError
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, VariantServed
-from promptmux.registry.schemas import utc_now
 from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.rollouts.loop import Experiment, OutcomeLog, advance
 from promptmux.serving.rollouts.plot import plotted

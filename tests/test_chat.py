@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers import serve_locally
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
-from promptmux.registry.schemas import Message
+from promptmux.core.fields import GenerationParams, Message
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.models.inputs import encode_task_input
 from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import build_registry
 
+from promptmux.core.clock import utc_now
 from promptmux.registry import Registry
 from promptmux.registry.policy import RolloutPolicy, SequentialTest
-from promptmux.registry.schemas import utc_now
 from promptmux.registry.traffic_store import TrafficCounts, TrafficWindow
 from promptmux.serving.bench.console import write_outcomes
 from promptmux.serving.console.access import COOKIE

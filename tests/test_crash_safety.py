@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, StorageError, TaskSpec
+from promptmux.core.errors import StorageError
+from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.policy import Outcome, RolloutPolicy
 from promptmux.registry.storage import LocalStorage
 from promptmux.serving.models.loading import fingerprint, load_model

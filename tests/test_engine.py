@@ -7,11 +7,11 @@ import torch
 from helpers import PROMPT_LENGTHS, fill_registry
 from peft_reference import peft_generate, peft_logprobs, peft_model
 
-from promptmux.registry import IncompatiblePromptError, Registry
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.errors import IncompatiblePromptError, InvalidRequestError
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
 
@@ -143,9 +143,9 @@ def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytes
 
 def test_limits_and_incompatible_prompts_are_refused(llama_engine: Engine, tmp_path: Path) -> None:
     engine = llama_engine
-    with pytest.raises(RequestError, match="limit is 2048"):
+    with pytest.raises(InvalidRequestError, match="limit is 2048"):
         engine.encode("x" * 3000)
-    with pytest.raises(RequestError, match="exceeds the limit"):
+    with pytest.raises(InvalidRequestError, match="exceeds the limit"):
         engine.check_params(GenerationParams(max_new_tokens=4096))
     gpt2_registry = fill_registry(tmp_path / "gpt2", "tiny-random-gpt2")
     foreign = Engine(EngineConfig(dtype="float32"), gpt2_registry.versions)

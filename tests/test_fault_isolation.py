@@ -20,7 +20,7 @@ import torch
 from helpers import BASE, build_registry, serve_locally
 from transformers import LogitsProcessor
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate

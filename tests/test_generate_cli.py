@@ -7,7 +7,8 @@ import pytest
 import torch
 from peft_reference import peft_generate, peft_logprobs
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.models.loading import load_tokenizer
 
 BASE = "tiny-random-llama"

@@ -21,7 +21,8 @@ import pytest
 import torch
 from helpers import serve_locally, wait_until
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import RolloutPolicy, SequentialTest
 from promptmux.serving.engine.config import EngineConfig

@@ -15,8 +15,8 @@ import torch
 from helpers import BASE, build_registry
 from safetensors.torch import save_file
 
+from promptmux.core.errors import PromptmuxError
 from promptmux.registry import BaseModelFingerprint, Registry, TaskKind, TaskSpec
-from promptmux.registry.errors import PromptmuxError
 from promptmux.registry.limits import SpecLimits
 from promptmux.serving.bench.common import random_prompt
 from promptmux.serving.engine.batching import ClassificationRow

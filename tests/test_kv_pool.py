@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from promptmux.core.errors import InvalidRequestError
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.bench.common import METHODS, random_prompt
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.kv_pool import BLOCK
 from promptmux.serving.engine.offline import generate, run
 from promptmux.serving.engine.runner import Engine
@@ -140,7 +140,7 @@ def test_the_pool_is_sized_by_memory_and_a_row_that_cannot_fit_is_refused_with_t
     assert engine.config.max_tokens_in_flight == pool.capacity_tokens <= 0.25 * 2**20 // per_token
     prompt = engine.prompt(registry.versions.get("prompt-tuning", 1))
     too_long = GenerationRow(prompt, list(range(3, 60)), GenerationParams(max_new_tokens=pool.capacity_tokens))
-    with pytest.raises(RequestError, match=f"the limit is {pool.capacity_tokens}"):
+    with pytest.raises(InvalidRequestError, match=f"the limit is {pool.capacity_tokens}"):
         Scheduler(engine.config, engine).submit(too_long)
     # rows that together need more than the pool wait for each other, and all finish
     rows = [GenerationRow(prompt, list(range(3, 30)), GenerationParams(max_new_tokens=pool.capacity_tokens // 3))

@@ -204,7 +204,7 @@ def test_no_test_module_imports_another_or_conftest() -> None:
 
 
 def test_sampling_fields_are_declared_once_and_every_request_can_override_each() -> None:
-    from promptmux.registry.schemas import GenerationParams
+    from promptmux.core.fields import GenerationParams
     from promptmux.serving.runtime.schemas import ParamsOverride
 
     assert ParamsOverride.model_fields.keys() == GenerationParams.model_fields.keys()

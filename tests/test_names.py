@@ -1,6 +1,7 @@
 import pytest
 
-from promptmux.registry import InvalidNameError, Registry, TaskSpec
+from promptmux.core.errors import InvalidNameError
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.names import validate_alias, validate_name
 
 BAD_NAMES = ["", "..", ".hidden", "a/b", "../escape", "UPPER", "with space", "a" * 65, "a\\b", "tab\t", "é", "-lead"]

@@ -7,8 +7,8 @@ import psutil
 import pytest
 import torch
 
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate

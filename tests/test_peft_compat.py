@@ -9,7 +9,8 @@ import torch
 from helpers import random_prompt
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from promptmux.registry import InvalidArtifactError, Registry
+from promptmux.core.errors import InvalidArtifactError
+from promptmux.registry import Registry
 from promptmux.serving.models.loading import load_model, load_tokenizer
 
 TEXTS = ["Comment: the groomer was lovely\nSatisfaction:\n", "hola"]

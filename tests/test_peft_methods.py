@@ -21,13 +21,9 @@ from peft_adapters import Adapter, make_adapters, save
 from peft_reference import peft_generate, peft_logprobs
 from safetensors.torch import load_file, save_file
 
-from promptmux.registry import (
-    GenerationParams,
-    IncompatiblePromptError,
-    InvalidArtifactError,
-    Registry,
-    TaskSpec,
-)
+from promptmux.core.errors import IncompatiblePromptError, InvalidArtifactError
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate

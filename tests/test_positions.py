@@ -17,10 +17,11 @@ import pytest
 import torch
 from helpers import serve_locally
 
-from promptmux.registry import GenerationParams, Registry, TaskSpec
+from promptmux.core.errors import PositionLimitError
+from promptmux.core.fields import GenerationParams
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import PositionLimitError
 from promptmux.serving.engine.offline import generate, run
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.models.loading import fingerprint, load_model

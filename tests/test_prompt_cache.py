@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import BASE, PROMPT_LENGTHS, build_registry, fill_registry, serve_locally, wait_until
 
-from promptmux.registry import IncompatiblePromptError, Registry, TaskSpec
+from promptmux.core.errors import IncompatiblePromptError
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.version_store import VersionStore
 from promptmux.serving.engine.batching import Row
 from promptmux.serving.engine.config import EngineConfig

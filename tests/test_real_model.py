@@ -16,13 +16,13 @@ from helpers import REAL_MODEL
 from peft_adapters import make_adapters
 from peft_reference import peft_generate, peft_logprobs
 
+from promptmux.core.errors import ModelUnavailableError
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.embedded import ModelUnavailableError
 from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 
 LABELS = {"0": "no", "1": "yes"}

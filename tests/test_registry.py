@@ -6,17 +6,8 @@ import torch
 from helpers import random_prompt
 from pydantic import ValidationError
 
-from promptmux.registry import (
-    BaseModelFingerprint,
-    ConflictError,
-    IncompatiblePromptError,
-    InvalidArtifactError,
-    NotFoundError,
-    Registry,
-    RolloutSpec,
-    RolloutVariant,
-    TaskSpec,
-)
+from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
+from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -6,7 +6,8 @@ import httpx
 import pytest
 from helpers import BASE, build_registry, serve_locally, wait_until
 
-from promptmux.registry import CorruptFileError, Registry, RolloutSpec, RolloutVariant
+from promptmux.core.errors import CorruptFileError
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.runtime.settings import ServeSettings
 

@@ -7,7 +7,7 @@ from contextlib import aclosing
 import pytest
 from helpers import PROMPT_LENGTHS, fill_registry
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.engine.async_engine import AsyncEngine
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig

@@ -11,10 +11,11 @@ request.
 import pytest
 import torch
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.errors import InvalidRequestError, OverloadedError, PositionLimitError
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError, check_positions
+from promptmux.serving.engine.limits import check_positions
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptKey
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
@@ -159,7 +160,7 @@ def test_overload_and_oversized_requests_are_refused() -> None:
     with pytest.raises(OverloadedError, match="queue is full"):
         scheduler.submit(row(2, 3))
     tight = Scheduler(LIMITS.model_copy(update={"max_tokens_in_flight": 10}), FakeRunner())
-    with pytest.raises(RequestError, match="needs 11 tokens of KV; the limit is 10"):
+    with pytest.raises(InvalidRequestError, match="needs 11 tokens of KV; the limit is 10"):
         tight.submit(row(4, 5))
 
 

@@ -22,13 +22,12 @@ import httpx
 import pytest
 from helpers import build_registry, serve_locally, wait_until
 
+from promptmux.core.errors import InvalidRequestError, RateLimited
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.engine.batching import GenerationRow
-from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.sequence import Sequence
 from promptmux.serving.engine.waiting import WaitingQueue
-from promptmux.serving.runtime.errors import RateLimited
 from promptmux.serving.runtime.requests import Call, Query
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.service import PromptmuxService
@@ -99,7 +98,7 @@ def test_quotas_refuse_past_each_limit_with_openai_headers_and_split_across_repl
     assert busy.value.limit == "concurrency" and "2 of its 2 rows" in str(busy.value)
     two.release(held.pop(), 0)
     two.admit(narrow, 1, 0)  # one ended: one more fits
-    with pytest.raises(RequestError, match="5 rows .* may have 4 in flight"):
+    with pytest.raises(InvalidRequestError, match="5 rows .* may have 4 in flight"):
         Quotas(replicas=1).admit(narrow, 5, 0)  # more rows than the whole cap: no retry could help
 
 
@@ -123,7 +122,7 @@ def test_tokens_are_reserved_for_what_a_request_can_generate_and_given_back_at_i
 
     burst = Quotas(replicas=2).admit(tenant, 30, 150)  # past a replica's share, within the tenant's whole limit: alone, served
     assert burst.headers["x-ratelimit-remaining-tokens"] == "0"
-    with pytest.raises(RequestError, match="can generate 300 tokens"):
+    with pytest.raises(InvalidRequestError, match="can generate 300 tokens"):
         Quotas(replicas=2).admit(tenant, 30, 300)  # past the whole limit: never
 
 

@@ -9,12 +9,12 @@ from helpers import SHARED_DATA
 from peft import PeftModel
 from transformers import TrainerState
 
+from promptmux.core.errors import DataError, PromptmuxError
 from promptmux.registry import Registry, TaskSpec
-from promptmux.registry.errors import PromptmuxError
 from promptmux.serving.bench.machine import busy_neighbour
 from promptmux.serving.models.loading import load_model, load_tokenizer
 from promptmux.tasks.config import TrainConfig
-from promptmux.tasks.data import DataError, DataFields, Example, examples, fingerprint_files, load_records, split
+from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.encoding import TaskEncoder
 from promptmux.tasks.evaluate import Evaluator
 from promptmux.tasks.fit import COLLAPSE_RATIO, curve_from_history

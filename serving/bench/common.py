@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import torch
 
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
 from promptmux.registry.methods import EMBEDDINGS, TASK_COLS, TASK_ROWS, Prompt
-from promptmux.registry.schemas import GenerationParams, Method
+from promptmux.registry.schemas import Method
 from promptmux.serving.models.loading import fingerprint, load_model
 
 METHODS: tuple[Method, ...] = ("prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning")

@@ -24,8 +24,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.bench.common import fastest, timed
 from promptmux.serving.engine.batching import GenerationRow, cache_argument, cache_of
 from promptmux.serving.engine.kv_pool import KVLayout

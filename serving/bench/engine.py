@@ -26,8 +26,8 @@ from collections.abc import Callable
 import torch
 from peft import PeftModel
 
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry
-from promptmux.registry.schemas import GenerationParams
 from promptmux.serving.bench.common import METHODS, bench_registry, fastest, methods_registry, side_by_side, timed
 from promptmux.serving.bench.decode import decode_figures
 from promptmux.serving.bench.machine import busy_neighbour, load_average, machine_report, workload

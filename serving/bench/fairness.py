@@ -28,11 +28,11 @@ import asyncio
 import random
 import time
 
+from promptmux.core.errors import RateLimited
 from promptmux.registry import Registry
 from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.runtime.errors import RateLimited
 from promptmux.serving.runtime.requests import Call, Query
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.service import PromptmuxService

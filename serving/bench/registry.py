@@ -40,8 +40,9 @@ from pathlib import Path
 import psutil
 import torch
 
+from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.schemas import BaseModelFingerprint, GenerationParams
+from promptmux.registry.schemas import BaseModelFingerprint
 from promptmux.serving.bench.common import medians, percentile, side_by_side
 from promptmux.serving.bench.machine import load_average, machine_report
 from promptmux.serving.engine.batching import GenerationRow

@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.batching import GenerationRow

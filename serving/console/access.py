@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from promptmux.core.errors import NotFoundError
 from promptmux.registry import Registry
-from promptmux.registry.errors import NotFoundError
 from promptmux.registry.tenant_store import TenantRecord, key_digest
 from promptmux.serving.console import CONSOLE_PATH
 from promptmux.serving.runtime.tenants import ADMIN, identify

@@ -20,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from promptmux.core.errors import NotFoundError, PromptmuxError
 from promptmux.registry import Registry
-from promptmux.registry.errors import NotFoundError, PromptmuxError
 from promptmux.registry.names import parse_version
 from promptmux.serving.console.access import COOKIE, COOKIE_PATH, OPEN, SESSION_S, ConsoleAccess, Viewer
 from promptmux.serving.console.views import OutcomeLogs, experiment_view, task_detail, task_rows, tenant_rows

@@ -8,8 +8,8 @@ before they ask for a task.
 from datetime import datetime
 from typing import Any
 
+from promptmux.core.errors import NotFoundError
 from promptmux.registry import Registry
-from promptmux.registry.errors import NotFoundError
 from promptmux.registry.policy import RolloutPolicy
 from promptmux.registry.traffic_store import TrafficCounts, TrafficTotals
 from promptmux.serving.rollouts.loop import OutcomeLog, p99_ratio

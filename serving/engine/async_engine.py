@@ -12,9 +12,8 @@ import threading
 from collections.abc import Callable
 from contextlib import aclosing
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import EngineUnavailable, PromptmuxError
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine.errors import EngineUnavailable
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
@@ -110,7 +109,7 @@ class AsyncEngine:
         self._thread.join(timeout=30)
 
     def submit(self, row: GenerationRow, stream: bool = True) -> "EventStream":
-        """Queue a request now (raising RequestError or OverloadedError at once) and return
+        """Queue a request now (raising InvalidRequestError or OverloadedError at once) and return
         its events (every delta, or with `stream=False` only the last) as an async
         iterator. Call from a running event loop."""
         self.check_alive()

@@ -23,7 +23,7 @@ import torch
 from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 
 

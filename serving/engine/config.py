@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL, StrictModel
+from promptmux.core.defaults import DEFAULT_BASE_MODEL
+from promptmux.core.strict_model import StrictModel
 
 if TYPE_CHECKING:
     import torch

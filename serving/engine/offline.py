@@ -7,8 +7,8 @@ failure is its own: `run` hands it back in the row's place, and the other rows f
 
 from collections.abc import Callable
 
+from promptmux.core.errors import InvalidRequestError
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
-from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler
@@ -30,7 +30,7 @@ def run(engine: Engine, rows: list[GenerationRow | ClassificationRow]) -> list[O
         try:
             engine.check_params(row.params)
             results[index] = scheduler.submit(row)
-        except RequestError as exc:
+        except InvalidRequestError as exc:
             results[index] = exc
     while scheduler.has_work():
         scheduler.step()
@@ -45,7 +45,7 @@ def _setter(results: list, index: int) -> Callable[[list[ClassificationOutput] |
 
 def _finished(result: "Output | Exception | Sequence | None", engine: Engine) -> Output | Exception:
     if not isinstance(result, Sequence):
-        return result if result is not None else RequestError("the row ended without a result")
+        return result if result is not None else InvalidRequestError("the row ended without a result")
     return result.failure if result.failure is not None else result.output()
 
 

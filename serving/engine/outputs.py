@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from promptmux.registry.schemas import StrictModel
+from promptmux.core.strict_model import StrictModel
 
 
 class Usage(StrictModel):

@@ -28,7 +28,8 @@ from typing import Protocol
 
 import torch
 
-from promptmux.registry import IncompatiblePromptError, PromptVersion
+from promptmux.core.errors import IncompatiblePromptError
+from promptmux.registry import PromptVersion
 from promptmux.registry.methods import Prompt, serving_form
 from promptmux.registry.schemas import BaseModelFingerprint
 

@@ -23,8 +23,9 @@ import logging
 import torch
 from transformers.utils import ModelOutput
 
+from promptmux.core.errors import InvalidRequestError, NoChatTemplateError
+from promptmux.core.fields import GenerationParams, Message
 from promptmux.registry import PromptVersion, TaskSpec
-from promptmux.registry.schemas import GenerationParams, Message
 from promptmux.serving.engine.batching import (
     ClassificationRow,
     GenerationRow,
@@ -37,15 +38,15 @@ from promptmux.serving.engine.batching import (
 )
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.dynamic_batch import DynamicBatch
-from promptmux.serving.engine.errors import RequestError, check_positions, over_limit
 from promptmux.serving.engine.kv_pool import ATTENTION, KVLayout, KVPool, PoolStats
+from promptmux.serving.engine.limits import check_positions, over_limit
 from promptmux.serving.engine.outputs import ClassificationOutput, Usage
 from promptmux.serving.engine.packed_linear import can_pack, pack_linears
 from promptmux.serving.engine.paged_batch import PagedBatch
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
-from promptmux.serving.models.inputs import NoChatTemplateError, encode_input, encode_task_input, text_ids
+from promptmux.serving.models.inputs import encode_input, encode_task_input, text_ids
 from promptmux.serving.models.loading import fingerprint, learned_positions, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
@@ -189,14 +190,14 @@ class Engine:
         try:
             ids = encode_task_input(self.tokenizer, spec, request)
         except NoChatTemplateError as exc:
-            raise RequestError(str(exc)) from exc
+            raise InvalidRequestError(str(exc)) from exc
         return self._within_limits(ids)
 
     def _within_limits(self, ids: list[int]) -> list[int]:
         if not ids:
-            raise RequestError("the input is empty after tokenization")
+            raise InvalidRequestError("the input is empty after tokenization")
         if len(ids) > self.config.max_input_tokens:
-            raise RequestError(f"input has {len(ids)} tokens; the limit is {self.config.max_input_tokens}")
+            raise InvalidRequestError(f"input has {len(ids)} tokens; the limit is {self.config.max_input_tokens}")
         return ids
 
     def _eos_ids(self) -> set[int]:
@@ -250,7 +251,7 @@ class Engine:
     def check_params(self, params: GenerationParams, tokens_field: str = "max_new_tokens") -> None:
         """Refuse parameters past the engine's limits, naming the field as the client sent it."""
         if params.max_new_tokens > self.config.max_new_tokens:
-            raise RequestError(over_limit(tokens_field, params.max_new_tokens, self.config.max_new_tokens))
+            raise InvalidRequestError(over_limit(tokens_field, params.max_new_tokens, self.config.max_new_tokens))
 
     @torch.inference_mode()
     def prefill(self, rows: list[GenerationRow]) -> PagedBatch | DynamicBatch:
@@ -322,5 +323,5 @@ class Engine:
 
     def verbalizers(self, labels: dict[str, str]) -> dict[str, list[int]]:
         """Each label's verbalizer as token ids (what `ClassificationRow` carries)."""
-        return {label: text_ids(self.tokenizer, text, RequestError) for label, text in labels.items()}
+        return {label: text_ids(self.tokenizer, text, InvalidRequestError) for label, text in labels.items()}
 

@@ -17,7 +17,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from promptmux.registry.schemas import GenerationParams
+from promptmux.core.fields import GenerationParams
 from promptmux.serving.engine.outputs import TokenLogprob, TopLogprob
 
 HISTORY_CHUNK = 256

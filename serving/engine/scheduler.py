@@ -32,9 +32,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from promptmux.core.errors import InvalidRequestError, OverloadedError
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.engine.errors import OverloadedError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput
 from promptmux.serving.engine.protocol import ModelRunner, RunningBatch
 from promptmux.serving.engine.sequence import Sequence, StreamEvent
@@ -75,7 +75,7 @@ class Scheduler:
         Its parameters were checked where it was prepared; only the engine's limits are checked here."""
         state = Sequence(row, self.runner.decode, on_event, stream, submitted_step=self.steps)
         if state.reserved_tokens > self.limits.max_tokens_in_flight:
-            raise RequestError(
+            raise InvalidRequestError(
                 f"request needs {state.reserved_tokens} tokens of KV; the limit is {self.limits.max_tokens_in_flight}"
             )
         with self._lock:

@@ -4,9 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from promptmux.registry.errors import InvalidRequestError
+from promptmux.core.errors import InvalidRequestError
+from promptmux.core.fields import Logprobs, MaxNewTokens, Message, Seed, StopStrings, Temperature, TopP
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.names import parse_version
-from promptmux.registry.schemas import Logprobs, MaxNewTokens, Message, Seed, StopStrings, StrictModel, Temperature, TopP
 from promptmux.serving.runtime.requests import Call, Query
 from promptmux.serving.runtime.results import Usage
 from promptmux.serving.runtime.schemas import ParamsOverride, Text

@@ -16,19 +16,21 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from promptmux.registry.errors import (
+from promptmux.core.errors import (
     ConflictError,
+    ForgedFeedbackId,
     IncompatiblePromptError,
     InvalidArtifactError,
     InvalidNameError,
     InvalidRequestError,
     NotFoundError,
     PromptmuxError,
+    RateLimited,
+    RequestTimeout,
     StorageError,
     UnavailableError,
     describe,
 )
-from promptmux.serving.runtime.errors import ForgedFeedbackId, RateLimited, RequestTimeout
 from promptmux.serving.runtime.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)

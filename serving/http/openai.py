@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from promptmux.core.errors import NotFoundError
 from promptmux.registry import TaskKind
-from promptmux.registry.errors import NotFoundError
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.streaming import one_by_one, sse

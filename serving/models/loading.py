@@ -24,11 +24,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from promptmux.core.errors import ModelUnavailableError
 from promptmux.registry.schemas import BaseModelFingerprint
 from promptmux.serving.models.embedded import (
     EMBEDDED_MODELS,
     PACKAGED_MODELS,
-    ModelUnavailableError,
     cache_dir,
     is_embedded,
     packaged_folder,

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from promptmux.registry.errors import NotFoundError
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import NotFoundError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import (
     LATENCY_BUCKETS_S,
@@ -36,7 +37,6 @@ from promptmux.registry.policy import (
     VariantServed,
 )
 from promptmux.registry.registry import Registry
-from promptmux.registry.schemas import utc_now
 from promptmux.serving.rollouts.sequential import ArmOutcomes, Decision
 from promptmux.serving.rollouts.sequential import decide as test_decides
 

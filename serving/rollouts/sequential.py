@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry.policy import SequentialTest
-from promptmux.registry.schemas import StrictModel
 
 Verdict = Literal["continue", "promote", "rollback", "no_difference"]
 VARIANCE_FLOOR = 1e-4  # all outcomes equal so far: keep the test from dividing by zero

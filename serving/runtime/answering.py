@@ -17,17 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import TypeVar
 
+from promptmux.core.clock import utc_now
+from promptmux.core.errors import InvalidRequestError, OverloadedError, PositionLimitError, RateLimited, RequestTimeout
+from promptmux.core.fields import Message
 from promptmux.registry import TaskKind
 from promptmux.registry.policy import Result, ServedWindow, VariantServed
-from promptmux.registry.schemas import Message, utc_now
 from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
-from promptmux.serving.engine.errors import OverloadedError, PositionLimitError, RequestError
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob
 from promptmux.serving.engine.outputs import Usage as EngineUsage
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.runtime.deadline import Deadline
-from promptmux.serving.runtime.errors import RateLimited, RequestTimeout
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
 from promptmux.serving.runtime.requests import Assignment, Call, Input, Prepared, prepare
@@ -104,7 +104,7 @@ def result_of(exc: BaseException) -> Result | None:
         return "cancelled"
     if isinstance(exc, PositionLimitError):
         return "error" if exc.version_caused else None
-    if isinstance(exc, RequestError | OverloadedError):
+    if isinstance(exc, InvalidRequestError | OverloadedError):
         return None
     return "error"
 
@@ -199,14 +199,14 @@ class Answering:
         failure of that version's variant before it is refused."""
         query = call.query
         if len(query.inputs) > self.settings.max_inputs_per_request:
-            raise RequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
+            raise InvalidRequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
         entry = self.view.task(query.task, call.caller)
         spec = entry.record.spec
         if call.kind is not None and spec.kind is not call.kind:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
-            raise RequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
+            raise InvalidRequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
         if spec.kind is TaskKind.classification and call.params is not None and call.params.logprobs is not None:
-            raise RequestError(f"task {query.task!r} is a classification task: it answers a label with each label's "
+            raise InvalidRequestError(f"task {query.task!r} is a classification task: it answers a label with each label's "
                                "probability (`probabilities` on /v1/classify), not token log-probabilities")
         inputs = [self._chat_input(query.task, spec.format, i) for i in query.inputs] if call.conversation else query.inputs
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
@@ -233,7 +233,7 @@ class Answering:
         messages: list[Message] = request
         if [m.role for m in messages] != ["user"]:
             roles = ", ".join(m.role for m in messages)
-            raise RequestError(f"task {task!r} has a plain template: it takes exactly one user message as its input; "
+            raise InvalidRequestError(f"task {task!r} has a plain template: it takes exactly one user message as its input; "
                                f"this request has {len(messages)} message(s) ({roles})")
         return messages[0].content
 

@@ -12,7 +12,8 @@ and the next round tries again.
 import logging
 import threading
 
-from promptmux.registry import PromptmuxError, Registry
+from promptmux.core.errors import PromptmuxError
+from promptmux.registry import Registry
 from promptmux.registry.history import HistoryEntry
 from promptmux.serving.rollouts.loop import OutcomeLog, advance
 

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from promptmux.serving.runtime.errors import RequestTimeout
+from promptmux.core.errors import RequestTimeout
 
 T = TypeVar("T")
 

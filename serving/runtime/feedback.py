@@ -17,9 +17,8 @@ import secrets
 
 from pydantic import ValidationError
 
-from promptmux.registry.schemas import StrictModel
-from promptmux.serving.engine.errors import RequestError
-from promptmux.serving.runtime.errors import ForgedFeedbackId
+from promptmux.core.errors import ForgedFeedbackId, InvalidRequestError
+from promptmux.core.strict_model import StrictModel
 
 PREFIX = "pmx1"
 FORGED = "feedback id not issued by this deployment (its signature does not match)"
@@ -61,19 +60,19 @@ class FeedbackIds:
         return f"{PREFIX}.{body}.{self._sign(body)}"
 
     def verify(self, feedback_id: str, tenant: str | None = None) -> Served:
-        """The id's contents; `RequestError` if it is not an id at all, `ForgedFeedbackId` if
+        """The id's contents; `InvalidRequestError` if it is not an id at all, `ForgedFeedbackId` if
         its signature is not this deployment's, or if `tenant` (the caller; None for the admin)
         is not the tenant it was issued to: to another tenant it reads exactly as a forged id."""
         prefix, _, rest = feedback_id.partition(".")
         body, _, signature = rest.partition(".")
         if prefix != PREFIX or not body or not signature:
-            raise RequestError(f"malformed feedback id: expected the {PREFIX}.… id of a response")
+            raise InvalidRequestError(f"malformed feedback id: expected the {PREFIX}.… id of a response")
         if not hmac.compare_digest(signature, self._sign(body)):
             raise ForgedFeedbackId(FORGED)
         try:
             served = Served.model_validate_json(_unb64(body))
         except (ValidationError, binascii.Error, ValueError) as exc:
-            raise RequestError("malformed feedback id: its contents cannot be read") from exc
+            raise InvalidRequestError("malformed feedback id: its contents cannot be read") from exc
         if tenant is not None and served.tenant != tenant:
             raise ForgedFeedbackId(FORGED)
         return served

@@ -5,7 +5,8 @@ Generation and classification rows of any tasks are batched together; a bad requ
 for that request alone, and every other request is answered.
 """
 
-from promptmux.registry import PromptmuxError, Registry
+from promptmux.core.errors import PromptmuxError
+from promptmux.registry import Registry
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.offline import run
 from promptmux.serving.engine.runner import Engine

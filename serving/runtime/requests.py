@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from promptmux.registry import GenerationParams, TaskKind, TaskSpec
-from promptmux.registry.schemas import Message
+from promptmux.core.fields import GenerationParams, Message
+from promptmux.registry import TaskKind, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine

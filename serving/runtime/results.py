@@ -6,8 +6,8 @@ text already."""
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from promptmux.core.strict_model import StrictModel
 from promptmux.registry import TaskKind
-from promptmux.registry.schemas import StrictModel
 
 
 class Usage(StrictModel):

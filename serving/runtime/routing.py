@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from promptmux.registry import NotFoundError, PromptmuxError, PromptVersion, Registry, RolloutSpec, TaskRecord
+from promptmux.core.errors import NotFoundError, PromptmuxError, RouteUnavailable
+from promptmux.registry import PromptVersion, Registry, RolloutSpec, TaskRecord
 from promptmux.registry.edits import TENANTS
 from promptmux.registry.tenant_store import TenantRecord
-from promptmux.serving.runtime.errors import RouteUnavailable
 from promptmux.serving.runtime.tenants import ADMIN, Caller
 
 log = logging.getLogger(__name__)

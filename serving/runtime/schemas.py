@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from promptmux.registry.errors import describe
-from promptmux.registry.schemas import GenerationParams, StrictModel
-from promptmux.serving.engine.errors import RequestError
+from promptmux.core.errors import InvalidRequestError, describe
+from promptmux.core.fields import GenerationParams
+from promptmux.core.strict_model import StrictModel
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput
 
 
@@ -31,7 +31,7 @@ class _Override(StrictModel):
         try:
             return GenerationParams.model_validate({**defaults.model_dump(), **self.model_dump(exclude_none=True)})
         except ValidationError as exc:
-            raise RequestError(describe(exc.errors(), "params")) from exc
+            raise InvalidRequestError(describe(exc.errors(), "params")) from exc
 
 
 def _optional(field: FieldInfo) -> tuple[object, FieldInfo]:

@@ -12,10 +12,10 @@ import time
 
 import torch
 
+from promptmux.core.errors import InvalidRequestError
 from promptmux.registry import PromptVersion, Registry
 from promptmux.registry.policy import Outcome
 from promptmux.serving.engine.async_engine import AsyncEngine
-from promptmux.serving.engine.errors import RequestError
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.runtime.answering import Answering
 from promptmux.serving.runtime.feedback import FeedbackIds
@@ -148,12 +148,12 @@ class PromptmuxService:
         served = self.ids.verify(feedback_id, caller.tenant and caller.name)
         spec = self.view.task(served.task, caller).record.spec
         if served.label is None and label is not None:
-            raise RequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
+            raise InvalidRequestError(f"{served.task} is a {spec.kind.value} task: send a score in [0, 1], not a label")
         if served.label is not None:
             if label is None:  # a score would skip the check against the label answered
-                raise RequestError(f"{served.task} is a classification task: send the gold label ('label'), not a score")
+                raise InvalidRequestError(f"{served.task} is a classification task: send the gold label ('label'), not a score")
             if label not in spec.labels:
-                raise RequestError(f"unknown label {label!r} for {served.task} (labels: {', '.join(spec.labels)})")
+                raise InvalidRequestError(f"unknown label {label!r} for {served.task} (labels: {', '.join(spec.labels)})")
             score = float(label == served.label)
         outcome = Outcome(id=feedback_id, task=served.task, version=served.version, variant=served.variant,
                           experiment=served.experiment, score=score, label=label, predicted=served.label)

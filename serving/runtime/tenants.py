@@ -31,9 +31,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from promptmux.core.errors import InvalidRequestError, RateLimited
 from promptmux.registry.tenant_store import TenantRecord
-from promptmux.serving.engine.errors import RequestError
-from promptmux.serving.runtime.errors import RateLimited
 
 WINDOW_S = 60.0
 
@@ -137,13 +136,13 @@ class Quotas:
     def admit(self, tenant: TenantRecord, rows: int, tokens: int) -> Reservation:
         """Count in a request of `rows` rows that can generate `tokens` tokens, or raise
         `RateLimited` (429) naming the limit and the numbers, with the `x-ratelimit-*` headers
-        and Retry-After; `RequestError` (400) for a request no window could ever admit."""
+        and Retry-After; `InvalidRequestError` (400) for a request no window could ever admit."""
         scale = self.window_s / WINDOW_S
         if tenant.concurrency and rows > tenant.concurrency:
-            raise RequestError(f"this request has {rows} rows (n x inputs); tenant {tenant.name} may have "
+            raise InvalidRequestError(f"this request has {rows} rows (n x inputs); tenant {tenant.name} may have "
                                f"{tenant.concurrency} in flight: send fewer choices or inputs")
         if tenant.tokens_per_minute and tokens > tenant.tokens_per_minute * scale:
-            raise RequestError(f"this request can generate {tokens} tokens ({rows} rows x max tokens); tenant "
+            raise InvalidRequestError(f"this request can generate {tokens} tokens ({rows} rows x max tokens); tenant "
                                f"{tenant.name} may generate {tenant.tokens_per_minute * scale:g} per "
                                f"{self.window_s:g} s: ask for fewer tokens, choices or inputs")
         now, share = time.monotonic(), Share.of(tenant, self.replicas, scale)

@@ -4,8 +4,8 @@ hour" is every replica's windows summed, read from the registry alone."""
 
 import threading
 
+from promptmux.core.clock import utc_now
 from promptmux.registry.policy import Result
-from promptmux.registry.schemas import utc_now
 from promptmux.registry.traffic_store import TrafficCounts, TrafficWindow
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from promptmux.registry.errors import PromptmuxError, describe
+from promptmux.core.errors import PromptmuxError, describe
 from promptmux.tasks.cli.common import err_console
 from promptmux.tasks.cli.console import ui_command
 from promptmux.tasks.cli.rollouts import registry_app

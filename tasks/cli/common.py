@@ -15,13 +15,10 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.defaults import DEFAULT_BASE_MODEL
+from promptmux.core.errors import PromptmuxError
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
-from promptmux.registry.schemas import (
-    DEFAULT_BASE_MODEL,
-    BaseModelFingerprint,
-    TaskKind,
-)
+from promptmux.registry.schemas import BaseModelFingerprint, TaskKind
 
 # Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)

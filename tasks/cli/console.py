@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 from promptmux.serving.http.ports import check_port
 from promptmux.tasks.cli.common import RegistryOption, console, err_console, open_registry
 

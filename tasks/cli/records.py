@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 from promptmux.registry.limits import limits
 from promptmux.registry.schemas import (
     RolloutSpec,

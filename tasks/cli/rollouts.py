@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from promptmux.registry.errors import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 from promptmux.registry.history import MANUAL
 from promptmux.registry.names import parse_version
 from promptmux.registry.schemas import (

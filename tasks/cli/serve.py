@@ -12,8 +12,7 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
-from promptmux.registry import PromptmuxError
-from promptmux.registry.errors import describe
+from promptmux.core.errors import PromptmuxError, describe
 from promptmux.serving.http.ports import check_port
 from promptmux.serving.runtime.schemas import TaskRequest
 from promptmux.tasks.cli.common import (

@@ -6,8 +6,9 @@ from typing import Annotated, get_args
 
 import typer
 
-from promptmux.registry import PromptmuxError
-from promptmux.registry.schemas import DEFAULT_BASE_MODEL, TaskSpec
+from promptmux.core.defaults import DEFAULT_BASE_MODEL
+from promptmux.core.errors import PromptmuxError
+from promptmux.registry.schemas import TaskSpec
 from promptmux.tasks.cli.common import (
     BaseModelOption,
     FormatOption,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from promptmux.registry import PromptmuxError
+from promptmux.core.errors import PromptmuxError
 from promptmux.tasks.cli.common import BaseModelOption, RegistryOption, console, err_console, open_registry, print_json
 from promptmux.tasks.cli.train import task_data
 from promptmux.tasks.config import DEFAULT_LR

@@ -1,9 +1,9 @@
-"""promptmux's kinds of error, raised by every package, and how a validation error reads.
-Every one carries a message meant for the user.
+"""promptmux's errors, every one of them, and how a validation error reads. Every one
+carries a message meant for the user.
 
-The CLI and the HTTP layer turn `PromptmuxError` into a clean message (exit code 1 or an
-HTTP status chosen by kind: the HTTP room maps these kinds, never a deeper room's own
-classes); anything else escaping is a bug.
+One hierarchy in one module, so that a reader sees every kind at once: the CLI and the HTTP
+layer turn `PromptmuxError` into a clean message (exit code 1, or an HTTP status chosen by
+kind: `InvalidRequestError` 400, `UnavailableError` 503, ...); anything else escaping is a bug.
 """
 
 
@@ -71,6 +71,64 @@ class InvalidRequestError(PromptmuxError, ValueError):
     """A request to serve is invalid or exceeds a configured limit (HTTP 400)."""
 
 
+class InvalidConversationError(InvalidRequestError):
+    """A conversation a task cannot take (no user message, or a conversation for a text task)."""
+
+
+class NoChatTemplateError(PromptmuxError):
+    """A chat-format task on a base model whose tokenizer has no chat template."""
+
+
+class PositionLimitError(InvalidRequestError):
+    """A row would run past the positions the model has (or the engine's KV budget).
+
+    `version_caused` is true when the input and the new tokens alone would fit and the
+    prompt version's virtual tokens are what pushes the row over: the version, not the
+    request, is at fault, and a rollout counts the refusal against that version's variant.
+    """
+
+    def __init__(self, message: str, version_caused: bool) -> None:
+        super().__init__(message)
+        self.version_caused = version_caused
+
+
+class ModelUnavailableError(PromptmuxError):
+    """A base model that cannot be loaded here: a missing weights package, local folder or Hub access."""
+
+
+class DataError(PromptmuxError):
+    """The data cannot be read or lacks the named fields."""
+
+
+class RequestTimeout(PromptmuxError):
+    """The request ran past the configured per-request timeout (HTTP 504)."""
+
+
+class ForgedFeedbackId(PromptmuxError):
+    """A feedback id whose signature is not this deployment's (HTTP 403)."""
+
+
+class RateLimited(PromptmuxError):
+    """A tenant over one of its quotas (HTTP 429): `headers` are the response's Retry-After and
+    x-ratelimit-* headers, `limit` which limit it met (requests, tokens, concurrency)."""
+
+    def __init__(self, message: str, headers: dict[str, str], limit: str) -> None:
+        super().__init__(message)
+        self.headers, self.limit = headers, limit
+
+
 class UnavailableError(PromptmuxError):
     """What a request asks cannot be served now, by no fault of its own: retry later (HTTP 503
     with Retry-After)."""
+
+
+class OverloadedError(UnavailableError):
+    """The engine's waiting queue is full: retry later (HTTP 429/503 with Retry-After)."""
+
+
+class EngineUnavailable(UnavailableError):
+    """The engine's loop has stopped: this replica serves nothing until it is replaced (HTTP 503)."""
+
+
+class RouteUnavailable(UnavailableError):
+    """The version a request would be served by is known but not servable (HTTP 503)."""
