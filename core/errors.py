@@ -50,7 +50,7 @@ class InvalidArtifactError(PromptmuxError, ValueError):
 
 
 class TooLargeError(InvalidArtifactError):
-    """A task or an import past a size limit (`registry/limits.py`); the message names the limit."""
+    """A task or an import past a size limit (`core/limits.py`); the message names the limit."""
 
 
 class IncompatiblePromptError(PromptmuxError, ValueError):

@@ -1,18 +1,9 @@
 """promptmux registry: versioned soft prompts per task, stored as PEFT adapters."""
 
 from promptmux.registry.registry import Registry, VerifyResult, default_registry_uri
-from promptmux.registry.schemas import (
-    BaseModelFingerprint,
-    PromptVersion,
-    RolloutSpec,
-    RolloutVariant,
-    TaskKind,
-    TaskRecord,
-    TaskSpec,
-)
+from promptmux.registry.schemas import PromptVersion, RolloutSpec, RolloutVariant, TaskKind, TaskRecord, TaskSpec
 
 __all__ = [
-    "BaseModelFingerprint",
     "PromptVersion",
     "Registry",
     "RolloutSpec",

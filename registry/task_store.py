@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from promptmux.core.errors import ConflictError, NotFoundError, StorageError
-from promptmux.registry.limits import limits
+from promptmux.core.limits import limits
+from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.records import RecordFiles, task_rel
-from promptmux.registry.schemas import BaseModelFingerprint, TaskRecord, TaskSpec
+from promptmux.registry.schemas import TaskRecord, TaskSpec
 
 
 class TaskStore:

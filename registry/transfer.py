@@ -8,13 +8,16 @@ from pathlib import Path
 import fsspec
 
 from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
-from promptmux.registry.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.limits import limits
+from promptmux.core.limits import limits
+from promptmux.methods.catalog import PEFT_TYPES, method
+from promptmux.methods.files import CONFIG_FILE, TENSOR_FILE
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry.layout import EXPORT_FILE, MANIFEST_FILE
 from promptmux.registry.records import RecordFiles, version_rel
-from promptmux.registry.schemas import BaseModelFingerprint, ExportedTask, PromptVersion, TaskSpec
+from promptmux.registry.schemas import ExportedTask, PromptVersion, TaskSpec
 from promptmux.registry.storage import LocalStorage
 from promptmux.registry.task_store import TaskStore
-from promptmux.registry.version_store import VersionStore, artifact, checked_prompt, methods
+from promptmux.registry.version_store import VersionStore, artifact, checked_prompt, prompts
 
 
 class PeftTransfer:
@@ -33,7 +36,7 @@ class PeftTransfer:
         positions: int | None = None,
     ) -> PromptVersion:
         """Register a PEFT adapter directory (local path or fsspec URL) of any prompt-learning
-        method (`registry/methods.py`; `task_id` chooses a multitask prompt's task), keeping its
+        method (`promptmux.methods`; `task_id` chooses a multitask prompt's task), keeping its
         files as PEFT wrote them, and creating the task if needed: as `spec` says, by default a
         generation task with template `{input}`. A promptmux export keeps its version's init,
         training settings and metrics, and records where it came from (`training.lineage`). With
@@ -42,7 +45,7 @@ class PeftTransfer:
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
         config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source, "adapter_config_bytes")
-        config = methods().parse_config(config_bytes, source)
+        config = prompts().parse_config(config_bytes, source)
         if not isinstance(config.get("num_virtual_tokens"), int):  # PEFT sizes its prompt by it
             raise InvalidArtifactError(f"{source}: adapter_config needs num_virtual_tokens (an integer): PEFT cannot load it")
         tensor_path = f"{root}/{TENSOR_FILE}"
@@ -54,11 +57,9 @@ class PeftTransfer:
                 )
             raise InvalidArtifactError(f"{source}: no {TENSOR_FILE}")
         tensor_bytes = _read_source(fs, tensor_path, source, "tensor_bytes")
-        method = methods().PEFT_TYPES[config["peft_type"]]
-        if method == "multitask_prompt_tuning" and task_id is None and config.get("num_tasks") == 1:
-            task_id = 0
-        prompt = methods().Prompt(method, artifact().decode_tensors(tensor_bytes, source), config, task_id,
-                                  {CONFIG_FILE: config_bytes, TENSOR_FILE: tensor_bytes})
+        name = PEFT_TYPES[config["peft_type"]]
+        prompt = prompts().Prompt(name, artifact().decode_tensors(tensor_bytes, source), config,
+                                  method(name).task_id(config, task_id), {CONFIG_FILE: config_bytes, TENSOR_FILE: tensor_bytes})
         expected = tasks.get(task).base_fingerprint if tasks.exists(task) else base_fingerprint
         prompt = checked_prompt(prompt, base_fingerprint, expected, source)  # before a task is created for it
         if positions is not None and prompt.num_virtual_tokens >= positions:
@@ -75,7 +76,7 @@ class PeftTransfer:
                                          data_fingerprint=manifest.data_fingerprint, note=note or manifest.note)
             init = str(config.get("prompt_tuning_init") or "").lower().replace("_", "-")
             return versions.register(task, prompt, base_fingerprint,
-                                     init_method=f"imported-{method.replace('_', '-')}" + (f" ({init})" if init else ""),
+                                     init_method=f"imported-{name.replace('_', '-')}" + (f" ({init})" if init else ""),
                                      init_text=config.get("prompt_tuning_init_text"), training=imported, note=note)
 
     def read_export(self, source: str) -> tuple[ExportedTask, PromptVersion] | None:

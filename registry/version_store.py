@@ -14,49 +14,52 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
+from promptmux.methods.catalog import method
+from promptmux.methods.files import CONFIG_FILE, TENSOR_FILE
+from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.history import HistoryEntry
-from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
+from promptmux.registry.layout import MANIFEST_FILE
 from promptmux.registry.names import parse_version
 from promptmux.registry.records import RecordFiles, task_rel, version_rel
-from promptmux.registry.schemas import BaseModelFingerprint, PromptVersion
+from promptmux.registry.schemas import PromptVersion
 from promptmux.registry.task_store import TaskStore
 
 if TYPE_CHECKING:
     import torch
 
-    from promptmux.registry.methods import Prompt
+    from promptmux.methods.prompt import Prompt
 
 MAX_CLAIM_ATTEMPTS = 10_000
 
 
 def artifact() -> ModuleType:
-    """Tensors' code (torch, safetensors, peft), loaded when a tensor is first touched: metadata
-    commands such as `registry list` never pay for it."""
-    from promptmux.registry import artifact
+    """Adapter files' code (torch, safetensors, peft), loaded when a tensor is first touched:
+    metadata commands such as `registry list` never pay for it."""
+    from promptmux.methods import safetensors_files
 
-    return artifact
+    return safetensors_files
 
 
-def methods() -> ModuleType:
-    """The PEFT methods' code (torch), loaded as lazily as `artifact`."""
-    from promptmux.registry import methods
+def prompts() -> ModuleType:
+    """The `Prompt` type and its shared checks (torch), loaded as lazily as `artifact`."""
+    from promptmux.methods import prompt
 
-    return methods
+    return prompt
 
 
 def checked_prompt(prompt: "torch.Tensor | Prompt", made_on: BaseModelFingerprint, expected: BaseModelFingerprint,
                    source: str) -> "Prompt":
     """`prompt` as a checked `Prompt` (a bare tensor is a soft prompt), fitting the task's base model."""
-    peft = methods()
+    peft = prompts()
     if not isinstance(prompt, peft.Prompt):
         prompt = peft.Prompt("prompt_tuning", {peft.EMBEDDINGS: prompt})
-    prompt.tensors = peft.prompt_tensors(prompt.tensors, prompt.method, source)
-    peft.check_consistent(prompt, source)
-    width = prompt.embeddings.shape[1] if prompt.method != "prefix_tuning" else None
-    problem = expected.misfit(made_on, width)
+    kind = method(prompt.method)
+    prompt.tensors = kind.tensors(prompt.tensors, source)
+    kind.check(prompt, source)
+    problem = expected.misfit(made_on, kind.width(prompt))
     if problem:
         raise IncompatiblePromptError(f"prompt does not fit the task's base model: {problem}")
-    peft.check_fits(prompt, made_on, source)
+    kind.check_fits(prompt, made_on, source)
     return prompt
 
 
@@ -112,12 +115,17 @@ class VersionStore:
                        **({"imported_from": training["imported_from"]} if training and "imported_from" in training else {})}
             claimed = self.files.announced(
                 task, "version",
-                lambda m=manifest: self.files.storage.publish_dir(version_rel(task, m.version),
-                                                                  artifact().version_files(m, prompt)) and m,
+                lambda m=manifest: self.files.storage.publish_dir(version_rel(task, m.version), self._files(m, prompt)) and m,
                 [HistoryEntry(action="register", details=details)])
             if claimed:
                 return claimed
         raise ConflictError(f"could not claim a version number for task {task!r}")
+
+    @staticmethod
+    def _files(manifest: PromptVersion, prompt: "Prompt") -> dict[str, bytes]:
+        """A version's folder: the PEFT adapter, and our manifest last (it makes the version visible on object stores)."""
+        adapter = artifact().adapter_files(prompt, manifest.base_model, manifest.base_fingerprint)
+        return {**adapter, MANIFEST_FILE: manifest.model_dump_json(indent=2).encode()}
 
     def all(self, task: str, include_archived: bool = True) -> list[PromptVersion]:
         self.tasks.get(task)
@@ -152,13 +160,12 @@ class VersionStore:
             tensors = artifact().read_tensor_file(local, source)
         else:
             tensors = artifact().decode_tensors(storage.read_bytes(rel), source)
-        prompt = methods().Prompt(manifest.method, methods().prompt_tensors(tensors, manifest.method, source),
-                                  task_id=manifest.task_id)
+        prompt = prompts().Prompt(manifest.method, method(manifest.method).tensors(tensors, source), task_id=manifest.task_id)
         problem = _mismatch(manifest, prompt)
         if problem:
             raise InvalidArtifactError(f"{source}: {problem}")
-        if manifest.method == "prefix_tuning":  # its layout is in its config
-            prompt.peft_config = methods().parse_config(storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"),
+        if method(manifest.method).layout_in_config:
+            prompt.peft_config = prompts().parse_config(storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"),
                                                         source)
         return manifest, prompt
 
@@ -166,7 +173,7 @@ class VersionStore:
         """What is wrong with a stored version, re-read and re-hashed, or None."""
         try:
             manifest, _ = self.load_prompt(task, version)
-            methods().parse_config(self.files.storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"), "")
+            prompts().parse_config(self.files.storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"), "")
         except (PromptmuxError, ValueError) as exc:
             return str(exc)
         if manifest.version != version or manifest.task != task:

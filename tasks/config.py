@@ -9,9 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from promptmux.core.strict_model import StrictModel
-
-TrainMethod = Literal["prompt", "p-tuning", "prefix"]
-DEFAULT_LR: dict[str, float] = {"prompt": 3e-2, "p-tuning": 3e-3, "prefix": 3e-3}
+from promptmux.methods.catalog import DEFAULT_LR, TrainMethod
 
 
 class MethodSettings(StrictModel):

@@ -1,54 +1,25 @@
-"""The PEFT configuration a task's training starts from, by method: prompt tuning (`random`,
-`text` from an init text tokenized by the base model's own tokenizer, or `sample-vocab`),
-P-tuning (an MLP prompt encoder) or prefix tuning (optionally through an MLP projection);
-and the PEFT model it builds on the base model, as a run, a tuning trial or a worker starts it.
+"""The PEFT model a task's training starts from (each method's module gives its config:
+`promptmux.methods`), as a run, a tuning trial or a worker starts it, and the init text a
+prompt-tuning prompt starts from when none is given.
 """
 
 import torch
-from peft import (
-    PeftConfig,
-    PeftModel,
-    PrefixTuningConfig,
-    PromptEncoderConfig,
-    PromptTuningConfig,
-    PromptTuningInit,
-    TaskType,
-    get_peft_model,
-)
+from peft import PeftConfig, PeftModel, get_peft_model
 
+from promptmux.methods.base import TrainingStart
+from promptmux.methods.catalog import TRAINED, method
 from promptmux.registry import TaskKind, TaskSpec
 from promptmux.serving.models.embedded import resolve_model_path
 from promptmux.serving.models.loading import load_model, load_tokenizer, resolve_device
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.encoding import TaskEncoder
 
-INIT_METHODS = {"random": PromptTuningInit.RANDOM, "text": PromptTuningInit.TEXT, "sample-vocab": PromptTuningInit.SAMPLE_VOCAB}
-
-
-def prompt_config(
-    base_model: str, num_virtual_tokens: int, method: str = "text", init_text: str | None = None
-) -> PromptTuningConfig:
-    if method not in INIT_METHODS:
-        raise ValueError(f"unknown init method {method!r}; choose one of {', '.join(INIT_METHODS)}")
-    if method == "text" and not init_text:
-        raise ValueError("init method 'text' needs an init text")
-    return PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=num_virtual_tokens,
-        prompt_tuning_init=INIT_METHODS[method],
-        prompt_tuning_init_text=init_text if method == "text" else None,
-        tokenizer_name_or_path=resolve_model_path(base_model) if method == "text" else None,
-    )
-
 
 def peft_config(config: TrainConfig, init_text: str) -> PeftConfig:
-    """The PEFT config of `config.method`."""
-    if config.method == "p-tuning":
-        return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
-    if config.method == "prefix":
-        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
-                                  prefix_projection=config.prefix_projection)
-    return prompt_config(config.base_model, config.num_virtual_tokens, config.init, init_text)
+    """The PEFT config `config.method` starts from."""
+    start = TrainingStart(config.num_virtual_tokens, config.init, init_text,
+                          resolve_model_path(config.base_model) if config.init == "text" else None, config.prefix_projection)
+    return method(TRAINED[config.method]).training_config(start)
 
 
 def default_init_text(spec: TaskSpec) -> str:

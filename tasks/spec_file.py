@@ -10,8 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from promptmux.core.errors import PromptmuxError, describe
+from promptmux.core.limits import limits
 from promptmux.registry import TaskSpec
-from promptmux.registry.limits import limits
 from promptmux.tasks.config import DEFAULT_LR, MethodSettings, TrainConfig
 from promptmux.tasks.data import DataFields
 

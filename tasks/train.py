@@ -20,9 +20,10 @@ from peft import PeftModel
 from rich.console import Console
 
 from promptmux.core.errors import DataError
+from promptmux.core.limits import limits
+from promptmux.methods.catalog import PEFT_TYPES, method
+from promptmux.methods.prompt import Prompt
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
-from promptmux.registry.limits import limits
-from promptmux.registry.methods import EMBEDDINGS, PEFT_TYPES, Prompt
 from promptmux.registry.names import validate_alias
 from promptmux.serving.models.loading import fingerprint
 from promptmux.tasks.config import TrainConfig
@@ -47,10 +48,7 @@ def trained_prompt(model: PeftModel) -> torch.Tensor | Prompt:
     PEFT config it was trained with (a prompt-tuning prompt gets the registry's own config)."""
     tensor = model.get_prompt_embedding_to_save("default").detach().cpu()
     config = model.peft_config["default"]
-    method = PEFT_TYPES[config.peft_type]  # PeftType is a str enum
-    if method == "prompt_tuning":
-        return tensor
-    return Prompt(method, {EMBEDDINGS: tensor}, json.loads(json.dumps(config.to_dict(), default=str)))
+    return method(PEFT_TYPES[config.peft_type]).trained(tensor, json.loads(json.dumps(config.to_dict(), default=str)))
 
 
 def plot_curve(curve: Curve, title: str, path: Path) -> None:

@@ -16,7 +16,8 @@ import torch
 from helpers import REAL_MODEL
 from transformers.utils import logging as transformers_logging
 
-from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
 from promptmux.serving.models.embedded import built_path

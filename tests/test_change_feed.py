@@ -8,7 +8,8 @@ import time
 import pytest
 from helpers import random_prompt
 
-from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.change_feed import LOG_DIR
 from promptmux.serving.runtime.routing import RegistryView
 

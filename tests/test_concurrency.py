@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from writers import PROCESSES, Writer, edit_aliases
 
-from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, TaskSpec
 
 
 def _shared_task(tmp_path: Path, fp: BaseModelFingerprint) -> Registry:

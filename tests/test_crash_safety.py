@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from promptmux.core.errors import StorageError
-from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.policy import Outcome, RolloutPolicy
 from promptmux.registry.storage import LocalStorage
 from promptmux.serving.models.loading import fingerprint, load_model

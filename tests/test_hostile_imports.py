@@ -16,8 +16,9 @@ from helpers import BASE, build_registry
 from safetensors.torch import save_file
 
 from promptmux.core.errors import PromptmuxError
-from promptmux.registry import BaseModelFingerprint, Registry, TaskKind, TaskSpec
-from promptmux.registry.limits import SpecLimits
+from promptmux.core.limits import SpecLimits
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, TaskKind, TaskSpec
 from promptmux.serving.bench.common import random_prompt
 from promptmux.serving.engine.batching import ClassificationRow
 from promptmux.serving.engine.config import EngineConfig

@@ -7,7 +7,8 @@ from helpers import random_prompt
 from pydantic import ValidationError
 
 from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
-from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 
 
 @pytest.fixture(params=["local", "s3"])

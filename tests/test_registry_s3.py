@@ -13,7 +13,8 @@ import torch
 from helpers import random_prompt
 from writers import Writer
 
-from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.change_feed import HEAD, ChangeFeed
 
 

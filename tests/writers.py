@@ -11,10 +11,11 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from promptmux.registry import BaseModelFingerprint, Registry, RolloutSpec, RolloutVariant
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.registry import Registry, RolloutSpec, RolloutVariant
 
 PROCESSES = multiprocessing.get_context("forkserver")
-PROCESSES.set_forkserver_preload(["torch", "peft", "s3fs", "promptmux.registry.artifact", "writers"])
+PROCESSES.set_forkserver_preload(["torch", "peft", "s3fs", "promptmux.methods.safetensors_files", "writers"])
 
 
 def register_versions(uri: str, fp: BaseModelFingerprint, count: int, seed: int, rows: int, out: Connection,

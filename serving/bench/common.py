@@ -10,12 +10,14 @@ from collections.abc import Callable
 import torch
 
 from promptmux.core.fields import GenerationParams
-from promptmux.registry import BaseModelFingerprint, Registry, TaskSpec
-from promptmux.registry.methods import EMBEDDINGS, TASK_COLS, TASK_ROWS, Prompt
-from promptmux.registry.schemas import Method
+from promptmux.methods.catalog import CATALOG, Method
+from promptmux.methods.catalog import method as peft_method
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.methods.prompt import Prompt
+from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.models.loading import fingerprint, load_model
 
-METHODS: tuple[Method, ...] = ("prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning")
+METHODS: tuple[Method, ...] = tuple(CATALOG)
 
 
 def bench_registry(
@@ -46,19 +48,7 @@ def methods_registry(base_model: str, virtual_tokens: int) -> Registry:
 
 def random_prompt(method: Method, fp: BaseModelFingerprint, n: int, generator: torch.Generator) -> Prompt:
     """A random prompt of `method` for the model `fp` describes, as PEFT would store it."""
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.5
-
-    if method == "prefix_tuning":
-        shape = fp.kv_shape()
-        config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": n, "num_layers": shape.layers,
-                  "num_attention_heads": shape.kv_heads, "token_dim": shape.kv_heads * shape.head_dim}
-        return Prompt(method, {EMBEDDINGS: randn(n, shape.width)}, config)
-    if method == "multitask_prompt_tuning":
-        return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size), TASK_COLS: randn(2, n, 4),
-                               TASK_ROWS: randn(2, 4, fp.hidden_size)},
-                      {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": n, "num_tasks": 2, "num_ranks": 4}, 1)
-    return Prompt(method, {EMBEDDINGS: randn(n, fp.hidden_size)}, {"peft_type": method.upper(), "num_virtual_tokens": n})
+    return peft_method(method).example(fp, n, lambda *shape: torch.randn(*shape, generator=generator) * 0.5)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

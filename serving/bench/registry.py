@@ -41,8 +41,8 @@ import psutil
 import torch
 
 from promptmux.core.fields import GenerationParams
+from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.registry.schemas import BaseModelFingerprint
 from promptmux.serving.bench.common import medians, percentile, side_by_side
 from promptmux.serving.bench.machine import load_average, machine_report
 from promptmux.serving.engine.batching import GenerationRow

@@ -3,7 +3,7 @@
 Entries are keyed by (task, version, sha256), so a version is never confused with
 another registry's version of the same number. Loading goes through a `PromptLoader` (a registry's
 version store is one: safetensors only, sha256- and shape-checked), derives what serving needs of the version's
-PEFT method (`registry/methods.py`: a soft prompt's embeddings, or a prefix's keys and
+PEFT method (`promptmux.methods`: a soft prompt's embeddings, or a prefix's keys and
 values), then makes the checks that only the serving side can make: the prompt fits the
 served base model (a prefix: its layers, KV heads and head size against the engine's own
 keys and values), its values stay finite once cast to the serving dtype, and it fits in
@@ -29,9 +29,10 @@ from typing import Protocol
 import torch
 
 from promptmux.core.errors import IncompatiblePromptError
+from promptmux.methods.catalog import method
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.methods.prompt import Prompt
 from promptmux.registry import PromptVersion
-from promptmux.registry.methods import Prompt, serving_form
-from promptmux.registry.schemas import BaseModelFingerprint
 
 MiB = 2**20
 
@@ -159,7 +160,8 @@ class PromptCache:
     def _load(self, manifest: PromptVersion) -> CachedPrompt:
         loaded, prompt = self.loader.load_prompt(manifest.task, manifest.version)
         source = f"{loaded.task}@{loaded.version}"
-        form = serving_form(prompt)
+        kind = method(prompt.method)
+        form = kind.serving_form(prompt)
         width = form.embeds.shape[1] if form.embeds is not None else None
         problem = self.serving.fingerprint.misfit(loaded.base_fingerprint, width)
         if problem:
@@ -168,7 +170,7 @@ class PromptCache:
             embeds, kv = self._cast(form.embeds, source), None
             nbytes = embeds.numel() * embeds.element_size() + form.num_virtual_tokens * self.serving.kv_bytes_per_token
         else:
-            self._check_prefix(form.kv, source)
+            kind.check_servable(form, self.serving.kv_layout, source)
             embeds, kv = None, [(self._cast(k, source), self._cast(v, source)) for k, v in form.kv]
             nbytes = sum(t.numel() * t.element_size() for pair in kv for t in pair)
         if nbytes > self.capacity_bytes:
@@ -188,19 +190,6 @@ class PromptCache:
                 "overflow it; serve in a wider dtype (engine.dtype) or retrain the prompt"
             )
         return cast
-
-    def _check_prefix(self, kv: list[tuple[torch.Tensor, torch.Tensor]], source: str) -> None:
-        """A prefix is served as the model's own keys and values: the same layers, KV heads and head size."""
-        if not self.serving.kv_layout:
-            raise IncompatiblePromptError(f"{source} is a prefix-tuned prompt: it is served as pinned KV, which this "
-                                          "engine does not use (engine.pinned_kv is off, or the model's cache layout "
-                                          "is unsupported)")
-        layout = tuple((key.shape[0], key.shape[2]) for key, _ in kv)
-        if layout != self.serving.kv_layout:
-            (heads, head_dim), (model_heads, model_dim) = layout[0], self.serving.kv_layout[0]
-            raise IncompatiblePromptError(
-                f"{source}: a prefix of {len(layout)} layers x {heads} KV heads x {head_dim} does not fit the served "
-                f"model's {len(self.serving.kv_layout)} layers x {model_heads} KV heads x {model_dim}")
 
     def _evict(self) -> None:
         """Drop the least recently used entries until the count fits (the newest always does)."""

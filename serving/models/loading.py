@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from promptmux.core.errors import ModelUnavailableError
-from promptmux.registry.schemas import BaseModelFingerprint
+from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.serving.models.embedded import (
     EMBEDDED_MODELS,
     PACKAGED_MODELS,

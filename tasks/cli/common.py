@@ -17,8 +17,10 @@ from rich.table import Table
 
 from promptmux.core.defaults import DEFAULT_BASE_MODEL
 from promptmux.core.errors import PromptmuxError
+from promptmux.methods.catalog import CATALOG
+from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
-from promptmux.registry.schemas import BaseModelFingerprint, TaskKind
+from promptmux.registry.schemas import TaskKind
 
 # Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -147,8 +149,7 @@ def new_table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
-SHORT_METHODS = {"prompt_tuning": "prompt", "p_tuning": "p-tuning", "prefix_tuning": "prefix",
-                 "multitask_prompt_tuning": "multitask"}
+SHORT_METHODS = {name: entry.train_as or name.removesuffix("_prompt_tuning") for name, entry in CATALOG.items()}
 
 
 HEADLINE = [  # (figure, its key, the untuned base model's key): what `registry show` puts first

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from promptmux.core.errors import PromptmuxError
-from promptmux.registry.limits import limits
+from promptmux.core.limits import limits
 from promptmux.registry.schemas import (
     RolloutSpec,
     TaskSpec,

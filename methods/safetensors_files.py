@@ -1,17 +1,15 @@
-"""The on-disk form of one prompt version: a PEFT adapter plus our manifest.
+"""A prompt as PEFT adapter files, and back.
 
-A version directory holds
+An adapter folder holds
 
 * `adapter_model.safetensors`: the method's tensors under PEFT's own keys
   (`prompt_embeddings`, and for multitask prompt tuning `prefix_task_cols` and
-  `prefix_task_rows`; `registry/methods.py` says what each method stores),
+  `prefix_task_rows`; each method's module says what it stores),
 * `adapter_config.json`: the method's PEFT config (written by PEFT's own config class, or,
   for an imported adapter, kept byte for byte as PEFT wrote it),
-* `promptmux.json`, the `PromptVersion` manifest (written last: it makes the version
-  visible on object stores),
 
-so `PeftModel.from_pretrained(base, version_dir)` loads it unchanged. Tensors are only
-ever read through safetensors: no pickle, no `torch.load`.
+so `PeftModel.from_pretrained(base, folder)` loads it unchanged (the registry adds its
+manifest beside them). Tensors are only ever read through safetensors: no pickle, no `torch.load`.
 """
 
 import hashlib
@@ -25,10 +23,10 @@ from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
 from promptmux.core.errors import InvalidArtifactError
-from promptmux.registry.layout import CONFIG_FILE, MANIFEST_FILE, TENSOR_FILE
-from promptmux.registry.limits import limits
-from promptmux.registry.methods import EMBEDDINGS, SUPPORTED_DTYPES, Prompt
-from promptmux.registry.schemas import PromptVersion
+from promptmux.core.limits import limits
+from promptmux.methods.files import CONFIG_FILE, TENSOR_FILE
+from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.methods.prompt import EMBEDDINGS, SUPPORTED_DTYPES, Prompt
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -71,36 +69,35 @@ def dtype_name(tensor: torch.Tensor) -> str:
     return SUPPORTED_DTYPES[tensor.dtype]
 
 
-def adapter_config(manifest: PromptVersion, prompt: Prompt) -> bytes:
+def adapter_config(prompt: Prompt, base_model: str, model: BaseModelFingerprint) -> bytes:
     """`adapter_config.json`: the adapter's own bytes when it was imported, the config PEFT
     trained it with otherwise, or for a bare tensor a `PromptTuningConfig` from PEFT's own
     class, so the installed PEFT accepts it. A bare tensor's init is recorded as RANDOM: the
     trained values are in the safetensors file, and a TEXT init would make PEFT want the
-    tokenizer again on load. The real init method lives in our manifest."""
+    tokenizer again on load. The real init method lives in the registry's manifest."""
     if CONFIG_FILE in prompt.files:
         return prompt.files[CONFIG_FILE]
     if prompt.peft_config:
-        config = {**prompt.peft_config, "inference_mode": True, "base_model_name_or_path": manifest.base_model}
+        config = {**prompt.peft_config, "inference_mode": True, "base_model_name_or_path": base_model}
         return json.dumps(config, indent=2, sort_keys=True, default=str).encode()
     from peft import PromptTuningConfig, TaskType  # here only: reading, verifying and exporting never pay for it
 
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=manifest.num_virtual_tokens,
-        token_dim=manifest.token_dim,
+        num_virtual_tokens=prompt.num_virtual_tokens,
+        token_dim=prompt.embeddings.shape[1],
         num_transformer_submodules=1,
-        num_attention_heads=manifest.base_fingerprint.num_attention_heads,
-        num_layers=manifest.base_fingerprint.num_layers,
-        base_model_name_or_path=manifest.base_model,
+        num_attention_heads=model.num_attention_heads,
+        num_layers=model.num_layers,
+        base_model_name_or_path=base_model,
         inference_mode=True,
     )
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode()
 
 
-def version_files(manifest: PromptVersion, prompt: Prompt) -> dict[str, bytes]:
-    """The files of a version directory, manifest last; an imported adapter's files verbatim."""
+def adapter_files(prompt: Prompt, base_model: str, model: BaseModelFingerprint) -> dict[str, bytes]:
+    """The files of a PEFT adapter folder; an imported adapter's files verbatim."""
     return {
         TENSOR_FILE: prompt.files.get(TENSOR_FILE) or save_safetensors(prompt.tensors),
-        CONFIG_FILE: adapter_config(manifest, prompt),
-        MANIFEST_FILE: manifest.model_dump_json(indent=2).encode(),
+        CONFIG_FILE: adapter_config(prompt, base_model, model),
     }

@@ -13,14 +13,24 @@ lowered later does not make registered tasks unreadable.
 """
 
 from functools import cache
+from typing import Protocol
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptmux.core.errors import TooLargeError
-from promptmux.registry.schemas import TaskSpec
 
 KiB, MiB = 1024, 1024 * 1024
+
+
+class SizedSpec(Protocol):
+    """What the limits read of a task's spec (`promptmux.registry.schemas.TaskSpec`)."""
+
+    name: str
+    labels: dict[str, str]
+    template: str
+    system: str | None
+    description: str
 
 
 class SpecLimits(BaseSettings):
@@ -36,7 +46,7 @@ class SpecLimits(BaseSettings):
     adapter_config_bytes: int = Field(64 * KiB, ge=1 * KiB, description="bytes of an adapter_config.json")
     tensor_bytes: int = Field(512 * MiB, ge=1 * MiB, description="bytes of an adapter's tensors")
 
-    def check_spec(self, spec: TaskSpec) -> None:
+    def check_spec(self, spec: SizedSpec) -> None:
         """Refuse a spec past a limit, in one line naming it and its setting."""
         sizes = [("labels", len(spec.labels), self.labels),
                  ("template_chars", len(spec.template), self.template_chars),
