@@ -58,3 +58,6 @@ class Message(StrictModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+Input = str | list[Message]  # a request's input: a text, or a conversation (chat-format tasks)

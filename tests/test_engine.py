@@ -35,7 +35,7 @@ def engine(request, arch_registry) -> Engine:
 
 def mixed_rows(engine: Engine) -> list[tuple[str, list[int]]]:
     """(task, input ids) for a batch of every task x several inputs of different lengths."""
-    return [(task, engine.encode(text)) for task in PROMPT_LENGTHS for text in INPUTS[:3]]
+    return [(task, engine.inputs.encode(text)) for task in PROMPT_LENGTHS for text in INPUTS[:3]]
 
 
 def test_mixed_batch_greedy_tokens_equal_peft_alone(engine: Engine) -> None:
@@ -66,9 +66,9 @@ def test_mixed_batch_last_logits_match_peft_alone(engine: Engine) -> None:
 def test_classification_scores_equal_peft(engine: Engine) -> None:
     versions, base_model = engine.loader, engine.config.base_model
     labels_by_task = {"alpha": {"0": "0", "1": "1"}, "beta": {"yes": "positive", "no": "negative", "meh": "so-so"}}
-    rows = [(task, engine.encode(text)) for task in labels_by_task for text in INPUTS[:2]]
+    rows = [(task, engine.inputs.encode(text)) for task in labels_by_task for text in INPUTS[:2]]
     outputs = engine.classify([
-        ClassificationRow(engine.prompt(versions.latest(task)), ids, engine.verbalizers(labels_by_task[task]))
+        ClassificationRow(engine.prompt(versions.latest(task)), ids, engine.inputs.verbalizers(labels_by_task[task]))
         for task, ids in rows
     ])
     for (task, ids), output in zip(rows, outputs):
@@ -94,7 +94,7 @@ def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
     engine, versions = llama_engine, llama_engine.loader
     before = {name: (p.data_ptr(), p.detach().clone()) for name, p in engine.model.named_parameters()}
     versions = [m for task in PROMPT_LENGTHS for m in versions.all(task)]
-    ids = engine.encode("swap")
+    ids = engine.inputs.encode("swap")
     for i in range(300):
         batch = [versions[(i + k) % len(versions)] for k in range(3)]
         engine.logits([Row(engine.prompt(m), ids) for m in batch])
@@ -110,10 +110,10 @@ def test_prompt_swaps_never_touch_base_weights(llama_engine: Engine) -> None:
 def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: Engine) -> None:
     engine, versions = llama_engine, llama_engine.loader
     sampled = GenerationParams(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=7)
-    target = GenerationRow(engine.prompt(versions.latest("beta")), engine.encode("sample me"), sampled)
+    target = GenerationRow(engine.prompt(versions.latest("beta")), engine.inputs.encode("sample me"), sampled)
     alone = generate(engine, [target])[0]
     neighbours = [
-        GenerationRow(engine.prompt(versions.latest(task)), engine.encode(text), GenerationParams(max_new_tokens=5))
+        GenerationRow(engine.prompt(versions.latest(task)), engine.inputs.encode(text), GenerationParams(max_new_tokens=5))
         for task, text in zip(PROMPT_LENGTHS, INPUTS)
     ]
     in_batch = generate(engine, [neighbours[0], target, *neighbours[1:]])[1]
@@ -126,7 +126,7 @@ def test_sampling_is_reproducible_per_request_whatever_the_batch(llama_engine: E
 
 def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     engine, versions = llama_engine, llama_engine.loader
-    prompt, ids = engine.prompt(versions.latest("alpha")), engine.encode("stop here")
+    prompt, ids = engine.prompt(versions.latest("alpha")), engine.inputs.encode("stop here")
     free = generate(engine, [GenerationRow(prompt, ids, GenerationParams(max_new_tokens=12))])[0]
     assert free.text, "the random model produced no printable text to stop on"
     stop = free.text[-1]
@@ -144,9 +144,9 @@ def test_stop_strings_and_eos_end_a_row(llama_engine: Engine, monkeypatch: pytes
 def test_limits_and_incompatible_prompts_are_refused(llama_engine: Engine, tmp_path: Path) -> None:
     engine = llama_engine
     with pytest.raises(InvalidRequestError, match="limit is 2048"):
-        engine.encode("x" * 3000)
+        engine.inputs.encode("x" * 3000)
     with pytest.raises(InvalidRequestError, match="exceeds the limit"):
-        engine.check_params(GenerationParams(max_new_tokens=4096))
+        engine.inputs.check_params(GenerationParams(max_new_tokens=4096))
     gpt2_registry = fill_registry(tmp_path / "gpt2", "tiny-random-gpt2")
     foreign = Engine(EngineConfig(dtype="float32"), gpt2_registry.versions)
     with pytest.raises(IncompatiblePromptError, match="token_dim 64 != base model hidden_size 128"):

@@ -47,7 +47,7 @@ def rows(engine: Engine) -> list[GenerationRow]:
     params = [GenerationParams(max_new_tokens=12, min_new_tokens=12, repetition_penalty=r) for r in (1.0, 1.3, 1.0, 1.5)]
     texts = ["a poet", "the meeting", "a chef", "x"]
     prompt = engine.prompt(engine.loader.latest("act-as"))
-    return [GenerationRow(prompt, engine.encode(text), p) for text, p in zip(texts, params)]
+    return [GenerationRow(prompt, engine.inputs.encode(text), p) for text, p in zip(texts, params)]
 
 
 def test_a_row_that_fails_mid_batch_fails_alone_and_the_others_finish_unchanged(engine: Engine) -> None:
@@ -76,7 +76,7 @@ def live_server(tmp_path) -> Iterator[tuple[str, PromptmuxService]]:
 
 def test_a_step_that_raises_fails_the_rows_in_flight_and_the_loop_serves_on(live_server) -> None:
     url, service = live_server
-    scheduler = service.async_engine.scheduler
+    scheduler = service.client.core.scheduler
     real_decode, calls = scheduler._decode, []
 
     def decode_that_fails_once() -> None:
@@ -102,7 +102,7 @@ def test_a_dead_engine_loop_turns_health_red_and_requests_fail_fast(live_server)
     def step_that_kills_the_thread() -> None:
         raise SystemExit("injected: the engine thread dies")
 
-    service.async_engine.scheduler.step = step_that_kills_the_thread
+    service.client.core.scheduler.step = step_that_kills_the_thread
     body = {"task": "act-as", "input": "a poet"}
     in_flight = httpx.post(f"{url}/v1/generate", json=body, timeout=10)  # wakes the loop, which dies under it
     assert in_flight.status_code == 503 and "replaced" in in_flight.json()["error"]["message"]

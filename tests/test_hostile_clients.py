@@ -172,7 +172,7 @@ def test_a_candidate_that_fails_half_its_plain_requests_is_rolled_back_by_the_er
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, engine=EngineConfig(base_model=GPT2))
     with serve_locally(settings) as (url, service):
         if not checked:
-            service.engine.max_positions = None
+            service.client.engine.max_positions = None
 
         async def traffic() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:

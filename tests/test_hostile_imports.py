@@ -151,7 +151,7 @@ def test_a_classification_at_the_size_limits_costs_a_request_bounded_work(tmp_pa
     registry = build_registry(tmp_path / "registry", tasks=[(spec, [4])])
     engine = Engine(EngineConfig(base_model=BASE, dtype="float32", max_batch_size=32), registry.versions)
     prompt = engine.prompt(registry.versions.get("widest", 1))
-    row = ClassificationRow(prompt, engine.encode_request(spec, "an input"), engine.verbalizers(spec.labels))
+    row = ClassificationRow(prompt, engine.inputs.encode_request(spec, "an input"), engine.inputs.verbalizers(spec.labels))
     counted = []
     hook = engine.model.get_input_embeddings().register_forward_hook(lambda m, args, out: counted.append(args[0].numel()))
     try:

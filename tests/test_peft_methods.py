@@ -80,7 +80,7 @@ def test_the_registry_records_each_method_and_keeps_peft_files(registry: Registr
 
 def test_one_mixed_batch_of_all_four_methods_equals_peft_row_by_row(registry, adapters, engine: Engine) -> None:
     rows = [(adapter, text) for text in INPUTS for adapter in adapters]  # interleaved: every batch is mixed
-    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.encode(TEMPLATE.replace(
+    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.inputs.encode(TEMPLATE.replace(
         "{input}", text)), GenerationParams(max_new_tokens=10)) for a, text in rows])
     assert len({a.method for a, _ in rows}) == 4 and len(rows) == 16
     for (adapter, text), output in zip(rows, outputs):
@@ -91,12 +91,12 @@ def test_one_mixed_batch_of_all_four_methods_equals_peft_row_by_row(registry, ad
 
 def test_classification_labels_and_probabilities_equal_peft(registry, adapters, engine: Engine) -> None:
     named = {a.name: a for a in adapters}
-    verbalizers = engine.verbalizers(LABELS)
+    verbalizers = engine.inputs.verbalizers(LABELS)
     rows = [(named[name], text) for text in REVIEWS for name in CLASSIFIERS]
     verdicts = engine.classify([ClassificationRow(engine.prompt(registry.versions.latest(f"{a.name}-cls")),
-                                                  engine.encode(f"Review: {text}\nGood:"), verbalizers) for a, text in rows])
+                                                  engine.inputs.encode(f"Review: {text}\nGood:"), verbalizers) for a, text in rows])
     for (adapter, text), verdict in zip(rows, verdicts):
-        ids = engine.encode(f"Review: {text}\nGood:")
+        ids = engine.inputs.encode(f"Review: {text}\nGood:")
         last = peft_logprobs(BASE, registry.versions.uri(f"{adapter.name}-cls", 1), ids, adapter.task_id)[-1]
         scores = torch.tensor([float(last[v[0]]) for v in verbalizers.values()])
         expected = dict(zip(LABELS, torch.softmax(scores, 0).tolist()))
@@ -238,9 +238,9 @@ def test_promptmux_train_makes_every_method_and_serves_it_as_trained(cli, tmp_pa
     assert config["base_model_name_or_path"] == BASE and config["inference_mode"] is True
     assert 0 <= manifest.metrics["accuracy"] <= 1 and manifest.training["method"] == method
     engine = Engine(EngineConfig(base_model=BASE, dtype="float32", cpu_threads=2), registry.versions)
-    verbalizers = engine.verbalizers(LABELS)  # one byte each: scored at the input's last position
+    verbalizers = engine.inputs.verbalizers(LABELS)  # one byte each: scored at the input's last position
     for text in REVIEWS:
-        ids = engine.encode(f"Review: {text}\nHappy?")
+        ids = engine.inputs.encode(f"Review: {text}\nHappy?")
         (verdict,) = engine.classify([ClassificationRow(engine.prompt(manifest), ids, verbalizers)])
         last = peft_logprobs(BASE, registry.versions.uri("reviews", 1), ids)[-1]
         scores = torch.tensor([float(last[v[0]]) for v in verbalizers.values()])
@@ -255,26 +255,26 @@ def test_in_bfloat16_every_method_stays_within_bfloat16s_own_rounding_of_peft(re
     engine = Engine(EngineConfig(base_model=BASE, dtype="bfloat16", cpu_threads=2), registry.versions)
     texts = ["Act as a poet:", "the night sea", "Review: They lost the leash\nGood:"]
     rows = [(a, text) for text in texts for a in adapters]
-    batch = [Row(engine.prompt(registry.versions.latest(a.name)), engine.encode(text)) for a, text in rows]
+    batch = [Row(engine.prompt(registry.versions.latest(a.name)), engine.inputs.encode(text)) for a, text in rows]
     mine = torch.log_softmax(engine.logits(batch, 1)[:, -1].float(), -1)
     to_peft, rounding = [], []
     for (adapter, text), logprobs in zip(rows, mine):
-        ids, folder = engine.encode(text), registry.versions.uri(adapter.name, 1)
+        ids, folder = engine.inputs.encode(text), registry.versions.uri(adapter.name, 1)
         peft16 = peft_logprobs(BASE, folder, ids, adapter.task_id, dtype="bfloat16")[-1]
         exact = peft_logprobs(BASE, folder, ids, adapter.task_id)[-1]
         top = exact.topk(10).indices
         to_peft.append(float((logprobs[top] - peft16[top]).abs().max()))
         rounding.append(float((peft16[top] - exact[top]).abs().max()))
     assert max(to_peft) <= max(rounding) and sum(to_peft) <= sum(rounding), (to_peft, rounding)
-    verbalizers = engine.verbalizers(LABELS)
+    verbalizers = engine.inputs.verbalizers(LABELS)
     named = {a.name: a for a in adapters}
     reviews = [f"Review: {text}\nGood:" for text in REVIEWS + ["on time", "the cut was uneven", "friendly and fast"]]
     cases = [(named[name], text) for text in reviews for name in CLASSIFIERS]
-    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.versions.latest(f"{a.name}-cls")), engine.encode(text),
+    verdicts = engine.classify([ClassificationRow(engine.prompt(registry.versions.latest(f"{a.name}-cls")), engine.inputs.encode(text),
                                                   verbalizers) for a, text in cases])
     tie = 2 * max(rounding)  # two label scores each off by up to bf16's rounding: closer than this is a tie
     for (adapter, text), verdict in zip(cases, verdicts):
-        last = peft_logprobs(BASE, registry.versions.uri(f"{adapter.name}-cls", 1), engine.encode(text), adapter.task_id,
+        last = peft_logprobs(BASE, registry.versions.uri(f"{adapter.name}-cls", 1), engine.inputs.encode(text), adapter.task_id,
                              dtype="bfloat16")[-1]
         peft_gap = float(last[verbalizers["1"][0]] - last[verbalizers["0"][0]])
         my_gap = math.log(verdict.probabilities["1"] / verdict.probabilities["0"])

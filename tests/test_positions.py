@@ -53,7 +53,7 @@ def engine(gpt2_registry: Registry) -> Engine:
 
 def rows(engine: Engine, texts: list[str], new: int = 12) -> list[GenerationRow]:
     prompt = engine.prompt(engine.loader.latest("act-as"))
-    return [GenerationRow(prompt, engine.encode(f"Act as {text}:"), GenerationParams(max_new_tokens=new)) for text in texts]
+    return [GenerationRow(prompt, engine.inputs.encode(f"Act as {text}:"), GenerationParams(max_new_tokens=new)) for text in texts]
 
 
 def test_eight_generations_beside_an_overflow_finish_clean_and_the_overflow_gets_400(gpt2_registry, engine) -> None:

@@ -60,7 +60,7 @@ def test_two_threads_missing_one_prompt_load_it_once_and_pin_its_kv_once(engine:
     prompt = got[0]
     assert prompt.kv is None  # loading never runs the model
     engine.prompts = cache
-    ids = engine.encode("pin me")
+    ids = engine.inputs.encode("pin me")
     first = engine.logits([Row(prompt, ids)])
     kv = prompt.kv
     assert kv is not None
@@ -112,12 +112,12 @@ def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_loa
     settings = ServeSettings(registry=registry.uri, refresh_interval_s=0.2, engine=EngineConfig(base_model=BASE))
     with serve_locally(settings) as (url, service):
         callers: set[str] = set()
-        service.engine.model.register_forward_pre_hook(lambda *_: callers.add(threading.current_thread().name))
-        fp = service.engine.fingerprint
+        service.client.engine.model.register_forward_pre_hook(lambda *_: callers.add(threading.current_thread().name))
+        fp = service.client.engine.fingerprint
         registry.versions.register("grooming", torch.randn(6, fp.hidden_size), fp)  # a new version, found by the refresh
         new = registry.versions.latest("grooming")
-        wait_until(lambda: service.engine.prompts.resident(new) is not None, timeout=20)
-        assert service.engine.prompts.resident(new).kv is None  # validated and loaded, not run
+        wait_until(lambda: service.client.engine.prompts.resident(new) is not None, timeout=20)
+        assert service.client.engine.prompts.resident(new).kv is None  # validated and loaded, not run
         assert callers == set()
         with httpx.Client(base_url=url, timeout=30) as client:
             for body in ({"task": "grooming", "input": "on time", "version": new.version},
@@ -126,5 +126,5 @@ def test_only_the_engine_thread_runs_the_model_handlers_and_the_refresh_only_loa
                 assert client.post(path, json=body).status_code == 200
             streamed = client.post("/v1/generate", json={"task": "summarize", "input": "a day", "stream": True})
             assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
-        assert service.engine.prompts.resident(new).kv is not None  # pinned at its first batch
+        assert service.client.engine.prompts.resident(new).kv is not None  # pinned at its first batch
         assert callers == {"promptmux-engine"}

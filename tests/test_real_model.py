@@ -86,21 +86,21 @@ def test_mixed_batch_on_real_weights_equals_peft_row_by_row(real_engine: Engine)
     generation = [(task, text) for task, (kind, *_, inputs) in TASKS.items() if kind == "generation" for text in inputs]
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.5)
     outputs = generate(engine, [
-        GenerationRow(engine.prompt(versions.latest(task)), engine.encode(text), params) for task, text in generation
+        GenerationRow(engine.prompt(versions.latest(task)), engine.inputs.encode(text), params) for task, text in generation
     ])
     for (task, text), output in zip(generation, outputs):
-        ids = engine.encode(text)
+        ids = engine.inputs.encode(text)
         expected = peft_generate(REAL_MODEL, versions.uri(task, 1), ids, 12, 1.5, tuple(engine.eos_ids))
         assert output.token_ids == expected, (task, text)
         assert output.text.strip(), "real weights give real text"
 
     reviews = TASKS["dog-grooming"][3]
     verdicts = engine.classify([
-        ClassificationRow(engine.prompt(versions.latest("dog-grooming")), engine.encode(text), engine.verbalizers(LABELS))
+        ClassificationRow(engine.prompt(versions.latest("dog-grooming")), engine.inputs.encode(text), engine.inputs.verbalizers(LABELS))
         for text in reviews
     ])
     for text, verdict in zip(reviews, verdicts):
-        ids = engine.encode(text)
+        ids = engine.inputs.encode(text)
         last = peft_logprobs(REAL_MODEL, versions.uri("dog-grooming", 1), ids)[-1]
         scores = {label: float(last[engine.tokenizer(word, add_special_tokens=False).input_ids[0]])
                   for label, word in LABELS.items()}
@@ -122,10 +122,10 @@ def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Pa
                              spec=TaskSpec(name=adapter.name, base_model=REAL_MODEL))
     engine = Engine(EngineConfig(base_model=REAL_MODEL, dtype="float32", cpu_threads=2), registry.versions)
     rows = [(adapter, text) for text in ("a travel guide", "the sea") for adapter in adapters]
-    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.encode(text),
+    outputs = generate(engine, [GenerationRow(engine.prompt(registry.versions.latest(a.name)), engine.inputs.encode(text),
                                               GenerationParams(max_new_tokens=8)) for a, text in rows])
     for (adapter, text), output in zip(rows, outputs):
-        expected = peft_generate(REAL_MODEL, registry.versions.uri(adapter.name, 1), engine.encode(text), 8,
+        expected = peft_generate(REAL_MODEL, registry.versions.uri(adapter.name, 1), engine.inputs.encode(text), 8,
                                  eos_ids=tuple(engine.eos_ids), task_id=adapter.task_id)
         assert output.token_ids == expected, (adapter.name, text)
     assert engine.prompt(registry.versions.latest("prefix")).kv[0][0].shape[0] == 3  # SmolLM2's KV heads

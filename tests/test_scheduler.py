@@ -36,7 +36,7 @@ def random_rows(engine: Engine, rng: random.Random, count: int) -> list[Generati
             top_k=rng.choice([0, 20]),
             seed=rng.randint(0, 1000),
         )
-        rows.append(GenerationRow(engine.prompt(engine.loader.latest(task)), engine.encode(text), params))
+        rows.append(GenerationRow(engine.prompt(engine.loader.latest(task)), engine.inputs.encode(text), params))
     return rows
 
 

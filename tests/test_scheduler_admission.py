@@ -13,10 +13,11 @@ import torch
 
 from promptmux.core.errors import InvalidRequestError, OverloadedError, PositionLimitError
 from promptmux.core.fields import GenerationParams
+from promptmux.core.usage import Usage
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.limits import check_positions
-from promptmux.serving.engine.outputs import ClassificationOutput, Usage
+from promptmux.serving.engine.outputs import ClassificationOutput
 from promptmux.serving.engine.prompt_cache import CachedPrompt, PromptKey
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.scheduler import ClassificationJob, Scheduler

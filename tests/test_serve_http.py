@@ -100,12 +100,12 @@ def test_mixed_task_burst_matches_the_engine_alone(served, reference: Engine) ->
         assert output["task"] == body["task"]
         entry = registry.tasks.get(body["task"]).spec
         manifest = registry.versions.get(body["task"], output["version"])
-        ids = reference.encode(entry.render(body["input"]))
+        ids = reference.inputs.encode(entry.render(body["input"]))
         if path == "/v1/generate":
             expected = generate(reference, [GenerationRow(reference.prompt(manifest), ids, entry.generation)])[0]
             assert output["token_ids"] == expected.token_ids
         else:
-            row = ClassificationRow(reference.prompt(manifest), ids, reference.verbalizers(entry.labels))
+            row = ClassificationRow(reference.prompt(manifest), ids, reference.inputs.verbalizers(entry.labels))
             expected = reference.classify([row])[0]
             assert output["label"] == expected.label
             assert output["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)

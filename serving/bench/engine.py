@@ -76,7 +76,7 @@ def run_engine_benchmark(quick: bool, device: str = "auto", dtype: str = "auto",
     one_method = [GenerationRow(method_prompts["prompt_tuning"], x, params) for x in inputs]
 
     def classify(engine: Engine) -> Callable[[], object]:
-        verbalizers = engine.verbalizers({"0": "0", "1": "1"})
+        verbalizers = engine.inputs.verbalizers({"0": "0", "1": "1"})
         rows = [ClassificationRow(engine.prompt(registry.versions.get(t, 2)), x, verbalizers)
                 for t, x in zip(row_tasks, cls_inputs)]
         return lambda: engine.classify(rows)

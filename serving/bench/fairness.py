@@ -120,7 +120,7 @@ def run_fairness_benchmark(quick: bool, device: str = "auto", dtype: str = "auto
     settings = ServeSettings(registry=registry.uri, engine=EngineConfig(
         base_model=size["base_model"], device=device, dtype=dtype, max_batch_size=batch, admit_fraction=1 / batch))
     service = PromptmuxService(settings)
-    scheduler, lengths = service.async_engine.scheduler, Lengths(*size["new_tokens"])
+    scheduler, lengths = service.client.core.scheduler, Lengths(*size["new_tokens"])
     try:
         capacity = asyncio.run(_capacity(service, lengths, callers["b"], size["calibration"] // 4))  # warm-up
         capacity = asyncio.run(_capacity(service, lengths, callers["b"], size["calibration"]))
@@ -128,7 +128,7 @@ def run_fairness_benchmark(quick: bool, device: str = "auto", dtype: str = "auto
         for mode in ("fifo", "fair"):
             scheduler.waiting.fair = mode == "fair"  # between runs: nothing is waiting
             report[mode] = asyncio.run(_scenario(service, lengths, callers, capacity, size["b_requests"], flood=True))
-        device_name = service.engine.device
+        device_name = service.client.engine.device
     finally:
         service.shutdown()
     alone = report["alone"]["b_p99_s"]

@@ -82,7 +82,7 @@ def _in_process(settings: ServeSettings, bodies: list[dict], concurrency: int) -
 
     try:
         asyncio.run(_drive(bodies[:concurrency], concurrency, direct))  # warm-up
-        return asyncio.run(_drive(bodies, concurrency, direct)), str(service.engine.device)
+        return asyncio.run(_drive(bodies, concurrency, direct)), str(service.client.engine.device)
     finally:
         service.shutdown()
 

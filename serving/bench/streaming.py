@@ -92,7 +92,7 @@ def run_streaming_benchmark(quick: bool, device: str = "auto", dtype: str = "aut
 
     try:
         timings, tokens = asyncio.run(measure())
-        detokenizing = _detokenize(service.engine.decode, tokens)
+        detokenizing = _detokenize(service.client.engine.decode, tokens)
     finally:
         service.shutdown()
     median = medians(timings)
@@ -100,10 +100,10 @@ def run_streaming_benchmark(quick: bool, device: str = "auto", dtype: str = "aut
         "stream_over_plain": round(median["streamed"] / median["plain"], 3),
         "full_over_incremental": round(detokenizing["full"] / detokenizing["incremental"], 1),
         "targets": TARGETS,
-        "config": {**size, "mode": "quick" if quick else "full", "device": str(service.engine.device),
-                   "dtype": str(service.engine.model.dtype).removeprefix("torch.")},
+        "config": {**size, "mode": "quick" if quick else "full", "device": str(service.client.engine.device),
+                   "dtype": str(service.client.engine.model.dtype).removeprefix("torch.")},
         "timings_s": timings,
         "median_s": median,
         "detokenize_s": detokenizing,
-        "machine": machine_report(torch.device(str(service.engine.device)), load_before),
+        "machine": machine_report(torch.device(str(service.client.engine.device)), load_before),
     }

@@ -48,6 +48,10 @@ class EventStream:
         return event
 
     async def aclose(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the request: its row leaves the batch at the next step."""
         if not self.state.done:
             self.state.cancel()
 

@@ -28,7 +28,7 @@ def run(engine: Engine, rows: list[GenerationRow | ClassificationRow]) -> list[O
             scheduler.submit_classification(ClassificationJob([row], _setter(results, index)))
             continue
         try:
-            engine.check_params(row.params)
+            engine.inputs.check_params(row.params)
             results[index] = scheduler.submit(row)
         except InvalidRequestError as exc:
             results[index] = exc

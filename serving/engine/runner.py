@@ -23,9 +23,9 @@ import logging
 import torch
 from transformers.utils import ModelOutput
 
-from promptmux.core.errors import InvalidRequestError, NoChatTemplateError
-from promptmux.core.fields import GenerationParams, Message
-from promptmux.registry import PromptVersion, TaskSpec
+from promptmux.core.fields import GenerationParams
+from promptmux.core.usage import Usage
+from promptmux.registry import PromptVersion
 from promptmux.serving.engine.batching import (
     ClassificationRow,
     GenerationRow,
@@ -38,15 +38,15 @@ from promptmux.serving.engine.batching import (
 )
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.dynamic_batch import DynamicBatch
+from promptmux.serving.engine.input_processor import InputProcessor
 from promptmux.serving.engine.kv_pool import ATTENTION, KVLayout, KVPool, PoolStats
-from promptmux.serving.engine.limits import check_positions, over_limit
-from promptmux.serving.engine.outputs import ClassificationOutput, Usage
+from promptmux.serving.engine.limits import check_positions
+from promptmux.serving.engine.outputs import ClassificationOutput
 from promptmux.serving.engine.packed_linear import can_pack, pack_linears
 from promptmux.serving.engine.paged_batch import PagedBatch
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
-from promptmux.serving.models.inputs import encode_input, encode_task_input, text_ids
 from promptmux.serving.models.loading import fingerprint, learned_positions, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Engine:
             self.config = config.model_copy(update={"max_tokens_in_flight": self.kv_pool.capacity_tokens})
         serving = ServingFormat.of(self.fingerprint, self.model.dtype, self.device, pinned)
         self.prompts = PromptCache(loader, int(config.prompt_cache_mb * MiB), serving)
+        self.inputs = InputProcessor(self.tokenizer, self.config, self.check_positions)
 
     @property
     def device(self) -> torch.device:
@@ -180,26 +181,6 @@ class Engine:
         return self.kv_pool.stats() if self.kv_pool is not None else None
 
     # ----------------------------------------------------------------- inputs
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a rendered input (a trailing EOS some tokenizers append is dropped)."""
-        return self._within_limits(encode_input(self.tokenizer, text))
-
-    def encode_request(self, spec: TaskSpec, request: "str | list[Message]") -> list[int]:
-        """Token ids of a task's request: a text framed by its template, or (a chat-format task) a
-        conversation through the base model's chat template; the same function training uses."""
-        try:
-            ids = encode_task_input(self.tokenizer, spec, request)
-        except NoChatTemplateError as exc:
-            raise InvalidRequestError(str(exc)) from exc
-        return self._within_limits(ids)
-
-    def _within_limits(self, ids: list[int]) -> list[int]:
-        if not ids:
-            raise InvalidRequestError("the input is empty after tokenization")
-        if len(ids) > self.config.max_input_tokens:
-            raise InvalidRequestError(f"input has {len(ids)} tokens; the limit is {self.config.max_input_tokens}")
-        return ids
-
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
         ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
@@ -248,11 +229,6 @@ class Engine:
         check_positions(virtual, inputs, new, limit, what, new_field)
 
     # ------------------------------------------------------------- generation
-    def check_params(self, params: GenerationParams, tokens_field: str = "max_new_tokens") -> None:
-        """Refuse parameters past the engine's limits, naming the field as the client sent it."""
-        if params.max_new_tokens > self.config.max_new_tokens:
-            raise InvalidRequestError(over_limit(tokens_field, params.max_new_tokens, self.config.max_new_tokens))
-
     @torch.inference_mode()
     def prefill(self, rows: list[GenerationRow]) -> PagedBatch | DynamicBatch:
         """Run the rows' prompts and inputs together; in the KV pool, each row's keys and values
@@ -320,8 +296,3 @@ class Engine:
                 )
             )
         return results
-
-    def verbalizers(self, labels: dict[str, str]) -> dict[str, list[int]]:
-        """Each label's verbalizer as token ids (what `ClassificationRow` carries)."""
-        return {label: text_ids(self.tokenizer, text, InvalidRequestError) for label, text in labels.items()}
-

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from promptmux.core.usage import Usage
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.detokenizer import IncrementalDetokenizer
-from promptmux.serving.engine.outputs import GenerationOutput, TokenLogprob, Usage
+from promptmux.serving.engine.outputs import GenerationOutput, TokenLogprob
 from promptmux.serving.engine.sampling import RowSampler, token_logprob
 
 

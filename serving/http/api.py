@@ -7,9 +7,9 @@ from pydantic import BaseModel, Field, model_validator
 from promptmux.core.errors import InvalidRequestError
 from promptmux.core.fields import Logprobs, MaxNewTokens, Message, Seed, StopStrings, Temperature, TopP
 from promptmux.core.strict_model import StrictModel
+from promptmux.core.usage import Usage
 from promptmux.registry.names import parse_version
 from promptmux.serving.runtime.requests import Call, Query
-from promptmux.serving.runtime.results import Usage
 from promptmux.serving.runtime.schemas import ParamsOverride, Text
 from promptmux.serving.runtime.tenants import Caller
 

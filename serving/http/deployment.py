@@ -67,7 +67,7 @@ class PromptmuxDeployment:
         self, settings: dict[str, Any], drain_signal: str | None = None, controller: DeploymentHandle | None = None
     ) -> None:
         self.service = PromptmuxService(ServeSettings.model_validate(settings))
-        warn_if_gpus_unused(self.service.engine.device.type)
+        warn_if_gpus_unused(self.service.device_type)
         self.controller = controller  # bound so that the application runs it
         self._drainer = None
         if drain_signal is not None:

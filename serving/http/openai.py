@@ -17,12 +17,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promptmux.core.errors import NotFoundError
+from promptmux.core.usage import Usage
 from promptmux.registry import TaskKind
 from promptmux.serving.http.api import CompletionBody
 from promptmux.serving.http.guard import caller_of
 from promptmux.serving.http.streaming import one_by_one, sse
 from promptmux.serving.runtime.requests import Call
-from promptmux.serving.runtime.results import Answer, AnswerStream, Delta, ServedBy, TokenChoice, Usage
+from promptmux.serving.runtime.results import Answer, AnswerStream, Delta, ServedBy, TokenChoice
 from promptmux.serving.runtime.service import PromptmuxService
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -19,28 +19,16 @@ from typing import TypeVar
 
 from promptmux.core.clock import utc_now
 from promptmux.core.errors import InvalidRequestError, OverloadedError, PositionLimitError, RateLimited, RequestTimeout
-from promptmux.core.fields import Message
+from promptmux.core.usage import Usage
 from promptmux.registry import TaskKind
 from promptmux.registry.policy import Result, ServedWindow, VariantServed
-from promptmux.serving.engine.async_engine import AsyncEngine, EventStream
+from promptmux.serving.engine.client import EngineClient, EngineRequest, EventStream, Row, StreamEvent
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob
-from promptmux.serving.engine.outputs import Usage as EngineUsage
-from promptmux.serving.engine.runner import Engine
-from promptmux.serving.engine.sequence import StreamEvent
 from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
-from promptmux.serving.runtime.requests import Assignment, Call, Input, Prepared, prepare
-from promptmux.serving.runtime.results import (
-    Answer,
-    Answers,
-    AnswerStream,
-    Delta,
-    ServedBy,
-    TokenAlternative,
-    TokenChoice,
-    Usage,
-)
+from promptmux.serving.runtime.requests import Assignment, Call
+from promptmux.serving.runtime.results import Answer, Answers, AnswerStream, Delta, ServedBy, TokenAlternative, TokenChoice
 from promptmux.serving.runtime.routing import RegistryView
 from promptmux.serving.runtime.schemas import ParamsOverride
 from promptmux.serving.runtime.settings import ServeSettings
@@ -48,6 +36,15 @@ from promptmux.serving.runtime.tenants import Caller, Quotas, Reservation
 from promptmux.serving.runtime.traffic import TrafficCounters
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One input of a request, ready to run: the row the engine client made of it, and who serves it."""
+
+    assignment: Assignment
+    kind: TaskKind
+    row: Row
 
 
 class Ending:
@@ -109,14 +106,10 @@ def result_of(exc: BaseException) -> Result | None:
     return "error"
 
 
-def usage_of(usage: EngineUsage) -> Usage:
-    return Usage(**usage.model_dump())
-
-
 class Answering:
-    def __init__(self, settings: ServeSettings, engine: Engine, async_engine: AsyncEngine, view: RegistryView,
-                 ids: FeedbackIds, metrics: ServingMetrics) -> None:
-        self.settings, self.engine, self.async_engine, self.view = settings, engine, async_engine, view
+    def __init__(self, settings: ServeSettings, client: EngineClient, view: RegistryView, ids: FeedbackIds,
+                 metrics: ServingMetrics) -> None:
+        self.settings, self.client, self.view = settings, client, view
         self.ids, self.metrics = ids, metrics
         self.served = ServedCounters()
         self.traffic = TrafficCounters()
@@ -163,12 +156,13 @@ class Answering:
     async def _answer(self, call: Call, ended: Ending) -> Answers | AnswerStream:
         items = await self.prepare(call)
         first = items[0]
-        served = ServedBy(first.task, first.version, first.variant, first.kind)
+        a = first.assignment
+        served = ServedBy(a.task, a.version, a.variant, first.kind)
         if first.kind is TaskKind.classification:
-            labels = await self._finish(self.async_engine.classify([item.row for item in items]), call.endpoint, items)
+            labels = await self._finish(self.client.classify([item.row for item in items]), call.endpoint, items)
             ended("ok", [o.usage.completion_tokens for o in labels])
             return Answers(served, [Answer(i, self.feedback_id(item, call.caller, o.label), o.label, [], "stop",
-                                           usage_of(o.usage), label=o.label, probabilities=o.probabilities)
+                                           o.usage, label=o.label, probabilities=o.probabilities)
                                     for i, (item, o) in enumerate(zip(items, labels))])
         ids = [self.feedback_id(item, call.caller) for item in items]
         if call.stream:
@@ -176,10 +170,10 @@ class Answering:
             deltas = self._deltas(items, streams, call.endpoint, ended)
             weakref.finalize(deltas, self._abandoned, items, streams, call.endpoint, ended)
             return AnswerStream(served, ids, deltas)
-        work = asyncio.gather(*(self.async_engine.generate(item.row) for item in items), return_exceptions=True)
+        work = asyncio.gather(*(self.client.generate(item.row) for item in items), return_exceptions=True)
         outputs = await self._finish(work, call.endpoint, items)
         ended("ok", [o.usage.completion_tokens for o in outputs], [o.queue_s for o in outputs])
-        return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, usage_of(o.usage),
+        return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, o.usage,
                                        logprobs=self._choices(o.logprobs)) for i, o in enumerate(outputs)])
 
     def _abandoned(self, items: list[Prepared], streams: list[EventStream], endpoint: str, ended: Ending) -> None:
@@ -188,54 +182,37 @@ class Answering:
         if ended.told:
             return
         for stream in streams:
-            stream.state.cancel()
+            stream.cancel()
         self.count(endpoint, [item.assignment for item in items], "cancelled")
         ended("cancelled", [])
 
     async def prepare(self, call: Call) -> list[Prepared]:
-        """Route once per request and prepare every input; refuse the wrong kind of task. A
-        prompt not yet resident is loaded on a worker thread, off the event loop. A request the
-        routed version's virtual tokens push past the model's positions is counted as a
-        failure of that version's variant before it is refused."""
+        """Route once per request and have the engine client make every input's row; refuse the
+        wrong kind of task. A request the routed version's virtual tokens push past the model's
+        positions is counted as a failure of that version's variant before it is refused."""
         query = call.query
         if len(query.inputs) > self.settings.max_inputs_per_request:
-            raise InvalidRequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} per request")
-        entry = self.view.task(query.task, call.caller)
-        spec = entry.record.spec
+            raise InvalidRequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} "
+                                      "per request")
+        spec = self.view.task(query.task, call.caller).record.spec
         if call.kind is not None and spec.kind is not call.kind:
             other = "/v1/classify" if spec.kind is TaskKind.classification else "/v1/generate"
             raise InvalidRequestError(f"task {query.task!r} is a {spec.kind.value} task: use {other}")
-        if spec.kind is TaskKind.classification and call.params is not None and call.params.logprobs is not None:
-            raise InvalidRequestError(f"task {query.task!r} is a classification task: it answers a label with each label's "
-                               "probability (`probabilities` on /v1/classify), not token log-probabilities")
-        inputs = [self._chat_input(query.task, spec.format, i) for i in query.inputs] if call.conversation else query.inputs
+        generation = spec.kind is TaskKind.generation
+        if not generation and call.params is not None and call.params.logprobs is not None:
+            raise InvalidRequestError(f"task {query.task!r} is a classification task: it answers a label with each "
+                                      "label's probability (`probabilities` on /v1/classify), not token log-probabilities")
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
-        prompts = self.engine.prompts
-        prompt = prompts.resident(route.manifest) or await asyncio.to_thread(prompts.get, route.manifest)
+        assignment = Assignment.of(spec.name, route)
+        params = (call.params or ParamsOverride()).apply(spec.generation) if generation else None
+        request = EngineRequest(spec, route.manifest, query.inputs, params, call.tokens_field, call.conversation,
+                                call.choices, call.caller.name, call.caller.weight)
         try:
-            items = prepare(self.engine, spec, route, prompt, inputs, call.params, call.tokens_field)
+            rows = await self.client.rows(request)
         except PositionLimitError as exc:
-            self.count(call.endpoint, [Assignment.of(spec.name, route)] * len(inputs), result_of(exc))
+            self.count(call.endpoint, [assignment] * len(query.inputs), result_of(exc))
             raise
-        if spec.kind is TaskKind.generation:
-            for item in items:
-                item.row.owner, item.row.weight = call.caller.name, call.caller.weight
-            if call.choices > 1:
-                _reseeded(items)
-        return items
-
-    @staticmethod
-    def _chat_input(task: str, task_format: str, request: Input) -> Input:
-        """A chat request's input: the conversation for a chat-format task; for a plain-template
-        task, the content of its one user message (more is refused, saying so)."""
-        if task_format == "chat" or isinstance(request, str):
-            return request
-        messages: list[Message] = request
-        if [m.role for m in messages] != ["user"]:
-            roles = ", ".join(m.role for m in messages)
-            raise InvalidRequestError(f"task {task!r} has a plain template: it takes exactly one user message as its input; "
-                               f"this request has {len(messages)} message(s) ({roles})")
-        return messages[0].content
+        return [Prepared(assignment, spec.kind, row) for row in rows]
 
     def feedback_id(self, item: Prepared, caller: Caller, label: str | None = None) -> str:
         """The signed id an output carries, which `POST /v1/feedback` takes back (from this caller only)."""
@@ -246,11 +223,11 @@ class Answering:
         """Log-probabilities with each token's text (special tokens included)."""
         if logprobs is None:
             return None
-        text = self.engine.tokenizer.decode
-        return [TokenChoice(text([t.token_id]), t.logprob, [TokenAlternative(text([a.token_id]), a.logprob) for a in t.top])
+        text = self.client.token_text
+        return [TokenChoice(text(t.token_id), t.logprob, [TokenAlternative(text(a.token_id), a.logprob) for a in t.top])
                 for t in logprobs]
 
-    def record(self, endpoint: str, item: Prepared, usage: EngineUsage, started: float) -> None:
+    def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
         a, latency = item.assignment, time.perf_counter() - started
         labels = (a.task, str(a.version), a.variant)
         self.count(endpoint, [a], "ok", latency)
@@ -297,10 +274,10 @@ class Answering:
         streams: list[EventStream] = []
         try:
             for item in items:
-                streams.append(self.async_engine.submit(item.row))
+                streams.append(self.client.submit(item.row))
         except Exception:
             for stream in streams:
-                stream.state.cancel()
+                stream.cancel()
             raise
         return streams
 
@@ -339,7 +316,7 @@ class Answering:
                     unfinished.discard(index)
                 asked = items[index].row.params.logprobs is not None
                 yield Delta(index, event.text, event.token_ids, event.finish_reason,
-                            usage_of(event.output.usage) if event.output is not None else None,
+                            event.output.usage if event.output is not None else None,
                             self._choices(event.logprobs) if asked else None, event.error)
             status = "ok" if len(generated) == len(items) else "error"
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
@@ -350,11 +327,3 @@ class Answering:
             for task in pumps:
                 task.cancel()
             ended(status, generated, waits)
-
-
-def _reseeded(items: list[Prepared]) -> None:
-    """Choice i of a seeded sampling request samples with seed + i: different, and repeatable."""
-    for i, item in enumerate(items):
-        params = item.row.params
-        if params.seed is not None and params.temperature > 0:
-            item.row.params = params.model_copy(update={"seed": (params.seed + i) % 2**64})

@@ -7,7 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from promptmux.registry import RolloutSpec
-from promptmux.serving.engine.prompt_cache import PromptCache
+from promptmux.serving.engine.client import CacheStats
 
 ROUTE = ["task", "version", "variant"]
 
@@ -15,11 +15,11 @@ ROUTE = ["task", "version", "variant"]
 class PromptCacheCollector(Collector):
     """Reads the prompt cache's counters at scrape time."""
 
-    def __init__(self, cache: PromptCache) -> None:
-        self.cache = cache
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self.stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily]:  # prometheus_client's collector protocol
-        stats = self.cache.stats()
+        stats = self.stats()
         for name, value in (("hits", stats.hits), ("misses", stats.misses), ("evictions", stats.evictions)):
             yield CounterMetricFamily(f"promptmux_prompt_cache_{name}", f"prompt cache {name}", value=value)
 
@@ -41,7 +41,7 @@ class RolloutCollector(Collector):
 
 
 class ServingMetrics:
-    def __init__(self, cache: PromptCache) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("promptmux_requests", "requests by route and outcome",
                                 ["endpoint", *ROUTE, "status"], registry=self.registry)
@@ -78,8 +78,10 @@ class ServingMetrics:
                                            "the limit met", ["tenant", "limit"], registry=self.registry)
         self.cache_bytes = Gauge("promptmux_prompt_cache_bytes", "bytes of prompts and their KV on the device",
                                  registry=self.registry)
-        self.cache_bytes.set_function(lambda: cache.stats().bytes)
-        self.registry.register(PromptCacheCollector(cache))
+
+    def watch_prompt_cache(self, stats: Callable[[], CacheStats]) -> None:
+        self.cache_bytes.set_function(lambda: stats().bytes)
+        self.registry.register(PromptCacheCollector(stats))
 
     def watch_rollouts(self, rollouts: Callable[[], dict[str, RolloutSpec]]) -> None:
         self.registry.register(RolloutCollector(rollouts))

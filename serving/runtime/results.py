@@ -6,15 +6,8 @@ text already."""
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from promptmux.core.strict_model import StrictModel
+from promptmux.core.usage import Usage
 from promptmux.registry import TaskKind
-
-
-class Usage(StrictModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    virtual_tokens: int
 
 
 @dataclass(frozen=True)

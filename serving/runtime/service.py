@@ -10,13 +10,10 @@ import socket
 import threading
 import time
 
-import torch
-
 from promptmux.core.errors import InvalidRequestError
 from promptmux.registry import PromptVersion, Registry
 from promptmux.registry.policy import Outcome
-from promptmux.serving.engine.async_engine import AsyncEngine
-from promptmux.serving.engine.runner import Engine
+from promptmux.serving.engine.client import EngineClient
 from promptmux.serving.runtime.answering import Answering
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.metrics import ServingMetrics
@@ -45,21 +42,21 @@ class PromptmuxService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry)
-        self.engine = Engine(settings.engine, self.registry.versions)
-        self.metrics = ServingMetrics(self.engine.prompts)
-        self.view = RegistryView(self.registry, validate=self.engine.prompt, on_rejected=self._rejected,
+        self.metrics = ServingMetrics()
+        self.client = EngineClient(settings.engine, self.registry.versions, on_step=self.metrics.batch_size.observe)
+        self.metrics.watch_prompt_cache(self.client.cache_stats)
+        self.view = RegistryView(self.registry, validate=self.client.load, on_rejected=self._rejected,
                                  on_unreadable=self._unreadable, on_broken=self._broken,
                                  on_broken_variant=self._broken_variant,
                                  retry_rejected_s=settings.retry_rejected_s,
                                  full_scan_interval_s=settings.full_scan_interval_s)
         self.view.refresh()
         self.metrics.watch_rollouts(lambda: {name: e.rollout for name, e in self.view.entries.items() if e.rollout})
-        self.async_engine = AsyncEngine(self.engine, on_step=self.metrics.batch_size.observe)
         self.in_flight = InFlight()
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
         self.ids = FeedbackIds(bytes.fromhex(key) if key else self.registry.outcomes.feedback_key())
-        self.answering = Answering(settings, self.engine, self.async_engine, self.view, self.ids, self.metrics)
+        self.answering = Answering(settings, self.client, self.view, self.ids, self.metrics)
         self._stopped = threading.Event()
         self._traffic_since = time.monotonic()
         self._refresher = threading.Thread(target=self._refresh_loop, name="promptmux-refresh", daemon=True)
@@ -111,7 +108,7 @@ class PromptmuxService:
             self._publish_traffic(now=True)
         except Exception as exc:  # the registry may be gone at shutdown; the window is only statistics
             log.warning("could not write the last traffic window: %s", exc)
-        self.async_engine.shutdown()
+        self.client.shutdown()
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests (the HTTP layer answers 503), let those in flight finish for up
@@ -121,7 +118,7 @@ class PromptmuxService:
         await self._until_idle(grace_s)
         if self.in_flight.count:
             log.warning("drain deadline: ending the %d requests still in flight", self.in_flight.count)
-            self.async_engine.close(CUT_AT_DEADLINE)
+            self.client.close(CUT_AT_DEADLINE)
             await self._until_idle(DRAIN_FLUSH_S)
 
     async def _until_idle(self, timeout_s: float) -> None:
@@ -182,7 +179,7 @@ class PromptmuxService:
             "rollout": entry.rollout.model_dump(mode="json") if entry.rollout else None,
         }
         if detail:
-            loaded = self.engine.prompts.stats().loaded
+            loaded = self.client.cache_stats().loaded
             summary["loaded"] = [key for key in loaded if key.split("@")[0] == name]
             summary["rejected"] = {f"{t}@{v}": problem for (t, v, _), problem in self.view.rejected.items() if t == name}
             summary["manifests"] = [m.model_dump(mode="json") for _, m in sorted(entry.versions.items())]
@@ -201,13 +198,16 @@ class PromptmuxService:
             ids += [(model_id, created) for model_id in names]
         return ids
 
+    @property
+    def device_type(self) -> str:
+        """Where this replica's engine runs: cpu, cuda, ..."""
+        return self.client.device_type
+
     def health(self) -> dict:
         """Raises `EngineUnavailable` (HTTP 503, and a failed Serve health check) once the engine loop is
         dead; a draining replica ends on purpose and is not reported for replacement."""
         if not self.in_flight.draining:
-            self.async_engine.check_alive()
-        return {"status": "ok", "base_model": self.settings.engine.base_model, "device": str(self.engine.device),
-                "dtype": str(self.engine.model.dtype).removeprefix("torch."), "pinned_kv": self.engine.pinned_kv,
-                "torch_threads": self.engine.threads.threads if self.engine.threads else torch.get_num_threads(),
+            self.client.check_alive()
+        return {"status": "ok", "base_model": self.settings.engine.base_model, **self.client.describe(),
                 "tasks": len(self.view.entries)}
 

@@ -67,10 +67,10 @@ def generate(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
+    from promptmux.serving.engine.client import EngineClient
     from promptmux.serving.engine.config import EngineConfig
-    from promptmux.serving.engine.runner import Engine
     from promptmux.serving.models.loading import check_base_model
-    from promptmux.serving.runtime.jsonl import TaskRunner
+    from promptmux.serving.runtime.offline_runner import OfflineRunner
 
     requests = read_requests(input_path)
     reg = open_registry(registry)
@@ -81,8 +81,8 @@ def generate(
         "max_batch_size": batch_size, "trust_remote_code": trust_remote_code, "kv_cache_mb": kv_cache_mb,
     })
     with status(err_console, f"loading {model_id}"):
-        engine = Engine(config, reg.versions)
-    runner = TaskRunner(engine, reg)
+        client = EngineClient(config, reg.versions, serving=False)
+    runner = OfflineRunner(client, reg)
     failed = 0
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("w") as out, Progress(console=console, transient=True) as progress:
