@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check core methods registry serving tasks tests
+	$(BIN)/ruff check core methods registry models serving tasks cli tests
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
-	$(BIN)/ruff check core methods registry serving tasks tests
+	$(BIN)/ruff check core methods registry models serving tasks cli tests
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/promptmux demo

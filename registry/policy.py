@@ -133,12 +133,10 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5
 Result = Literal["ok", "error", "timeout", "cancelled"]
 
 
-class VariantServed(StrictModel):
-    """One replica's requests of one version under one variant, in one window."""
+class ServedCounts(StrictModel):
+    """Requests served and how they ended: one variant's in one replica's window, or a side's
+    summed over every window of an experiment."""
 
-    version: int = Field(ge=1)
-    variant: str
-    experiment: str | None = Field(None, description="the automatic rollout that routed these requests, if one did")
     requests: int = 0
     errors: int = Field(0, description="requests that failed on the server's side (or for their version), or timed out")
     cancelled: int = Field(0, description="requests whose client went away first")
@@ -154,6 +152,36 @@ class VariantServed(StrictModel):
             self.cancelled += 1
         else:
             self.latency_buckets[next(i for i, bound in enumerate(LATENCY_BUCKETS_S) if latency_s <= bound)] += 1
+
+    def merge(self, other: "ServedCounts") -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.cancelled += other.cancelled
+        self.latency_buckets = [a + b for a, b in zip(self.latency_buckets, other.latency_buckets)]
+
+    @property
+    def error_rate(self) -> float:
+        """Failed requests over those that ended (a client that went away ended nothing)."""
+        ended = self.requests - self.cancelled
+        return self.errors / ended if ended else 0.0
+
+    @property
+    def p99_s(self) -> float:
+        """The upper bound of the latency bucket that holds the 99th percentile."""
+        target, running = 0.99 * sum(self.latency_buckets), 0
+        for bound, count in zip(LATENCY_BUCKETS_S, self.latency_buckets):
+            running += count
+            if count and running >= target:
+                return bound
+        return 0.0
+
+
+class VariantServed(ServedCounts):
+    """One replica's requests of one version under one variant, in one window."""
+
+    version: int = Field(ge=1)
+    variant: str
+    experiment: str | None = Field(None, description="the automatic rollout that routed these requests, if one did")
 
 
 class ServedWindow(StrictModel):

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from promptmux.core.errors import DataError
+from promptmux.core.jsonl import jsonl_lines
 from promptmux.core.strict_model import StrictModel
 
 
@@ -29,7 +30,7 @@ def load_records(path: Path) -> list[dict]:
             return _load_saved_dataset(path)
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [json.loads(line) for _, line in jsonl_lines(path)]
         if suffix == ".json":
             data = json.loads(path.read_text())
             return data if isinstance(data, list) else data.get("data", data.get("examples", []))

@@ -34,11 +34,10 @@ from rich.table import Table
 
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.policy import RolloutPolicy
-from promptmux.serving.http.ports import free_port
-from promptmux.tasks.cli.common import console
+from promptmux.serving.hosting.ports import free_port
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
-from promptmux.tasks.progress import status
+from promptmux.tasks.progress import console, status
 from promptmux.tasks.report import base_rows, print_report
 from promptmux.tasks.spec_file import example
 
@@ -117,7 +116,7 @@ def _train(reg: Registry, task: DemoTask, out: Path, alias: str | None = None, s
 
 
 def _start_server(reg: Registry, base_model: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "promptmux.tasks.cli", "serve", "--registry", reg.uri,
+    command = [sys.executable, "-m", "promptmux.cli", "serve", "--registry", reg.uri,
                "--base-model", base_model, "--port", str(port), "--refresh-interval", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
@@ -167,7 +166,7 @@ def demo(
     reg = Registry(registry or tempfile.mkdtemp(prefix="promptmux-demo-"))
     runs = Path(tempfile.mkdtemp(prefix="promptmux-demo-runs-"))
     console.rule(f"promptmux demo: base model {base_model}, registry {reg.uri}")
-    from promptmux.serving.models.embedded import resolve_model_path
+    from promptmux.models.embedded import resolve_model_path
 
     with status(console, f"preparing {base_model} (built once from its package, then cached)"):
         resolve_model_path(base_model)

@@ -14,8 +14,8 @@ from transformers import PreTrainedTokenizerBase
 
 from promptmux.core.errors import DataError, NoChatTemplateError
 from promptmux.core.fields import Message
+from promptmux.models.inputs import check_chat_template, encode_chat, encode_input, encode_task_input, text_ids
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.serving.models.inputs import check_chat_template, encode_chat, encode_input, encode_task_input, text_ids
 from promptmux.tasks.data import Example
 
 IGNORE = -100

@@ -1,7 +1,8 @@
-"""Progress that shows in a log too: rich's spinner on a terminal, and elsewhere (output to a
-file, CI) a line when a long step starts and one every few seconds while it lasts, so that a
-log never sits silent for minutes while work goes on."""
+"""Where output goes and how progress shows, for the CLI and the jobs it runs: rich's spinner
+on a terminal, and elsewhere (output to a file, CI) a line when a long step starts and one
+every few seconds while it lasts, so that a log never sits silent for minutes while work goes on."""
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,9 @@ from contextlib import contextmanager
 from rich.console import Console
 
 EVERY_S = 10.0
+# Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

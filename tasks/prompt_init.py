@@ -8,9 +8,9 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from promptmux.methods.base import TrainingStart
 from promptmux.methods.catalog import TRAINED, method
+from promptmux.models.embedded import resolve_model_path
+from promptmux.models.loading import load_model, load_tokenizer, resolve_device
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.serving.models.embedded import resolve_model_path
-from promptmux.serving.models.loading import load_model, load_tokenizer, resolve_device
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.encoding import TaskEncoder
 

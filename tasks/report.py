@@ -4,7 +4,7 @@ from rich.console import Console
 from rich.table import Table
 
 from promptmux.registry import TaskKind, TaskSpec
-from promptmux.tasks.cli.common import console as default_console
+from promptmux.tasks.progress import console as default_console
 
 
 def comparison_table(spec: TaskSpec, metrics: dict) -> Table:

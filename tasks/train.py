@@ -23,9 +23,9 @@ from promptmux.core.errors import DataError
 from promptmux.core.limits import limits
 from promptmux.methods.catalog import PEFT_TYPES, method
 from promptmux.methods.prompt import Prompt
+from promptmux.models.loading import fingerprint
 from promptmux.registry import PromptVersion, Registry, TaskKind, TaskSpec
 from promptmux.registry.names import validate_alias
-from promptmux.serving.models.loading import fingerprint
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example, row_id, rows_digest, split
 from promptmux.tasks.evaluate import Evaluator

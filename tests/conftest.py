@@ -16,13 +16,13 @@ import torch
 from helpers import REAL_MODEL
 from transformers.utils import logging as transformers_logging
 
+from promptmux.cli import main
 from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.models.embedded import built_path
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.bench.s3_server import new_bucket
 from promptmux.serving.bench.s3_server import s3_server as running_s3_server
-from promptmux.serving.models.embedded import built_path
-from promptmux.serving.models.loading import fingerprint, load_model
-from promptmux.tasks.cli import main
 
 transformers_logging.disable_progress_bar()  # as the CLI runs: commands run in-process print what users see
 REAL_MODEL_BUILD = pytest.StashKey[subprocess.Popen]()
@@ -34,7 +34,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     of the time. `real_model` waits for it."""
     wanted = any("real_model" in getattr(item, "fixturenames", ()) for item in session.items)
     if wanted and not (built_path(REAL_MODEL) / "config.json").exists():
-        build = "import sys; from promptmux.serving.models.embedded import resolve_model_path; resolve_model_path(sys.argv[1])"
+        build = "import sys; from promptmux.models.embedded import resolve_model_path; resolve_model_path(sys.argv[1])"
         session.stash[REAL_MODEL_BUILD] = subprocess.Popen(
             [sys.executable, "-c", build, REAL_MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: os.nice(19))

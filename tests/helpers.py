@@ -18,9 +18,9 @@ import uvicorn
 
 from promptmux.core.fields import GenerationParams
 from promptmux.registry import Registry, TaskSpec
+from promptmux.serving.bench.common import random_registry
+from promptmux.serving.hosting.ports import free_port
 from promptmux.serving.http.app import build_app
-from promptmux.serving.http.ports import free_port
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -45,14 +45,7 @@ def build_registry(path: Path | str, base_model: str = BASE, tasks: list[tuple[T
                    seed: int = 3) -> Registry:
     """A registry of `tasks` (each spec with its versions' prompt lengths; by default SPECS),
     every prompt random from `seed`."""
-    registry = Registry(str(path))
-    fp = fingerprint(load_model(base_model, dtype="float32"))
-    generator = torch.Generator().manual_seed(seed)
-    for spec, lengths in tasks or list(zip(SPECS, SERVED_LENGTHS)):
-        registry.tasks.create(spec, fp)
-        for n in lengths:
-            registry.versions.register(spec.name, torch.randn(n, fp.hidden_size, generator=generator), fp)
-    return registry
+    return random_registry(str(path), base_model, tasks or list(zip(SPECS, SERVED_LENGTHS)), seed)
 
 
 def fill_registry(path: Path | str, base_model: str, extra_versions: int = 0) -> Registry:

@@ -20,7 +20,7 @@ from peft import (
     get_peft_model,
 )
 
-from promptmux.serving.models.loading import load_model
+from promptmux.models.loading import load_model
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from promptmux.serving.models.loading import load_model
+from promptmux.models.loading import load_model
 
 
 @functools.lru_cache(maxsize=48)

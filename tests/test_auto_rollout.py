@@ -12,9 +12,9 @@ import torch
 
 from promptmux.core.clock import utc_now
 from promptmux.core.errors import ConflictError
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.policy import Outcome, RolloutPolicy, ServedWindow, VariantServed
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.rollouts.loop import Experiment, OutcomeLog, advance
 from promptmux.serving.rollouts.plot import plotted
 from promptmux.serving.rollouts.review import review

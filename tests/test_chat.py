@@ -19,10 +19,10 @@ import torch
 from helpers import serve_locally
 
 from promptmux.core.fields import GenerationParams, Message
+from promptmux.models.inputs import encode_task_input
+from promptmux.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.models.inputs import encode_task_input
-from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.serving.runtime.settings import ServeSettings
 from promptmux.tasks.data import examples, load_records, split
 from promptmux.tasks.spec_file import read_fields, resolve

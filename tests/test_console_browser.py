@@ -22,7 +22,7 @@ from helpers import BASE, build_registry, serve_locally, wait_until
 
 from promptmux.registry.policy import RolloutPolicy, SequentialTest
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.runtime.controller import RolloutController
+from promptmux.serving.rollouts.controller import RolloutController
 from promptmux.serving.runtime.settings import ServeSettings
 
 CHROMIUM = os.environ.get("PROMPTMUX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

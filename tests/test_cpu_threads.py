@@ -49,7 +49,7 @@ def test_serve_gives_replicas_a_gpu_where_cuda_is_present_unless_told_cpu(monkey
     is present. (This machine has no GPU; CUDA's presence is what the default reads.)"""
     import torch
 
-    from promptmux.serving.http.local_cluster import default_replica_gpus
+    from promptmux.serving.hosting.local_cluster import default_replica_gpus
 
     assert default_replica_gpus("auto") == (1.0 if torch.cuda.is_available() else 0.0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -28,12 +28,12 @@ import torch
 
 from promptmux.core.errors import StorageError
 from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.policy import Outcome, RolloutPolicy
 from promptmux.registry.storage import LocalStorage
-from promptmux.serving.models.loading import fingerprint, load_model
+from promptmux.serving.rollouts.controller import RolloutController
 from promptmux.serving.rollouts.loop import OutcomeLog, advance
-from promptmux.serving.runtime.controller import RolloutController
 
 BASE = "tiny-random-llama"
 TRIALS = 120

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 from helpers import random_prompt
 
+from promptmux.models.embedded import resolve_model_path
 from promptmux.registry import Registry, TaskSpec
-from promptmux.serving.models.embedded import resolve_model_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "tasks" / "examples"
 GROOMING = ["--task", "grooming", "--kind", "classification", "--labels", "0= no,1= yes",
@@ -100,7 +100,7 @@ def test_a_task_recorded_under_the_cache_folder_is_on_the_same_base_model(cli, t
 def test_an_adapter_naming_the_cache_folder_is_recorded_under_the_embedded_id(cli, tmp_path: Path) -> None:
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    from promptmux.serving.models.loading import load_model
+    from promptmux.models.loading import load_model
 
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
     get_peft_model(load_model("tiny-random-llama", dtype="float32"), config).save_pretrained(tmp_path / "adapter")

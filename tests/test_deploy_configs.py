@@ -19,7 +19,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def test_serve_yaml_is_a_valid_ray_serve_config_for_the_builder() -> None:
     config = ServeDeploySchema.model_validate(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
     app = config.applications[0]
-    assert app.import_path == "promptmux.serving.http.deployment:build"
+    assert app.import_path == "promptmux.serving.hosting.deployment:build"
     deployment = app.deployments[0]
     assert deployment.autoscaling_config["max_replicas"] >= 1
     assert deployment.ray_actor_options.num_gpus == 1

@@ -8,8 +8,8 @@ import torch
 from peft_reference import peft_generate, peft_logprobs
 
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import load_tokenizer
 from promptmux.registry import Registry, TaskSpec
-from promptmux.serving.models.loading import load_tokenizer
 
 BASE = "tiny-random-llama"
 TASKS = [

@@ -22,11 +22,11 @@ import torch
 from helpers import serve_locally, wait_until
 
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import RolloutPolicy, SequentialTest
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.rollouts.loop import OutcomeLog, advance
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings

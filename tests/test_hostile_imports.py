@@ -18,12 +18,12 @@ from safetensors.torch import save_file
 from promptmux.core.errors import PromptmuxError
 from promptmux.core.limits import SpecLimits
 from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.models.loading import fingerprint, load_model, max_positions
 from promptmux.registry import Registry, TaskKind, TaskSpec
 from promptmux.serving.bench.common import random_prompt
 from promptmux.serving.engine.batching import ClassificationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import fingerprint, load_model, max_positions
 
 Craft = Callable[[Path], None]
 

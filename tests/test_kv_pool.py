@@ -10,6 +10,7 @@ import torch
 
 from promptmux.core.errors import InvalidRequestError
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.bench.common import METHODS, random_prompt
 from promptmux.serving.engine.batching import GenerationRow
@@ -18,7 +19,6 @@ from promptmux.serving.engine.kv_pool import BLOCK
 from promptmux.serving.engine.offline import generate, run
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
-from promptmux.serving.models.loading import fingerprint, load_model
 
 BASE = "tiny-random-llama"
 LENGTHS = (3, BLOCK - 1, BLOCK, BLOCK + 5)  # virtual tokens: a block part full, full, and spilling into the next

@@ -91,10 +91,10 @@ def test_the_room_rules_fail_when_broken(tmp_path: Path) -> None:
     http.write_text("from promptmux.serving.engine.sequence import StreamEvent\nfrom promptmux.serving.runtime import results\n")
     assert room_offenders("http", [http]) == {"native.py": ["engine"]}
     engine = tmp_path / "runner.py"
-    engine.write_text("import ray\nfrom promptmux.serving.rollouts.loop import advance\nfrom promptmux.serving.models import loading\n")
+    engine.write_text("import ray\nfrom promptmux.serving.rollouts.loop import advance\nfrom promptmux.models import loading\n")
     assert room_offenders("engine", [engine]) == {"runner.py": ["ray", "rollouts"]}
     records = tmp_path / "store.py"
-    records.write_text("import typer\nfrom transformers import AutoModel\nfrom promptmux.serving.models.loading import load_model\n")
+    records.write_text("import typer\nfrom transformers import AutoModel\nfrom promptmux.models.loading import load_model\n")
     assert package_offenders([records], {"serving", "tasks"} | NOT_RECORDS) == {"store.py": ["serving", "transformers", "typer"]}
 
 
@@ -293,7 +293,7 @@ def test_the_console_and_the_cli_import_without_torch(tmp_path: Path) -> None:
         "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'ray'):\n"
         "            raise ImportError(f'{name} is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import promptmux.tasks.cli\n"
+        "import promptmux.cli\n"
         "from promptmux.registry import Registry\n"
         "from promptmux.serving.console.app import console_app\n"
         "console_app(Registry(sys.argv[1]))\n"

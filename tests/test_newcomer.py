@@ -15,8 +15,8 @@ import pytest
 from helpers import random_prompt
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskKind, TaskSpec
-from promptmux.serving.models.loading import fingerprint, load_model
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_registry_import_creates_a_classification_task_as_told(cli, tmp_path: Pa
 
 PROBE = """
 import sys
-from promptmux.tasks.cli import main
+from promptmux.cli import main
 sys.argv = ["promptmux", *sys.argv[1:]]
 try:
     main()
@@ -174,7 +174,7 @@ def test_without_the_hub_an_unknown_id_fails_in_one_line_within_seconds(cli, tmp
     """No `HF_HUB_OFFLINE`, no network to the Hub (as on this machine, or a firewalled node):
     one short probe of the Hub, then the one-line error, never a minute of retries. Where the
     Hub answers, the id is left to `from_pretrained` and this test has nothing to check."""
-    from promptmux.serving.models.loading import _hub_reachable
+    from promptmux.models.loading import _hub_reachable
 
     if _hub_reachable():
         pytest.skip("the Hugging Face Hub answers from here")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.packed_linear import PackedLinear, SiblingLinear, can_pack, pack_linears
-from promptmux.serving.models.loading import fingerprint, load_model
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 

@@ -10,8 +10,8 @@ from helpers import random_prompt
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from promptmux.core.errors import InvalidArtifactError
+from promptmux.models.loading import load_model, load_tokenizer
 from promptmux.registry import Registry
-from promptmux.serving.models.loading import load_model, load_tokenizer
 
 TEXTS = ["Comment: the groomer was lovely\nSatisfaction:\n", "hola"]
 
@@ -61,7 +61,7 @@ def test_p_tuning_adapter_imports_as_its_prompt(tmp_path: Path) -> None:
     expected = _save_adapter(config, tmp_path / "ptuning")
     registry = Registry(str(tmp_path / "reg"))
     base = load_model("tiny-random-llama", dtype="float32")
-    from promptmux.serving.models.loading import fingerprint
+    from promptmux.models.loading import fingerprint
 
     manifest = registry.transfer.import_peft(str(tmp_path / "ptuning"), "pt", fingerprint(base), base_model="tiny-random-llama")
     assert manifest.init_method.startswith("imported-p-tuning")

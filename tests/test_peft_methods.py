@@ -23,12 +23,12 @@ from safetensors.torch import load_file, save_file
 
 from promptmux.core.errors import IncompatiblePromptError, InvalidArtifactError
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow, Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.serving.runtime.settings import ServeSettings
 
 BASE = "tiny-random-llama"  # 4 layers, 4 attention heads, 2 KV heads: grouped-query attention

@@ -19,12 +19,12 @@ from helpers import serve_locally
 
 from promptmux.core.errors import PositionLimitError
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate, run
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.settings import ServeSettings
 
 GPT2 = "tiny-random-gpt2"  # 1,024 positions

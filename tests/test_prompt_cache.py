@@ -10,13 +10,13 @@ import torch
 from helpers import BASE, PROMPT_LENGTHS, build_registry, fill_registry, serve_locally, wait_until
 
 from promptmux.core.errors import IncompatiblePromptError
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
 from promptmux.registry.version_store import VersionStore
 from promptmux.serving.engine.batching import Row
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.prompt_cache import MiB, PromptCache, ServingFormat
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.settings import ServeSettings
 
 

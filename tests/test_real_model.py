@@ -18,12 +18,12 @@ from peft_reference import peft_generate, peft_logprobs
 
 from promptmux.core.errors import ModelUnavailableError
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import fingerprint, load_model, load_tokenizer
 
 LABELS = {"0": "no", "1": "yes"}
 # task -> (kind, virtual tokens, init text, inputs)
@@ -132,7 +132,7 @@ def test_every_peft_method_in_one_batch_on_real_weights_equals_peft(tmp_path: Pa
 
 
 def test_missing_weights_package_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import promptmux.serving.models.embedded as embedded
+    import promptmux.models.embedded as embedded
 
     monkeypatch.setenv("PROMPTMUX_CACHE", str(tmp_path))
     monkeypatch.setitem(embedded.PACKAGED_MODELS, "missing-model",

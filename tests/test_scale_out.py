@@ -17,7 +17,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from promptmux.serving.engine.config import EngineConfig
-from promptmux.serving.http.deployment import PromptmuxDeployment
+from promptmux.serving.hosting.deployment import PromptmuxDeployment
 from promptmux.serving.runtime.settings import ServeSettings
 
 

@@ -30,8 +30,8 @@ from helpers import (
     wait_until,
 )
 
+from promptmux.models.embedded import resolve_model_path
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
-from promptmux.serving.models.embedded import resolve_model_path
 
 ADMIN_KEY = "admin-key-for-serve"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

@@ -25,16 +25,16 @@ from hypothesis.errors import Unsatisfiable
 from ray import serve
 from schemathesis import GenerationMode
 
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.registry.policy import RolloutPolicy, SequentialTest
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.http.controller_deployment import RolloutControllerDeployment
-from promptmux.serving.http.deployment import PromptmuxDeployment
-from promptmux.serving.http.local_cluster import init_ray
-from promptmux.serving.models.loading import fingerprint, load_model
+from promptmux.serving.hosting.controller_deployment import RolloutControllerDeployment
+from promptmux.serving.hosting.deployment import PromptmuxDeployment
+from promptmux.serving.hosting.local_cluster import init_ray
 from promptmux.serving.runtime.feedback import FeedbackIds
 from promptmux.serving.runtime.settings import ServeSettings
 

@@ -10,9 +10,9 @@ from peft import PeftModel
 from transformers import TrainerState
 
 from promptmux.core.errors import DataError, PromptmuxError
+from promptmux.models.loading import load_model, load_tokenizer
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.bench.machine import busy_neighbour
-from promptmux.serving.models.loading import load_model, load_tokenizer
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import DataFields, Example, examples, fingerprint_files, load_records, split
 from promptmux.tasks.encoding import TaskEncoder

@@ -14,24 +14,33 @@ from promptmux.methods.catalog import CATALOG, Method
 from promptmux.methods.catalog import method as peft_method
 from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.methods.prompt import Prompt
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, TaskSpec
-from promptmux.serving.models.loading import fingerprint, load_model
 
 METHODS: tuple[Method, ...] = tuple(CATALOG)
+
+
+def random_registry(path: str, base_model: str, tasks: list[tuple[TaskSpec, list[int]]], seed: int,
+                    scale: float = 1.0) -> Registry:
+    """A registry at `path` of `tasks` (each spec with its versions' prompt lengths), every
+    prompt random from `seed`: what the benchmarks and the tests serve."""
+    registry = Registry(path)
+    fp = fingerprint(load_model(base_model, dtype="float32"))
+    generator = torch.Generator().manual_seed(seed)
+    for spec, lengths in tasks:
+        registry.tasks.create(spec, fp)
+        for length in lengths:
+            registry.versions.register(spec.name, torch.randn(length, fp.hidden_size, generator=generator) * scale, fp)
+    return registry
 
 
 def bench_registry(
     base_model: str, prompt_lengths: dict[str, list[int]], generation: GenerationParams | None = None
 ) -> Registry:
     """A registry in a temporary folder: per task, one random version of each length."""
-    registry = Registry(tempfile.mkdtemp(prefix="promptmux-bench-"))
-    fp = fingerprint(load_model(base_model, dtype="float32"))
-    generator = torch.Generator().manual_seed(0)
-    for name, lengths in prompt_lengths.items():
-        registry.tasks.create(TaskSpec(name=name, base_model=base_model, generation=generation or GenerationParams()), fp)
-        for length in lengths:
-            registry.versions.register(name, torch.randn(length, fp.hidden_size, generator=generator) * 0.5, fp)
-    return registry
+    tasks = [(TaskSpec(name=name, base_model=base_model, generation=generation or GenerationParams()), lengths)
+             for name, lengths in prompt_lengths.items()]
+    return random_registry(tempfile.mkdtemp(prefix="promptmux-bench-"), base_model, tasks, seed=0, scale=0.5)
 
 
 def methods_registry(base_model: str, virtual_tokens: int) -> Registry:

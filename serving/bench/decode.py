@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import load_model
 from promptmux.registry import Registry
 from promptmux.serving.bench.common import fastest, timed
 from promptmux.serving.engine.batching import GenerationRow, cache_argument, cache_of
@@ -32,7 +33,6 @@ from promptmux.serving.engine.kv_pool import KVLayout
 from promptmux.serving.engine.prompt_cache import CachedPrompt
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
-from promptmux.serving.models.loading import load_model
 
 PROFILED_STEPS = 5
 

@@ -27,6 +27,7 @@ import torch
 from peft import PeftModel
 
 from promptmux.core.fields import GenerationParams
+from promptmux.models.loading import load_model
 from promptmux.registry import Registry
 from promptmux.serving.bench.common import METHODS, bench_registry, fastest, methods_registry, side_by_side, timed
 from promptmux.serving.bench.decode import decode_figures
@@ -35,7 +36,6 @@ from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.offline import generate
 from promptmux.serving.engine.runner import Engine
-from promptmux.serving.models.loading import load_model
 
 ADAPT_S = 3.0
 TARGETS = {"engine_over_hf": 1.5, "engine_over_hf_batch1": 1.0, "step_over_bound": 0.5,

@@ -21,8 +21,8 @@ import torch
 from promptmux.serving.bench.common import bench_registry, percentile
 from promptmux.serving.bench.machine import load_average, machine_report, workload
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.hosting.ports import free_port
 from promptmux.serving.http.api import GenerateBody
-from promptmux.serving.http.ports import free_port
 from promptmux.serving.runtime.requests import Call
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
@@ -91,8 +91,8 @@ def run_http_benchmark(quick: bool, device: str = "auto", dtype: str = "auto", b
     import ray
     from ray import serve
 
-    from promptmux.serving.http.deployment import PromptmuxDeployment
-    from promptmux.serving.http.local_cluster import init_ray
+    from promptmux.serving.hosting.deployment import PromptmuxDeployment
+    from promptmux.serving.hosting.local_cluster import init_ray
 
     load_before = load_average()
     size = workload(SIZES, quick, base_model)

@@ -42,6 +42,7 @@ import torch
 
 from promptmux.core.fields import GenerationParams
 from promptmux.methods.fingerprint import BaseModelFingerprint
+from promptmux.models.loading import fingerprint, load_model
 from promptmux.registry import Registry, RolloutSpec, RolloutVariant, TaskSpec
 from promptmux.serving.bench.common import medians, percentile, side_by_side
 from promptmux.serving.bench.machine import load_average, machine_report
@@ -49,7 +50,6 @@ from promptmux.serving.engine.batching import GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.scheduler import Scheduler
-from promptmux.serving.models.loading import fingerprint, load_model
 from promptmux.serving.runtime.routing import RegistryView
 
 WRITERS = 8

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import fsspec
 import httpx
 
-from promptmux.serving.http.ports import free_port
+from promptmux.serving.hosting.ports import free_port
 
 
 @contextmanager

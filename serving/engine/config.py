@@ -59,7 +59,7 @@ class EngineConfig(StrictModel):
     max_new_tokens: int = Field(1024, ge=1, description="upper bound for any request's max_new_tokens")
 
     def resolved_device(self) -> str:
-        from promptmux.serving.models.loading import resolve_device
+        from promptmux.models.loading import resolve_device
 
         return resolve_device(self.device)
 

@@ -11,12 +11,12 @@ from transformers import PreTrainedTokenizerBase
 
 from promptmux.core.errors import InvalidRequestError, NoChatTemplateError
 from promptmux.core.fields import GenerationParams, Input
+from promptmux.models.inputs import encode_input, encode_task_input, text_ids
 from promptmux.registry import PromptVersion, TaskKind, TaskSpec
 from promptmux.serving.engine.batching import ClassificationRow, GenerationRow
 from promptmux.serving.engine.config import EngineConfig
 from promptmux.serving.engine.limits import over_limit
 from promptmux.serving.engine.prompt_cache import CachedPrompt
-from promptmux.serving.models.inputs import encode_input, encode_task_input, text_ids
 
 PositionCheck = Callable[[int, int, int, str], None]
 

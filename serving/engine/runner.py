@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from promptmux.core.fields import GenerationParams
 from promptmux.core.usage import Usage
+from promptmux.models.loading import fingerprint, learned_positions, load_model, load_tokenizer, max_positions
 from promptmux.registry import PromptVersion
 from promptmux.serving.engine.batching import (
     ClassificationRow,
@@ -47,7 +48,6 @@ from promptmux.serving.engine.paged_batch import PagedBatch
 from promptmux.serving.engine.prompt_cache import CachedPrompt, MiB, PromptCache, PromptKey, PromptLoader, ServingFormat
 from promptmux.serving.engine.sampling import RowSampler, select_tokens
 from promptmux.serving.engine.threads import CpuThreads
-from promptmux.serving.models.loading import fingerprint, learned_positions, load_model, load_tokenizer, max_positions
 
 log = logging.getLogger(__name__)
 PROBE_STEPS = 3  # decode steps the start-up probe compares between the KV pool and DynamicCache

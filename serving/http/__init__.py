@@ -1,3 +1,2 @@
-"""The HTTP shell: the FastAPI app, its schemas and guard, the Ray Serve deployment, the
-local cluster of `promptmux serve`, and the JSON errors of Ray's proxy.
-"""
+"""HTTP routes: the FastAPI app, its request bodies and guard, the native, OpenAI and
+introspection routers, and how errors read. Ray hosting lives in `serving/hosting/`."""

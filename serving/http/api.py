@@ -42,14 +42,16 @@ class ClassifyBody(TaskBody):
     pass
 
 
-class Served(BaseModel):
+class ServedOutput(BaseModel):
+    """An output and who served it (the runtime's `ServedBy`, on the wire) with its feedback id."""
+
     id: str = Field(description="send feedback on this output with it: POST /v1/feedback")
     task: str
     version: int
     variant: str
 
 
-class GenerateOutput(Served):
+class GenerateOutput(ServedOutput):
     index: int
     text: str
     token_ids: list[int]
@@ -57,7 +59,7 @@ class GenerateOutput(Served):
     usage: Usage
 
 
-class ClassifyOutput(Served):
+class ClassifyOutput(ServedOutput):
     index: int
     label: str
     probabilities: dict[str, float]

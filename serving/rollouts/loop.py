@@ -29,12 +29,11 @@ from promptmux.core.clock import utc_now
 from promptmux.core.errors import NotFoundError
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.policy import (
-    LATENCY_BUCKETS_S,
     Outcome,
     RolloutDecision,
     RolloutPolicy,
+    ServedCounts,
     ServedWindow,
-    VariantServed,
 )
 from promptmux.registry.registry import Registry
 from promptmux.serving.rollouts.sequential import ArmOutcomes, Decision
@@ -67,51 +66,19 @@ class OutcomeLog:
         return list(known.values())
 
 
-@dataclass
-class Served:
-    """What the replicas served of one side of an experiment, summed over their windows."""
-
-    requests: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
-
-    def add(self, served: VariantServed) -> None:
-        self.requests += served.requests
-        self.errors += served.errors
-        self.cancelled += served.cancelled
-        self.buckets = [a + b for a, b in zip(self.buckets, served.latency_buckets)]
-
-    @property
-    def error_rate(self) -> float:
-        """Failed requests over those that ended (a client that went away ended nothing)."""
-        ended = self.requests - self.cancelled
-        return self.errors / ended if ended else 0.0
-
-    @property
-    def p99_s(self) -> float:
-        """The upper bound of the latency bucket that holds the 99th percentile."""
-        target, running = 0.99 * sum(self.buckets), 0
-        for bound, count in zip(LATENCY_BUCKETS_S, self.buckets):
-            running += count
-            if count and running >= target:
-                return bound
-        return 0.0
-
-
 def p99_ratio(policy: RolloutPolicy, candidate_s: float, control_s: float) -> float:
     """The candidate's p99 latency over the control's, each counted as at least the policy's floor."""
     return max(candidate_s, policy.latency_floor_s) / max(control_s, policy.latency_floor_s, 1e-9)
 
 
-def served_sides(policy: RolloutPolicy, windows: list[ServedWindow]) -> dict[str, Served]:
-    sides = {"control": Served(), "candidate": Served()}
+def served_sides(policy: RolloutPolicy, windows: list[ServedWindow]) -> dict[str, ServedCounts]:
+    sides = {"control": ServedCounts(), "candidate": ServedCounts()}
     versions = {"control": policy.control, "candidate": policy.candidate}
     for window in windows:
         for served in window.variants:
             if (served.experiment == policy.experiment and served.variant in sides
                     and served.version == versions[served.variant]):
-                sides[served.variant].add(served)
+                sides[served.variant].merge(served)
     return sides
 
 
@@ -124,7 +91,7 @@ class Experiment:
     candidate: ArmOutcomes
     candidate_at_step: int
     decision: Decision
-    served: dict[str, Served] = field(default_factory=dict)
+    served: dict[str, ServedCounts] = field(default_factory=dict)
 
     @classmethod
     def of(cls, policy: RolloutPolicy, outcomes: list[Outcome], windows: list[ServedWindow] | None = None) -> "Experiment":
@@ -152,7 +119,7 @@ class Experiment:
 
     def snapshot(self) -> dict:
         """The figures a decision is recorded with."""
-        def arm(outcomes: ArmOutcomes, served: Served) -> dict:
+        def arm(outcomes: ArmOutcomes, served: ServedCounts) -> dict:
             low, high = outcomes.interval()
             return {"outcomes": outcomes.count, "mean": round(outcomes.mean, 4), "interval": [round(low, 4), round(high, 4)],
                     "requests": served.requests, "error_rate": round(served.error_rate, 4), "p99_s": served.p99_s}

@@ -25,7 +25,7 @@ FORGED = "feedback id not issued by this deployment (its signature does not matc
 SIGNATURE_BYTES = 16
 
 
-class Served(StrictModel):
+class Issued(StrictModel):
     """What a feedback id says about the request it was issued for."""
 
     task: str
@@ -54,12 +54,12 @@ class FeedbackIds:
 
     def issue(self, task: str, version: int, variant: str, experiment: str | None = None, label: str | None = None,
               tenant: str | None = None) -> str:
-        served = Served(task=task, version=version, variant=variant, experiment=experiment, label=label, tenant=tenant,
+        served = Issued(task=task, version=version, variant=variant, experiment=experiment, label=label, tenant=tenant,
                         nonce=secrets.token_hex(8))
         body = _b64(json.dumps(served.model_dump(exclude_none=True), separators=(",", ":")).encode())
         return f"{PREFIX}.{body}.{self._sign(body)}"
 
-    def verify(self, feedback_id: str, tenant: str | None = None) -> Served:
+    def verify(self, feedback_id: str, tenant: str | None = None) -> Issued:
         """The id's contents; `InvalidRequestError` if it is not an id at all, `ForgedFeedbackId` if
         its signature is not this deployment's, or if `tenant` (the caller; None for the admin)
         is not the tenant it was issued to: to another tenant it reads exactly as a forged id."""
@@ -70,7 +70,7 @@ class FeedbackIds:
         if not hmac.compare_digest(signature, self._sign(body)):
             raise ForgedFeedbackId(FORGED)
         try:
-            served = Served.model_validate_json(_unb64(body))
+            served = Issued.model_validate_json(_unb64(body))
         except (ValidationError, binascii.Error, ValueError) as exc:
             raise InvalidRequestError("malformed feedback id: its contents cannot be read") from exc
         if tenant is not None and served.tenant != tenant:

@@ -26,7 +26,7 @@ from transformers import (
 
 from promptmux.core.errors import ModelUnavailableError
 from promptmux.methods.fingerprint import BaseModelFingerprint
-from promptmux.serving.models.embedded import (
+from promptmux.models.embedded import (
     EMBEDDED_MODELS,
     PACKAGED_MODELS,
     cache_dir,

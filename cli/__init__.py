@@ -1,7 +1,7 @@
 """The `promptmux` command line: the root app, composed above the rooms it drives.
 
-It sits at the top of the layers (`tasks` may import `serving` and `registry`), so it
-takes each room's commands directly: `registry ...` (records and rollouts: `records.py`,
+It sits at the top of the layers, above every room it drives, and takes each room's
+commands directly: `registry ...` (records and rollouts: `records.py`,
 `rollouts.py`), `tenants ...` (`tenants.py`), `train`, `tune` and `demo` (tasks), `generate`, `serve`
 and `bench` (`serve.py`), `ui` (`console.py`).
 """
@@ -15,15 +15,15 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from promptmux.cli.console import ui_command
+from promptmux.cli.rollouts import registry_app
+from promptmux.cli.serve import bench_app, generate, serve_command
+from promptmux.cli.tenants import tenants_app
+from promptmux.cli.train import train
+from promptmux.cli.tune import tune
 from promptmux.core.errors import PromptmuxError, describe
-from promptmux.tasks.cli.common import err_console
-from promptmux.tasks.cli.console import ui_command
-from promptmux.tasks.cli.rollouts import registry_app
-from promptmux.tasks.cli.serve import bench_app, generate, serve_command
-from promptmux.tasks.cli.tenants import tenants_app
-from promptmux.tasks.cli.train import train
-from promptmux.tasks.cli.tune import tune
 from promptmux.tasks.demo import demo
+from promptmux.tasks.progress import err_console
 
 app = typer.Typer(
     name="promptmux",

@@ -7,12 +7,10 @@ Every command that touches the registry takes `--registry URI` (default
 
 import json
 import re
-import sys
 from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
 from promptmux.core.defaults import DEFAULT_BASE_MODEL
@@ -21,13 +19,7 @@ from promptmux.methods.catalog import CATALOG
 from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.registry import REGISTRY_ENV, Registry, default_registry_uri
 from promptmux.registry.schemas import TaskKind
-
-# Piped output (logs, CI) gets room for whole tables; a terminal keeps its own width.
-console = Console() if sys.stdout.isatty() else Console(width=160)
-
-
-err_console = Console(stderr=True, soft_wrap=True)
-
+from promptmux.tasks.progress import err_console
 
 RegistryOption = Annotated[
     str,
@@ -102,7 +94,7 @@ def base_model_of(reg: Registry, given: str | None) -> str:
     base models are refused with the list."""
     if given:
         return given
-    from promptmux.serving.models.loading import model_identity
+    from promptmux.models.loading import model_identity
 
     models: list[tuple[BaseModelFingerprint, set[str], list[str]]] = []  # (fingerprint, its names, its tasks)
     for name in reg.tasks.names():

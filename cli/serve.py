@@ -12,19 +12,12 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
+from promptmux.cli.common import BaseModelOption, RegistryOption, TrustRemoteCode, base_model_of, open_registry
 from promptmux.core.errors import PromptmuxError, describe
-from promptmux.serving.http.ports import check_port
+from promptmux.core.jsonl import jsonl_lines
+from promptmux.serving.hosting.ports import check_port
 from promptmux.serving.runtime.schemas import TaskRequest
-from promptmux.tasks.cli.common import (
-    BaseModelOption,
-    RegistryOption,
-    TrustRemoteCode,
-    base_model_of,
-    console,
-    err_console,
-    open_registry,
-)
-from promptmux.tasks.progress import status
+from promptmux.tasks.progress import console, err_console, status
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cuda or cpu")]
 DtypeOption = Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32")]
@@ -36,14 +29,8 @@ KvCacheOption = Annotated[float | None, typer.Option(
 
 def read_requests(path: Path) -> list[TaskRequest]:
     """Parse a JSONL file of requests, refusing the whole file on the first bad line."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise PromptmuxError(f"cannot read {path}: {exc.strerror}") from exc
     requests = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path):
         try:
             requests.append(TaskRequest.model_validate_json(line))
         except ValidationError as exc:
@@ -67,9 +54,9 @@ def generate(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Offline batch inference: run a JSONL of requests of many tasks in mixed batches."""
+    from promptmux.models.loading import check_base_model
     from promptmux.serving.engine.client import EngineClient
     from promptmux.serving.engine.config import EngineConfig
-    from promptmux.serving.models.loading import check_base_model
     from promptmux.serving.runtime.offline_runner import OfflineRunner
 
     requests = read_requests(input_path)
@@ -129,8 +116,8 @@ def serve_command(
     """Start a local Ray cluster with Serve and block; Ctrl-C or SIGTERM drains, then shuts both down."""
     reg = open_registry(registry)
     check_port(host, port)  # before anything slow: a busy port is one line, not a cluster started and torn down
-    from promptmux.serving.http.local_cluster import default_replica_gpus, run_local
-    from promptmux.serving.models.loading import load_config
+    from promptmux.models.loading import load_config
+    from promptmux.serving.hosting.local_cluster import default_replica_gpus, run_local
     from promptmux.serving.runtime.settings import ServeSettings
 
     model_id = base_model_of(reg, base_model)

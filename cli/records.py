@@ -8,14 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from promptmux.core.errors import PromptmuxError
-from promptmux.core.limits import limits
-from promptmux.registry.schemas import (
-    RolloutSpec,
-    TaskSpec,
-    VersionView,
-)
-from promptmux.tasks.cli.common import (
+from promptmux.cli.common import (
     SHORT_METHODS,
     BaseModelOption,
     FormatOption,
@@ -26,14 +19,20 @@ from promptmux.tasks.cli.common import (
     SystemOption,
     TemplateOption,
     TrustRemoteCode,
-    console,
-    err_console,
     metrics_summary,
     new_table,
     open_registry,
     parse_labels,
     print_json,
 )
+from promptmux.core.errors import PromptmuxError
+from promptmux.core.limits import limits
+from promptmux.registry.schemas import (
+    RolloutSpec,
+    TaskSpec,
+    VersionView,
+)
+from promptmux.tasks.progress import console, err_console
 
 registry_app = typer.Typer(help="Inspect and edit the soft-prompt registry.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -162,15 +161,8 @@ def import_adapter(
     PEFT wrote them. A new task is created as the folder's `promptmux-task.json` says (a
     promptmux export), else as generation with template {input}; --kind, --template,
     --labels, --format and --system override either."""
-    from promptmux.serving.models.inputs import check_chat_template
-    from promptmux.serving.models.loading import (
-        check_base_model,
-        fingerprint,
-        load_model,
-        load_tokenizer,
-        max_positions,
-        model_identity,
-    )
+    from promptmux.models.inputs import check_chat_template
+    from promptmux.models.loading import check_base_model, fingerprint, load_model, load_tokenizer, max_positions, model_identity
 
     if task_id is not None and task_id < 0:
         raise PromptmuxError(f"--task-id {task_id}: a multitask adapter's tasks are numbered from 0")

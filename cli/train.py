@@ -6,10 +6,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from promptmux.core.defaults import DEFAULT_BASE_MODEL
-from promptmux.core.errors import PromptmuxError
-from promptmux.registry.schemas import TaskSpec
-from promptmux.tasks.cli.common import (
+from promptmux.cli.common import (
     BaseModelOption,
     FormatOption,
     KindOption,
@@ -18,13 +15,16 @@ from promptmux.tasks.cli.common import (
     SystemOption,
     TemplateOption,
     TrustRemoteCode,
-    console,
     open_registry,
     parse_labels,
     print_json,
 )
+from promptmux.core.defaults import DEFAULT_BASE_MODEL
+from promptmux.core.errors import PromptmuxError
+from promptmux.registry.schemas import TaskSpec
 from promptmux.tasks.config import TrainConfig
 from promptmux.tasks.data import Example
+from promptmux.tasks.progress import console
 from promptmux.tasks.spec_file import read_fields, resolve
 
 INIT_METHODS = list(get_args(TrainConfig.model_fields["init"].annotation))
@@ -44,7 +44,7 @@ def task_data(spec_file: Path | None, task: str | None, data: Path, eval_data: P
               ) -> tuple[TaskSpec, TrainConfig, list[Example], list[Example], str]:
     """A task to train (or tune), from a spec file and flags: its spec, training settings, the
     training and held-out examples, and the data's fingerprint."""
-    from promptmux.serving.models.loading import check_base_model, model_identity
+    from promptmux.models.loading import check_base_model, model_identity
     from promptmux.tasks.data import examples, fingerprint_files, held_out_split, load_records
 
     fields = read_fields(spec_file) if spec_file else {}

@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-CALLBACK = "promptmux.serving.http.proxy_errors:middlewares"
+CALLBACK = "promptmux.serving.hosting.proxy_errors:middlewares"
 REPLICA_LOST = "the replica serving this request stopped before answering; retry and another one will serve you"
 ROUTES = "/-/routes"
 ADMIN_KEY_ENV = "PROMPTMUX_API_TOKEN"

@@ -10,7 +10,7 @@ from typing import Any
 from ray import serve
 
 from promptmux.registry import Registry
-from promptmux.serving.runtime.controller import RolloutController
+from promptmux.serving.rollouts.controller import RolloutController
 from promptmux.serving.runtime.settings import ServeSettings
 
 # How often a replica Serve stops checks for requests still in flight (Ray's default is 2 s):

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from promptmux.cli.common import BaseModelOption, RegistryOption, open_registry, print_json
+from promptmux.cli.train import task_data
 from promptmux.core.errors import PromptmuxError
-from promptmux.tasks.cli.common import BaseModelOption, RegistryOption, console, err_console, open_registry, print_json
-from promptmux.tasks.cli.train import task_data
 from promptmux.tasks.config import DEFAULT_LR
+from promptmux.tasks.progress import console, err_console
 
 
 def tune(

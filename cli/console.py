@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
+from promptmux.cli.common import RegistryOption, open_registry
 from promptmux.core.errors import PromptmuxError
-from promptmux.serving.http.ports import check_port
-from promptmux.tasks.cli.common import RegistryOption, console, err_console, open_registry
+from promptmux.serving.hosting.ports import check_port
+from promptmux.tasks.progress import console, err_console
 
 ADMIN_KEY_ENV = "PROMPTMUX_API_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

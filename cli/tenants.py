@@ -6,15 +6,8 @@ from typing import Annotated
 
 import typer
 
-from promptmux.tasks.cli.common import (
-    JsonOption,
-    RegistryOption,
-    console,
-    err_console,
-    new_table,
-    open_registry,
-    print_json,
-)
+from promptmux.cli.common import JsonOption, RegistryOption, new_table, open_registry, print_json
+from promptmux.tasks.progress import console, err_console
 
 tenants_app = typer.Typer(help="Tenants: keys scoped to tasks, with quotas.", no_args_is_help=True, rich_markup_mode=None)
 

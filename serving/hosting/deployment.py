@@ -23,9 +23,9 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptmux.serving.hosting.controller_deployment import SHUTDOWN_POLL_S, RolloutControllerDeployment
+from promptmux.serving.hosting.drain_signal import DRAIN_NAMESPACE
 from promptmux.serving.http.app import build_app
-from promptmux.serving.http.controller_deployment import SHUTDOWN_POLL_S, RolloutControllerDeployment
-from promptmux.serving.http.drain_signal import DRAIN_NAMESPACE
 from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 
@@ -97,7 +97,7 @@ class PromptmuxDeployment:
 
 
 def build(args: dict[str, Any]) -> Application:
-    """Application builder for `serve run` / `serve deploy` (`import_path: promptmux.serving.http.deployment:build`);
+    """Application builder for `serve run` / `serve deploy` (`import_path: promptmux.serving.hosting.deployment:build`);
     `args` are `ServeSettings` fields."""
     settings = ServeSettings.model_validate(args)
     deployment = PromptmuxDeployment.options(graceful_shutdown_timeout_s=settings.drain_timeout_s)

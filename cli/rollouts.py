@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from promptmux.cli.common import JsonOption, RegistryOption, open_registry, print_json
+from promptmux.cli.records import registry_app, rollout_text
 from promptmux.core.errors import PromptmuxError
 from promptmux.registry.history import MANUAL
 from promptmux.registry.names import parse_version
@@ -16,15 +18,7 @@ from promptmux.registry.schemas import (
     RolloutSpec,
     RolloutVariant,
 )
-from promptmux.tasks.cli.common import (
-    JsonOption,
-    RegistryOption,
-    console,
-    err_console,
-    open_registry,
-    print_json,
-)
-from promptmux.tasks.cli.records import registry_app, rollout_text
+from promptmux.tasks.progress import console, err_console
 
 
 @registry_app.command("alias")

@@ -26,7 +26,7 @@ def init_ray(num_cpus: int, **options: object) -> Path:
     installed through Ray Serve's proxy callback). The folder its processes log to."""
     import ray
 
-    from promptmux.serving.http.proxy_errors import CALLBACK, CALLBACK_ENV
+    from promptmux.serving.hosting.proxy_errors import CALLBACK, CALLBACK_ENV
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
@@ -51,9 +51,9 @@ def run_local(
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    from promptmux.serving.http.controller_deployment import RolloutControllerDeployment
-    from promptmux.serving.http.deployment import PromptmuxDeployment
-    from promptmux.serving.http.drain_signal import DRAIN_NAMESPACE, DrainSignal
+    from promptmux.serving.hosting.controller_deployment import RolloutControllerDeployment
+    from promptmux.serving.hosting.deployment import PromptmuxDeployment
+    from promptmux.serving.hosting.drain_signal import DRAIN_NAMESPACE, DrainSignal
 
     init_ray(max(2, os.cpu_count() or 2))
     stop, hurry = threading.Event(), threading.Event()
