@@ -9,7 +9,6 @@ import torch
 from peft import PeftConfig
 
 from promptmux.core.errors import IncompatiblePromptError, InvalidArtifactError
-from promptmux.methods.catalog import CATALOG
 from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.methods.prompt import EMBEDDINGS, Prompt, ServingForm, prompt_tensors
 
@@ -35,7 +34,7 @@ class PeftMethod:
 
     @property
     def peft_type(self) -> str:
-        return CATALOG[self.name].peft_type
+        return self.name.upper()
 
     def tensors(self, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
         """The method's tensors checked (see `prompt.prompt_tensors`)."""

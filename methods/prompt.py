@@ -11,7 +11,6 @@ form a method serves in.
 Each method's own module says more (`prompt_tuning.py`, `p_tuning.py`, ...).
 """
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,29 +18,10 @@ import torch
 
 from promptmux.core.errors import InvalidArtifactError
 from promptmux.core.limits import limits
-from promptmux.methods.catalog import PEFT_TYPES, SUPPORTED, Method
 
 EMBEDDINGS = "prompt_embeddings"
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 MAX_VIRTUAL_TOKENS = 4096
-
-
-def parse_config(data: bytes, source: str) -> dict[str, Any]:
-    """Read a PEFT adapter config and check it is a prompt-learning method of a causal LM."""
-    try:
-        config = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise InvalidArtifactError(f"{source}: adapter_config.json is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidArtifactError(f"{source}: adapter_config.json must hold a JSON object")
-    peft_type = config.get("peft_type")
-    if peft_type not in PEFT_TYPES:
-        raise InvalidArtifactError(f"{source}: peft_type {peft_type!r} is not supported; {SUPPORTED}")
-    if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise InvalidArtifactError(f"{source}: task_type {config.get('task_type')!r} is not supported; {SUPPORTED}")
-    if config.get("num_transformer_submodules", 1) not in (None, 1):
-        raise InvalidArtifactError(f"{source}: adapters for encoder-decoder models are not supported; {SUPPORTED}")
-    return config
 
 
 @dataclass
@@ -50,7 +30,7 @@ class Prompt:
     multitask prompt, the task it serves. Imported adapters keep their files' bytes, so a
     version is the adapter PEFT wrote."""
 
-    method: Method
+    method: str  # a name of the catalog (`catalog.py`)
     tensors: dict[str, torch.Tensor]
     peft_config: dict[str, Any] = field(default_factory=dict)
     task_id: int | None = None
@@ -63,6 +43,9 @@ class Prompt:
     @property
     def num_virtual_tokens(self) -> int:
         return self.embeddings.shape[0]
+
+
+PromptLike = torch.Tensor | Prompt  # what the registry takes: a soft prompt's bare tensor, or any method's prompt
 
 
 @dataclass

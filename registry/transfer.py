@@ -9,7 +9,7 @@ import fsspec
 
 from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError
 from promptmux.core.limits import limits
-from promptmux.methods.catalog import PEFT_TYPES, method
+from promptmux.methods.catalog import PEFT_TYPES, method, parse_config
 from promptmux.methods.files import CONFIG_FILE, TENSOR_FILE
 from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.layout import EXPORT_FILE, MANIFEST_FILE
@@ -45,7 +45,7 @@ class PeftTransfer:
         fs, root = fsspec.core.url_to_fs(source)
         root = root.rstrip("/")
         config_bytes = _read_source(fs, f"{root}/{CONFIG_FILE}", source, "adapter_config_bytes")
-        config = prompts().parse_config(config_bytes, source)
+        config = parse_config(config_bytes, source)
         if not isinstance(config.get("num_virtual_tokens"), int):  # PEFT sizes its prompt by it
             raise InvalidArtifactError(f"{source}: adapter_config needs num_virtual_tokens (an integer): PEFT cannot load it")
         tensor_path = f"{root}/{TENSOR_FILE}"

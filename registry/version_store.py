@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from promptmux.core.errors import ConflictError, IncompatiblePromptError, InvalidArtifactError, NotFoundError, PromptmuxError
-from promptmux.methods.catalog import method
+from promptmux.methods.catalog import method, parse_config
 from promptmux.methods.files import CONFIG_FILE, TENSOR_FILE
 from promptmux.methods.fingerprint import BaseModelFingerprint
 from promptmux.registry.history import HistoryEntry
@@ -25,9 +25,7 @@ from promptmux.registry.schemas import PromptVersion
 from promptmux.registry.task_store import TaskStore
 
 if TYPE_CHECKING:
-    import torch
-
-    from promptmux.methods.prompt import Prompt
+    from promptmux.methods.prompt import Prompt, PromptLike
 
 MAX_CLAIM_ATTEMPTS = 10_000
 
@@ -47,7 +45,7 @@ def prompts() -> ModuleType:
     return prompt
 
 
-def checked_prompt(prompt: "torch.Tensor | Prompt", made_on: BaseModelFingerprint, expected: BaseModelFingerprint,
+def checked_prompt(prompt: "PromptLike", made_on: BaseModelFingerprint, expected: BaseModelFingerprint,
                    source: str) -> "Prompt":
     """`prompt` as a checked `Prompt` (a bare tensor is a soft prompt), fitting the task's base model."""
     peft = prompts()
@@ -70,7 +68,7 @@ class VersionStore:
     def register(
         self,
         task: str,
-        prompt: "torch.Tensor | Prompt",
+        prompt: "PromptLike",
         base_fingerprint: BaseModelFingerprint,
         *,
         init_method: str = "random",
@@ -165,7 +163,7 @@ class VersionStore:
         if problem:
             raise InvalidArtifactError(f"{source}: {problem}")
         if method(manifest.method).layout_in_config:
-            prompt.peft_config = prompts().parse_config(storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"),
+            prompt.peft_config = parse_config(storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"),
                                                         source)
         return manifest, prompt
 
@@ -173,7 +171,7 @@ class VersionStore:
         """What is wrong with a stored version, re-read and re-hashed, or None."""
         try:
             manifest, _ = self.load_prompt(task, version)
-            prompts().parse_config(self.files.storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"), "")
+            parse_config(self.files.storage.read_bytes(f"{version_rel(task, version)}/{CONFIG_FILE}"), "")
         except (PromptmuxError, ValueError) as exc:
             return str(exc)
         if manifest.version != version or manifest.task != task:

@@ -23,6 +23,7 @@ from promptmux.models.inputs import encode_task_input
 from promptmux.models.loading import fingerprint, load_model, load_tokenizer
 from promptmux.registry import Registry, TaskSpec
 from promptmux.serving.engine.config import EngineConfig
+from promptmux.serving.runtime.service import PromptmuxService
 from promptmux.serving.runtime.settings import ServeSettings
 from promptmux.tasks.data import examples, load_records, split
 from promptmux.tasks.spec_file import read_fields, resolve
@@ -54,9 +55,41 @@ def registry(tmp_path_factory) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def server(registry: Registry) -> Iterator[str]:
-    with serve_locally(ServeSettings(registry=registry.uri, engine=EngineConfig(base_model=BASE, cpu_threads=2))) as (url, _):
-        yield url
+def served(registry: Registry) -> Iterator[tuple[str, PromptmuxService]]:
+    with serve_locally(ServeSettings(registry=registry.uri, engine=EngineConfig(base_model=BASE, cpu_threads=2))) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, PromptmuxService]) -> str:
+    return served[0]
+
+
+def test_a_chat_request_goes_down_to_the_engine_client_once_and_comes_back(served, monkeypatch) -> None:
+    """http -> runtime -> engine client -> engine and back: each request, plain, streamed or a
+    classification, is one call of the runtime on the engine client, and its inputs meet the
+    engine's input processor once (the layers test holds the imports that keep it so)."""
+    url, service = served
+    calls: list[str] = []
+    client, inputs = service.client, service.client.engine.inputs
+    def counted(name: str):
+        original = getattr(client, name)
+
+        async def called(request):
+            calls.append(name)
+            return await original(request)
+        return called
+
+    for name in ("classify", "generate", "stream"):
+        monkeypatch.setattr(client, name, counted(name))
+    rows = inputs.rows
+    monkeypatch.setattr(inputs, "rows", lambda request, prompt: calls.append("rows") or rows(request, prompt))
+    openai_client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    ask = dict(model="act-as-chat", messages=[{"role": "user", "content": "a chef"}], max_tokens=3)
+    openai_client.chat.completions.create(**ask)
+    assert "".join(c.choices[0].delta.content or "" for c in openai_client.chat.completions.create(**ask, stream=True)) is not None
+    openai_client.chat.completions.create(model="verdict", messages=[{"role": "user", "content": "lovely"}])
+    assert calls == ["generate", "rows", "stream", "rows", "classify", "rows"]
 
 
 def test_the_trained_task_is_chat_formatted_and_renders_through_the_chat_template(registry: Registry) -> None:

@@ -1,13 +1,17 @@
 """Dependencies point one way, checked on the source rather than hoped for.
 
-The packages stack `registry <- serving <- tasks`: `registry` (records and storage) imports
-neither; `serving` imports `registry` and never `tasks`; `tasks` (training, evaluation, the
-demo and the root CLI, which composes every room) sits on top. Inside `serving` the rooms
-point down: http -> runtime -> engine -> models, with `rollouts` (the decisions) beside the
-engine and bench on top; the engine and the models (pure torch + transformers) import no
-Ray, FastAPI or Prometheus, the runtime no Ray or FastAPI, and the http room no engine
-module: it talks to the runtime alone. The console (`console`, mounted by http) reads the
-registry and the rollouts' statistics, and loads no model: no torch, no engine.
+The packages stack `core <- methods <- registry <- models <- serving <- tasks <- cli`: `core`
+(errors, the strict model, time, request fields, defaults) imports no other room; `methods`
+(one module per PEFT method) only the core; `registry` (records and storage) neither models,
+serving, tasks nor the CLI, and no tensor code; `models` (loading, shared by training and
+serving) nothing above it; `serving` never `tasks` or the CLI; `tasks` (training, tuning,
+evaluation, the demo) never the CLI, which composes every room from the top. Inside
+`serving` the rooms point down: hosting -> http -> runtime -> engine client -> engine, with
+`rollouts` (the decisions and their controller) beside the engine and bench on top; the
+engine (pure torch + transformers) imports no Ray, FastAPI or Prometheus, the runtime no Ray
+or FastAPI and nothing of the engine but its client and outputs, and the http room no engine
+module and no Ray. The console (`console`, mounted by http) reads the registry and the
+rollouts' statistics, and loads no model: no torch, no engine.
 """
 
 import ast
@@ -19,18 +23,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = {"ray", "fastapi", "starlette", "uvicorn"}
+TENSORS = {"torch", "safetensors", "peft", "transformers"}
+PACKAGES = ["core", "methods", "registry", "models", "serving", "tasks", "cli"]  # bottom to top
 ROOMS = {  # a room of serving/ -> what it may not import: rooms above or beside it, and libraries
-    "models": ({"engine", "rollouts", "runtime", "console", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
-    "engine": ({"rollouts", "runtime", "console", "http", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
-    "rollouts": ({"models", "engine", "runtime", "console", "http", "bench"},
+    "engine": ({"rollouts", "runtime", "console", "http", "hosting", "bench"}, WEB | {"prometheus_client", "matplotlib"}),
+    "rollouts": ({"engine", "runtime", "console", "http", "hosting", "bench"},
                  WEB | {"prometheus_client", "torch", "transformers"}),
-    "runtime": ({"console", "http", "bench"}, WEB),
-    "console": ({"models", "engine", "http", "bench"}, {"ray", "torch", "transformers", "prometheus_client"}),
-    "http": ({"engine", "bench"}, set()),
+    "runtime": ({"console", "http", "hosting", "bench"}, WEB),
+    "console": ({"engine", "http", "hosting", "bench"}, {"ray", "torch", "transformers", "prometheus_client"}),
+    "http": ({"engine", "hosting", "bench"}, {"ray"}),
+    "hosting": ({"engine", "bench"}, set()),
     "bench": (set(), set()),
 }
-# registry/ keeps records and storage: no model loading, CLI, plots, sockets or web.
-NOT_RECORDS = WEB | {"transformers", "typer", "rich", "matplotlib", "socket", "prometheus_client"}
+# registry/ keeps records and storage: no tensors, model loading, CLI, plots, sockets or web.
+NOT_RECORDS = WEB | TENSORS | {"typer", "rich", "matplotlib", "socket", "prometheus_client"}
+# The runtime reaches the engine through these modules only: its client, its configuration, and the outputs it returns.
+ENGINE_FACE = {"promptmux.serving.engine.client", "promptmux.serving.engine.config", "promptmux.serving.engine.outputs"}
+
+
 def root(module: str) -> str:
     """`promptmux.serving.http.app` → `serving`; `torch.nn` → `torch`."""
     parts = module.split(".")
@@ -52,12 +62,23 @@ def package_offenders(files: list[Path], forbidden: set[str]) -> dict[str, list[
     return {path.name: sorted(imported_roots(path) & forbidden) for path in files if imported_roots(path) & forbidden}
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("registry", {"serving", "tasks"} | NOT_RECORDS),
-    ("serving", {"tasks"}),
-])
-def test_packages_depend_one_way(package: str, forbidden: set[str]) -> None:
-    assert package_offenders(sorted((ROOT / package).rglob("*.py")), forbidden) == {}
+def above(package: str) -> set[str]:
+    return set(PACKAGES[PACKAGES.index(package) + 1:])
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_depend_one_way(package: str) -> None:
+    forbidden = above(package) | {"core": TENSORS | WEB, "methods": {"transformers"} | WEB, "registry": NOT_RECORDS,
+                                  "models": WEB}.get(package, set())
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files
+    assert package_offenders(files, forbidden) == {}
+
+
+def test_the_packages_are_every_folder_of_the_project() -> None:
+    """Every package of pyproject.toml's layout is a layer above: none is left unchecked."""
+    folders = {path.name for path in ROOT.iterdir() if (path / "__init__.py").exists()}
+    assert folders == set(PACKAGES)
 
 
 def serving_rooms(path: Path) -> set[str]:
@@ -94,14 +115,14 @@ def test_the_room_rules_fail_when_broken(tmp_path: Path) -> None:
     engine.write_text("import ray\nfrom promptmux.serving.rollouts.loop import advance\nfrom promptmux.models import loading\n")
     assert room_offenders("engine", [engine]) == {"runner.py": ["ray", "rollouts"]}
     records = tmp_path / "store.py"
-    records.write_text("import typer\nfrom transformers import AutoModel\nfrom promptmux.models.loading import load_model\n")
-    assert package_offenders([records], {"serving", "tasks"} | NOT_RECORDS) == {"store.py": ["serving", "transformers", "typer"]}
+    records.write_text("import typer\nimport torch\nfrom promptmux.models.loading import load_model\n")
+    assert package_offenders([records], above("registry") | NOT_RECORDS) == {"store.py": ["models", "torch", "typer"]}
 
 
 def module_graph() -> dict[str, set[str]]:
     """promptmux's modules and the promptmux modules each imports (anywhere in the file)."""
     modules = {}
-    for package in ("registry", "serving", "tasks"):
+    for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             name = ".".join(("promptmux", *parts[:-1])) if parts[-1] == "__init__" else ".".join(("promptmux", *parts))
@@ -231,7 +252,7 @@ def oversized_classes(files: list[Path]) -> dict[str, tuple[int, int]]:
 
 
 def test_no_class_does_too_many_jobs(tmp_path: Path) -> None:
-    files = sorted(path for package in ("registry", "serving", "tasks") for path in (ROOT / package).rglob("*.py"))
+    files = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
     assert oversized_classes(files) == {}
     many = tmp_path / "store.py"  # the rule fails when broken: 26 public methods
     many.write_text("class Store:\n" + "".join(f"    def m{i}(self) -> None:\n        pass\n" for i in range(26)))
@@ -301,3 +322,106 @@ def test_the_console_and_the_cli_import_without_torch(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "registry")], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def engine_modules(path: Path) -> set[str]:
+    """The modules of the engine a file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        found |= {name for name in names if name.startswith("promptmux.serving.engine")}
+    return found
+
+
+def client_attributes(path: Path) -> set[str]:
+    """Every attribute a file reads on something called `client` (`self.client.generate` -> `generate`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute):
+            holder = node.value
+            name = holder.attr if isinstance(holder, ast.Attribute) else holder.id if isinstance(holder, ast.Name) else None
+            if name == "client":
+                found.add(node.attr)
+    return found
+
+
+def test_the_runtime_reaches_the_engine_through_its_client_alone(tmp_path: Path) -> None:
+    """The runtime imports nothing of the engine but its client and outputs, and reads nothing
+    of the client but its public calls: not the engine or the loop it holds."""
+    from promptmux.serving.engine.client import EngineClient
+
+    files = sorted((ROOT / "serving" / "runtime").rglob("*.py"))
+    assert {path.name: sorted(engine_modules(path) - ENGINE_FACE) for path in files if engine_modules(path) - ENGINE_FACE} == {}
+    calls = {name for name in dir(EngineClient) if not name.startswith("_")}
+    used = set().union(*(client_attributes(path) for path in files))
+    assert {"classify", "generate", "stream"} <= used <= calls
+    reaching = tmp_path / "answering.py"  # the rule fails when broken
+    reaching.write_text("from promptmux.serving.engine.runner import Engine\nids = self.client.engine.tokenizer('x')\n")
+    assert engine_modules(reaching) - ENGINE_FACE == {"promptmux.serving.engine.runner"}
+    assert "engine" in client_attributes(reaching) and "engine" not in calls
+
+
+def test_the_http_room_and_its_request_bodies_import_without_torch() -> None:
+    """Bodies and routes are built where no model is: torch, transformers, PEFT and Ray made
+    unimportable, the HTTP package and its request bodies import."""
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'safetensors', 'ray'):\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import promptmux.serving.http\n"
+        "from promptmux.serving.http.api import ChatBody, CompletionBody, GenerateBody\n"
+        "ChatBody(model='t', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+REQUEST_FIELDS = {"Temperature", "TopP", "TopK", "Seed", "Logprobs", "MaxNewTokens", "Message", "GenerationParams", "Input"}
+
+
+def module_definitions(path: Path) -> set[str]:
+    """The names a module defines at its top level: classes, functions and assignments."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    return names
+
+
+def test_the_registry_holds_records_no_tensor_code_and_no_request_fields() -> None:
+    files = sorted((ROOT / "registry").rglob("*.py"))
+    assert package_offenders(files, TENSORS) == {}
+    assert {path.name: sorted(module_definitions(path) & REQUEST_FIELDS) for path in files
+            if module_definitions(path) & REQUEST_FIELDS} == {}
+    assert REQUEST_FIELDS <= module_definitions(ROOT / "core" / "fields.py")
+
+
+def test_each_peft_method_lives_in_its_own_module_registered_in_the_catalog() -> None:
+    """One module per method, as PEFT's tuners: the catalog names each, each module holds one
+    method under that name, and no module outside `methods/` branches on a method's name."""
+    from promptmux.methods.catalog import CATALOG, method
+
+    assert not (ROOT / "registry" / "methods.py").exists()
+    for name, entry in CATALOG.items():
+        assert (ROOT / "methods" / f"{entry.module.rsplit('.', 1)[1]}.py").exists()
+        assert method(name).name == name
+    branching = {str(path.relative_to(ROOT)) for package in PACKAGES if package != "methods"
+                 for path in (ROOT / package).rglob("*.py")
+                 if any(f'== "{name}"' in path.read_text() or f'!= "{name}"' in path.read_text() for name in CATALOG)}
+    assert branching == set()
+
+
+def test_the_guard_identifies_a_caller_once_and_no_route_again() -> None:
+    """The middleware and the route share one identification: the guard asks the runtime who
+    a key is, and hands the caller to the routes in the request's state."""
+    guard = (ROOT / "serving" / "http" / "guard.py").read_text()
+    assert guard.count("self.identify(") == 1
+    routes = [(ROOT / "serving" / "http" / name).read_text() for name in ("native.py", "openai.py", "chat.py", "introspection.py")]
+    assert not any("identify" in source for source in routes)

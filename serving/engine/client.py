@@ -2,10 +2,11 @@
 stream back (vLLM v1's `EngineClient` over its engine core is the model). It holds the
 engine, its input processor and the asyncio loop that drives it; the runtime touches nothing
 else of the engine (tests/test_layers.py holds that), so a request goes down once and comes
-back once: runtime -> client -> input processor -> scheduler -> model, and back.
+back once: one call of the runtime per request (`classify`, `generate` or `stream`) goes
+client -> input processor -> scheduler -> model, and its answers or streams come back.
 
-What the runtime reads of the engine's types is named here too: the rows it hands back, the
-streams and their events, the outputs, and the prompt cache's figures.
+What the runtime reads of the engine's types is named here too: the request, the streams and
+their events, and the prompt cache's figures (the outputs are in `outputs.py`).
 """
 
 import asyncio
@@ -25,9 +26,8 @@ from promptmux.serving.engine.prompt_cache import CachedPrompt, CacheStats, Prom
 from promptmux.serving.engine.runner import Engine
 from promptmux.serving.engine.sequence import StreamEvent
 
-Row = GenerationRow | ClassificationRow
 Rows = list[GenerationRow] | list[ClassificationRow]
-__all__ = ["CacheStats", "EngineClient", "EngineRequest", "EventStream", "Output", "Row", "Rows", "StreamEvent"]
+__all__ = ["CacheStats", "EngineClient", "EngineRequest", "EventStream", "Output", "StreamEvent"]
 
 
 class EngineClient:
@@ -43,22 +43,36 @@ class EngineClient:
         version servable."""
         return self.engine.prompt(manifest)
 
-    async def rows(self, request: EngineRequest) -> Rows:
+    async def _rows(self, request: EngineRequest) -> Rows:
         """The request's rows, every check made; a prompt not yet resident is loaded on a worker
         thread, off the event loop."""
         prompts = self.engine.prompts
         prompt = prompts.resident(request.manifest) or await asyncio.to_thread(prompts.get, request.manifest)
         return self.engine.inputs.rows(request, prompt)
 
-    async def classify(self, rows: list[ClassificationRow]) -> list[ClassificationOutput]:
-        return await self._serving().classify(rows)
+    async def classify(self, request: EngineRequest) -> list[ClassificationOutput]:
+        """Every input's label, scored on the loop thread with every other pending classification."""
+        return await self._serving().classify(await self._rows(request))
 
-    async def generate(self, row: GenerationRow) -> GenerationOutput:
-        return await self._serving().generate(row)
+    async def generate(self, request: EngineRequest) -> list[GenerationOutput | BaseException]:
+        """Every input's whole generation, or the exception its row failed with (a request of
+        several inputs may fail in one of them); a request refused as a whole raises."""
+        core, rows = self._serving(), await self._rows(request)
+        return await asyncio.gather(*(core.generate(row) for row in rows), return_exceptions=True)
 
-    def submit(self, row: GenerationRow) -> EventStream:
-        """Queue a row now (refused at once when over a limit or overloaded); its events stream."""
-        return self._serving().submit(row)
+    async def stream(self, request: EngineRequest) -> list[EventStream]:
+        """Every input's events as they come. Every row is submitted now, so overload or limits
+        are refused before a response starts (and the rows submitted so far are cancelled)."""
+        core, rows = self._serving(), await self._rows(request)
+        streams: list[EventStream] = []
+        try:
+            for row in rows:
+                streams.append(core.submit(row))
+        except Exception:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
 
     def run(self, requests: list[EngineRequest]) -> list[Output | Exception]:
         """Every request's one input run to completion without a server, in order; a request

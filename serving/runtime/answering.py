@@ -22,7 +22,7 @@ from promptmux.core.errors import InvalidRequestError, OverloadedError, Position
 from promptmux.core.usage import Usage
 from promptmux.registry import TaskKind
 from promptmux.registry.policy import Result, ServedWindow, VariantServed
-from promptmux.serving.engine.client import EngineClient, EngineRequest, EventStream, Row, StreamEvent
+from promptmux.serving.engine.client import EngineClient, EngineRequest, EventStream, StreamEvent
 from promptmux.serving.engine.outputs import ClassificationOutput, GenerationOutput, TokenLogprob
 from promptmux.serving.runtime.deadline import Deadline
 from promptmux.serving.runtime.feedback import FeedbackIds
@@ -36,15 +36,6 @@ from promptmux.serving.runtime.tenants import Caller, Quotas, Reservation
 from promptmux.serving.runtime.traffic import TrafficCounters
 
 R = TypeVar("R", GenerationOutput, ClassificationOutput)
-
-
-@dataclasses.dataclass
-class Prepared:
-    """One input of a request, ready to run: the row the engine client made of it, and who serves it."""
-
-    assignment: Assignment
-    kind: TaskKind
-    row: Row
 
 
 class Ending:
@@ -154,42 +145,43 @@ class Answering:
             self.metrics.tenant_queue_wait.labels(caller.name).observe(wait)
 
     async def _answer(self, call: Call, ended: Ending) -> Answers | AnswerStream:
-        items = await self.prepare(call)
-        first = items[0]
-        a = first.assignment
-        served = ServedBy(a.task, a.version, a.variant, first.kind)
-        if first.kind is TaskKind.classification:
-            labels = await self._finish(self.client.classify([item.row for item in items]), call.endpoint, items)
+        """The request routed, then one call down to the engine client, whose answers or streams come back."""
+        request, a = self.route(call)
+        served, n = ServedBy(a.task, a.version, a.variant, request.spec.kind), len(request.inputs)
+        if request.spec.kind is TaskKind.classification:
+            labels = await self._finish(self.client.classify(request), call.endpoint, a, n)
             ended("ok", [o.usage.completion_tokens for o in labels])
-            return Answers(served, [Answer(i, self.feedback_id(item, call.caller, o.label), o.label, [], "stop",
+            return Answers(served, [Answer(i, self.feedback_id(a, call.caller, o.label), o.label, [], "stop",
                                            o.usage, label=o.label, probabilities=o.probabilities)
-                                    for i, (item, o) in enumerate(zip(items, labels))])
-        ids = [self.feedback_id(item, call.caller) for item in items]
+                                    for i, o in enumerate(labels)])
+        ids = [self.feedback_id(a, call.caller) for _ in range(n)]
         if call.stream:
-            streams = self._open_streams(items)
-            deltas = self._deltas(items, streams, call.endpoint, ended)
-            weakref.finalize(deltas, self._abandoned, items, streams, call.endpoint, ended)
+            try:
+                streams = await self.client.stream(request)
+            except Exception as exc:
+                self.count(call.endpoint, [a] * n, result_of(exc))
+                raise
+            deltas = self._deltas(a, request.params.logprobs is not None, streams, call.endpoint, ended)
+            weakref.finalize(deltas, self._abandoned, a, streams, call.endpoint, ended)
             return AnswerStream(served, ids, deltas)
-        work = asyncio.gather(*(self.client.generate(item.row) for item in items), return_exceptions=True)
-        outputs = await self._finish(work, call.endpoint, items)
+        outputs = await self._finish(self.client.generate(request), call.endpoint, a, n)
         ended("ok", [o.usage.completion_tokens for o in outputs], [o.queue_s for o in outputs])
         return Answers(served, [Answer(i, ids[i], o.text, o.token_ids, o.finish_reason, o.usage,
                                        logprobs=self._choices(o.logprobs)) for i, o in enumerate(outputs)])
 
-    def _abandoned(self, items: list[Prepared], streams: list[EventStream], endpoint: str, ended: Ending) -> None:
+    def _abandoned(self, assignment: Assignment, streams: list[EventStream], endpoint: str, ended: Ending) -> None:
         """A stream collected without ever being iterated: its rows are cancelled, and it ends
         as cancelled (a stream that ran has told its end already, and this does nothing)."""
         if ended.told:
             return
         for stream in streams:
             stream.cancel()
-        self.count(endpoint, [item.assignment for item in items], "cancelled")
+        self.count(endpoint, [assignment] * len(streams), "cancelled")
         ended("cancelled", [])
 
-    async def prepare(self, call: Call) -> list[Prepared]:
-        """Route once per request and have the engine client make every input's row; refuse the
-        wrong kind of task. A request the routed version's virtual tokens push past the model's
-        positions is counted as a failure of that version's variant before it is refused."""
+    def route(self, call: Call) -> tuple[EngineRequest, Assignment]:
+        """Route once per request, refusing the wrong kind of task, and resolve its parameters
+        against the task's defaults: the request the engine client takes, and who serves it."""
         query = call.query
         if len(query.inputs) > self.settings.max_inputs_per_request:
             raise InvalidRequestError(f"{len(query.inputs)} inputs; the limit is {self.settings.max_inputs_per_request} "
@@ -203,20 +195,13 @@ class Answering:
             raise InvalidRequestError(f"task {query.task!r} is a classification task: it answers a label with each "
                                       "label's probability (`probabilities` on /v1/classify), not token log-probabilities")
         route = self.view.route(query.task, query.version, query.alias, query.routing_key)
-        assignment = Assignment.of(spec.name, route)
         params = (call.params or ParamsOverride()).apply(spec.generation) if generation else None
         request = EngineRequest(spec, route.manifest, query.inputs, params, call.tokens_field, call.conversation,
                                 call.choices, call.caller.name, call.caller.weight)
-        try:
-            rows = await self.client.rows(request)
-        except PositionLimitError as exc:
-            self.count(call.endpoint, [assignment] * len(query.inputs), result_of(exc))
-            raise
-        return [Prepared(assignment, spec.kind, row) for row in rows]
+        return request, Assignment.of(spec.name, route)
 
-    def feedback_id(self, item: Prepared, caller: Caller, label: str | None = None) -> str:
+    def feedback_id(self, a: Assignment, caller: Caller, label: str | None = None) -> str:
         """The signed id an output carries, which `POST /v1/feedback` takes back (from this caller only)."""
-        a = item.assignment
         return self.ids.issue(a.task, a.version, a.variant, a.experiment, label, caller.tenant and caller.name)
 
     def _choices(self, logprobs: list[TokenLogprob] | None) -> list[TokenChoice] | None:
@@ -227,8 +212,8 @@ class Answering:
         return [TokenChoice(text(t.token_id), t.logprob, [TokenAlternative(text(a.token_id), a.logprob) for a in t.top])
                 for t in logprobs]
 
-    def record(self, endpoint: str, item: Prepared, usage: Usage, started: float) -> None:
-        a, latency = item.assignment, time.perf_counter() - started
+    def record(self, endpoint: str, a: Assignment, usage: Usage, started: float) -> None:
+        latency = time.perf_counter() - started
         labels = (a.task, str(a.version), a.variant)
         self.count(endpoint, [a], "ok", latency)
         self.metrics.latency.labels(endpoint, *labels).observe(latency)
@@ -246,42 +231,32 @@ class Answering:
             self.served.add(a, result, latency_s)
             self.traffic.task(a.task, result)
 
-    async def _finish(self, work: Awaitable[list[R | BaseException]], endpoint: str, items: list[Prepared]) -> list[R]:
-        """Every output of a plain request within its deadline. Each input is counted with its
-        own result under its own variant (a request of several inputs may fail in one of them);
-        the first failure is then raised. A request that does not finish is counted as timed
-        out (`RequestTimeout`, HTTP 504) or cancelled."""
+    async def _finish(self, work: Awaitable[list[R | BaseException]], endpoint: str, a: Assignment, n: int) -> list[R]:
+        """Every output of a plain request of `n` inputs within its deadline. Each input is
+        counted with its own result (a request of several inputs may fail in one of them); the
+        first failure is then raised. A request refused or failed as a whole counts each input
+        with its refusal or failure (a version's virtual tokens past the positions: an error of
+        its variant); one that does not finish is counted as timed out (`RequestTimeout`, HTTP
+        504) or cancelled."""
         started = time.perf_counter()
         try:
             outputs = await Deadline(self.settings.request_timeout_s).wait(work)
         except (RequestTimeout, asyncio.CancelledError) as exc:
-            self.count(endpoint, [item.assignment for item in items], result_of(exc))
+            self.count(endpoint, [a] * n, result_of(exc))
             raise
-        except Exception as exc:  # the whole job failed (a classification): every input with it
-            outputs = [exc] * len(items)
-        for item, output in zip(items, outputs):
+        except Exception as exc:  # the whole request was refused or failed: every input with it
+            outputs = [exc] * n
+        for output in outputs:
             if isinstance(output, BaseException):
-                self.count(endpoint, [item.assignment], result_of(output))
+                self.count(endpoint, [a], result_of(output))
             else:
-                self.record(endpoint, item, output.usage, started)
+                self.record(endpoint, a, output.usage, started)
         failure = next((output for output in outputs if isinstance(output, BaseException)), None)
         if failure is not None:
             raise failure
         return list(outputs)
 
-    def _open_streams(self, items: list[Prepared]) -> list[EventStream]:
-        """Submit every input now, so overload or limits are refused before a response starts."""
-        streams: list[EventStream] = []
-        try:
-            for item in items:
-                streams.append(self.client.submit(item.row))
-        except Exception:
-            for stream in streams:
-                stream.cancel()
-            raise
-        return streams
-
-    async def _deltas(self, items: list[Prepared], streams: list[EventStream], endpoint: str,
+    async def _deltas(self, a: Assignment, asked: bool, streams: list[EventStream], endpoint: str,
                       ended: Ending) -> AsyncIterator[Delta]:
         """Every input's deltas as they come; leaving early cancels them all, and so does the
         per-request deadline (after an error delta). `ended` is told how it ended."""
@@ -302,25 +277,24 @@ class Answering:
                 try:
                     index, event = await deadline.wait(queue.get())
                 except RequestTimeout as exc:
-                    self.count(endpoint, [items[i].assignment for i in unfinished], "timeout")
+                    self.count(endpoint, [a] * len(unfinished), "timeout")
                     status = "timeout"
                     yield Delta(0, "", [], error=str(exc))
                     return
                 if event.output is not None:
-                    self.record(endpoint, items[index], event.output.usage, started)
+                    self.record(endpoint, a, event.output.usage, started)
                     generated.append(event.output.usage.completion_tokens)
                     waits.append(event.output.queue_s)
                 if event.error:
-                    self.count(endpoint, [items[index].assignment], "error")
+                    self.count(endpoint, [a], "error")
                 if event.finish_reason or event.error:
                     unfinished.discard(index)
-                asked = items[index].row.params.logprobs is not None
                 yield Delta(index, event.text, event.token_ids, event.finish_reason,
                             event.output.usage if event.output is not None else None,
                             self._choices(event.logprobs) if asked else None, event.error)
-            status = "ok" if len(generated) == len(items) else "error"
+            status = "ok" if len(generated) == len(streams) else "error"
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
-            self.count(endpoint, [items[i].assignment for i in unfinished], "cancelled")
+            self.count(endpoint, [a] * len(unfinished), "cancelled")
             status = "cancelled"
             raise
         finally:
