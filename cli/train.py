@@ -6,14 +6,10 @@ from typing import Annotated, get_args
 
 import typer
 
+from promptmux.cli import common
 from promptmux.cli.common import (
     BaseModelOption,
-    FormatOption,
-    KindOption,
-    LabelsOption,
     RegistryOption,
-    SystemOption,
-    TemplateOption,
     TrustRemoteCode,
     open_registry,
     parse_labels,
@@ -68,11 +64,11 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="training data: .json, .jsonl, .csv or a saved datasets dir")],
     spec_file: Annotated[Path | None, typer.Option("--spec", help="task spec (YAML/JSON TaskSpec, optional training: section)")] = None,
     task: Annotated[str | None, typer.Option("--task", help="task name (overrides the spec's)")] = None,
-    kind: KindOption = None,
-    template: TemplateOption = None,
-    labels: LabelsOption = None,
-    task_format: FormatOption = None,
-    system: SystemOption = None,
+    kind: common.KindOption = None,
+    template: common.TemplateOption = None,
+    labels: common.LabelsOption = None,
+    task_format: common.FormatOption = None,
+    system: common.SystemOption = None,
     input_field: Annotated[str | None, _option("--input-field", "record field holding the input [default: input]")] = None,
     target_field: Annotated[str | None, _option("--target-field", "record field holding the target [default: output]")] = None,
     input_pattern: Annotated[str | None, _option("--input-pattern", "regex with one group: the part of the input the "

@@ -6,6 +6,10 @@ files), and to a bounded length.
 """
 
 import re
+from functools import partial
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from promptmux.core.errors import InvalidNameError
 
@@ -22,6 +26,14 @@ def validate_name(name: str, what: str = "name") -> str:
             "'.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def safe_name(what: str) -> AfterValidator:
+    """A pydantic field check that a name is safe (`validate_name`), saying what it names."""
+    return AfterValidator(partial(validate_name, what=what))
+
+
+TaskName = Annotated[str, safe_name("task name")]
 
 
 def parse_version(text: str) -> int | None:

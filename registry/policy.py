@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from promptmux.core.clock import utc_now
-from promptmux.core.strict_model import StrictModel
+from promptmux.core.strict_model import StrictModel, exactly_one
 from promptmux.registry.history import HistoryEntry
 from promptmux.registry.schemas import RolloutSpec, RolloutVariant
 
@@ -104,8 +104,7 @@ class RolloutDecision(StrictModel):
 
     @model_validator(mode="after")
     def _one_outcome(self) -> "RolloutDecision":
-        if (self.next_policy is None) == (self.winner is None):
-            raise ValueError("a decision either moves to the next step or ends with a winner")
+        exactly_one(self.next_policy, self.winner, "a decision either moves to the next step or ends with a winner")
         return self
 
 

@@ -16,7 +16,7 @@ from promptmux.core.fields import GenerationParams, Message
 from promptmux.core.strict_model import StrictModel
 from promptmux.methods.catalog import Method
 from promptmux.methods.fingerprint import BaseModelFingerprint
-from promptmux.registry.names import validate_name
+from promptmux.registry.names import TaskName, validate_name
 
 INPUT_PLACEHOLDER = "{input}"
 
@@ -29,7 +29,7 @@ class TaskKind(str, Enum):
 class TaskSpec(StrictModel):
     """What a task is: how inputs are templated, what it outputs, which base model it runs on."""
 
-    name: str
+    name: TaskName
     kind: TaskKind = TaskKind.generation
     format: Literal["text", "chat"] = Field(
         "text", description="text: the template is the model input; chat: the template is the user message, rendered "
@@ -40,11 +40,6 @@ class TaskSpec(StrictModel):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     base_model: str
     description: str = ""
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        return validate_name(value, "task name")
 
     @field_validator("template")
     @classmethod

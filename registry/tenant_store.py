@@ -18,6 +18,7 @@ import hmac
 import re
 import secrets
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
@@ -25,7 +26,7 @@ from promptmux.core.clock import utc_now
 from promptmux.core.errors import ConflictError, NotFoundError
 from promptmux.core.strict_model import StrictModel
 from promptmux.registry.edits import TENANTS, TENANTS_DIR, Edit
-from promptmux.registry.names import validate_name
+from promptmux.registry.names import safe_name, validate_name
 from promptmux.registry.records import RecordFiles
 
 KEY_PREFIX = "pmx-"
@@ -37,7 +38,7 @@ def key_digest(key: str) -> str:
 
 
 class TenantRecord(StrictModel):
-    name: str
+    name: Annotated[str, safe_name("tenant name")]
     tasks: list[str] = Field(min_length=1, description="task names the tenant may use; * matches any run of characters")
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     requests_per_minute: float | None = Field(None, gt=0, description="request rate limit (whole endpoint)")
@@ -46,11 +47,6 @@ class TenantRecord(StrictModel):
     weight: float = Field(1.0, gt=0, le=1000, description="share of decode slots while others wait")
     created_at: datetime = Field(default_factory=utc_now)
     revoked_at: datetime | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, name: str) -> str:
-        return validate_name(name, "tenant name")
 
     @field_validator("tasks")
     @classmethod

@@ -1,12 +1,12 @@
 """HTTP request and response bodies (the OpenAPI schema of the serving API)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from promptmux.core.errors import InvalidRequestError
 from promptmux.core.fields import Logprobs, MaxNewTokens, Message, Seed, StopStrings, Temperature, TopP
-from promptmux.core.strict_model import StrictModel
+from promptmux.core.strict_model import StrictModel, exactly_one, needs
 from promptmux.core.usage import Usage
 from promptmux.registry.names import parse_version
 from promptmux.serving.runtime.requests import Call, Query
@@ -83,8 +83,7 @@ class FeedbackBody(StrictModel):
 
     @model_validator(mode="after")
     def _one_of_score_label(self) -> "FeedbackBody":
-        if (self.score is None) == (self.label is None):
-            raise ValueError("give exactly one of 'score' or 'label'")
+        exactly_one(self.score, self.label, "give exactly one of 'score' or 'label'")
         return self
 
 
@@ -157,15 +156,21 @@ class OpenAIBody(StrictModel):
         return ParamsOverride(max_new_tokens=tokens or self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               stop=stop, seed=self.seed, logprobs=logprobs)
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> "OpenAIBody":
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true (as OpenAI has it)")
-        return self
+    unsupported: ClassVar[dict[str, tuple]] = {}  # each OpenAI body's fields promptmux takes only with a neutral value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: object) -> object:
+        return refuse_unsupported(data, cls.unsupported)
 
     @property
     def usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "OpenAIBody":
+        needs(self.stream_options, self.stream, "stream_options is only allowed when stream is true (as OpenAI has it)")
+        return self
 
     def query(self, inputs: list) -> Query:
         task, version, alias = parse_model(self.model)
@@ -182,10 +187,7 @@ class CompletionBody(OpenAIBody):
     logprobs: Logprobs | None = None
     best_of: Literal[1] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: object) -> object:
-        return refuse_unsupported(data, UNSUPPORTED_COMPLETION_FIELDS)
+    unsupported: ClassVar[dict[str, tuple]] = UNSUPPORTED_COMPLETION_FIELDS
 
     @model_validator(mode="after")
     def _echo_alone(self) -> "CompletionBody":
@@ -240,15 +242,11 @@ class ChatBody(OpenAIBody):
     logprobs: bool = False
     top_logprobs: Logprobs | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: object) -> object:
-        return refuse_unsupported(data, UNSUPPORTED_CHAT_FIELDS)
+    unsupported: ClassVar[dict[str, tuple]] = UNSUPPORTED_CHAT_FIELDS
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatBody":
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
+        needs(self.top_logprobs, self.logprobs, "top_logprobs needs logprobs: true")
         return self
 
     @property
