@@ -57,7 +57,8 @@ class Watched:
 
 def classify_and_judge(url: str, count: int) -> dict[str, int]:
     """`count` classifications of grooming through the API, each judged: the candidate's answer
-    right, the control's wrong. Outcomes sent, by side."""
+    right, the control's wrong. Outcomes sent, by side (on a slow machine the controller may
+    decide before the last: those are served by the alias, outside the experiment)."""
     sent = {"control": 0, "candidate": 0}
     headers = {"authorization": f"Bearer {ADMIN_KEY}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
@@ -65,7 +66,7 @@ def classify_and_judge(url: str, count: int) -> dict[str, int]:
             answer = client.post("/v1/classify", json={"task": "grooming", "input": f"review {i}"}).json()["outputs"][0]
             label = answer["label"] if answer["variant"] == "candidate" else ("1" if answer["label"] == "0" else "0")
             assert client.post("/v1/feedback", json={"id": answer["id"], "label": label}).status_code == 200
-            sent[answer["variant"]] += 1
+            sent[answer["variant"]] = sent.get(answer["variant"], 0) + 1
     return sent
 
 
