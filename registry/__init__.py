@@ -1,4 +1,5 @@
-"""promptmux registry: versioned soft prompts per task, stored as PEFT adapters."""
+"""The registry: records and their storage on any fsspec URL — tasks, versioned soft prompts
+(PEFT adapters), aliases, rollouts, outcomes, tenants and traffic. No tensor code."""
 
 from promptmux.registry.registry import Registry, VerifyResult, default_registry_uri
 from promptmux.registry.schemas import PromptVersion, RolloutSpec, RolloutVariant, TaskKind, TaskRecord, TaskSpec

@@ -1,1 +1,2 @@
-"""promptmux tasks: create soft prompts for tasks and register them."""
+"""Jobs on prompts: train (on one worker or several), search over methods and settings,
+evaluate, register, and the demo."""

@@ -425,3 +425,10 @@ def test_the_guard_identifies_a_caller_once_and_no_route_again() -> None:
     assert guard.count("self.identify(") == 1
     routes = [(ROOT / "serving" / "http" / name).read_text() for name in ("native.py", "openai.py", "chat.py", "introspection.py")]
     assert not any("identify" in source for source in routes)
+
+
+def test_every_room_says_its_job_in_its_docstring() -> None:
+    rooms = [ROOT / package for package in PACKAGES] + [ROOT / "serving" / room for room in ROOMS]
+    missing = [str(room.relative_to(ROOT)) for room in rooms
+               if not ast.get_docstring(ast.parse((room / "__init__.py").read_text()))]
+    assert missing == []
